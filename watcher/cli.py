@@ -1,0 +1,85 @@
+"""The command line: argparse over plain functions. The only place that chooses exit codes.
+
+Each command lives in ``watcher/commands/<name>.py`` and exposes ``add_arguments(parser)`` and
+``main(args) -> int``. Command modules keep their heavy imports inside ``main`` so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from watcher import __version__
+from watcher.errors import ConfigError
+
+# (command, module, one-line help)
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("run", "run", "run the watcher daemon in the foreground"),
+    ("demo", "demo", "watch a built-in FLORA simulator: no key, no config"),
+    ("simulate", "simulate", "serve the FLORA API simulator on loopback"),
+    ("watch", "watch", "follow one run until it ends"),
+    ("check-config", "check_config", "validate the config and resolve every secret"),
+    ("test-sink", "test_sink", "send one synthetic event through a sink"),
+    ("deliveries", "deliveries", "list pending deliveries (or dead letters with --failed)"),
+    ("replay", "replay", "re-queue dead-lettered or delivered events"),
+    ("status", "status", "tracked runs, outbox depth, last sweep, sink health"),
+)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flora-watcher",
+        description="Watches FLORA technique runs and reports each completion and failure.",
+    )
+    parser.add_argument("--version", action="version", version=f"flora-watcher {__version__}")
+    parser.add_argument(
+        "--log-format", choices=("auto", "console", "json"), default="auto",
+        help="console lines on a terminal, JSON lines otherwise (default: auto)",
+    )
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="info",
+        help="minimum level to log (default: info)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(f"watcher.commands.{module_name}")
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", metavar="FILE",
+        help="config file (default: $FLORA_WATCHER_CONFIG, ./flora-watcher.toml, /etc/flora-watcher/flora-watcher.toml)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    from watcher import logs
+
+    logs.configure(fmt=args.log_format, level=args.log_level)
+    try:
+        return int(args._module.main(args))
+    except ConfigError as exc:
+        print(f"flora-watcher: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""Plain data shared by every layer. Pure: no I/O, no clock, no randomness.
+
+``Run`` is what ``normalize.parse_run`` makes of one API object: snake_case names, timestamps in Unix
+milliseconds, absent fields as ``None`` (``outputs`` as an empty tuple). ``Event`` is the contract's event
+JSON (CONTRACT §4) as a value; ``Event.to_dict()`` is exactly what receivers get.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+API_VERSION = "flora-watcher.v1"
+
+
+class RunStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+ACTIVE_STATUSES: frozenset[str] = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
+TERMINAL_STATUSES: frozenset[str] = frozenset({RunStatus.COMPLETED, RunStatus.FAILED})
+KNOWN_STATUSES: frozenset[str] = ACTIVE_STATUSES | TERMINAL_STATUSES
+
+
+def is_terminal(status: str) -> bool:
+    """Only ``completed`` and ``failed`` are terminal; anything else (unknown statuses too) is not."""
+    return status in TERMINAL_STATUSES
+
+
+class EventType(enum.StrEnum):
+    STARTED = "run.started"
+    COMPLETED = "run.completed"
+    FAILED = "run.failed"
+
+
+ALL_EVENT_TYPES: tuple[str, ...] = (EventType.COMPLETED, EventType.FAILED, EventType.STARTED)
+DEFAULT_EVENT_TYPES: tuple[str, ...] = (EventType.COMPLETED, EventType.FAILED)
+
+TERMINAL_EVENT_FOR_STATUS: dict[str, str] = {
+    RunStatus.COMPLETED: EventType.COMPLETED,
+    RunStatus.FAILED: EventType.FAILED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Technique:
+    technique_id: str | None
+    name: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"technique_id": self.technique_id, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    output_id: str | None
+    type: str | None
+    url: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output_id": self.output_id, "type": self.type, "url": self.url}
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One technique run as last observed. ``status`` is the API's string, lower-cased; it may be unknown."""
+
+    run_id: str
+    status: str
+    progress: float | None = None
+    created_at: int | None = None
+    started_at: int | None = None
+    completed_at: int | None = None
+    workspace_id: str | None = None
+    project_id: str | None = None
+    technique: Technique | None = None
+    charged_cost: float | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    outputs: tuple[Output, ...] = ()
+    poll_url: str | None = None
+    run_type: str = "technique"
+
+    @property
+    def terminal(self) -> bool:
+        return is_terminal(self.status)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def technique_id(self) -> str | None:
+        return self.technique.technique_id if self.technique else None
+
+    @property
+    def technique_name(self) -> str | None:
+        return self.technique.name if self.technique else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict in the API's snake_case shape (used by the state store and events)."""
+        return {
+            "run_id": self.run_id,
+            "run_type": self.run_type,
+            "status": self.status,
+            "progress": self.progress,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+            "workspace_id": self.workspace_id,
+            "project_id": self.project_id,
+            "technique": self.technique.to_dict() if self.technique else None,
+            "charged_cost": self.charged_cost,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "poll_url": self.poll_url,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Run:
+        """Inverse of ``to_dict`` for data we wrote ourselves (the state store). Not for API input."""
+        tech = d.get("technique")
+        return cls(
+            run_id=d["run_id"],
+            status=d["status"],
+            progress=d.get("progress"),
+            created_at=d.get("created_at"),
+            started_at=d.get("started_at"),
+            completed_at=d.get("completed_at"),
+            workspace_id=d.get("workspace_id"),
+            project_id=d.get("project_id"),
+            technique=Technique(tech.get("technique_id"), tech.get("name")) if tech else None,
+            charged_cost=d.get("charged_cost"),
+            error_code=d.get("error_code"),
+            error_message=d.get("error_message"),
+            outputs=tuple(Output(o.get("output_id"), o.get("type"), o.get("url")) for o in d.get("outputs") or ()),
+            poll_url=d.get("poll_url"),
+            run_type=d.get("run_type") or "technique",
+        )
+
+    def merged_with(self, older: Run) -> Run:
+        """This observation, with identity fields the newer one lacks taken from an older observation.
+
+        Single-run GETs do not carry ``technique``, ``project_id`` or ``workspace_id``; list items do.
+        """
+        return Run(
+            run_id=self.run_id,
+            status=self.status,
+            progress=self.progress if self.progress is not None else older.progress,
+            created_at=self.created_at if self.created_at is not None else older.created_at,
+            started_at=self.started_at if self.started_at is not None else older.started_at,
+            completed_at=self.completed_at if self.completed_at is not None else older.completed_at,
+            workspace_id=self.workspace_id or older.workspace_id,
+            project_id=self.project_id or older.project_id,
+            technique=self.technique or older.technique,
+            charged_cost=self.charged_cost if self.charged_cost is not None else older.charged_cost,
+            error_code=self.error_code if self.error_code is not None else older.error_code,
+            error_message=self.error_message if self.error_message is not None else older.error_message,
+            outputs=self.outputs or older.outputs,
+            poll_url=self.poll_url or older.poll_url,
+            run_type=self.run_type,
+        )
+
+
+def event_id(run_id: str, event_type: str) -> str:
+    """The id of the event for (run, type): the same transition always gets the same id (CONTRACT §4)."""
+    digest = hashlib.sha256(f"{run_id}\x00{event_type}".encode()).hexdigest()
+    return f"evt_{digest[:24]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One transition event (CONTRACT §4). ``data`` is the JSON-safe ``data`` object, built by transitions."""
+
+    id: str
+    type: str
+    created_at: int
+    data: dict[str, Any] = field(hash=False, compare=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.data["run_id"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "api_version": API_VERSION,
+            "created_at": self.created_at,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Event:
+        return cls(id=d["id"], type=d["type"], created_at=d["created_at"], data=d["data"])
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedRun:
+    """What the watcher remembers of one run between sweeps (persisted in the state store).
+
+    ``run`` is the last observation (merged with older ones for identity fields). Terminal runs stay
+    tracked for a while after their event so a repeated read of them is recognised and produces nothing.
+    ``poll_attempt``/``next_poll_ms`` drive the per-run poll backoff for runs the listing cannot settle.
+    """
+
+    run: Run
+    first_seen_ms: int  # local clock
+    last_change_ms: int  # local clock, last status change
+    poll_attempt: int = 0  # consecutive per-run polls without a change
+    next_poll_ms: int | None = None  # when a per-run poll is due; None = the listing settles this run
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def status(self) -> str:
+        return self.run.status
+
+    @property
+    def terminal(self) -> bool:
+        return self.run.terminal
