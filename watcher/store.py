@@ -6,8 +6,8 @@ INTERFACE (implemented below; the engine depends on exactly this):
                                         # busy_timeout, foreign keys; migrates the versioned schema; raises
                                         # errors.StoreError with a clear message (permissions, corrupt file,
                                         # schema newer than this version)
-    astore = AsyncStore(store)          # every method below as `await astore.method(...)`, run on ONE dedicated
-                                        # worker thread (sqlite connection used only from that thread)
+    astore = AsyncStore(store)          # every method below as `await astore.method(...)`, run on ONE
+                                        # dedicated worker thread (sqlite connection used only from it)
 
     # --- meta (small key/value strings: "first_start_ms", "high_watermark_ms", "last_sweep_ms", ...)
     get_meta(key) -> str | None
@@ -19,23 +19,26 @@ INTERFACE (implemented below; the engine depends on exactly this):
     commit_sweep(*, upserts: Iterable[TrackedRun], deletes: Iterable[str],
                  events: Iterable[tuple[Event, Sequence[str]]],   # (event, names of the sinks it goes to)
                  meta: dict[str, str], now_ms: int) -> list[str]
-        # inserts each event unless its id exists (INSERT OR IGNORE); for each NEWLY inserted event, one
+        # inserts each event unless its id exists (ON CONFLICT(id) DO NOTHING: like INSERT OR IGNORE, but a
+        # broken row still fails the sweep instead of vanishing); for each NEWLY inserted event, one
         # pending delivery per sink name (next_attempt_ms = now_ms). Returns the ids of newly inserted events.
         # An event id that already exists adds no delivery (re-detection after a crash sends nothing twice).
 
     # --- deliveries (the outbox)
-    due_deliveries(sink: str, now_ms: int, limit: int = 100) -> list[Delivery]   # pending, next_attempt_ms <= now,
-                                                                                 # oldest first
-    next_due_ms(sink: str) -> int | None                 # earliest next_attempt_ms of a pending delivery of the sink
+    due_deliveries(sink: str, now_ms: int, limit: int = 100) -> list[Delivery]
+                                                         # pending, next_attempt_ms <= now, oldest first
+    next_due_ms(sink: str) -> int | None                 # earliest next_attempt_ms of a pending delivery
     mark_delivered(delivery_id: int, now_ms: int, status: int | None = None) -> None
     mark_retry(delivery_id: int, *, now_ms: int, next_attempt_ms: int, error: str, status: int | None) -> None
     mark_dead(delivery_id: int, *, now_ms: int, error: str, status: int | None) -> None
-    dead_letter_sink(sink: str, *, now_ms: int, reason: str) -> int   # all pending of a removed/disabled sink → dead
+    dead_letter_sink(sink: str, *, now_ms: int, reason: str) -> int
+                                                         # all pending of a removed/disabled sink → dead
     pending_counts() -> dict[str, int]                   # sink → pending deliveries
     oldest_pending_ms() -> int | None                    # created_ms of the oldest pending delivery
     list_deliveries(*, failed: bool, limit: int = 100) -> list[DeliveryRow]   # pending (or dead letters)
     replay(event_ids: Sequence[str], *, now_ms: int, sink: str | None = None) -> int
-        # re-queues: every dead or delivered delivery of those events (optionally one sink) → pending, attempts 0.
+        # re-queues: every dead or delivered delivery of those events (optionally one sink) → pending,
+        # attempts 0.
         # Returns how many deliveries were re-queued; unknown ids are simply not counted.
     replay_failed(*, now_ms: int, sink: str | None = None) -> int   # all dead letters → pending
 
@@ -57,4 +60,1034 @@ INTERFACE (implemented below; the engine depends on exactly this):
 
 Durability: WAL + synchronous=FULL, so a commit returned means it survives a crash (SIGKILL, power loss).
 Events are stored as their exact JSON body bytes, so every retry and replay sends the same bytes.
+
+Additions beyond the interface above (all optional for callers):
+
+    Store.open(path, *, create=True, busy_timeout_ms=5000)   # create=False: a missing file is a StoreError
+    AsyncStore.open(path, **kw)          # async: opens the connection on the worker thread itself
+    store_path(state_dir) -> Path        # <state_dir>/state.sqlite3: the file name daemon and CLI agree on
+    encode_event(event) -> bytes         # the exact body bytes stored and sent
+    ensure_meta(key, value) -> str       # set once (e.g. first_start_ms); returns the value that is stored
+    all_meta() -> dict[str, str]
+    mark_* return True when a row changed; mark_dead(..., attempted=False) for a verdict without a send
+    list_deliveries(..., sink=None); prune(..., keep_dead_ms=None) also drops dead letters older than that
+    replay/replay_failed re-enable every sink (clear disabled_reason) that got a delivery re-queued
+
+Threading: a ``Store`` is not thread-safe; use it from one thread at a time (``AsyncStore`` guarantees this).
+Every sqlite3 exception is translated into ``errors.StoreError`` here, naming the file and the reason.
 """
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sqlite3
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from watcher.errors import StoreError
+from watcher.model import Event, Run, TrackedRun
+
+STORE_FILENAME = "state.sqlite3"
+APPLICATION_ID = 0x466C5761  # "FlWa": marks the file as a flora-watcher state store (PRAGMA application_id)
+DEFAULT_BUSY_TIMEOUT_MS = 5_000
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024  # the WAL file is truncated back to this after a checkpoint
+MAX_ERROR_CHARS = 1_000  # stored error texts are cut to this length
+_IN_CHUNK = 500  # ids per "IN (...)" query, well below SQLite's variable limit
+_MEMORY = ":memory:"
+
+# Each entry migrates the schema from version i to i + 1; SCHEMA_VERSION = how many there are. Never edit a
+# released entry: append a new one. Statements are split on ";" at statement boundaries.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE tracked (
+        run_id         TEXT PRIMARY KEY,
+        status         TEXT NOT NULL,
+        terminal       INTEGER NOT NULL,
+        created_at     INTEGER,
+        last_change_ms INTEGER NOT NULL,
+        next_poll_ms   INTEGER,
+        data           TEXT NOT NULL
+    );
+    CREATE INDEX tracked_by_status ON tracked(status);
+    CREATE INDEX tracked_by_age ON tracked(terminal, last_change_ms);
+    CREATE TABLE events (
+        id         TEXT PRIMARY KEY,
+        run_id     TEXT NOT NULL,
+        type       TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        body       BLOB NOT NULL
+    );
+    CREATE INDEX events_by_run ON events(run_id);
+    CREATE INDEX events_by_age ON events(created_ms);
+    CREATE TABLE deliveries (
+        id              INTEGER PRIMARY KEY,
+        event_id        TEXT NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+        sink            TEXT NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        created_ms      INTEGER NOT NULL,
+        next_attempt_ms INTEGER NOT NULL,
+        last_attempt_ms INTEGER,
+        delivered_ms    INTEGER,
+        dead_ms         INTEGER,
+        last_error      TEXT,
+        last_status     INTEGER,
+        UNIQUE (event_id, sink)
+    );
+    CREATE INDEX deliveries_due ON deliveries(sink, state, next_attempt_ms);
+    CREATE INDEX deliveries_by_state ON deliveries(state, created_ms);
+    CREATE TABLE sinks (
+        name                 TEXT PRIMARY KEY,
+        disabled_reason      TEXT,
+        disabled_ms          INTEGER,
+        last_success_ms      INTEGER,
+        last_failure_ms      INTEGER,
+        last_error           TEXT,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+# ------------------------------------------------------------------------------------------------ values
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One pending delivery, as the dispatcher sends it. ``body`` is the exact JSON the receiver gets."""
+
+    id: int
+    event_id: str
+    sink: str
+    attempts: int
+    created_ms: int
+    next_attempt_ms: int
+    body: bytes
+
+    @functools.cached_property
+    def event(self) -> Event:
+        return Event.from_dict(json.loads(self.body))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """One line of ``flora-watcher deliveries``: a pending delivery or a dead letter."""
+
+    id: int
+    event_id: str
+    event_type: str
+    run_id: str
+    sink: str
+    state: str
+    attempts: int
+    created_ms: int
+    next_attempt_ms: int
+    last_error: str | None
+    last_status: int | None
+    last_attempt_ms: int | None
+    delivered_ms: int | None
+    dead_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SinkState:
+    """Health of one sink. ``disabled_reason`` set = the sink is disabled (e.g. its receiver answered 410)."""
+
+    name: str
+    disabled_reason: str | None = None
+    disabled_ms: int | None = None
+    last_success_ms: int | None = None
+    last_failure_ms: int | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_reason is not None
+
+
+# ------------------------------------------------------------------------------------ pure helpers
+
+
+def store_path(state_dir: str | os.PathLike[str]) -> Path:
+    """The state store's file inside a state directory."""
+    return Path(state_dir) / STORE_FILENAME
+
+
+def encode_event(event: Event) -> bytes:
+    """The exact bytes receivers get for ``event``: compact JSON, UTF-8."""
+    return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_tracked(tracked: TrackedRun) -> str:
+    return json.dumps(
+        {
+            "run": tracked.run.to_dict(),
+            "first_seen_ms": tracked.first_seen_ms,
+            "last_change_ms": tracked.last_change_ms,
+            "poll_attempt": tracked.poll_attempt,
+            "next_poll_ms": tracked.next_poll_ms,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def decode_tracked(data: str) -> TrackedRun:
+    d = json.loads(data)
+    return TrackedRun(
+        run=Run.from_dict(d["run"]),
+        first_seen_ms=d["first_seen_ms"],
+        last_change_ms=d["last_change_ms"],
+        poll_attempt=d.get("poll_attempt", 0),
+        next_poll_ms=d.get("next_poll_ms"),
+    )
+
+
+def _tracked_row(t: TrackedRun) -> tuple[Any, ...]:
+    return (
+        t.run_id,
+        t.status,
+        int(t.terminal),
+        t.run.created_at,
+        t.last_change_ms,
+        t.next_poll_ms,
+        encode_tracked(t),
+    )
+
+
+def split_statements(script: str) -> list[str]:
+    """Split an SQL script into complete statements (semicolons inside literals or triggers are kept)."""
+    statements: list[str] = []
+    current = ""
+    pieces = script.split(";")
+    for index, piece in enumerate(pieces):
+        current += piece if index == len(pieces) - 1 else piece + ";"
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    leftover = [line for line in current.splitlines() if line.strip() and not line.strip().startswith("--")]
+    if leftover:
+        raise ValueError(f"incomplete SQL statement: {current.strip()[:60]!r}")
+    return statements
+
+
+def explain(exc: BaseException) -> str:
+    """A one-line reason an operator can act on, from an sqlite3/OS error."""
+    text = str(exc) or type(exc).__name__
+    low = text.lower()
+    if "file is not a database" in low or "malformed" in low:
+        return f"the file is corrupt or not a SQLite database ({text}); move it aside or restore a backup"
+    if "readonly" in low or "read-only" in low:
+        return f"it is read-only ({text}); the watcher needs write access to the file and its directory"
+    if "unable to open" in low:
+        return (
+            f"it cannot be opened ({text}); check the path and the permissions of the file and its directory"
+        )
+    if "locked" in low or "busy" in low:
+        return f"it stayed locked by another process beyond the busy timeout ({text})"
+    if "full" in low:
+        return f"the disk is full ({text})"
+    if "disk i/o" in low:
+        return f"disk I/O error ({text})"
+    if "closed" in low:
+        return "the store is closed"
+    return text
+
+
+def _cut(text: str | None) -> str | None:
+    return None if text is None else text[:MAX_ERROR_CHARS]
+
+
+def _sink_names(sinks: Sequence[str]) -> list[str]:
+    if isinstance(sinks, str):
+        raise TypeError(f"sink names must be a sequence of strings, not the string {sinks!r}")
+    for name in sinks:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"sink name must be a non-empty string, got {name!r}")
+    return list(dict.fromkeys(sinks))
+
+
+def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+# ----------------------------------------------------------------------------------------- the store
+
+
+def _translated(fn: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """Turn every sqlite3 error raised by a Store method into a StoreError naming the file."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Store, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store {self.path}: {fn.__name__} failed: {explain(exc)}") from exc
+
+    return wrapper
+
+
+class Store:
+    """The state store on one SQLite connection. Open with ``Store.open(path)``."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
+        self._closed = False
+
+    # ---------------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    ) -> Store:
+        """Open (create, migrate) the store at ``path``. ``":memory:"`` gives a throwaway store for tests."""
+        name, created = os.fspath(path), False
+        if name != _MEMORY:
+            file = Path(name).expanduser()
+            name, created = os.fspath(file), _prepare_file(file, create=create)
+        try:
+            conn = sqlite3.connect(
+                name,
+                timeout=busy_timeout_ms / 1000,
+                isolation_level=None,  # autocommit; transactions are explicit BEGIN IMMEDIATE ... COMMIT
+                check_same_thread=False,  # AsyncStore may open on one thread and use it on its worker
+                cached_statements=256,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store {name}: cannot open: {explain(exc)}") from exc
+        try:
+            _configure(conn, name, busy_timeout_ms)
+            _migrate(conn, name)
+        except BaseException:
+            conn.close()
+            raise
+        if created:
+            _restrict_sidecars(name)
+        return cls(conn, name)
+
+    @property
+    def schema_version(self) -> int:
+        return SCHEMA_VERSION
+
+    @_translated
+    def close(self) -> None:
+        """Close the connection. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._conn.execute("PRAGMA optimize")
+        finally:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.path!r})"
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT; ROLLBACK on any exception (the exception propagates)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self._conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    # --------------------------------------------------------------------------------------- meta
+
+    @_translated
+    def get_meta(self, key: str) -> str | None:
+        return self._scalar("SELECT value FROM meta WHERE key = ?", (key,))
+
+    @_translated
+    def all_meta(self) -> dict[str, str]:
+        return dict(self._conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall())
+
+    @_translated
+    def set_meta(self, items: dict[str, str]) -> None:
+        with self._transaction() as conn:
+            _upsert_meta(conn, items)
+
+    @_translated
+    def ensure_meta(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless the key exists; return what is stored."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, _meta_value(key, value))
+            )
+            return conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    # ------------------------------------------------------------------------------- tracked runs
+
+    @_translated
+    def load_tracked(self) -> dict[str, TrackedRun]:
+        rows = self._conn.execute("SELECT run_id, data FROM tracked").fetchall()
+        tracked: dict[str, TrackedRun] = {}
+        for run_id, data in rows:
+            try:
+                tracked[run_id] = decode_tracked(data)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise StoreError(
+                    f"state store {self.path}: tracked run {run_id} is unreadable ({exc!r})"
+                ) from exc
+        return tracked
+
+    @_translated
+    def commit_sweep(
+        self,
+        *,
+        upserts: Iterable[TrackedRun],
+        deletes: Iterable[str],
+        events: Iterable[tuple[Event, Sequence[str]]],
+        meta: dict[str, str],
+        now_ms: int,
+    ) -> list[str]:
+        """One sweep's writes in one transaction; returns the ids of the events inserted by this call."""
+        if isinstance(deletes, str):
+            raise TypeError("deletes must be an iterable of run ids, not a string")
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM tracked WHERE run_id = ?", ((run_id,) for run_id in deletes))
+            conn.executemany(
+                "INSERT INTO tracked(run_id, status, terminal, created_at, last_change_ms, next_poll_ms,"
+                " data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, terminal = excluded.terminal,"
+                " created_at = excluded.created_at, last_change_ms = excluded.last_change_ms,"
+                " next_poll_ms = excluded.next_poll_ms, data = excluded.data",
+                (_tracked_row(t) for t in upserts),
+            )
+            new_ids: list[str] = []
+            deliveries: list[tuple[str, str, int, int]] = []
+            for event, sinks in events:
+                names = _sink_names(sinks)
+                cursor = conn.execute(
+                    "INSERT INTO events(id, run_id, type, created_ms, body) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT(id) DO NOTHING",  # not OR IGNORE: that would also skip NOT NULL failures
+                    (event.id, event.run_id, event.type, event.created_at, encode_event(event)),
+                )
+                if cursor.rowcount == 1:
+                    new_ids.append(event.id)
+                    deliveries.extend((event.id, name, now_ms, now_ms) for name in names)
+            conn.executemany(
+                "INSERT INTO deliveries(event_id, sink, state, attempts, created_ms, next_attempt_ms)"
+                " VALUES (?, ?, 'pending', 0, ?, ?)",
+                deliveries,
+            )
+            _upsert_meta(conn, meta)
+        return new_ids
+
+    # ------------------------------------------------------------------------------------- outbox
+
+    @_translated
+    def due_deliveries(self, sink: str, now_ms: int, limit: int = 100) -> list[Delivery]:
+        """Pending deliveries of ``sink`` due at ``now_ms``: earliest next_attempt_ms first, then by id."""
+        rows = self._conn.execute(
+            "SELECT d.id, d.event_id, d.sink, d.attempts, d.created_ms, d.next_attempt_ms, e.body"
+            " FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_ms <= ?"
+            " ORDER BY d.next_attempt_ms, d.id LIMIT ?",
+            (sink, now_ms, limit),
+        ).fetchall()
+        return [Delivery(*row[:6], bytes(row[6])) for row in rows]
+
+    @_translated
+    def next_due_ms(self, sink: str) -> int | None:
+        return self._scalar(
+            "SELECT MIN(next_attempt_ms) FROM deliveries WHERE sink = ? AND state = 'pending'", (sink,)
+        )
+
+    @_translated
+    def mark_delivered(self, delivery_id: int, now_ms: int, status: int | None = None) -> bool:
+        """Record a confirmed send (whatever state the row was in: delivered is the truth)."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, last_attempt_ms = ?,"
+                " delivered_ms = ?, dead_ms = NULL, last_status = ?, last_error = NULL WHERE id = ?",
+                (now_ms, now_ms, status, delivery_id),
+            )
+            return cursor.rowcount == 1
+
+    @_translated
+    def mark_retry(
+        self, delivery_id: int, *, now_ms: int, next_attempt_ms: int, error: str, status: int | None
+    ) -> bool:
+        """Record a failed attempt to try again at ``next_attempt_ms``. Only a pending delivery changes."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, last_attempt_ms = ?, next_attempt_ms = ?,"
+                " last_error = ?, last_status = ? WHERE id = ? AND state = 'pending'",
+                (now_ms, next_attempt_ms, _cut(error), status, delivery_id),
+            )
+            return cursor.rowcount == 1
+
+    @_translated
+    def mark_dead(
+        self, delivery_id: int, *, now_ms: int, error: str, status: int | None, attempted: bool = True
+    ) -> bool:
+        """Make a pending delivery a dead letter. ``attempted``: the verdict follows a send (counted)."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE deliveries SET state = 'dead', attempts = attempts + ?, dead_ms = ?,"
+                " last_attempt_ms = CASE WHEN ? THEN ? ELSE last_attempt_ms END,"
+                " last_error = ?, last_status = COALESCE(?, last_status) WHERE id = ? AND state = 'pending'",
+                (int(attempted), now_ms, int(attempted), now_ms, _cut(error), status, delivery_id),
+            )
+            return cursor.rowcount == 1
+
+    @_translated
+    def dead_letter_sink(self, sink: str, *, now_ms: int, reason: str) -> int:
+        """Every pending delivery of ``sink`` becomes a dead letter (sink removed or disabled)."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE deliveries SET state = 'dead', dead_ms = ?, last_error = ?"
+                " WHERE sink = ? AND state = 'pending'",
+                (now_ms, _cut(reason), sink),
+            )
+            return cursor.rowcount
+
+    @_translated
+    def pending_counts(self) -> dict[str, int]:
+        return dict(
+            self._conn.execute(
+                "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink ORDER BY sink"
+            ).fetchall()
+        )
+
+    @_translated
+    def oldest_pending_ms(self) -> int | None:
+        return self._scalar("SELECT MIN(created_ms) FROM deliveries WHERE state = 'pending'")
+
+    @_translated
+    def list_deliveries(
+        self, *, failed: bool, limit: int = 100, sink: str | None = None
+    ) -> list[DeliveryRow]:
+        """Pending deliveries (next due first) or, with ``failed``, dead letters (most recent first)."""
+        order = "d.dead_ms DESC, d.id DESC" if failed else "d.next_attempt_ms, d.id"
+        sink_clause = "" if sink is None else " AND d.sink = ?"
+        params: list[Any] = [DEAD if failed else PENDING] + ([] if sink is None else [sink]) + [limit]
+        rows = self._conn.execute(
+            "SELECT d.id, d.event_id, e.type, e.run_id, d.sink, d.state, d.attempts, d.created_ms,"
+            " d.next_attempt_ms, d.last_error, d.last_status, d.last_attempt_ms, d.delivered_ms, d.dead_ms"
+            " FROM deliveries d JOIN events e ON e.id = d.event_id"
+            f" WHERE d.state = ?{sink_clause} ORDER BY {order} LIMIT ?",
+            params,
+        ).fetchall()
+        return [DeliveryRow(*row) for row in rows]
+
+    @_translated
+    def replay(self, event_ids: Sequence[str], *, now_ms: int, sink: str | None = None) -> int:
+        """Re-queue every dead or delivered delivery of ``event_ids`` (optionally of one sink)."""
+        if isinstance(event_ids, str):
+            raise TypeError("event_ids must be a sequence of ids, not a string")
+        ids = list(dict.fromkeys(event_ids))
+        count = 0
+        with self._transaction() as conn:
+            for chunk in _chunks(ids):
+                where = f"event_id IN ({_marks(len(chunk))}) AND state IN ('dead', 'delivered')"
+                params: list[Any] = list(chunk)
+                if sink is not None:
+                    where += " AND sink = ?"
+                    params.append(sink)
+                count += _requeue(conn, where, params, now_ms)
+        return count
+
+    @_translated
+    def replay_failed(self, *, now_ms: int, sink: str | None = None) -> int:
+        """Re-queue every dead letter (optionally of one sink)."""
+        where, params = "state = 'dead'", []
+        if sink is not None:
+            where += " AND sink = ?"
+            params.append(sink)
+        with self._transaction() as conn:
+            return _requeue(conn, where, params, now_ms)
+
+    # ---------------------------------------------------------------------------------- sink state
+
+    @_translated
+    def set_sink_state(self, sink: str, *, disabled_reason: str | None, now_ms: int) -> None:
+        """Disable (reason given) or re-enable (None) a sink."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO sinks(name, disabled_reason, disabled_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET disabled_reason = excluded.disabled_reason,"
+                " disabled_ms = excluded.disabled_ms",
+                (sink, _cut(disabled_reason), None if disabled_reason is None else now_ms),
+            )
+
+    @_translated
+    def sink_states(self) -> dict[str, SinkState]:
+        rows = self._conn.execute(
+            "SELECT name, disabled_reason, disabled_ms, last_success_ms, last_failure_ms, last_error,"
+            " consecutive_failures FROM sinks ORDER BY name"
+        ).fetchall()
+        return {row[0]: SinkState(*row) for row in rows}
+
+    @_translated
+    def record_sink_result(self, sink: str, *, ok: bool, now_ms: int, error: str | None = None) -> None:
+        """Health bookkeeping after a send: last success/failure, consecutive failures."""
+        with self._transaction() as conn:
+            if ok:
+                conn.execute(
+                    "INSERT INTO sinks(name, last_success_ms, consecutive_failures) VALUES (?, ?, 0)"
+                    " ON CONFLICT(name) DO UPDATE SET last_success_ms = excluded.last_success_ms,"
+                    " consecutive_failures = 0",
+                    (sink, now_ms),
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO sinks(name, last_failure_ms, last_error, consecutive_failures)"
+                    " VALUES (?, ?, ?, 1)"
+                    " ON CONFLICT(name) DO UPDATE SET last_failure_ms = excluded.last_failure_ms,"
+                    " last_error = excluded.last_error, consecutive_failures = consecutive_failures + 1",
+                    (sink, now_ms, _cut(error)),
+                )
+
+    # -------------------------------------------------------------------------------------- events
+
+    @_translated
+    def get_event(self, event_id: str) -> Event | None:
+        body = self._scalar("SELECT body FROM events WHERE id = ?", (event_id,))
+        return None if body is None else Event.from_dict(json.loads(body))
+
+    @_translated
+    def events_exist(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(list(dict.fromkeys(ids))):
+            rows = self._conn.execute(f"SELECT id FROM events WHERE id IN ({_marks(len(chunk))})", chunk)
+            found.update(row[0] for row in rows)
+        return found
+
+    # ---------------------------------------------------------------------------- status / upkeep
+
+    @_translated
+    def summary(self) -> dict[str, Any]:
+        """Plain data for ``flora-watcher status`` (see the README for the shape)."""
+        conn = self._conn
+        by_status = dict(conn.execute("SELECT status, COUNT(*) FROM tracked GROUP BY status ORDER BY status"))
+        active = self._scalar("SELECT COUNT(*) FROM tracked WHERE terminal = 0")
+        totals = {PENDING: 0, DELIVERED: 0, DEAD: 0}
+        sinks: dict[str, dict[str, Any]] = {}
+        for name, state, count, oldest in conn.execute(
+            "SELECT sink, state, COUNT(*), MIN(created_ms) FROM deliveries GROUP BY sink, state"
+        ):
+            totals[state] += count
+            entry = sinks.setdefault(name, _empty_sink_summary())
+            entry[state] = count
+            if state == PENDING:
+                entry["oldest_pending_ms"] = oldest
+        for name, health in self.sink_states().items():
+            entry = sinks.setdefault(name, _empty_sink_summary())
+            entry.update(
+                disabled_reason=health.disabled_reason,
+                disabled_ms=health.disabled_ms,
+                last_success_ms=health.last_success_ms,
+                last_failure_ms=health.last_failure_ms,
+                last_error=health.last_error,
+                consecutive_failures=health.consecutive_failures,
+            )
+        page_size = self._scalar("PRAGMA page_size")
+        page_count = self._scalar("PRAGMA page_count")
+        return {
+            "path": self.path,
+            "schema_version": SCHEMA_VERSION,
+            "file_bytes": page_size * page_count,
+            "tracked": {
+                "total": sum(by_status.values()),
+                "active": active,
+                "terminal": sum(by_status.values()) - active,
+                "by_status": by_status,
+            },
+            "events": self._scalar("SELECT COUNT(*) FROM events"),
+            "deliveries": {**totals, "oldest_pending_ms": self.oldest_pending_ms()},
+            "sinks": dict(sorted(sinks.items())),
+            "meta": self.all_meta(),
+        }
+
+    @_translated
+    def prune(self, *, now_ms: int, keep_done_ms: int, keep_dead_ms: int | None = None) -> int:
+        """Delete delivered deliveries older than ``keep_done_ms`` (by delivery time), dead letters older than
+        ``keep_dead_ms`` when given (kept forever by default), then events older than ``keep_done_ms`` that
+        no delivery refers to any more. Returns the number of rows deleted (deliveries + events)."""
+        cutoff = now_ms - keep_done_ms
+        with self._transaction() as conn:
+            deleted = conn.execute(
+                "DELETE FROM deliveries WHERE state = 'delivered' AND delivered_ms < ?", (cutoff,)
+            ).rowcount
+            if keep_dead_ms is not None:
+                deleted += conn.execute(
+                    "DELETE FROM deliveries WHERE state = 'dead' AND dead_ms < ?", (now_ms - keep_dead_ms,)
+                ).rowcount
+            deleted += conn.execute(
+                "DELETE FROM events WHERE created_ms < ?"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+                (cutoff,),
+            ).rowcount
+        return deleted
+
+    @_translated
+    def integrity_check(self) -> str:
+        rows = self._conn.execute("PRAGMA integrity_check").fetchall()
+        return "\n".join(str(row[0]) for row in rows)
+
+
+# ------------------------------------------------------------------------------- store internals
+
+
+def _meta_value(key: str, value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError(f"meta value for {key!r} must be a string, got {type(value).__name__}")
+    return str(value)
+
+
+def _upsert_meta(conn: sqlite3.Connection, items: dict[str, str]) -> None:
+    conn.executemany(
+        "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [(key, _meta_value(key, value)) for key, value in items.items()],
+    )
+
+
+def _requeue(conn: sqlite3.Connection, where: str, params: Sequence[Any], now_ms: int) -> int:
+    """Inside a transaction: matching deliveries → pending now, attempts 0; re-enable their sinks."""
+    sinks = [row[0] for row in conn.execute(f"SELECT DISTINCT sink FROM deliveries WHERE {where}", params)]
+    count = conn.execute(
+        "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_ms = ?, delivered_ms = NULL,"
+        f" dead_ms = NULL, last_error = NULL, last_status = NULL WHERE {where}",
+        [now_ms, *params],
+    ).rowcount
+    conn.executemany(
+        "UPDATE sinks SET disabled_reason = NULL, disabled_ms = NULL WHERE name = ?", [(s,) for s in sinks]
+    )
+    return count
+
+
+def _empty_sink_summary() -> dict[str, Any]:
+    return {
+        PENDING: 0,
+        DEAD: 0,
+        DELIVERED: 0,
+        "oldest_pending_ms": None,
+        "disabled_reason": None,
+        "disabled_ms": None,
+        "last_success_ms": None,
+        "last_failure_ms": None,
+        "last_error": None,
+        "consecutive_failures": 0,
+    }
+
+
+def _prepare_file(path: Path, *, create: bool) -> bool:
+    """Make sure ``path`` is a usable file; create it (and its directory) 0600/0700. True if created."""
+    parent = path.parent
+    try:
+        if not parent.exists():
+            if not create:
+                raise StoreError(f"state store {path} does not exist (has the daemon run yet?)")
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+        st = path.stat() if path.exists() else None
+    except OSError as exc:
+        raise StoreError(
+            f"state store {path}: cannot create or read its directory {parent}: {exc.strerror}"
+        ) from exc
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"state store {path} is not a regular file")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(
+                f"state store {path}: permission denied (the watcher needs to read and write it)"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise StoreError(
+                f"state store {path}: directory {parent} is not writable (SQLite keeps -wal/-shm files there)"
+            )
+        return False
+    if not create:
+        raise StoreError(f"state store {path} does not exist (has the daemon run yet?)")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return False  # another process created it just now; it set the mode
+    except OSError as exc:
+        raise StoreError(f"state store {path}: cannot create the file: {exc.strerror}") from exc
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _restrict_sidecars(name: str) -> None:
+    """SQLite gives -wal/-shm the database file's mode; make sure of it for a file we just created."""
+    for suffix in ("-wal", "-shm"):
+        try:
+            os.chmod(name + suffix, 0o600)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"state store {name}: cannot restrict {name + suffix}: {exc.strerror}") from exc
+
+
+def _configure(conn: sqlite3.Connection, name: str, busy_timeout_ms: int) -> None:
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+    except sqlite3.Error as exc:
+        raise StoreError(f"state store {name}: cannot open: {explain(exc)}") from exc
+    if mode != "wal" and not (name == _MEMORY and mode == "memory"):
+        raise StoreError(
+            f"state store {name}: SQLite refused WAL mode (got {mode!r}); use a local disk for the state"
+        )
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _check_ours(conn: sqlite3.Connection, name: str, version: int) -> None:
+    """Refuse files written by a newer version, and SQLite files of other applications."""
+    app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+    if app_id not in (0, APPLICATION_ID):
+        raise StoreError(
+            f"state store {name} is a SQLite database of another application (application_id {app_id})"
+        )
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"state store {name} was written by a newer flora-watcher (schema {version}; this version knows "
+            f"up to {SCHEMA_VERSION}); upgrade flora-watcher or move the file aside"
+        )
+    if version == 0:
+        (tables,) = conn.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+        ).fetchone()
+        if tables:
+            raise StoreError(
+                f"state store {name} is a SQLite database of another application (unversioned tables)"
+            )
+
+
+def _migrate(conn: sqlite3.Connection, name: str) -> None:
+    """Bring the schema to SCHEMA_VERSION in one transaction (re-checked under the write lock)."""
+    try:
+        version = _user_version(conn)
+        _check_ours(conn, name, version)
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = _user_version(conn)
+            _check_ours(conn, name, version)
+            for script in MIGRATIONS[version:]:
+                for statement in split_statements(script):
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise StoreError(f"state store {name}: cannot open: {explain(exc)}") from exc
+
+
+# ---------------------------------------------------------------------------------- async facade
+
+
+class AsyncStore:
+    """The Store's methods as coroutines, every call run on one dedicated worker thread, in call order.
+
+    A cancelled await does not stop a call already running on the worker: a ``commit_sweep`` in flight
+    still commits (or rolls back) there, and ``aclose()`` waits for it before closing the connection.
+    """
+
+    def __init__(self, store: Store, *, _executor: ThreadPoolExecutor | None = None) -> None:
+        self.store = store
+        self._executor = _executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="flora-store")
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str], **kwargs: Any) -> AsyncStore:
+        """Open the store on the worker thread itself (``Store.open`` arguments)."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flora-store")
+        loop = asyncio.get_running_loop()
+        try:
+            store = await loop.run_in_executor(executor, functools.partial(Store.open, path, **kwargs))
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(store, _executor=executor)
+
+    async def _call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        if self._closed:
+            raise StoreError(f"state store {self.store.path}: the store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def aclose(self) -> None:
+        """Let queued calls finish, close the connection, stop the worker thread. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            await self._call(self.store.close)
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> AsyncStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def path(self) -> str:
+        return self.store.path
+
+    # one coroutine per Store method, same signatures
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self._call(self.store.get_meta, key)
+
+    async def all_meta(self) -> dict[str, str]:
+        return await self._call(self.store.all_meta)
+
+    async def set_meta(self, items: dict[str, str]) -> None:
+        return await self._call(self.store.set_meta, items)
+
+    async def ensure_meta(self, key: str, value: str) -> str:
+        return await self._call(self.store.ensure_meta, key, value)
+
+    async def load_tracked(self) -> dict[str, TrackedRun]:
+        return await self._call(self.store.load_tracked)
+
+    async def commit_sweep(
+        self,
+        *,
+        upserts: Iterable[TrackedRun],
+        deletes: Iterable[str],
+        events: Iterable[tuple[Event, Sequence[str]]],
+        meta: dict[str, str],
+        now_ms: int,
+    ) -> list[str]:
+        return await self._call(
+            self.store.commit_sweep, upserts=upserts, deletes=deletes, events=events, meta=meta, now_ms=now_ms
+        )
+
+    async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100) -> list[Delivery]:
+        return await self._call(self.store.due_deliveries, sink, now_ms, limit)
+
+    async def next_due_ms(self, sink: str) -> int | None:
+        return await self._call(self.store.next_due_ms, sink)
+
+    async def mark_delivered(self, delivery_id: int, now_ms: int, status: int | None = None) -> bool:
+        return await self._call(self.store.mark_delivered, delivery_id, now_ms, status)
+
+    async def mark_retry(
+        self, delivery_id: int, *, now_ms: int, next_attempt_ms: int, error: str, status: int | None
+    ) -> bool:
+        return await self._call(
+            self.store.mark_retry,
+            delivery_id,
+            now_ms=now_ms,
+            next_attempt_ms=next_attempt_ms,
+            error=error,
+            status=status,
+        )
+
+    async def mark_dead(
+        self, delivery_id: int, *, now_ms: int, error: str, status: int | None, attempted: bool = True
+    ) -> bool:
+        return await self._call(
+            self.store.mark_dead, delivery_id, now_ms=now_ms, error=error, status=status, attempted=attempted
+        )
+
+    async def dead_letter_sink(self, sink: str, *, now_ms: int, reason: str) -> int:
+        return await self._call(self.store.dead_letter_sink, sink, now_ms=now_ms, reason=reason)
+
+    async def pending_counts(self) -> dict[str, int]:
+        return await self._call(self.store.pending_counts)
+
+    async def oldest_pending_ms(self) -> int | None:
+        return await self._call(self.store.oldest_pending_ms)
+
+    async def list_deliveries(
+        self, *, failed: bool, limit: int = 100, sink: str | None = None
+    ) -> list[DeliveryRow]:
+        return await self._call(self.store.list_deliveries, failed=failed, limit=limit, sink=sink)
+
+    async def replay(self, event_ids: Sequence[str], *, now_ms: int, sink: str | None = None) -> int:
+        return await self._call(self.store.replay, event_ids, now_ms=now_ms, sink=sink)
+
+    async def replay_failed(self, *, now_ms: int, sink: str | None = None) -> int:
+        return await self._call(self.store.replay_failed, now_ms=now_ms, sink=sink)
+
+    async def set_sink_state(self, sink: str, *, disabled_reason: str | None, now_ms: int) -> None:
+        return await self._call(
+            self.store.set_sink_state, sink, disabled_reason=disabled_reason, now_ms=now_ms
+        )
+
+    async def sink_states(self) -> dict[str, SinkState]:
+        return await self._call(self.store.sink_states)
+
+    async def record_sink_result(self, sink: str, *, ok: bool, now_ms: int, error: str | None = None) -> None:
+        return await self._call(self.store.record_sink_result, sink, ok=ok, now_ms=now_ms, error=error)
+
+    async def get_event(self, event_id: str) -> Event | None:
+        return await self._call(self.store.get_event, event_id)
+
+    async def events_exist(self, ids: Sequence[str]) -> set[str]:
+        return await self._call(self.store.events_exist, ids)
+
+    async def summary(self) -> dict[str, Any]:
+        return await self._call(self.store.summary)
+
+    async def prune(self, *, now_ms: int, keep_done_ms: int, keep_dead_ms: int | None = None) -> int:
+        return await self._call(
+            self.store.prune, now_ms=now_ms, keep_done_ms=keep_done_ms, keep_dead_ms=keep_dead_ms
+        )
+
+    async def integrity_check(self) -> str:
+        return await self._call(self.store.integrity_check)
