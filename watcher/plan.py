@@ -1,0 +1,173 @@
+"""Pure scheduling decisions for a sweep: which listings to make, how deep the window goes, which runs to poll.
+
+The sweep (``sweep.py``) asks these functions and does what they say; nothing here does I/O or reads a clock.
+
+How a sweep spends its requests (the cost model):
+
+* The **window** is one newest-first listing of *all* statuses. Each page carries up to 100 runs with their
+  status, outputs and error codes, so one page can settle dozens of finished runs at once. It always goes at
+  least down to ``new_after`` (the previous sweep's newest ``created_at`` minus a margin) so runs created and
+  finished between two sweeps are seen. Below that it continues only while the next pages are expected to
+  settle at least as many tracked runs as they cost (``should_continue_window``) — the density of runs per
+  millisecond measured on the pages already read is the estimate.
+* Tracked runs the window did not reach (a run started long ago, under a flood of newer runs) or that vanished
+  from the listing are **polled** one by one through their ``poll_url``, on a per-run backoff schedule.
+* A **resync** lists the active set (``status=pending`` and ``status=running``) in full: at every start, and
+  every ``resync_interval`` as a safety net for active runs the window never showed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from watcher.model import Run, TrackedRun, is_terminal
+from watcher.policy import poll_delay
+
+# Runs may appear in the listing slightly out of created_at order (clock skew between API servers, eventual
+# consistency). The window reaches this far below the previous sweep's newest run.
+NEW_RUN_MARGIN_MS = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """One combination of the configured listing filters (each None = not filtered)."""
+
+    workspace_id: str | None = None
+    project_id: str | None = None
+    technique_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        """A stable name for this combination, used to keep its watermark in the state store."""
+        return "|".join(v or "*" for v in (self.workspace_id, self.project_id, self.technique_id))
+
+    def as_params(self) -> dict[str, str]:
+        return {k: v for k, v in (("workspace_id", self.workspace_id), ("project_id", self.project_id),
+                                  ("technique_id", self.technique_id)) if v}
+
+    def admits(self, run: Run) -> bool:
+        """Whether a run observed elsewhere (e.g. a poll) belongs to this combination, as far as we can tell."""
+        return (
+            (self.workspace_id is None or run.workspace_id in (None, self.workspace_id))
+            and (self.project_id is None or run.project_id in (None, self.project_id))
+            and (self.technique_id is None or run.technique_id in (None, self.technique_id))
+        )
+
+
+def filter_combinations(
+    workspace_ids: Sequence[str], project_ids: Sequence[str], technique_ids: Sequence[str]
+) -> list[Filters]:
+    """The listing endpoint takes one value per filter; lists of values become one listing per combination."""
+    return [
+        Filters(w, p, t)
+        for w, p, t in itertools.product(workspace_ids or [None], project_ids or [None], technique_ids or [None])
+    ]
+
+
+def new_after_for(high_watermark_ms: int | None) -> int | None:
+    """Runs created after this (API time) and never seen before are new. None before the first sweep ever."""
+    if high_watermark_ms is None:
+        return None
+    return high_watermark_ms - NEW_RUN_MARGIN_MS
+
+
+def should_continue_window(
+    *,
+    page_oldest_ms: int | None,
+    next_cursor: str | None,
+    new_after_ms: int | None,
+    density_per_ms: float | None,
+    page_size: int,
+    unseen_created_desc: Iterable[int],
+    unseen_count: int,
+) -> bool:
+    """Whether the window should fetch its next page.
+
+    ``page_oldest_ms``: the oldest ``created_at`` on the pages read so far. ``unseen_created_desc``: the
+    ``created_at`` of tracked, non-terminal runs not observed yet this sweep that lie below ``page_oldest_ms``,
+    newest first (``unseen_count`` of them at most; it may be consumed lazily). Continue while (a) the window has
+    not yet reached ``new_after_ms`` (fast runs would be missed), or (b) some prefix of the unseen runs can be
+    reached at no more than one page per run settled: each page must be cheaper than the polls it saves.
+    """
+    if next_cursor is None:
+        return False
+    if page_oldest_ms is None:
+        return True  # no timestamps to judge by; read on (bounded by the client's max_pages)
+    if new_after_ms is not None and page_oldest_ms > new_after_ms:
+        return True
+    if unseen_count <= 0:
+        return False
+    if not density_per_ms or density_per_ms <= 0:
+        return True  # one page told us nothing about density; one more page is the cheapest way to learn
+    for k, created in enumerate(unseen_created_desc):
+        pages_needed = max(0.0, (page_oldest_ms - created) * density_per_ms / page_size)
+        if pages_needed <= k + 1:
+            return True
+        if pages_needed > unseen_count:
+            return False  # older runs need even more pages, and there are not enough runs left to pay for them
+    return False
+
+
+def density(newest_ms: int | None, oldest_ms: int | None, items: int) -> float | None:
+    """Runs per millisecond of ``created_at`` across the window read so far."""
+    if newest_ms is None or oldest_ms is None or items < 2 or newest_ms <= oldest_ms:
+        return None
+    return items / (newest_ms - oldest_ms)
+
+
+def runs_to_poll(
+    tracked: Mapping[str, TrackedRun], seen: Iterable[str], now_ms: int
+) -> list[TrackedRun]:
+    """Non-terminal tracked runs the listings did not settle this sweep and whose poll is due (oldest due first).
+
+    A run not yet on a poll schedule (``next_poll_ms is None``) is due at once: it just left the listings.
+    """
+    seen_ids = set(seen)
+    due = [
+        t
+        for t in tracked.values()
+        if not t.terminal and t.run_id not in seen_ids and (t.next_poll_ms is None or t.next_poll_ms <= now_ms)
+    ]
+    due.sort(key=lambda t: t.next_poll_ms or 0)
+    return due
+
+
+def after_poll(t: TrackedRun, *, changed: bool, now_ms: int, rand: float, first_s: float, cap_s: float) -> TrackedRun:
+    """Reschedule a polled run: fast again after a change, otherwise back off with jitter up to the cap."""
+    if t.terminal:
+        return replace(t, next_poll_ms=None, poll_attempt=0)
+    attempt = 0 if changed else t.poll_attempt + 1
+    delay_s = poll_delay(attempt, rand, first=first_s, cap=cap_s)
+    return replace(t, poll_attempt=attempt, next_poll_ms=now_ms + int(delay_s * 1000))
+
+
+def settled_by_listing(t: TrackedRun) -> TrackedRun:
+    """A run the listing showed needs no per-run poll schedule."""
+    if t.next_poll_ms is None and t.poll_attempt == 0:
+        return t
+    return replace(t, next_poll_ms=None, poll_attempt=0)
+
+
+def prunable(tracked: Mapping[str, TrackedRun], new_after_ms: int | None) -> list[str]:
+    """Terminal runs we no longer need to remember.
+
+    A terminal run is kept only while a re-read of it could still look new (created after ``new_after_ms``);
+    below that, ``transitions.detect`` ignores an unknown terminal run anyway, and the event store's ids are the
+    last guard against a duplicate.
+    """
+    if new_after_ms is None:
+        return [t.run_id for t in tracked.values() if t.terminal]
+    return [
+        t.run_id
+        for t in tracked.values()
+        if is_terminal(t.status) and (t.run.created_at is None or t.run.created_at <= new_after_ms)
+    ]
+
+
+def next_sweep_at(previous_start: float, interval: float, now: float) -> float:
+    """Drift-free cadence: sweeps start every ``interval``; a sweep longer than that pushes the next one back
+    (it starts at once) without a burst of catch-up sweeps."""
+    due = previous_start + interval
+    return due if due > now else now
