@@ -3,14 +3,33 @@
 Pure core: ``parse(text, env=..., read_file=...)`` takes the file's text, the environment and a file reader
 as arguments. Thin shell: ``load(path)`` finds and reads the file and calls ``parse``.
 Secrets are wrapped in ``Secret`` as soon as they are read, so no repr, log line or error prints one.
+
+Secret registration for log redaction: ``parse`` stays pure and registers nothing; ``Config.secret_values()``
+lists every resolved secret and ``load`` (the shell) hands each one to ``watcher.logs.register_secret``.
+Code that calls ``parse`` directly and then logs must do the same.
+
+Error keys are dotted paths; ``sinks[0]`` is the first ``[[sinks]]`` entry.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import difflib
+import ipaddress
+import math
+import os
+import re
+import string
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from watcher.model import DEFAULT_EVENT_TYPES
+from watcher.errors import ConfigError
+from watcher.model import ALL_EVENT_TYPES, DEFAULT_EVENT_TYPES
 from watcher.secret import Secret
 
 DEFAULT_BASE_URL = "https://app.flora.ai/api/v1"
@@ -25,6 +44,8 @@ class ApiConfig:
     api_key: Secret | None = None
     timeout: float = 30.0  # seconds per request
     max_rps: float = 5.0  # all API requests together
+    # where the key came from (never the key): "api_key" | "api_key_file" | "credential" | "FLORA_API_KEY"
+    api_key_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +108,733 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     sinks: tuple[SinkConfig, ...] = ()
     source: Path | None = None  # the file it came from, for messages
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every resolved secret as plain text, for ``watcher.logs.register_secret``. Never log this."""
+        values: list[str] = []
+        if self.api.api_key is not None:
+            values.append(self.api.api_key.reveal())
+        for sink in self.sinks:
+            if sink.url is not None:
+                values.extend(_url_secret_parts(sink.url.reveal()))
+            values.extend(s.reveal() for s in sink.secrets)
+            values.extend(v.reveal() for v in sink.headers.values())
+        return tuple(dict.fromkeys(v for v in values if v))
+
+
+# ------------------------------------------------------------------------------------------- constants
+
+API_KEY_CREDENTIAL = "flora_api_key"  # file name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
+LOCAL_CONFIG_NAME = "flora-watcher.toml"
+SYSTEM_CONFIG_PATH = Path("/etc/flora-watcher/flora-watcher.toml")
+
+SIGNATURES = ("standard", "flora")
+THREAD_MODES = ("run", "project", "none")
+STDOUT_FORMATS = ("text", "json")
+
+TOP_KEYS = ("api", "watch", "server", "delivery", "sinks")
+API_KEYS = ("base_url", "api_key", "api_key_file", "timeout", "max_rps")
+WATCH_KEYS = (
+    "interval", "concurrency", "workspace_id", "project_id", "technique_id", "events", "state_dir",
+    "poll_max_interval", "resync_interval",
+)
+SERVER_KEYS = ("listen",)
+DELIVERY_KEYS = ("retry_horizon", "backoff_initial", "backoff_max", "shutdown_grace")
+SINK_COMMON_KEYS = ("name", "type", "events", "match", "timeout")
+_URL_KEYS = ("url", "url_file")
+SINK_TYPE_KEYS: dict[str, tuple[str, ...]] = {
+    "webhook": (*_URL_KEYS, "secret", "secret_file", "signature", "headers"),
+    "slack": (*_URL_KEYS, "template"),
+    "discord": (*_URL_KEYS, "template"),
+    "teams": (*_URL_KEYS, "template"),
+    "google_chat": (*_URL_KEYS, "template", "thread"),
+    "file": ("path",),
+    "stdout": ("format",),
+    "exec": ("command",),
+}
+_ALL_SINK_KEYS = frozenset(SINK_COMMON_KEYS).union(*SINK_TYPE_KEYS.values())
+
+# Headers the webhook sink sets itself; a configured header may not replace them.
+RESERVED_HEADERS = frozenset({
+    "content-type", "content-length", "host", "transfer-encoding", "connection",
+    "webhook-id", "webhook-timestamp", "webhook-signature",
+    "flora-signature", "flora-webhook-id", "flora-event",
+})
+
+_SINK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+\Z")
+_VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_VAR_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_MISSING: Any = object()
+_API_DEFAULTS = ApiConfig()
+_WATCH_DEFAULTS = WatchConfig()
+_DELIVERY_DEFAULTS = DeliveryConfig()
+_SINK_DEFAULT_TIMEOUT = 10.0
+
+
+# ---------------------------------------------------------------------------------------- ${VAR}
+
+
+def interpolate(value: str, env: Mapping[str, str], key: str = "") -> str:
+    """Replace every ``${VAR}`` in ``value`` from ``env``; ``$$`` is a literal ``$``; a lone ``$`` stays.
+
+    Raises ``ConfigError(key, ...)`` naming the variable (never a value) when it is not set, and on an
+    unterminated ``${`` or an invalid variable name.
+    """
+    out: list[str] = []
+    i = 0
+    while True:
+        j = value.find("$", i)
+        if j < 0:
+            out.append(value[i:])
+            return "".join(out)
+        out.append(value[i:j])
+        nxt = value[j + 1 : j + 2]
+        if nxt == "$":
+            out.append("$")
+            i = j + 2
+        elif nxt == "{":
+            end = value.find("}", j + 2)
+            if end < 0:
+                raise ConfigError(key, "unterminated '${' (write '$$' for a literal '$')")
+            name = value[j + 2 : end]
+            if not _VAR_NAME_RE.match(name):
+                raise ConfigError(key, "invalid variable name in '${...}' (letters, digits and _ only)")
+            if name not in env:
+                raise ConfigError(key, f"environment variable {name} is not set")
+            out.append(env[name])
+            i = end + 1
+        else:
+            out.append("$")
+            i = j + 1
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _type_name(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _hint(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _choices(choices: Iterable[str]) -> str:
+    return ", ".join(choices)
+
+
+def _empty_message(raw: str) -> str:
+    refs = _VAR_REF_RE.findall(raw)
+    return f"is empty (${refs[0]} is set to an empty string)" if refs else "is empty"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, key: str, *, allow_query: bool = True) -> None:
+    """http(s) URL with a host; ``http://`` only for loopback hosts. Errors never echo the URL."""
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise ConfigError(key, "URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(key, "not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ConfigError(key, "must be an https:// URL (http:// only for loopback hosts)")
+    host = parts.hostname
+    if not host:
+        raise ConfigError(key, "URL has no host")
+    if scheme == "http" and not _is_loopback(host):
+        raise ConfigError(key, "http:// is only allowed for loopback hosts (127.0.0.0/8, ::1, localhost); use https://")
+    if not allow_query and (parts.query or parts.fragment):
+        raise ConfigError(key, "must not have a query string or fragment")
+
+
+def _check_secret_text(value: str, raw: str, key: str) -> None:
+    if not value:
+        raise ConfigError(key, _empty_message(raw))
+    if any(c in value for c in "\r\n\0"):
+        raise ConfigError(key, "contains a line break or NUL character")
+
+
+def _check_whsec(value: str, key: str) -> None:
+    prefix = "whsec_"
+    ok = value.startswith(prefix)
+    if ok:
+        try:
+            ok = bool(base64.b64decode(value[len(prefix):], validate=True))
+        except (binascii.Error, ValueError):
+            ok = False
+    if not ok:
+        raise ConfigError(
+            key, "not a Standard Webhooks secret ('whsec_' + base64); use one, or set signature = \"flora\""
+        )
+
+
+def _check_listen(value: str, key: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(key, "expected host:port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"")
+
+
+def _url_secret_parts(url: str) -> list[str]:
+    """The URL and its path+query: clients log either form; both must be redacted."""
+    parts = [url]
+    try:
+        split = urlsplit(url)
+    except ValueError:
+        return parts
+    tail = split.path + (f"?{split.query}" if split.query else "")
+    if len(tail) >= 8:
+        parts.append(tail)
+    return parts
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    env: Mapping[str, str]
+    read_file: Callable[[str], str]
+    base_dir: Path | None
+
+    def resolve_path(self, raw: str, key: str) -> Path:
+        if not raw:
+            raise ConfigError(key, "must not be empty")
+        if raw == "~" or raw.startswith("~/"):
+            home = self.env.get("HOME")
+            if not home:
+                raise ConfigError(key, "starts with ~ but $HOME is not set")
+            raw = home + raw[1:]
+        path = Path(raw)
+        if not path.is_absolute() and self.base_dir is not None:
+            path = self.base_dir / path
+        return path
+
+    def read_secret_file(self, path: Path, key: str) -> str:
+        try:
+            content = self.read_file(str(path))
+        except OSError as exc:
+            raise ConfigError(key, f"cannot read {path}: {_os_reason(exc)}") from None
+        value = content.rstrip("\r\n")
+        if not value:
+            raise ConfigError(key, f"{path} is empty")
+        if any(c in value for c in "\r\n\0"):
+            raise ConfigError(key, f"{path} holds more than one line (or a NUL character)")
+        return value
+
+
+class _Table:
+    """One TOML table with its dotted path: typed, interpolated reads and strict key checks."""
+
+    __slots__ = ("ctx", "data", "prefix")
+
+    def __init__(self, data: dict[str, Any], prefix: str, ctx: _Ctx) -> None:
+        self.data = data
+        self.prefix = prefix
+        self.ctx = ctx
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def check_keys(self, allowed: Iterable[str], *, elsewhere: Iterable[str] = (), kind: str = "") -> None:
+        allowed = tuple(allowed)
+        elsewhere = frozenset(elsewhere)
+        for name in self.data:
+            if name in allowed:
+                continue
+            if name in elsewhere:
+                raise ConfigError(self.key(name), f"does not apply to a {kind} sink")
+            raise ConfigError(self.key(name), "unknown key" + _hint(name, allowed))
+
+    def table(self, name: str) -> _Table:
+        raw = self.data.get(name, _MISSING)
+        if raw is _MISSING:
+            raw = {}
+        elif not isinstance(raw, dict):
+            raise ConfigError(self.key(name), f"must be a table, got {_type_name(raw)}")
+        return _Table(raw, self.key(name), self.ctx)
+
+    def _interpolated(self, raw: Any, key: str) -> str:
+        if not isinstance(raw, str):
+            raise ConfigError(key, f"must be a string, got {_type_name(raw)}")
+        return interpolate(raw, self.ctx.env, key)
+
+    def string(self, name: str, default: str | None = None) -> str | None:
+        raw = self.data.get(name, _MISSING)
+        if raw is _MISSING:
+            return default
+        return self._interpolated(raw, self.key(name))
+
+    def required_string(self, name: str, what: str = "") -> str:
+        value = self.string(name)
+        if value is None:
+            raise ConfigError(self.key(name), "required" + (f" ({what})" if what else ""))
+        if not value:
+            raise ConfigError(self.key(name), _empty_message(self.data[name]))
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.string(name, default)
+        assert value is not None
+        if value not in choices:
+            raise ConfigError(
+                self.key(name), f"must be one of {_choices(choices)}, got {value!r}" + _hint(value, choices)
+            )
+        return value
+
+    def strings(self, name: str) -> tuple[tuple[str, str, str], ...] | None:
+        """A string or a non-empty list of strings → ((value, raw, key), ...); None when absent."""
+        raw = self.data.get(name, _MISSING)
+        if raw is _MISSING:
+            return None
+        key = self.key(name)
+        if isinstance(raw, str):
+            return ((self._interpolated(raw, key), raw, key),)
+        if not isinstance(raw, list):
+            raise ConfigError(key, f"must be a string or an array of strings, got {_type_name(raw)}")
+        if not raw:
+            raise ConfigError(key, "must not be an empty array (leave the key out instead)")
+        keys = [f"{key}[{i}]" for i in range(len(raw))]
+        return tuple((self._interpolated(item, k), item, k) for item, k in zip(raw, keys, strict=True))
+
+    def non_empty_strings(self, name: str) -> tuple[str, ...] | None:
+        items = self.strings(name)
+        if items is None:
+            return None
+        for value, raw, key in items:
+            if not value:
+                raise ConfigError(key, _empty_message(raw))
+        return tuple(dict.fromkeys(value for value, _, _ in items))
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0, inclusive: bool = False) -> float:
+        raw = self.data.get(name, _MISSING)
+        if raw is _MISSING:
+            return default
+        key = self.key(name)
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ConfigError(key, f"must be a number, got {_type_name(raw)}")
+        if not math.isfinite(raw):
+            raise ConfigError(key, "must be a finite number")
+        if raw < minimum or (raw == minimum and not inclusive):
+            bound = "at least" if inclusive else "greater than"
+            raise ConfigError(key, f"must be {bound} {minimum:g}, got {raw:g}")
+        return float(raw)
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        raw = self.data.get(name, _MISSING)
+        if raw is _MISSING:
+            return default
+        key = self.key(name)
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ConfigError(key, f"must be an integer, got {_type_name(raw)}")
+        if raw < minimum:
+            raise ConfigError(key, f"must be at least {minimum}, got {raw}")
+        return raw
+
+    def path(self, name: str) -> Path | None:
+        value = self.string(name)
+        return None if value is None else self.ctx.resolve_path(value, self.key(name))
+
+    def secret(self, name: str, file_name: str, *, many: bool = False) -> tuple[tuple[str, ...], str | None]:
+        """Read ``name`` or its ``*_file`` twin → (values, which key was used). Both given is an error."""
+        if self.has(name) and self.has(file_name):
+            raise ConfigError(self.key(name), f"set either {name} or {file_name}, not both")
+        if self.has(name):
+            items = self.strings(name) if many else ((self.string(name), self.data[name], self.key(name)),)
+            assert items is not None
+            for value, raw, key in items:
+                _check_secret_text(value, raw, key)
+            return tuple(value for value, _, _ in items), name
+        if self.has(file_name):
+            items = self.strings(file_name) if many else ((self.string(file_name), "", self.key(file_name)),)
+            assert items is not None
+            values = tuple(
+                self.ctx.read_secret_file(self.ctx.resolve_path(raw_path, key), key)
+                for raw_path, _, key in items
+            )
+            return values, file_name
+        return (), None
+
+
+# ----------------------------------------------------------------------------------------- sections
+
+
+def _parse_api(t: _Table, *, require_api_key: bool) -> ApiConfig:
+    t.check_keys(API_KEYS)
+    env = t.ctx.env
+    base_key = t.key("base_url")
+    base_url = t.string("base_url")
+    if base_url is None:
+        base_url = env.get("FLORA_BASE_URL") or DEFAULT_BASE_URL
+        if base_url != DEFAULT_BASE_URL:
+            base_key = f"{base_key} (from $FLORA_BASE_URL)"
+    base_url = base_url.rstrip("/")
+    check_url(base_url, base_key, allow_query=False)
+
+    api_key, source = _resolve_api_key(t)
+    if api_key is None and require_api_key:
+        raise ConfigError(
+            t.key("api_key"),
+            "no API key: set api.api_key or api.api_key_file, provide the flora_api_key credential, "
+            "or export FLORA_API_KEY",
+        )
+    return ApiConfig(
+        base_url=base_url,
+        api_key=api_key,
+        timeout=t.number("timeout", _API_DEFAULTS.timeout),
+        max_rps=t.number("max_rps", _API_DEFAULTS.max_rps),
+        api_key_source=source,
+    )
+
+
+def _check_api_key(value: str, key: str) -> None:
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(key, "contains whitespace or control characters")
+
+
+def _resolve_api_key(t: _Table) -> tuple[Secret | None, str | None]:
+    """First found wins: api_key, api_key_file, $CREDENTIALS_DIRECTORY/flora_api_key, $FLORA_API_KEY."""
+    values, source = t.secret("api_key", "api_key_file")
+    if source is not None:
+        _check_api_key(values[0], t.key(source))
+        return Secret(values[0]), source
+    env = t.ctx.env
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / API_KEY_CREDENTIAL
+        key = f"{t.key('api_key')} (credential {API_KEY_CREDENTIAL})"
+        try:
+            t.ctx.read_file(str(path))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ConfigError(key, f"cannot read {path}: {_os_reason(exc)}") from None
+        else:
+            value = t.ctx.read_secret_file(path, key)
+            _check_api_key(value, key)
+            return Secret(value), "credential"
+    value = env.get("FLORA_API_KEY", "")
+    if value:
+        _check_api_key(value, f"{t.key('api_key')} (from $FLORA_API_KEY)")
+        return Secret(value), "FLORA_API_KEY"
+    return None, None
+
+
+def _event_types(t: _Table, name: str, allowed: tuple[str, ...], default: tuple[str, ...]) -> tuple[str, ...]:
+    items = t.strings(name)
+    if items is None:
+        return default
+    for value, _, key in items:
+        if value not in ALL_EVENT_TYPES:
+            choose = f"choose from {_choices(ALL_EVENT_TYPES)}" + _hint(value, ALL_EVENT_TYPES)
+            raise ConfigError(key, f"unknown event {value!r}; {choose}")
+        if value not in allowed:
+            raise ConfigError(key, f"event {value!r} is not enabled in [watch].events; add it there first")
+    return tuple(dict.fromkeys(str(value) for value, _, _ in items))
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """$STATE_DIRECTORY (its first entry), else $XDG_STATE_HOME/flora-watcher,
+    else $HOME/.local/state/flora-watcher."""
+    state_directory = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_directory:
+        return Path(state_directory)
+    xdg = env.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore relative values
+        return Path(xdg) / "flora-watcher"
+    home = env.get("HOME", "")
+    if home:
+        return Path(home) / ".local" / "state" / "flora-watcher"
+    raise ConfigError(
+        "watch.state_dir", "no default: set watch.state_dir, $STATE_DIRECTORY, $XDG_STATE_HOME or $HOME"
+    )
+
+
+def _parse_watch(t: _Table) -> WatchConfig:
+    t.check_keys(WATCH_KEYS)
+    state_dir = t.path("state_dir")
+    return WatchConfig(
+        interval=t.number("interval", _WATCH_DEFAULTS.interval),
+        concurrency=t.integer("concurrency", _WATCH_DEFAULTS.concurrency, minimum=1),
+        workspace_id=t.non_empty_strings("workspace_id") or (),
+        project_id=t.non_empty_strings("project_id") or (),
+        technique_id=t.non_empty_strings("technique_id") or (),
+        events=_event_types(t, "events", ALL_EVENT_TYPES, DEFAULT_EVENT_TYPES),
+        state_dir=state_dir if state_dir is not None else default_state_dir(t.ctx.env),
+        poll_max_interval=t.number("poll_max_interval", _WATCH_DEFAULTS.poll_max_interval),
+        resync_interval=t.number("resync_interval", _WATCH_DEFAULTS.resync_interval),
+    )
+
+
+def _parse_server(t: _Table) -> ServerConfig:
+    t.check_keys(SERVER_KEYS)
+    listen = t.string("listen")
+    if listen is not None:
+        _check_listen(listen, t.key("listen"))
+    return ServerConfig(listen=listen)
+
+
+def _parse_delivery(t: _Table) -> DeliveryConfig:
+    t.check_keys(DELIVERY_KEYS)
+    initial = t.number("backoff_initial", _DELIVERY_DEFAULTS.backoff_initial)
+    maximum = t.number("backoff_max", _DELIVERY_DEFAULTS.backoff_max)
+    if maximum < initial:
+        raise ConfigError(t.key("backoff_max"), f"must be at least backoff_initial ({initial:g})")
+    return DeliveryConfig(
+        retry_horizon=t.number("retry_horizon", _DELIVERY_DEFAULTS.retry_horizon),
+        backoff_initial=initial,
+        backoff_max=maximum,
+        shutdown_grace=t.number("shutdown_grace", _DELIVERY_DEFAULTS.shutdown_grace, inclusive=True),
+    )
+
+
+# -------------------------------------------------------------------------------------------- sinks
+
+
+def _parse_match(t: _Table) -> dict[str, tuple[str, ...]]:
+    if not t.has("match"):
+        return {}
+    sub = t.table("match")
+    sub.check_keys(MATCH_KEYS)
+    return {name: sub.non_empty_strings(name) or () for name in sub.data}
+
+
+def _parse_url(t: _Table) -> Secret:
+    values, source = t.secret("url", "url_file")
+    if source is None:
+        raise ConfigError(t.key("url"), "required (or url_file)")
+    check_url(values[0], t.key(source))
+    return Secret(values[0])
+
+
+def _parse_headers(t: _Table) -> dict[str, Secret]:
+    if not t.has("headers"):
+        return {}
+    sub = t.table("headers")
+    headers: dict[str, Secret] = {}
+    for name in sub.data:
+        key = sub.key(name)
+        if not _HEADER_NAME_RE.match(name):
+            raise ConfigError(key, "not a valid HTTP header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise ConfigError(key, "set by the webhook sink itself; it cannot be overridden")
+        value = sub.string(name)
+        assert value is not None
+        _check_secret_text(value, sub.data[name], key)
+        headers[name] = Secret(value)
+    return headers
+
+
+def _parse_template(t: _Table) -> str | None:
+    template = t.string("template")
+    if template is not None:
+        try:
+            list(string.Formatter().parse(template))
+        except ValueError as exc:
+            raise ConfigError(t.key("template"), f"not a valid template: {exc}") from None
+    return template
+
+
+def _parse_command(t: _Table) -> tuple[str, ...]:
+    key = t.key("command")
+    raw = t.data.get("command", _MISSING)
+    if raw is _MISSING:
+        raise ConfigError(key, "required: the program and its arguments as an array (no shell)")
+    if not isinstance(raw, list):
+        raise ConfigError(key, f"must be an array of strings (argv; no shell), got {_type_name(raw)}")
+    items = t.strings("command")
+    assert items is not None
+    if not items[0][0]:
+        raise ConfigError(items[0][2], "the program must not be empty")
+    return tuple(value for value, _, _ in items)
+
+
+def _type_fields(t: _Table, sink_type: str) -> dict[str, Any]:
+    """The fields specific to ``sink_type`` (keys were already checked)."""
+    fields: dict[str, Any] = {}
+    if sink_type in ("webhook", *CHAT_SINK_TYPES):
+        fields["url"] = _parse_url(t)
+    if sink_type in CHAT_SINK_TYPES:
+        fields["template"] = _parse_template(t)
+    if sink_type == "webhook":
+        signature = t.choice("signature", SIGNATURES, "standard")
+        secrets, source = t.secret("secret", "secret_file", many=True)
+        if t.has("signature") and source is None:
+            raise ConfigError(t.key("signature"), "needs secret or secret_file to sign with")
+        if signature == "standard":
+            for i, value in enumerate(secrets):
+                suffix = f"[{i}]" if isinstance(t.data.get(source), list) else ""
+                _check_whsec(value, t.key(f"{source}{suffix}"))
+        fields.update(
+            signature=signature,
+            secrets=tuple(Secret(s) for s in secrets),
+            headers=_parse_headers(t),
+        )
+    elif sink_type == "google_chat":
+        fields["thread"] = t.choice("thread", THREAD_MODES, "run")
+    elif sink_type == "file":
+        path = t.path("path")
+        if path is None:
+            raise ConfigError(t.key("path"), "required: the JSON Lines file to append events to")
+        fields["path"] = path
+    elif sink_type == "stdout":
+        fields["format"] = t.choice("format", STDOUT_FORMATS, "text")
+    elif sink_type == "exec":
+        fields["command"] = _parse_command(t)
+    return fields
+
+
+def _parse_sink(t: _Table, watch: WatchConfig) -> SinkConfig:
+    name = t.required_string("name", "a unique name for logs, metrics and test-sink")
+    if not _SINK_NAME_RE.match(name):
+        raise ConfigError(t.key("name"), "may only contain letters, digits, '_', '.' and '-'")
+    sink_type = t.required_string("type", _choices(SINK_TYPES))
+    if sink_type not in SINK_TYPES:
+        choose = f"choose from {_choices(SINK_TYPES)}" + _hint(sink_type, SINK_TYPES)
+        raise ConfigError(t.key("type"), f"unknown sink type {sink_type!r}; {choose}")
+    t.check_keys((*SINK_COMMON_KEYS, *SINK_TYPE_KEYS[sink_type]), elsewhere=_ALL_SINK_KEYS, kind=sink_type)
+    return SinkConfig(
+        name=name,
+        type=sink_type,
+        events=_event_types(t, "events", watch.events, watch.events),
+        match=_parse_match(t),
+        timeout=t.number("timeout", _SINK_DEFAULT_TIMEOUT),
+        **_type_fields(t, sink_type),
+    )
+
+
+def _parse_sinks(root: _Table, watch: WatchConfig) -> tuple[SinkConfig, ...]:
+    raw = root.data.get("sinks", _MISSING)
+    if raw is _MISSING or raw == []:
+        return (SinkConfig(name="console", type="stdout", format="text", events=watch.events),)
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise ConfigError("sinks", "must be an array of tables: write each sink as a [[sinks]] section")
+    sinks: list[SinkConfig] = []
+    first_index: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        t = _Table(item, f"sinks[{i}]", root.ctx)
+        sink = _parse_sink(t, watch)
+        if sink.name in first_index:
+            raise ConfigError(
+                t.key("name"), f"duplicate sink name {sink.name!r} (also sinks[{first_index[sink.name]}])"
+            )
+        first_index[sink.name] = i
+        sinks.append(sink)
+    return tuple(sinks)
+
+
+# ------------------------------------------------------------------------------------------- public
+
+
+def parse(
+    text: str,
+    *,
+    env: Mapping[str, str],
+    read_file: Callable[[str], str],
+    source: Path | None = None,
+    require_api_key: bool = True,
+) -> Config:
+    """Parse and validate config text. Pure: ``env`` and ``read_file`` (raises OSError) are the only inputs.
+
+    Relative paths (``*_file``, ``path``, ``state_dir``) resolve against ``source.parent``; without a
+    ``source`` they stay as given. Raises ``ConfigError`` with a dotted key and a one-line, secret-free
+    message.
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        where = f" in {source}" if source is not None else ""
+        raise ConfigError("", f"invalid TOML{where}: {exc}") from None
+    ctx = _Ctx(env=env, read_file=read_file, base_dir=source.parent if source is not None else None)
+    root = _Table(doc, "", ctx)
+    root.check_keys(TOP_KEYS)
+    api = _parse_api(root.table("api"), require_api_key=require_api_key)
+    watch = _parse_watch(root.table("watch"))
+    server = _parse_server(root.table("server"))
+    delivery = _parse_delivery(root.table("delivery"))
+    sinks = _parse_sinks(root, watch)
+    return Config(api=api, watch=watch, server=server, delivery=delivery, sinks=sinks, source=source)
+
+
+def find_config(env: Mapping[str, str], cwd: Path) -> Path | None:
+    """The config file to use when ``-c`` is absent: $FLORA_WATCHER_CONFIG (even if missing, so the error
+    names it), else ./flora-watcher.toml, else /etc/flora-watcher/flora-watcher.toml, else None."""
+    explicit = env.get("FLORA_WATCHER_CONFIG", "")
+    if explicit:
+        return cwd / explicit  # an absolute path stays absolute
+    for candidate in (cwd / LOCAL_CONFIG_NAME, SYSTEM_CONFIG_PATH):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_text(path: str) -> str:
+    """The default ``read_file``: UTF-8 text; every failure is an OSError."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise OSError(f"not valid UTF-8 (byte {exc.start})") from None
+
+
+def load(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    require_api_key: bool = True,
+) -> Config:
+    """Find and read the config (``path`` is ``-c FILE``), parse it, and register its secrets for redaction.
+
+    No ``path`` and no file found anywhere → all defaults (``source=None``), so ``FLORA_API_KEY=... run``
+    works without a file.
+    """
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    origin = ""
+    if path is not None:
+        source: Path | None = cwd / path
+    else:
+        source = find_config(env, cwd)
+        if source is not None and env.get("FLORA_WATCHER_CONFIG"):
+            origin = " (from $FLORA_WATCHER_CONFIG)"
+    text = ""
+    if source is not None:
+        try:
+            text = read_text(str(source))
+        except OSError as exc:
+            raise ConfigError("", f"cannot read config file {source}{origin}: {_os_reason(exc)}") from None
+    config = parse(text, env=env, read_file=read_text, source=source, require_api_key=require_api_key)
+    from watcher import logs
+
+    logs.register_secrets(config.secret_values())
+    return config

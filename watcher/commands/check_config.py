@@ -1,0 +1,82 @@
+"""Validate the configuration and resolve every secret (API key, sink URLs, signing secrets), printing none.
+
+Exit status: 0 when the config is valid, 2 when it is not (the error names the key and what is wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from watcher.cli import add_config_argument
+
+KEY_SOURCES = {
+    "api_key": "api.api_key",
+    "api_key_file": "api.api_key_file",
+    "credential": "systemd credential flora_api_key",
+    "FLORA_API_KEY": "environment variable FLORA_API_KEY",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def summary(config) -> list[str]:
+    """The lines printed after ``config OK``. Names where secrets came from, never their values."""
+    from watcher.logs import redact
+
+    api, watch = config.api, config.watch
+    key_source = KEY_SOURCES.get(api.api_key_source or "", "none")
+    lines = [
+        f"  api:        {redact(api.base_url)} (key from {key_source})",
+        f"  polling:    interval {_num(watch.interval)}s, concurrency {watch.concurrency}, "
+        f"max_rps {_num(api.max_rps)}, timeout {_num(api.timeout)}s",
+        f"  events:     {', '.join(watch.events)}",
+    ]
+    filters = [
+        f"{name}={','.join(values)}"
+        for name, values in (
+            ("workspace_id", watch.workspace_id),
+            ("project_id", watch.project_id),
+            ("technique_id", watch.technique_id),
+        )
+        if values
+    ]
+    if filters:
+        lines.append(f"  filters:    {' '.join(filters)}")
+    lines.append(f"  state_dir:  {watch.state_dir}")
+    if config.server.listen:
+        lines.append(f"  server:     {config.server.listen}")
+    lines.append(f"  sinks ({len(config.sinks)}):")
+    width = max(len(s.name) for s in config.sinks)
+    for sink in config.sinks:
+        lines.append(f"    {sink.name:<{width}}  {sink.type:<11}  {', '.join(sink.events)}{_sink_detail(sink)}")
+    return lines
+
+
+def _sink_detail(sink) -> str:
+    details: list[str] = []
+    if sink.type == "webhook" and sink.secrets:
+        n = len(sink.secrets)
+        details.append(f"signed ({sink.signature}, {n} secret{'s' if n > 1 else ''})")
+    if sink.match:
+        details.append("match " + " ".join(f"{k}={','.join(v)}" for k, v in sink.match.items()))
+    if sink.type == "file":
+        details.append(str(sink.path))
+    if sink.type == "stdout":
+        details.append(sink.format)
+    return f"  [{'; '.join(details)}]" if details else ""
+
+
+def main(args: argparse.Namespace) -> int:
+    from watcher.config import load
+
+    config = load(args.config)  # ConfigError propagates: cli.py prints it on one line and exits 2
+    print(f"config OK: {config.source if config.source is not None else 'defaults (no file found)'}")
+    for line in summary(config):
+        print(line)
+    return 0
