@@ -72,6 +72,7 @@ class ServerError(ApiError):
     """408/409/5xx: transient on the API side."""
 
     retryable = True
+    retry_after: float | None = None  # seconds from Retry-After/retry-after-ms when the server sent one
 
 
 class ApiUnavailableError(ApiError):

@@ -1,0 +1,327 @@
+"""API JSON → model values. Pure: no I/O, no clock.
+
+FLORA's responses drift (flora-api.md §6, §8): snake_case or camelCase keys, timestamps in seconds or
+milliseconds (or ISO-8601 strings), optional fields absent or null, ids under several names, statuses
+outside the enum. Everything is parsed here, once, at the edge; the rest of the watcher sees only ``Run``.
+
+Rules: unknown fields are ignored; a field of the wrong type becomes ``None`` (``outputs`` becomes ``()``);
+statuses are lower-cased and kept even when unknown (callers log them; they are non-terminal); only a
+missing run id or status makes an object unusable (``BadResponseError``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from watcher.errors import BadResponseError
+from watcher.model import Output, Run, Technique
+
+# Unix timestamps below this are seconds (1e11 s is year 5138; 1e11 ms is March 1973).
+SECONDS_THRESHOLD = 1e11
+# Largest millisecond value we accept (9999-12-31T23:59:59.999Z); beyond it the value is nonsense.
+MAX_MS = 253_402_300_799_999
+
+RUN_ID_KEYS = ("run_id", "runId", "technique_run_id", "techniqueRunId", "generation_id", "generationId", "id")
+LIST_KEYS = ("technique_runs", "techniqueRuns", "generations", "data", "items")
+RUN_TYPES = frozenset({"technique", "generation", "action"})
+SNIPPET_LIMIT = 200
+
+_NUMERIC = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_TAG = re.compile(r"<[^>]{0,200}>")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One page of ``GET /technique-runs``. ``skipped`` counts items that could not be parsed."""
+
+    runs: tuple[Run, ...]
+    next_cursor: str | None = None
+    total_estimate: int | None = None
+    skipped: int = 0
+
+
+# ------------------------------------------------------------------------------------------ scalars
+
+
+def _number(value: object) -> float | None:
+    """A finite number from an int, float or numeric string; bools and everything else → None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
+        number = float(value.strip())
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _epoch_to_ms(number: float) -> int | None:
+    if number < 0:
+        return None
+    ms = number * 1000.0 if number < SECONDS_THRESHOLD else number
+    return round(ms) if ms <= MAX_MS else None
+
+
+def _iso_to_ms(text: str) -> int | None:
+    candidate = text.strip()
+    if len(candidate) < 10 or not candidate[:4].isdigit():
+        return None
+    try:
+        when = datetime.fromisoformat(candidate)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        ms = round(when.timestamp() * 1000)
+    except (OverflowError, ValueError):
+        return None
+    return ms if 0 <= ms <= MAX_MS else None
+
+
+def to_ms(value: object) -> int | None:
+    """Unix milliseconds from seconds or milliseconds (values below 1e11 are seconds).
+
+    Accepts ints, floats, numeric strings and ISO-8601 strings (naive ones are taken as UTC).
+    Anything else — bools, negatives, NaN, out-of-range values, other types — gives None.
+    """
+    if isinstance(value, str):
+        number = _number(value)
+        return _epoch_to_ms(number) if number is not None else _iso_to_ms(value)
+    number = _number(value)
+    return _epoch_to_ms(number) if number is not None else None
+
+
+def _str(value: object) -> str | None:
+    """A non-empty string, or None."""
+    return value if isinstance(value, str) and value else None
+
+
+def _first(obj: Mapping[str, Any], *keys: str) -> Any:
+    """The value of the first key present with a non-null value."""
+    for key in keys:
+        value = obj.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _first_str(obj: Mapping[str, Any], *keys: str) -> str | None:
+    """The first value under ``keys`` that is a non-empty string (others are skipped, not fatal)."""
+    for key in keys:
+        value = _str(obj.get(key))
+        if value is not None:
+            return value
+    return None
+
+
+def _progress(value: object) -> float | None:
+    return _number(value)
+
+
+def _cost(value: object) -> float | None:
+    number = _number(value)
+    return number if number is not None and number >= 0 else None
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+def _technique(obj: Mapping[str, Any]) -> Technique | None:
+    raw = obj.get("technique")
+    if isinstance(raw, Mapping):
+        technique_id = _first_str(raw, "technique_id", "techniqueId", "id", "slug")
+        name = _first_str(raw, "name")
+    else:
+        technique_id = _str(raw)  # a bare slug or tech_ id
+        name = None
+    technique_id = technique_id or _first_str(obj, "technique_id", "techniqueId")
+    name = name or _first_str(obj, "technique_name", "techniqueName")
+    if technique_id is None and name is None:
+        return None
+    return Technique(technique_id=technique_id, name=name)
+
+
+def _output(raw: object) -> Output | None:
+    if not isinstance(raw, Mapping):
+        return None
+    return Output(
+        output_id=_first_str(raw, "output_id", "outputId", "id"),
+        type=_first_str(raw, "type"),
+        url=_first_str(raw, "url"),
+    )
+
+
+def _outputs(raw: object) -> tuple[Output, ...]:
+    if not isinstance(raw, list):
+        return ()
+    return tuple(out for out in map(_output, raw) if out is not None)
+
+
+def _errors(obj: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    code = _first_str(obj, "error_code", "errorCode")
+    message = _first_str(obj, "error_message", "errorMessage")
+    nested = obj.get("error")
+    if isinstance(nested, Mapping):
+        code = code or _first_str(nested, "code")
+        message = message or _first_str(nested, "message")
+    return code, message
+
+
+def _run_type(obj: Mapping[str, Any]) -> str:
+    explicit = _first_str(obj, "run_type", "runType")
+    if explicit is not None:
+        return explicit
+    loose = _str(obj.get("type"))
+    return loose if loose in RUN_TYPES else "technique"
+
+
+def parse_run(obj: object, *, default_run_id: str | None = None, default_status: str | None = None) -> Run:
+    """One run object (list item, single-run GET or create response) → ``Run``.
+
+    ``default_run_id``/``default_status`` fill in what the caller already knows (the id it asked for, the
+    ``pending`` of a just-created run) when the body lacks it. Raises ``BadResponseError`` only when the
+    object is not a mapping or has no usable run id or status.
+    """
+    if not isinstance(obj, Mapping):
+        raise BadResponseError(f"run: expected a JSON object, got {type(obj).__name__}")
+    run_id = _first_str(obj, *RUN_ID_KEYS) or default_run_id
+    if run_id is None:
+        raise BadResponseError("run: no run id (run_id, runId, technique_run_id or id)")
+    raw_status = _str(obj.get("status")) or default_status
+    status = raw_status.strip().lower() if raw_status else None
+    if not status:
+        raise BadResponseError(f"run {run_id}: no status")
+    error_code, error_message = _errors(obj)
+    return Run(
+        run_id=run_id,
+        status=status,
+        progress=_progress(obj.get("progress")),
+        created_at=to_ms(_first(obj, "created_at", "createdAt")),
+        started_at=to_ms(_first(obj, "started_at", "startedAt")),
+        completed_at=to_ms(_first(obj, "completed_at", "completedAt")),
+        workspace_id=_first_str(obj, "workspace_id", "workspaceId"),
+        project_id=_first_str(obj, "project_id", "projectId"),
+        technique=_technique(obj),
+        charged_cost=_cost(_first(obj, "charged_cost", "chargedCost")),
+        error_code=error_code,
+        error_message=error_message,
+        outputs=_outputs(obj.get("outputs")),
+        poll_url=_first_str(obj, "poll_url", "pollUrl"),
+        run_type=_run_type(obj),
+    )
+
+
+# ------------------------------------------------------------------------------------------ pages
+
+
+def _cursor(value: object) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    return _str(value)
+
+
+def _total(value: object) -> int | None:
+    number = _number(value) if not isinstance(value, str) else None
+    if number is None or number < 0 or number != int(number):
+        return None
+    return int(number)
+
+
+def parse_list_page(obj: object) -> ListPage:
+    """A list response → ``ListPage``. Unparseable items are skipped and counted, never fatal.
+
+    Raises ``BadResponseError`` when the body is not an object holding a list of runs.
+    """
+    if not isinstance(obj, Mapping):
+        raise BadResponseError(f"list: expected a JSON object, got {type(obj).__name__}")
+    items = next((obj[key] for key in LIST_KEYS if isinstance(obj.get(key), list)), None)
+    if items is None:
+        raise BadResponseError("list: no list of runs (technique_runs) in the response")
+    runs: list[Run] = []
+    skipped = 0
+    for item in items:
+        try:
+            runs.append(parse_run(item))
+        except BadResponseError:
+            skipped += 1
+    meta = obj.get("meta")
+    meta = meta if isinstance(meta, Mapping) else {}
+    cursor_raw = _first(meta, "next_cursor", "nextCursor")
+    if cursor_raw is None:
+        cursor_raw = _first(obj, "next_cursor", "nextCursor")
+    return ListPage(
+        runs=tuple(runs),
+        next_cursor=_cursor(cursor_raw),
+        total_estimate=_total(_first(meta, "total_estimate", "totalEstimate")),
+        skipped=skipped,
+    )
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def sanitize_snippet(text: str, limit: int = SNIPPET_LIMIT) -> str | None:
+    """A short one-line excerpt of a response body: tags and control characters removed, whitespace
+    collapsed, at most ``limit`` characters. None when nothing readable is left."""
+    cleaned = _CONTROL.sub(" ", _TAG.sub(" ", text))
+    cleaned = " ".join(cleaned.split())
+    if not cleaned:
+        return None
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+def _fields_summary(fields: object) -> str | None:
+    if not isinstance(fields, list):
+        return None
+    parts = []
+    for item in fields[:5]:
+        if isinstance(item, Mapping):
+            name, message = _str(item.get("field")), _str(item.get("message"))
+            if name or message:
+                parts.append(f"{name or '?'}: {message or 'invalid'}")
+    return "; ".join(parts) or None
+
+
+def parse_error_body(body: bytes) -> tuple[str | None, str | None]:
+    """An error response body → (FLORA ``error.code``, a short message).
+
+    Understands the documented envelope ``{"error": {"code", "message", "fields"}}`` and a few common
+    variants (``{"error": "..."}``, top-level ``code``/``message``). Non-JSON bodies (a proxy's HTML 502)
+    give ``(None, snippet)``; empty ones ``(None, None)``. The message is sanitised and short.
+    """
+    text = body.decode("utf-8", errors="replace") if body else ""
+    if not text.strip():
+        return None, None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None, sanitize_snippet(text)
+    if not isinstance(doc, Mapping):
+        return None, sanitize_snippet(text)
+    envelope = doc.get("error")
+    if isinstance(envelope, Mapping):
+        code = _str(envelope.get("code"))
+        message = _str(envelope.get("message"))
+        fields = _fields_summary(envelope.get("fields"))
+        if fields:
+            message = f"{message} ({fields})" if message else fields
+    elif isinstance(envelope, str):
+        code, message = None, envelope
+    else:
+        code = _first_str(doc, "code", "error_code", "errorCode")
+        message = _first_str(doc, "message", "detail", "title")
+    if code is None and message is None:
+        return None, sanitize_snippet(text)
+    code = sanitize_snippet(code, 80) if code else None
+    return code, sanitize_snippet(message) if message else None
