@@ -1,0 +1,231 @@
+"""A live terminal view for ``run`` and ``demo`` on a TTY (rich): runs with progress bars, and recent events.
+
+Shell module, but ``render(now_ms)`` is a plain function of what was handed in, so tests render it to a
+recording ``Console`` and read the text. The daemon uses the view only when stdout is a terminal; otherwise
+it logs plain lines.
+
+Text that came from the API (technique names, error messages, ids) is shown as literal text — never parsed as
+rich markup — and stripped of control characters, so a run cannot move the cursor or recolour the terminal.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import unicodedata
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from watcher.clock import SYSTEM_CLOCK, Clock
+from watcher.model import EventType, Run, RunStatus
+
+STATUS_STYLES = {
+    RunStatus.PENDING: "yellow",
+    RunStatus.RUNNING: "cyan",
+    RunStatus.COMPLETED: "green",
+    RunStatus.FAILED: "bold red",
+}
+EVENT_ICONS = {EventType.COMPLETED: "✅", EventType.FAILED: "❌", EventType.STARTED: "▶️"}
+# Active runs first (running before pending), then the rest.
+_STATUS_ORDER = {RunStatus.RUNNING: 0, RunStatus.PENDING: 1}
+MAX_REFRESH_PER_SECOND = 4.0
+
+
+def clean(text: object, limit: int = 80) -> str:
+    """API text made safe for one terminal line: control characters removed, at most ``limit`` chars."""
+    s = "".join(" " if ch in "\t\n\r" else ch for ch in str(text) if ch in "\t\n\r"
+                or unicodedata.category(ch) not in ("Cc", "Cf"))
+    s = " ".join(s.split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def format_duration(ms: int | None) -> str:
+    """Human elapsed time: ``4.2s``, ``42s``, ``3m05s``, ``2h03m``; ``—`` when unknown."""
+    if ms is None or ms < 0:
+        return "—"
+    seconds = ms / 1000
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def run_elapsed_ms(run: Run, now_ms: int) -> int | None:
+    """Time since the run started (or was created), up to its completion if it has ended."""
+    start = run.started_at if run.started_at is not None else run.created_at
+    if start is None:
+        return None
+    end = run.completed_at if run.terminal and run.completed_at is not None else now_ms
+    return max(0, end - start)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _run_sort_key(run: Run) -> tuple[int, int]:
+    order = _STATUS_ORDER.get(run.status, 2)
+    when = run.completed_at if order == 2 and run.completed_at is not None else (run.created_at or 0)
+    return order, -when
+
+
+def _technique_label(technique: Any) -> str:
+    if isinstance(technique, dict):
+        return clean(technique.get("name") or technique.get("technique_id") or "—", 30)
+    if technique is not None:
+        return clean(technique.name or technique.technique_id or "—", 30)
+    return "—"
+
+
+def _progress_cell(run: Run) -> RenderableType:
+    if run.status == RunStatus.COMPLETED:
+        pct: float | None = 100.0
+    elif run.progress is not None:
+        pct = min(100.0, max(0.0, float(run.progress)))
+    else:
+        pct = None
+    bar = ProgressBar(total=100, completed=pct or 0, width=20, pulse=pct is None and run.active)
+    label = Text(" —  " if pct is None else f"{pct:3.0f}%", style="dim" if pct is None else "")
+    grid = Table.grid(padding=(0, 1))
+    grid.add_row(bar, label)
+    return grid
+
+
+def event_line(event: Any) -> Text:
+    """One ✅/❌ line for an event (``model.Event`` or its dict form)."""
+    d = event.to_dict() if hasattr(event, "to_dict") else event
+    data = d.get("data") or {}
+    icon = EVENT_ICONS.get(d.get("type"), "•")
+    when = datetime.datetime.fromtimestamp(d.get("created_at", 0) / 1000).strftime("%H:%M:%S")
+    line = Text(no_wrap=True, overflow="ellipsis")  # one line per event keeps the view's height steady
+    line.append(f"{icon} ")
+    line.append(when, style="dim")
+    line.append(" ")
+    line.append(clean(d.get("type", "?"), 20), style=STATUS_STYLES.get(data.get("status"), ""))
+    line.append(" ")
+    line.append(clean(data.get("run_id", "?"), 40), style="bold")
+    line.append(f" {_technique_label(data.get('technique'))}")
+    started = data.get("started_at") or data.get("created_at")
+    if data.get("completed_at") is not None and started is not None:
+        line.append(f" {format_duration(data['completed_at'] - started)}", style="dim")
+    if d.get("type") == EventType.FAILED:
+        code = clean(data.get("error_code") or "no error code", 40)
+        line.append(f" {code}", style="red")
+        if data.get("error_message"):
+            line.append(f": {clean(data['error_message'], 80)}")
+    if data.get("late"):
+        line.append(" (late)", style="yellow")
+    return line
+
+
+class LiveView:
+    """The live table. ``update()`` with the current runs, ``add_event()`` per event; use it as a context
+    manager (or ``start()``/``stop()``) to draw it at most ``refresh_per_second`` times a second."""
+
+    def __init__(
+        self,
+        console: Console | None = None,
+        max_rows: int = 20,
+        *,
+        max_events: int = 8,
+        refresh_per_second: float = MAX_REFRESH_PER_SECOND,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.console = console or Console()
+        self.max_rows = max_rows
+        self._runs: tuple[Run, ...] = ()
+        self._events: collections.deque[Text] = collections.deque(maxlen=max_events)
+        self._event_count = 0
+        self._now_ms = 0
+        self._updated_mono = clock.monotonic()
+        self._clock = clock
+        self._refresh = min(refresh_per_second, MAX_REFRESH_PER_SECOND)
+        self._live: Live | None = None
+
+    # ------------------------------------------------------------------------------------------- input
+
+    def update(self, runs: Sequence[Run], now_ms: int) -> None:
+        """The runs to show (active ones and recently ended ones) as of ``now_ms``."""
+        self._runs = tuple(runs)
+        self._now_ms = now_ms
+        self._updated_mono = self._clock.monotonic()
+
+    def add_event(self, event: Any) -> None:
+        """Add a transition event (``model.Event`` or its dict) to the list under the table."""
+        self._events.append(event_line(event))
+        self._event_count += 1
+
+    # ------------------------------------------------------------------------------------------ output
+
+    def render(self, now_ms: int) -> RenderableType:
+        """Everything the view shows at ``now_ms``, as one rich renderable."""
+        runs = sorted(self._runs, key=_run_sort_key)
+        active = sum(1 for r in runs if r.active)
+        table = Table(
+            title=Text(f"flora-watcher — {active} active, {_plural(self._event_count, 'event')}", style="bold"),
+            title_justify="left",
+            expand=False,
+            header_style="bold dim",
+        )
+        table.add_column("Run", no_wrap=True)
+        table.add_column("Technique", no_wrap=True, max_width=30)
+        table.add_column("Status", no_wrap=True)
+        table.add_column("Progress", no_wrap=True)
+        table.add_column("Elapsed", justify="right", no_wrap=True)
+        for run in runs[: self.max_rows]:
+            table.add_row(
+                Text(clean(run.run_id, 40)),
+                Text(_technique_label(run.technique)),
+                Text(clean(run.status, 20), style=STATUS_STYLES.get(run.status, "magenta")),
+                _progress_cell(run),
+                Text(format_duration(run_elapsed_ms(run, now_ms))),
+            )
+        parts: list[RenderableType] = [table]
+        hidden = len(runs) - self.max_rows
+        if hidden > 0:
+            parts.append(Text(f"… and {hidden} more", style="dim"))
+        if not runs:
+            parts.append(Text("no runs yet", style="dim"))
+        if self._events:
+            parts.append(Text("Recent events", style="bold"))
+            parts.extend(self._events)
+        return Group(*parts)
+
+    def _render_now(self) -> RenderableType:
+        drift_ms = int((self._clock.monotonic() - self._updated_mono) * 1000)
+        return self.render(self._now_ms + max(0, drift_ms))
+
+    # --------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        if self._live is None:
+            self._live = Live(
+                get_renderable=self._render_now,
+                console=self.console,
+                refresh_per_second=self._refresh,
+                transient=False,
+            )
+            self._live.start()
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def __enter__(self) -> LiveView:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

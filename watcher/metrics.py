@@ -1,0 +1,156 @@
+"""Prometheus metrics for the daemon (prometheus-client, on a registry of our own).
+
+Shell module. Each ``Metrics`` owns a ``CollectorRegistry`` (not the process-global one), so tests and a
+reloaded daemon can make as many as they like. The daemon calls the small methods below; ``server.py``
+exposes ``registry`` at ``/metrics``. Every name starts with ``flora_watcher_`` (listed in
+docs/operations.md).
+
+Label values are bounded: routes are the API client's route names (not URLs), sinks are configured names,
+outcomes and types are small fixed sets. Run ids never become labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.exposition import generate_latest
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from watcher import __version__
+from watcher.model import KNOWN_STATUSES
+
+PREFIX = "flora_watcher"
+
+# Seconds from the API's completed_at to the event being stored: sub-second (a sweep right after the
+# transition) up to minutes (a long interval, rate limiting or a backlog).
+DETECTION_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300)
+SWEEP_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+API_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+DELIVERY_OUTCOMES = ("delivered", "retry", "dead", "disabled")
+
+# No ``*_created`` series: they double the series count and no dashboard uses them. (A process-wide switch
+# of prometheus-client; flora-watcher is the only exporter in its process.)
+disable_created_metrics()
+
+
+class Metrics:
+    """Every metric the daemon exports. Methods never raise on unknown label values."""
+
+    def __init__(self, *, process_metrics: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        if process_metrics:
+            # process_* (RSS, CPU, open fds), python_info and python_gc_* — cheap, and what a leak hunt needs.
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        r = self.registry
+        self._build_info = Gauge(
+            f"{PREFIX}_build_info", "Version of the running flora-watcher.", ["version"], registry=r)
+        self._build_info.labels(version=__version__).set(1)
+        self._sweeps = Counter(
+            f"{PREFIX}_sweeps", "Sweeps finished, by outcome (ok|error).", ["outcome"], registry=r)
+        self._sweep_duration = Histogram(
+            f"{PREFIX}_sweep_duration_seconds", "Wall time of one sweep.",
+            buckets=SWEEP_DURATION_BUCKETS, registry=r)
+        self._last_sweep_ok = Gauge(
+            f"{PREFIX}_last_successful_sweep_timestamp_seconds",
+            "Unix time of the last sweep that succeeded (0 = none yet).", registry=r)
+        self._api_requests = Counter(
+            f"{PREFIX}_api_requests", "FLORA API requests, by route and outcome.", ["route", "outcome"],
+            registry=r)
+        self._api_duration = Histogram(
+            f"{PREFIX}_api_request_duration_seconds", "FLORA API request latency, by route.", ["route"],
+            buckets=API_DURATION_BUCKETS, registry=r)
+        self._rate_limit_wait = Counter(
+            f"{PREFIX}_rate_limit_wait_seconds",
+            "Seconds spent waiting for the API request budget or a 429's Retry-After.", registry=r)
+        self._tracked = Gauge(
+            f"{PREFIX}_tracked_runs", "Runs in the state store, by last seen status.", ["status"], registry=r)
+        self._events = Counter(f"{PREFIX}_events", "Transition events stored, by type.", ["type"], registry=r)
+        self._deliveries = Counter(
+            f"{PREFIX}_deliveries", "Delivery attempts, by sink and outcome (delivered|retry|dead|disabled).",
+            ["sink", "outcome"], registry=r)
+        self._outbox = Gauge(
+            f"{PREFIX}_outbox_pending", "Pending deliveries in the outbox, by sink.", ["sink"], registry=r)
+        self._oldest_pending = Gauge(
+            f"{PREFIX}_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending delivery (0 when the outbox is empty).", registry=r)
+        self._detection_latency = Histogram(
+            f"{PREFIX}_detection_latency_seconds",
+            "Seconds from a run's completed_at (API) to its event being stored.",
+            buckets=DETECTION_LATENCY_BUCKETS, registry=r)
+        for status in sorted(KNOWN_STATUSES):
+            self._tracked.labels(status=status).set(0)
+        for outcome in ("ok", "error"):
+            self._sweeps.labels(outcome=outcome)
+        self._tracked_labels: set[str] = set(KNOWN_STATUSES)
+        self._outbox_labels: set[str] = set()
+
+    # ------------------------------------------------------------------------------------------ sweeps
+
+    def sweep_done(self, ok: bool, seconds: float) -> None:
+        self._sweeps.labels(outcome="ok" if ok else "error").inc()
+        self._sweep_duration.observe(max(0.0, seconds))
+        if ok:
+            self._last_sweep_ok.set_to_current_time()
+
+    # --------------------------------------------------------------------------------------------- API
+
+    def api_request(self, route: str, outcome: str, seconds: float) -> None:
+        """One API request (signature of FloraClient's ``on_request`` hook)."""
+        self._api_requests.labels(route=route, outcome=outcome).inc()
+        self._api_duration.labels(route=route).observe(max(0.0, seconds))
+
+    def rate_limit_wait(self, seconds: float) -> None:
+        if seconds > 0:
+            self._rate_limit_wait.inc(seconds)
+
+    # ------------------------------------------------------------------------------------ runs, events
+
+    def set_tracked(self, counts: Mapping[str, int]) -> None:
+        """Tracked runs by status; statuses missing from ``counts`` are 0."""
+        for status in self._tracked_labels - counts.keys():
+            self._tracked.labels(status=status).set(0)
+        for status, n in counts.items():
+            self._tracked.labels(status=status).set(n)
+        self._tracked_labels |= counts.keys()
+
+    def event(self, type: str) -> None:
+        self._events.labels(type=type).inc()
+
+    def detection_latency(self, seconds: float) -> None:
+        self._detection_latency.observe(max(0.0, seconds))
+
+    # ------------------------------------------------------------------------------------- deliveries
+
+    def set_sinks(self, names: Iterable[str]) -> None:
+        """Pre-create every sink's series at 0, so rate() and alerts see a sink before its first delivery."""
+        for name in names:
+            for outcome in DELIVERY_OUTCOMES:
+                self._deliveries.labels(sink=name, outcome=outcome)
+            if name not in self._outbox_labels:
+                self._outbox.labels(sink=name).set(0)
+                self._outbox_labels.add(name)
+
+    def delivery(self, sink: str, outcome: str) -> None:
+        """One delivery attempt's outcome: delivered, retry, dead or disabled."""
+        self._deliveries.labels(sink=sink, outcome=outcome).inc()
+
+    def set_outbox(self, depth: Mapping[str, int], oldest_age_s: float | None) -> None:
+        """Pending deliveries by sink (sinks missing from ``depth`` are 0) and the oldest one's age."""
+        for sink in self._outbox_labels - depth.keys():
+            self._outbox.labels(sink=sink).set(0)
+        for sink, n in depth.items():
+            self._outbox.labels(sink=sink).set(n)
+        self._outbox_labels |= depth.keys()
+        self._oldest_pending.set(max(0.0, oldest_age_s) if oldest_age_s is not None else 0.0)
+
+    # -------------------------------------------------------------------------------------- exposition
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
