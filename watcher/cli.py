@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="console lines on a terminal, JSON lines otherwise (default: auto)",
     )
     parser.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), default="info",
-        help="minimum level to log (default: info)",
+        "--log-level", choices=("debug", "info", "warning", "error"), default=None,
+        help="minimum level to log (default: info; warning for demo)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c", "--config", metavar="FILE",
-        help="config file (default: $FLORA_WATCHER_CONFIG, ./flora-watcher.toml, /etc/flora-watcher/flora-watcher.toml)",
+        help="config file (default: $FLORA_WATCHER_CONFIG, ./flora-watcher.toml, "
+        "/etc/flora-watcher/flora-watcher.toml)",
     )
 
 
@@ -71,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     from watcher import logs
 
-    logs.configure(fmt=args.log_format, level=args.log_level)
+    default_level = "warning" if args.command == "demo" else "info"
+    logs.configure(fmt=args.log_format, level=args.log_level or default_level)
     try:
         return int(args._module.main(args))
     except ConfigError as exc:

@@ -1,0 +1,236 @@
+"""The real watcher against the simulator on loopback, with a real file sink: what a user would see in the file.
+
+Each ``once()`` is one `flora-watcher run --once` in-process (a fresh process start: one sweep, then deliver what
+is due), so these tests need no sleeps beyond the simulated runs' own short durations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from watcher.config import ApiConfig, Config, DeliveryConfig, SinkConfig, WatchConfig
+from watcher.daemon import Daemon, Options
+from watcher.model import event_id
+from watcher.secret import Secret
+from watcher.simulator import run_simulator
+from watcher.store import Store, store_path
+
+KEY = "sk_test_engine_key_0123456789"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def make_config(base_url: str, state_dir: Path, events_file: Path, **watch) -> Config:
+    return Config(
+        api=ApiConfig(base_url=base_url, api_key=Secret(KEY), timeout=5.0, max_rps=200.0),
+        watch=WatchConfig(interval=0.1, state_dir=state_dir, poll_max_interval=1.0, **watch),
+        delivery=DeliveryConfig(shutdown_grace=2.0),
+        sinks=(SinkConfig(name="journal", type="file", path=events_file),),
+    )
+
+
+async def once(cfg: Config) -> int:
+    return await Daemon(cfg, Options(once=True, install_signal_handlers=False)).run()
+
+
+def read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def wait_terminal(sim, run_ids, timeout=5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(sim.run_truth(r)["status"] in ("completed", "failed") for r in run_ids):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("simulated runs did not finish in time")
+
+
+@pytest.fixture
+async def sim():
+    async with run_simulator(api_key=KEY, seed=3) as running:
+        yield running
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "state", tmp_path / "events.jsonl"
+
+
+async def test_completed_and_failed_runs_each_yield_exactly_one_event(sim, paths) -> None:
+    state, events_file = paths
+    cfg = make_config(sim.base_url, state, events_file)
+    ok = sim.sim.create_run(technique="cctv-cam", pending_ms=50, running_ms=300, outcome="completed")
+    bad = sim.sim.create_run(technique="voiceover", pending_ms=50, running_ms=300, outcome="failed",
+                             error_code="GPU_PROVIDER_ERROR")
+    assert await once(cfg) == 0  # first start: both active, tracked
+    assert read_events(events_file) == []
+    await wait_terminal(sim.sim, [ok, bad])
+    assert await once(cfg) == 0
+    assert await once(cfg) == 0  # a third sweep re-reads both terminal runs: nothing new
+    events = {e["data"]["run_id"]: e for e in read_events(events_file)}
+    assert len(read_events(events_file)) == 2
+    assert events[ok]["type"] == "run.completed" and events[ok]["data"]["error_code"] is None
+    assert events[ok]["data"]["outputs"] and events[ok]["data"]["technique"]["name"] == "CCTV Cam"
+    failed = events[bad]
+    assert failed["type"] == "run.failed"
+    assert failed["data"]["error_code"] == "GPU_PROVIDER_ERROR"
+    assert failed["data"]["error_message"]
+    assert failed["data"]["previous_status"] in ("pending", "running")
+    assert failed["id"] == event_id(bad, "run.failed")
+    truth = sim.sim.run_truth(bad)
+    assert failed["data"]["completed_at"] == truth["completed_at"]
+
+
+async def test_a_run_that_starts_and_finishes_between_two_sweeps_is_reported(sim, paths) -> None:
+    state, events_file = paths
+    cfg = make_config(sim.base_url, state, events_file)
+    assert await once(cfg) == 0
+    fast = sim.sim.create_run(technique="product-shot", pending_ms=10, running_ms=40, outcome="failed",
+                              error_code="safety_blocked")
+    await wait_terminal(sim.sim, [fast])
+    assert await once(cfg) == 0
+    events = read_events(events_file)
+    assert [(e["data"]["run_id"], e["type"]) for e in events] == [(fast, "run.failed")]
+    assert events[0]["data"]["previous_status"] is None
+    assert events[0]["data"]["error_code"] == "safety_blocked"
+
+
+async def test_a_transition_while_the_watcher_was_stopped_is_reported_late(sim, paths) -> None:
+    state, events_file = paths
+    cfg = make_config(sim.base_url, state, events_file)
+    run = sim.sim.create_run(technique="cctv-cam", pending_ms=20, running_ms=200, outcome="completed")
+    assert await once(cfg) == 0
+    await wait_terminal(sim.sim, [run])  # the watcher is not running now
+    assert await once(cfg) == 0
+    (event,) = read_events(events_file)
+    assert event["data"]["late"] is True
+
+
+async def test_a_transition_while_the_watcher_runs_is_not_late(sim, paths) -> None:
+    state, events_file = paths
+    cfg = make_config(sim.base_url, state, events_file)
+    daemon = Daemon(cfg, Options(install_signal_handlers=False))
+    task = asyncio.create_task(daemon.run())
+    await asyncio.sleep(0.3)
+    run = sim.sim.create_run(technique="cctv-cam", pending_ms=50, running_ms=300, outcome="completed")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not read_events(events_file):
+        await asyncio.sleep(0.05)
+    daemon.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0
+    (event,) = read_events(events_file)
+    assert event["data"]["run_id"] == run
+    assert event["data"]["late"] is False
+    # detected within about one interval of the simulator's completion
+    assert event["created_at"] - event["data"]["completed_at"] < 1_500
+
+
+async def test_first_start_over_existing_terminal_runs_reports_nothing(sim, paths) -> None:
+    state, events_file = paths
+    cfg = make_config(sim.base_url, state, events_file)
+    past = now_ms() - 3_600_000
+    sim.sim.create_runs(150, pending_ms=10, running_ms=100, created_at=(past, past + 600_000))
+    sim.sim.create_runs(5, pending_ms=10, running_ms=100, created_at=now_ms() - 5_000)
+    assert await once(cfg) == 0
+    assert await once(cfg) == 0
+    assert read_events(events_file) == []
+
+
+async def test_runs_active_at_first_start_are_reported_when_they_finish(sim, paths) -> None:
+    """Only runs already *finished* at first start are skipped; running ones are watched."""
+    state, events_file = paths
+    cfg = make_config(sim.base_url, state, events_file)
+    older = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=400, outcome="completed",
+                               created_at=now_ms() - 100)
+    assert await once(cfg) == 0
+    await wait_terminal(sim.sim, [older])
+    assert await once(cfg) == 0
+    assert [e["data"]["run_id"] for e in read_events(events_file)] == [older]
+
+
+async def test_the_window_settles_finished_runs_in_pages_instead_of_one_poll_each(sim, paths) -> None:
+    """Many runs finishing at once cost a few list pages, not one GET per run."""
+    state, events_file = paths
+    cfg = make_config(sim.base_url, state, events_file)
+    runs = sim.sim.create_runs(250, pending_ms=10, running_ms=(100, 300))
+    assert await once(cfg) == 0
+    await wait_terminal(sim.sim, runs)
+    sim.sim.reset_stats()
+    assert await once(cfg) == 0
+    stats = sim.sim.stats()["by_route"]
+    single = sum(sum(v.values()) for k, v in stats.items() if "/runs/" in k)
+    listing = sum(stats.get("GET /api/v1/technique-runs", {}).values())
+    assert len(read_events(events_file)) == 250
+    assert single == 0
+    assert listing <= 10
+
+
+async def test_a_run_the_listing_no_longer_shows_is_followed_through_its_poll_url(sim, paths) -> None:
+    state, events_file = paths
+    cfg = make_config(sim.base_url, state, events_file, project_id=("prj_watched",))
+    # A run started two minutes ago that is about to finish ...
+    run = sim.sim.create_run(technique="cctv-cam", project_id="prj_watched", pending_ms=10,
+                             running_ms=120_000 + 300, outcome="completed", created_at=now_ms() - 120_000)
+    # ... under 3,000 newer runs that are still running: reaching it again would take ~20 more list pages once
+    # the window is past the newest runs; one GET through its poll_url is cheaper.
+    t = now_ms()
+    sim.sim.create_runs(3000, project_id="prj_watched", pending_ms=10, running_ms=600_000,
+                        created_at=(t - 110_000, t - 40_000))
+    assert await once(cfg) == 0
+    await wait_terminal(sim.sim, [run])
+    sim.sim.reset_stats()
+    assert await once(cfg) == 0
+    (event,) = read_events(events_file)
+    assert event["data"]["run_id"] == run
+    by_route = sim.sim.stats()["by_route"]
+    assert sum(by_route.get("GET /api/v1/techniques/{technique}/runs/{run_id}", {}).values()) == 1, by_route
+    assert sum(by_route.get("GET /api/v1/technique-runs", {}).values()) < 60, by_route
+    # the watcher kept the technique and project from the listing even though a single-run GET lacks them
+    assert event["data"]["project_id"] == "prj_watched"
+
+
+async def test_dry_run_prints_and_writes_no_state(sim, paths, capsys) -> None:
+    state, events_file = paths
+    cfg = make_config(sim.base_url, state, events_file)
+    daemon = Daemon(cfg, Options(once=True, dry_run=True, install_signal_handlers=False))
+    fast = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=30, outcome="completed",
+                              created_at=now_ms())
+    del fast
+    assert await daemon.run() == 0
+    assert not state.exists()
+    assert not events_file.exists()
+
+
+async def test_an_unreachable_api_keeps_tracked_runs_and_reports_later(sim, paths, tmp_path) -> None:
+    state, events_file = paths
+    cfg = make_config(sim.base_url, state, events_file)
+    run = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=200, outcome="completed")
+    assert await once(cfg) == 0
+    broken = make_config("http://127.0.0.1:9/api/v1", state, events_file)  # nothing listens on port 9
+    assert await once(broken) == 1  # the sweep failed: --once says so
+    store = Store.open(store_path(state))
+    try:
+        assert run in store.load_tracked()
+    finally:
+        store.close()
+    await wait_terminal(sim.sim, [run])
+    assert await once(cfg) == 0
+    assert [e["data"]["run_id"] for e in read_events(events_file)] == [run]
+
+
+async def test_auth_failure_is_fatal_with_exit_1(sim, paths) -> None:
+    state, events_file = paths
+    cfg = make_config(sim.base_url, state, events_file)
+    bad = Config(api=ApiConfig(base_url=sim.base_url, api_key=Secret("sk_test_wrong_key_zzzzzz")),
+                 watch=cfg.watch, sinks=cfg.sinks)
+    assert await once(bad) == 1

@@ -1,0 +1,54 @@
+"""List the outbox: pending deliveries, or dead letters with --failed.
+
+Dead letters are deliveries that failed permanently or exhausted their retries; `flora-watcher replay`
+re-queues them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from watcher.cli import add_config_argument
+
+    add_config_argument(parser)
+    parser.add_argument("--failed", action="store_true", help="list dead letters instead of pending deliveries")
+    parser.add_argument("--sink", metavar="NAME", help="only this sink")
+    parser.add_argument("--limit", type=int, default=100, help="at most this many rows (default: 100)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def main(args: argparse.Namespace) -> int:
+    from watcher.commands._common import ago, iso, load_for_store, now_ms, open_store
+    from watcher.logs import redact
+
+    cfg = load_for_store(args.config)
+    store = open_store(cfg)
+    if store is None:
+        print("no state yet: the watcher has not run with this state_dir")
+        return 0
+    try:
+        rows = store.list_deliveries(failed=args.failed, limit=max(1, args.limit), sink=args.sink)
+    finally:
+        store.close()
+    if args.json:
+        for r in rows:
+            print(json.dumps({
+                "id": r.id, "event_id": r.event_id, "type": r.event_type, "run_id": r.run_id, "sink": r.sink,
+                "state": r.state, "attempts": r.attempts, "created_ms": r.created_ms,
+                "next_attempt_ms": r.next_attempt_ms, "last_status": r.last_status,
+                "last_error": redact(r.last_error) if r.last_error else None, "dead_ms": r.dead_ms,
+            }))
+        return 0
+    if not rows:
+        print("no dead letters" if args.failed else "no pending deliveries")
+        return 0
+    now = now_ms()
+    for r in rows:
+        when = f"dead since {iso(r.dead_ms)}" if args.failed else f"next attempt {iso(r.next_attempt_ms)}"
+        error = f" — {redact(r.last_error)}" if r.last_error else ""
+        print(f"{r.event_id} {r.event_type:<13} {r.run_id} → {r.sink}: {r.attempts} attempts, "
+              f"queued {ago(r.created_ms, now)}, {when}{error}")
+    return 0

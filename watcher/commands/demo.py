@@ -1,0 +1,132 @@
+"""Watch a built-in FLORA simulator: no key, no config.
+
+Starts the FLORA API simulator on loopback, starts a handful of technique runs on it (some of which fail),
+and runs the real watcher against it with a stdout sink, so you can see runs progress and each completion
+or failure reported the moment it happens. Ends by itself once every scripted run has been reported
+(well under a minute), or on Ctrl-C. Nothing is written outside a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+DEMO_KEY = "sk_test_demo_simulator_key"
+DEADLINE_S = 55.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedRun:
+    at_s: float  # when the demo starts it, seconds after the watcher started
+    technique: str
+    pending_ms: int
+    running_ms: int
+    outcome: str
+    error_code: str | None = None
+
+
+SCRIPT: tuple[ScriptedRun, ...] = (
+    ScriptedRun(0.0, "cctv-cam", 800, 4_000, "completed"),
+    ScriptedRun(0.5, "product-shot", 1_200, 6_000, "completed"),
+    ScriptedRun(1.0, "storyboard-animate", 1_000, 9_000, "failed", "GPU_PROVIDER_ERROR"),
+    ScriptedRun(2.0, "voiceover", 500, 3_000, "completed"),
+    ScriptedRun(3.0, "cctv-cam", 700, 7_000, "failed", "safety_blocked"),
+    ScriptedRun(4.0, "product-shot", 600, 5_000, "completed"),
+    # Starts and finishes between two sweeps: the watcher still reports it.
+    ScriptedRun(6.2, "voiceover", 100, 300, "completed"),
+    ScriptedRun(7.0, "caption-writer", 900, 8_000, "failed", "GENERATION_PROVIDER_TIMEOUT"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between sweeps (default: 1)")
+    parser.add_argument("--json", action="store_true", help="print events as JSON Lines instead of text")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_demo(interval=args.interval, as_json=args.json))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _demo(*, interval: float, as_json: bool) -> int:
+    import structlog
+
+    from watcher.config import ApiConfig, Config, DeliveryConfig, SinkConfig, WatchConfig
+    from watcher.daemon import Daemon, Options
+    from watcher.model import TERMINAL_EVENT_FOR_STATUS, event_id
+    from watcher.secret import Secret
+    from watcher.simulator import run_simulator
+
+    log = structlog.get_logger("watcher.demo")
+    out = sys.stdout
+    with tempfile.TemporaryDirectory(prefix="flora-watcher-demo-") as tmp:
+        async with run_simulator(api_key=DEMO_KEY, seed=7) as sim:
+            cfg = Config(
+                api=ApiConfig(base_url=sim.base_url, api_key=Secret(DEMO_KEY), timeout=5.0, max_rps=20.0),
+                watch=WatchConfig(interval=interval, events=("run.completed", "run.failed", "run.started"),
+                                  state_dir=Path(tmp), poll_max_interval=5.0),
+                delivery=DeliveryConfig(shutdown_grace=2.0),
+                sinks=(SinkConfig(name="console", type="stdout", format="json" if as_json else "text",
+                                  events=("run.completed", "run.failed", "run.started")),),
+            )
+            print(f"flora-watcher demo: a FLORA simulator is serving {sim.base_url}; starting "
+                  f"{len(SCRIPT)} technique runs and watching them (sweep every {interval:g} s).",
+                  file=out, flush=True)
+            daemon = Daemon(cfg, Options(install_signal_handlers=False))
+            loop = asyncio.get_running_loop()
+            import signal
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, daemon.request_stop)
+            expected: set[str] = set()
+
+            async def script() -> None:
+                t0 = loop.time()
+                try:
+                    for item in SCRIPT:
+                        await asyncio.sleep(max(0.0, t0 + item.at_s - loop.time()))
+                        run_id = sim.sim.create_run(
+                            technique=item.technique, pending_ms=item.pending_ms, running_ms=item.running_ms,
+                            outcome=item.outcome, error_code=item.error_code,
+                        )
+                        expected.add(event_id(run_id, TERMINAL_EVENT_FOR_STATUS[item.outcome]))
+                except Exception:
+                    log.exception("demo.script_failed")
+                    daemon.request_stop()
+
+            async def finish_when_reported() -> None:
+                deadline = loop.time() + DEADLINE_S
+                while loop.time() < deadline:
+                    await asyncio.sleep(0.25)
+                    if len(expected) < len(SCRIPT) or daemon.store is None:
+                        continue
+                    have = await daemon.store.events_exist(sorted(expected))
+                    pending = await daemon.store.pending_counts()
+                    if have == expected and not any(pending.values()):
+                        break
+                else:
+                    log.warning("demo.deadline", note="stopping before every run was reported")
+                daemon.request_stop()
+
+            tasks = [asyncio.create_task(script()), asyncio.create_task(finish_when_reported())]
+            try:
+                code = await daemon.run()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            failed = sum(1 for item in SCRIPT if item.outcome == "failed")
+            print(f"flora-watcher demo: done. {len(SCRIPT)} runs watched, {len(SCRIPT) - failed} completed, "
+                  f"{failed} failed; each reported once. Run `flora-watcher run` with your own key to watch FLORA.",
+                  file=out, flush=True)
+            return 0 if code == 0 else code

@@ -1,0 +1,30 @@
+"""Run the watcher daemon in the foreground.
+
+Sweeps the FLORA API every [watch].interval seconds and delivers run.completed / run.failed events to the
+configured sinks. SIGTERM or Ctrl-C stops it cleanly (in-flight deliveries finish within
+[delivery].shutdown_grace; nothing pending is lost); SIGHUP reloads the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from watcher.cli import add_config_argument
+
+    add_config_argument(parser)
+    parser.add_argument("--once", action="store_true",
+                        help="one full sweep, then deliver what is due, then exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="render events to stdout; send nothing and write no state")
+
+
+def main(args: argparse.Namespace) -> int:
+    from watcher.config import load
+    from watcher.daemon import Daemon, Options
+
+    cfg = load(args.config)  # ConfigError → exit 2 in cli.py
+    opts = Options(once=args.once, dry_run=args.dry_run, config_path=args.config)
+    return asyncio.run(Daemon(cfg, opts).run())

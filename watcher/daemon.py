@@ -1,0 +1,446 @@
+"""The daemon's lifecycle, read top to bottom: startup → sweep loop → shutdown.
+
+Signal handlers only set flags (``request_stop``, ``request_reload``); the loop acts on them between sweeps.
+Shutdown mirrors startup in reverse: STOPPING=1, stop sweeping, let in-flight deliveries finish within the
+grace period (their outcome is recorded), cancel the rest (still pending, sent after the next start), close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from watcher import __version__, plan
+from watcher.api import FloraClient
+from watcher.clock import SYSTEM_CLOCK, Clock
+from watcher.config import Config, SinkConfig
+from watcher.dispatcher import Dispatcher
+from watcher.errors import AuthError, ConfigError, StoreError, WatcherError
+from watcher.model import Event
+from watcher.sinks.base import SendResult, Sink
+from watcher.store import AsyncStore, Store
+from watcher.sweep import META_LAST_SWEEP_OK, Sweeper, SweepResult
+
+log = structlog.get_logger("watcher.daemon")
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+STATE_FILE = "state.sqlite3"
+
+
+def state_path(cfg: Config) -> Path:
+    return Path(cfg.watch.state_dir) / STATE_FILE
+
+
+class DryRunSink:
+    """``--dry-run``: renders every event to stdout and sends nothing."""
+
+    def __init__(self, stream=None) -> None:
+        self.name = "dry-run"
+        self.config = SinkConfig(name="dry-run", type="stdout")
+        self.stream = stream or sys.stdout
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, event: Event) -> SendResult:
+        from watcher.render import text_line
+
+        print(f"[dry-run] {text_line(event)}", file=self.stream, flush=True)
+        return SendResult(status=None, detail="printed")
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class Options:
+    once: bool = False
+    dry_run: bool = False
+    config_path: str | None = None  # for SIGHUP reload; None = reload from the search order
+    reload: Callable[[], Config] | None = None  # how to re-read the config (defaults to config.load)
+    install_signal_handlers: bool = True
+    live_view: bool = False
+
+
+class Daemon:
+    def __init__(self, cfg: Config, options: Options | None = None, *, clock: Clock = SYSTEM_CLOCK,
+                 env: dict[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.opts = options or Options()
+        self.clock = clock
+        self.env = dict(os.environ if env is None else env)
+        self.rand = random.Random()
+        self.stop_event = asyncio.Event()
+        self.reload_event = asyncio.Event()
+        self.force_exit = False
+        self.store: AsyncStore | None = None
+        self.client: FloraClient | None = None
+        self.sweeper: Sweeper | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.sinks: dict[str, Sink] = {}
+        self.metrics = None
+        self.server = None
+        self.notifier = None
+        self.feeder = None
+        self.live = None
+        self._aux_tasks: list[asyncio.Task] = []
+        self.last_result: SweepResult | None = None
+        self.last_sweep_ok_ms: int | None = None
+        self.api_healthy = True
+        self.exit_code = EXIT_OK
+
+    # ------------------------------------------------------------------------------------------ signals
+
+    def request_stop(self) -> None:
+        if self.stop_event.is_set():
+            self.force_exit = True  # a second Ctrl-C: stop waiting for deliveries
+            log.warning("daemon.force_exit")
+        self.stop_event.set()
+
+    def request_reload(self) -> None:
+        self.reload_event.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    # ------------------------------------------------------------------------------------------- run
+
+    async def run(self) -> int:
+        try:
+            await self.startup()
+        except (StoreError, WatcherError) as exc:
+            log.error("daemon.startup_failed", error=str(exc))
+            await self.shutdown()
+            return EXIT_FATAL
+        try:
+            if self.opts.once:
+                await self.run_once()
+            else:
+                await self.run_until_stopped()
+        except AuthError as exc:
+            log.error("api.auth_failed", error=str(exc),
+                      hint="the API key was refused (revoked or rotated?); fix it and restart")
+            self.exit_code = EXIT_FATAL
+        finally:
+            await self.shutdown()
+        return self.exit_code
+
+    async def startup(self) -> None:
+        from watcher import metrics as metrics_mod
+        from watcher import systemd
+
+        cfg = self.cfg
+        if self.opts.install_signal_handlers:
+            self._install_signal_handlers()
+        self.notifier = systemd.Notifier.from_env(self.env)
+        self.metrics = metrics_mod.Metrics()
+        if self.opts.dry_run:
+            store = Store.open(":memory:")
+        else:
+            store = Store.open(state_path(cfg))
+        self.store = AsyncStore(store)
+        self.sinks = await self._build_sinks(cfg.sinks)
+        self.client = self._make_client(cfg)
+        process_start = self.clock.now_ms()
+        self.sweeper = Sweeper(self.client, self.store, watch=cfg.watch, sinks=self._sink_configs(), clock=self.clock,
+                               rand=self.rand, process_start_ms=process_start, on_commit=self._on_commit,
+                               on_progress=self._progress)
+        await self.sweeper.load()
+        disabled = {}
+        if not self.opts.dry_run:
+            states = await self.store.sink_states()
+            disabled = {name: st.disabled_reason for name, st in states.items() if name in self.sinks}
+            await self._dead_letter_removed_sinks()
+        self.dispatcher = Dispatcher(self.sinks, self.store, cfg=cfg.delivery, clock=self.clock, rand=self.rand,
+                                     disabled=disabled, on_outcome=self.metrics.delivery)
+        if cfg.server.listen and not self.opts.once:
+            from watcher.server import HealthSource, start_server
+
+            self.server = await start_server(
+                cfg.server.listen, self.metrics,
+                HealthSource(last_sweep_ok_ms=lambda: self.last_sweep_ok_ms, interval=cfg.watch.interval,
+                             clock=self.clock),
+            )
+            log.info("server.listening", listen=cfg.server.listen)
+        # READY once the config is valid and the state store is open; not waiting on the API.
+        self.notifier.ready(status=self._status_line())
+        interval = systemd.watchdog_interval(self.env)
+        if interval and not self.opts.once:
+            # Wedged = no page, poll or sweep finished for this long. A single request may legitimately take
+            # up to its timeout plus a rate-limit pause, so those bound the period from below.
+            wedged_after = max(interval * 2, cfg.watch.interval * 3, cfg.api.timeout * 2 + 60.0)
+            self.feeder = systemd.WatchdogFeeder(period=wedged_after)
+            self.feeder.progress(self.clock.monotonic())
+            self._aux_tasks.append(asyncio.create_task(self.feeder.run(self.notifier, interval, self.clock)))
+        state = ":memory:" if self.opts.dry_run else str(state_path(cfg))
+        log.info("daemon.started", version=__version__, state=state, sinks=list(self.sinks),
+                 interval=cfg.watch.interval, dry_run=self.opts.dry_run, once=self.opts.once)
+
+    def _progress(self) -> None:
+        if self.feeder is not None:
+            self.feeder.progress(self.clock.monotonic())
+
+    def _make_client(self, cfg: Config) -> FloraClient:
+        return FloraClient(cfg.api.base_url, cfg.api.api_key, timeout=cfg.api.timeout, max_rps=cfg.api.max_rps,
+                           on_request=self.metrics.api_request if self.metrics else None)
+
+    def _sink_configs(self) -> list[SinkConfig]:
+        if self.opts.dry_run:
+            return [SinkConfig(name="dry-run", type="stdout", events=tuple(self.cfg.watch.events))]
+        return list(self.cfg.sinks)
+
+    async def _build_sinks(self, configs) -> dict[str, Sink]:
+        if self.opts.dry_run:
+            sink = DryRunSink()
+            return {sink.name: sink}
+        from watcher.sinks import build_sink
+
+        built: dict[str, Sink] = {}
+        try:
+            for sc in configs:
+                sink = build_sink(sc, user_agent=f"flora-watcher/{__version__}")
+                await sink.start()
+                built[sc.name] = sink
+        except Exception:
+            for sink in built.values():
+                with contextlib.suppress(Exception):
+                    await sink.close()
+            raise
+        return built
+
+    async def _dead_letter_removed_sinks(self) -> None:
+        """Deliveries pending for a sink that is no longer configured become dead letters, never lost."""
+        pending = await self.store.pending_counts()
+        for name, count in pending.items():
+            if name not in self.sinks and count:
+                n = await self.store.dead_letter_sink(name, now_ms=self.clock.now_ms(),
+                                                      reason="sink removed from the configuration")
+                log.warning("sink.removed_dead_lettered", sink=name, deliveries=n,
+                            hint="re-add the sink and run `flora-watcher replay --failed` to send them")
+
+    def _on_commit(self, result: SweepResult) -> None:
+        if self.metrics is not None:
+            for event in result.events:
+                if event.id in result.new_event_ids:
+                    self.metrics.event(event.type)
+                    completed = event.data.get("completed_at")
+                    if completed and not event.data.get("late"):
+                        self.metrics.detection_latency(max(0.0, (event.created_at - completed) / 1000.0))
+        if self.live is not None:
+            for event in result.events:
+                if event.id in result.new_event_ids:
+                    self.live.add_event(event)
+
+    async def run_once(self) -> None:
+        result = await self._sweep()
+        await self.dispatcher.drain_due()
+        if not result.ok:
+            self.exit_code = EXIT_FATAL
+
+    async def _sweep(self) -> SweepResult:
+        started = self.clock.monotonic()
+        try:
+            result = await self.sweeper.sweep()
+        except AuthError:
+            self.metrics.sweep_done(False, self.clock.monotonic() - started)
+            raise
+        except (asyncio.CancelledError, StoreError):
+            raise
+        except Exception as exc:  # a bug or an input we did not foresee: log it, keep the daemon alive
+            log.exception("sweep.crashed", error=f"{type(exc).__name__}: {exc}")
+            result = SweepResult(ok=False, error=f"internal error: {type(exc).__name__}",
+                                 seconds=self.clock.monotonic() - started)
+        self.last_result = result
+        self.api_healthy = result.ok
+        self.metrics.sweep_done(result.ok, result.seconds)
+        if result.ok:
+            self.last_sweep_ok_ms = self.clock.now_ms()
+        if self.feeder is not None:
+            # The watchdog watches the loop, not the API: an API outage must not get us restarted by systemd
+            # (that is what /readyz, STATUS= and the metrics report).
+            self.feeder.progress(self.clock.monotonic())
+        counts: dict[str, int] = {}
+        for t in self.sweeper.tracked.values():
+            counts[t.status] = counts.get(t.status, 0) + 1
+        self.metrics.set_tracked(counts)
+        await self._refresh_outbox_metrics()
+        self.notifier.status(self._status_line())
+        if self.live is not None:
+            self.live.update(self.sweeper.active_runs(), self.clock.now_ms())
+        return result
+
+    async def _refresh_outbox_metrics(self) -> None:
+        depth = await self.store.pending_counts()
+        oldest = await self.store.oldest_pending_ms()
+        age = None if oldest is None else max(0.0, (self.clock.now_ms() - oldest) / 1000.0)
+        self.metrics.set_outbox(depth, age)
+        self._outbox_depth = sum(depth.values())
+
+    def _status_line(self) -> str:
+        tracked = 0 if self.sweeper is None else sum(1 for t in self.sweeper.tracked.values() if not t.terminal)
+        depth = getattr(self, "_outbox_depth", 0)
+        api = "ok" if self.api_healthy else "failing"
+        return f"tracking {tracked} active runs; {depth} deliveries pending; API {api}"
+
+    async def run_until_stopped(self) -> None:
+        self.dispatcher.start()
+        interval = self.cfg.watch.interval
+        while not self.stop_event.is_set():
+            started = self.clock.monotonic()
+            sweep_task = asyncio.create_task(self._sweep())
+            stop_task = asyncio.create_task(self.stop_event.wait())
+            done, _ = await asyncio.wait({sweep_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            stop_task.cancel()
+            if sweep_task not in done:
+                sweep_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweep_task
+                break
+            sweep_task.result()  # re-raises AuthError
+            self.dispatcher.wake()
+            if self.reload_event.is_set():
+                await self.reload()
+                interval = self.cfg.watch.interval
+            next_at = plan.next_sweep_at(started, interval, self.clock.monotonic())
+            await self._wait_until(next_at)
+            if self.reload_event.is_set():
+                await self.reload()
+                interval = self.cfg.watch.interval
+
+    async def _wait_until(self, monotonic_deadline: float) -> None:
+        delay = monotonic_deadline - self.clock.monotonic()
+        if delay <= 0:
+            return
+        stop = asyncio.create_task(self.stop_event.wait())
+        reload = asyncio.create_task(self.reload_event.wait())
+        try:
+            await asyncio.wait({stop, reload}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            reload.cancel()
+
+    # ------------------------------------------------------------------------------------------- reload
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read and validate the config, swap it in whole; keep the old one when the new is invalid."""
+        self.reload_event.clear()
+        self.notifier.reloading()
+        try:
+            if self.opts.reload is not None:
+                new = self.opts.reload()
+            else:
+                from watcher.config import load
+
+                new = load(self.opts.config_path)
+        except ConfigError as exc:
+            log.error("config.reload_rejected", error=str(exc), note="keeping the running configuration")
+            self.notifier.ready(status=self._status_line())
+            return
+        old = self.cfg
+        try:
+            new_sinks = await self._swap_sinks(old, new)
+        except Exception as exc:
+            log.error("config.reload_rejected", error=f"a sink failed to start: {exc}",
+                      note="keeping the running configuration")
+            self.notifier.ready(status=self._status_line())
+            return
+        if new.api != old.api:
+            await self.client.close()
+            self.client = self._make_client(new)
+            self.sweeper.client = self.client
+        self.cfg = new
+        self.sweeper.replace_config(new.watch, list(new.sinks))
+        self.sinks = new_sinks
+        log.info("config.reloaded", sinks=list(self.sinks), interval=new.watch.interval)
+        self.notifier.ready(status=self._status_line())
+
+    async def _swap_sinks(self, old: Config, new: Config) -> dict[str, Sink]:
+        old_by_name = {s.name: s for s in old.sinks}
+        keep: dict[str, Sink] = {}
+        fresh: dict[str, Sink] = {}
+        try:
+            for sc in new.sinks:
+                if old_by_name.get(sc.name) == sc and sc.name in self.sinks:
+                    keep[sc.name] = self.sinks[sc.name]
+                else:
+                    fresh.update(await self._build_sinks([sc]))
+        except Exception:
+            for sink in fresh.values():
+                with contextlib.suppress(Exception):
+                    await sink.close()
+            raise
+        # Stop workers of removed or changed sinks, then start the new set.
+        removed = [name for name in self.sinks if name not in keep]
+        grace = self.cfg.delivery.shutdown_grace
+        for name in removed:
+            worker = self.dispatcher.workers.pop(name)
+            worker.stop()
+            task = self.dispatcher.tasks.pop(name, None)
+            if task is not None:
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=grace)
+            with contextlib.suppress(Exception):
+                await self.sinks[name].close()
+        combined = {**keep, **fresh}
+        self.sinks = combined
+        from watcher.dispatcher import SinkWorker
+
+        states = await self.store.sink_states()
+        for name, sink in fresh.items():
+            await self.store.set_sink_state(name, disabled_reason=None, now_ms=self.clock.now_ms())
+            worker = SinkWorker(sink, self.store, cfg=new.delivery, clock=self.clock, rand=self.rand,
+                                on_outcome=self.metrics.delivery)
+            self.dispatcher.workers[name] = worker
+            self.dispatcher.tasks[name] = asyncio.create_task(worker.run_forever(), name=f"sink:{name}")
+        del states
+        await self._dead_letter_removed_sinks()
+        return combined
+
+    # ------------------------------------------------------------------------------------------- shutdown
+
+    async def shutdown(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stopping()
+        log.info("daemon.stopping")
+        for task in self._aux_tasks:
+            task.cancel()
+        await asyncio.gather(*self._aux_tasks, return_exceptions=True)
+        if self.dispatcher is not None:
+            grace = 0.0 if self.force_exit else self.cfg.delivery.shutdown_grace
+            await self.dispatcher.stop(grace)
+        for sink in self.sinks.values():
+            with contextlib.suppress(Exception):
+                await sink.close()
+        if self.client is not None:
+            await self.client.close()
+        if self.server is not None:
+            await self.server.close()
+        if self.store is not None:
+            await self.store.aclose()
+        if self.opts.install_signal_handlers:
+            self._remove_signal_handlers()
+        log.info("daemon.stopped", exit_code=self.exit_code)
+
+
+async def last_sweep_ok(store: AsyncStore) -> int | None:
+    raw = await store.get_meta(META_LAST_SWEEP_OK)
+    return int(raw) if raw else None
