@@ -186,14 +186,22 @@ class Daemon:
         interval = systemd.watchdog_interval(self.env)
         if interval and not self.opts.once:
             # Wedged = no page, poll or sweep finished for this long. A single request may legitimately take
-            # up to its timeout plus a rate-limit pause, so those bound the period from below.
-            wedged_after = max(interval * 2, cfg.watch.interval * 3, cfg.api.timeout * 2 + 60.0)
+            # up to its timeout; waiting out a 429 pause counts as progress (see _rate_limit_progress).
+            wedged_after = max(interval * 2, cfg.watch.interval * 3, cfg.api.timeout * 2 + 5.0)
             self.feeder = systemd.WatchdogFeeder(period=wedged_after)
             self.feeder.progress(self.clock.monotonic())
             self._aux_tasks.append(asyncio.create_task(self.feeder.run(self.notifier, interval, self.clock)))
+            self._aux_tasks.append(asyncio.create_task(self._rate_limit_progress(interval)))
         state = ":memory:" if self.opts.dry_run else str(state_path(cfg))
         log.info("daemon.started", version=__version__, state=state, sinks=list(self.sinks),
                  interval=cfg.watch.interval, dry_run=self.opts.dry_run, once=self.opts.once)
+
+    async def _rate_limit_progress(self, every: float) -> None:
+        """A sweep waiting out the API's 429 pause is not wedged: keep the watchdog fed while the pause lasts."""
+        while True:
+            await self.clock.sleep(every / 2)
+            if self.client is not None and self.client.limiter.pause_remaining() > 0:
+                self._progress()
 
     def _progress(self) -> None:
         if self.feeder is not None:

@@ -16,6 +16,7 @@ import structlog
 
 from watcher.clock import Clock
 from watcher.config import DeliveryConfig
+from watcher.crashpoints import crash_point
 from watcher.errors import DeliveryError, Reason
 from watcher.policy import Circuit, circuit_after, circuit_allows, decide_failure
 from watcher.sinks.base import Sink
@@ -118,7 +119,9 @@ class SinkWorker:
         self.in_flight = True
         try:
             try:
+                crash_point("before_send")
                 result = await self.sink.send(delivery.event)
+                crash_point("after_send")
             except DeliveryError as exc:
                 await self._failed(delivery, exc)
                 return

@@ -20,6 +20,7 @@ from watcher import plan, routing
 from watcher.api import FloraClient
 from watcher.clock import Clock
 from watcher.config import SinkConfig, WatchConfig
+from watcher.crashpoints import crash_point
 from watcher.errors import ApiError, AuthError, NotFoundError
 from watcher.model import ACTIVE_STATUSES, KNOWN_STATUSES, Event, Run, RunStatus, TrackedRun
 from watcher.transitions import Context, detect
@@ -332,6 +333,8 @@ class Sweeper:
         result.new_event_ids = await self.store.commit_sweep(
             upserts=upserts, deletes=gone, events=routed, meta=meta, now_ms=now
         )
+        if result.new_event_ids:
+            crash_point("after_commit")
         if self.on_commit is not None:
             self.on_commit(result)
 
