@@ -1,0 +1,45 @@
+"""Google Chat incoming webhook: a ``text`` message (``render.google_chat_payload``), threaded per run or per
+project (``thread``): ``thread.threadKey`` in the body and ``messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_
+THREAD`` in the query, so the first message starts the thread and later ones reply in it. Paced to one
+message per second per webhook (Chat's per-space write quota)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from watcher.clock import SYSTEM_CLOCK, Clock
+from watcher.config import SinkConfig
+from watcher.errors import ConfigError
+from watcher.model import Event
+from watcher.render import google_chat_payload, google_chat_thread_key
+from watcher.sinks.http import ChatSink, IntervalPacer
+
+GOOGLE_CHAT_INTERVAL = 1.0
+REPLY_OPTION = "messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"
+THREAD_MODES = ("run", "project", "none")
+
+
+def with_reply_option(url: str) -> str:
+    """``url`` with the reply option appended to its query (the URL's own ``key``/``token`` kept as is)."""
+    if "messageReplyOption=" in url:
+        return url
+    base, hash_mark, fragment = url.partition("#")
+    joiner = "" if base.endswith(("?", "&")) else ("&" if "?" in base else "?")
+    return f"{base}{joiner}{REPLY_OPTION}{hash_mark}{fragment}"
+
+
+class GoogleChatSink(ChatSink):
+    def __init__(self, cfg: SinkConfig, *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK,
+                 min_interval: float = GOOGLE_CHAT_INTERVAL) -> None:
+        super().__init__(cfg, user_agent=user_agent, clock=clock)
+        if cfg.thread not in THREAD_MODES:
+            raise ConfigError(f"sinks.{cfg.name}.thread", f"must be one of {', '.join(THREAD_MODES)}")
+        self.pacer = IntervalPacer(min_interval, clock)
+
+    def payload(self, event: Event) -> dict[str, Any]:
+        return google_chat_payload(event, template=self.config.template,
+                                   thread_key=google_chat_thread_key(event, self.config.thread))
+
+    def target(self, event: Event) -> str:
+        url = super().target(event)
+        return with_reply_option(url) if google_chat_thread_key(event, self.config.thread) else url

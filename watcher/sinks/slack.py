@@ -1,0 +1,24 @@
+"""Slack incoming webhook: ``text`` + Block Kit blocks (``render.slack_payload``), paced to about one message
+per second per webhook, Slack's documented limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from watcher.clock import SYSTEM_CLOCK, Clock
+from watcher.config import SinkConfig
+from watcher.model import Event
+from watcher.render import slack_payload
+from watcher.sinks.http import ChatSink, IntervalPacer
+
+SLACK_INTERVAL = 1.0
+
+
+class SlackSink(ChatSink):
+    def __init__(self, cfg: SinkConfig, *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK,
+                 min_interval: float = SLACK_INTERVAL) -> None:
+        super().__init__(cfg, user_agent=user_agent, clock=clock)
+        self.pacer = IntervalPacer(min_interval, clock)
+
+    def payload(self, event: Event) -> dict[str, Any]:
+        return slack_payload(event, template=self.config.template)
