@@ -1,0 +1,298 @@
+"""Engine benchmark: flora-watcher vs a plain per-run poller, on the same simulated FLORA workload.
+
+Workload (the watch-engine issue): the simulator's generator creates runs at a steady rate with durations of
+20-120 s (14 runs/s ≈ 1,000 active runs, about 14 finishing per second), already in steady state when measuring
+starts. Each contender runs as its own process against a simulator in a third process, so CPU and memory are
+its own. For each it reports API requests per minute (counted by the simulator), detection latency p50/p99
+(the simulator's completed_at to the moment the event line appears in the output file), CPU seconds (and % of
+one core) and peak RSS; plus lost and duplicate events against the simulator's own record.
+
+    python bench/bench_engine.py                       # 1,000 active runs: watcher, baseline; then 10,000: watcher
+    python bench/bench_engine.py --seconds 60 --skip-10k
+    python bench/bench_engine.py --write               # also append the figures to bench/RESULTS.md
+
+Runs only on loopback; every process it starts is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk_test_bench_key_0123456789"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Result:
+    name: str
+    active: int
+    seconds: float
+    requests: int
+    latencies_ms: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0
+    rss_mb: float = 0.0
+    expected: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    by_route: dict = field(default_factory=dict)
+
+    @property
+    def per_minute(self) -> float:
+        return self.requests / self.seconds * 60
+
+    def pct(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        data = sorted(self.latencies_ms)
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+    def row(self, baseline: Result | None = None) -> str:
+        ratio = f"{baseline.per_minute / self.per_minute:.1f}×" if baseline and self.per_minute else "—"
+        return (f"| {self.name} | {self.active:,} | {self.per_minute:,.0f} | {ratio} | {self.pct(0.5) / 1000:.2f} s | "
+                f"{self.pct(0.99) / 1000:.2f} s | {self.cpu_s:.1f} s ({self.cpu_s / self.seconds * 100:.1f} %) | "
+                f"{self.rss_mb:.0f} MB | {self.expected} / {self.lost} / {self.duplicates} |")
+
+
+class Simulator:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}/api/v1"
+        self.admin = f"http://127.0.0.1:{port}/_sim"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> Simulator:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "watcher", "--log-level", "warning", "simulate", "--port", str(self.port),
+            "--api-key", KEY, "--runs", "0", "--seed", "1",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        self.session = aiohttp.ClientSession()
+        for _ in range(200):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with self.session.get(f"{self.admin}/stats") as r:
+                    if r.status == 200:
+                        return self
+            await asyncio.sleep(0.05)
+        raise RuntimeError("simulator did not start")
+
+    async def __aexit__(self, *exc) -> None:
+        await self.session.close()
+        if self.proc and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            await self.proc.wait()
+
+    async def post(self, path: str, body: dict) -> dict:
+        async with self.session.post(f"{self.admin}{path}", json=body) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def get(self, path: str) -> dict:
+        async with self.session.get(f"{self.admin}{path}") as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def generate(self, rate: float) -> None:
+        await self.post("/generator", {"rate": rate, "duration_s": [20, 120], "pending_ms": [0, 2000],
+                                       "fail_ratio": 0.15, "warm": True})
+
+
+async def tail_events(path: Path, seen: dict[str, float], key, stop: asyncio.Event) -> None:
+    """Record when each event line appears in ``path`` (polled every 20 ms)."""
+    offset = 0
+    buf = b""
+    while not stop.is_set():
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            if chunk:
+                offset += len(chunk)
+                buf += chunk
+                arrived = now_ms()
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        obj = json.loads(line)
+                        k, completed = key(obj)
+                        seen.setdefault(k, [])
+                        seen[k].append((arrived, completed))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.02)
+
+
+async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, active: int, warmup: float,
+                  seconds: float) -> Result:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL, env=env)
+    seen: dict[str, list] = {}
+    stop = asyncio.Event()
+    tailer = asyncio.create_task(tail_events(out, seen, key, stop))
+    try:
+        await asyncio.sleep(warmup)
+        if proc.returncode is not None:
+            raise RuntimeError(f"{name} exited early with {proc.returncode}")
+        await sim.post("/stats/reset", {})
+        t0_ms = now_ms()
+        cpu0 = cpu_seconds(proc.pid)
+        await asyncio.sleep(seconds)
+        t1_ms = now_ms()
+        stats = await sim.get("/stats")
+        cpu1 = cpu_seconds(proc.pid)
+        rss = peak_rss_mb(proc.pid)
+        await asyncio.sleep(12)  # let transitions of the window's last seconds arrive (interval + slack)
+    finally:
+        stop.set()
+        await tailer
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+    truth = await sim.get(f"/transitions?since_ms={t0_ms}")
+    truth_items = truth["transitions"] if isinstance(truth, dict) else truth
+    expected = {t["run_id"]: t for t in truth_items if t0_ms <= t["completed_at"] < t1_ms}
+    result = Result(name=name, active=active, seconds=(t1_ms - t0_ms) / 1000, requests=stats["requests_total"],
+                    cpu_s=cpu1 - cpu0, rss_mb=rss, expected=len(expected),
+                    by_route={k: sum(v.values()) for k, v in stats["by_route"].items()})
+    for run_id, t in expected.items():
+        arrivals = seen.get(run_id)
+        if not arrivals:
+            result.lost += 1
+            continue
+        result.duplicates += len(arrivals) - 1
+        result.latencies_ms.append(arrivals[0][0] - t["completed_at"])
+    return result
+
+
+def watcher_cmd(tmp: Path, base: str, out: Path, *, max_rps: float, interval: float) -> list[str]:
+    cfg = tmp / f"watcher-{out.stem}.toml"
+    cfg.write_text(f"""
+[api]
+base_url = "{base}"
+api_key = "{KEY}"
+max_rps = {max_rps}
+
+[watch]
+interval = {interval}
+state_dir = "{tmp / ('state-' + out.stem)}"
+
+[[sinks]]
+name = "journal"
+type = "file"
+path = "{out}"
+""")
+    return [sys.executable, "-m", "watcher", "--log-level", "warning", "--log-format", "json", "run", "-c", str(cfg)]
+
+
+def watcher_key(obj: dict) -> tuple[str, int]:
+    return obj["data"]["run_id"], obj["data"]["completed_at"]
+
+
+def baseline_key(obj: dict) -> tuple[str, int]:
+    return obj["run_id"], obj["completed_at"]
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=120.0, help="measurement window per contender (default 120)")
+    ap.add_argument("--warmup", type=float, default=20.0, help="seconds before measuring (default 20)")
+    ap.add_argument("--interval", type=float, default=5.0)
+    ap.add_argument("--max-rps", type=float, default=20.0, help="the watcher's API budget (default 20)")
+    ap.add_argument("--max-rps-10k", type=float, default=60.0, help="the watcher's API budget at 10k (default 60)")
+    ap.add_argument("--skip-10k", action="store_true")
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--write", action="store_true", help="append the results to bench/RESULTS.md")
+    args = ap.parse_args()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="flora-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        async with Simulator(free_port()) as sim:
+            await sim.generate(14.0)
+            out = tmp / "watcher-1k.jsonl"
+            print(f"watcher, 1k active runs: {args.warmup:.0f} s warm-up + {args.seconds:.0f} s …", flush=True)
+            results.append(await measure(
+                "flora-watcher", sim, watcher_cmd(tmp, sim.base, out, max_rps=args.max_rps, interval=args.interval),
+                out, watcher_key, active=1000, warmup=args.warmup, seconds=args.seconds))
+            print(results[-1].row(), flush=True)
+            if not args.skip_baseline:
+                out = tmp / "baseline-1k.jsonl"
+                print("per-run poller, 1k active runs …", flush=True)
+                cmd = [sys.executable, str(ROOT / "bench" / "baseline_poller.py"), sim.base, KEY, str(out),
+                       "--interval", str(args.interval)]
+                results.append(await measure("per-run poller", sim, cmd, out, baseline_key, active=1000,
+                                             warmup=args.warmup, seconds=args.seconds))
+                print(results[-1].row(), flush=True)
+        if not args.skip_10k:
+            async with Simulator(free_port()) as sim:
+                await sim.generate(140.0)
+                out = tmp / "watcher-10k.jsonl"
+                print("watcher, 10k active runs …", flush=True)
+                results.append(await measure(
+                    "flora-watcher", sim,
+                    watcher_cmd(tmp, sim.base, out, max_rps=args.max_rps_10k, interval=args.interval),
+                    out, watcher_key, active=10000, warmup=args.warmup + 10, seconds=args.seconds))
+                print(results[-1].row(), flush=True)
+    baseline = next((r for r in results if r.name == "per-run poller"), None)
+    header = ("| contender | active runs | API requests/min | fewer requests | latency p50 | latency p99 | "
+              "CPU (share of one core) | peak RSS | transitions / lost / duplicate |\n"
+              "|---|---|---|---|---|---|---|---|---|")
+    table = "\n".join([header, *(r.row(baseline if r.name != "per-run poller" else None) for r in results)])
+    routes = "\n".join(f"- {r.name} @ {r.active:,}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(r.by_route.items()))
+                       for r in results)
+    print("\n" + table + "\n\nrequests by route during the window:\n" + routes)
+    if args.write:
+        cmd = "python bench/bench_engine.py " + " ".join(sys.argv[1:])
+        section = (
+            f"\n## Engine: flora-watcher vs a per-run poller ({time.strftime('%Y-%m-%d')})\n\n"
+            f"Command: `{cmd}`  \n"
+            f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; interval {args.interval:g} s; "
+            f"watcher API budget max_rps {args.max_rps:g} (1k) / {args.max_rps_10k:g} (10k); "
+            f"window {args.seconds:.0f} s after {args.warmup:.0f} s warm-up; runs last 20-120 s, 15 % fail.\n\n"
+            f"{table}\n\nRequests by route during the window:\n\n{routes}\n"
+        )
+        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write(section)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
