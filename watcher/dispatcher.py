@@ -120,7 +120,7 @@ class SinkWorker:
         try:
             try:
                 crash_point("before_send")
-                result = await self.sink.send(delivery.event)
+                result = await self.sink.send(delivery.event, body=delivery.body)
                 crash_point("after_send")
             except DeliveryError as exc:
                 await self._failed(delivery, exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,6 +196,10 @@ class Event:
             "created_at": self.created_at,
             "data": self.data,
         }
+
+    def body(self) -> bytes:
+        """The exact bytes receivers get: compact JSON, UTF-8, keys in contract order. Stored once, sent as is."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:

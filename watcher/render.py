@@ -134,7 +134,7 @@ def cut(text: str, limit: int, *, marker: str = TRUNCATED) -> str:
 
 def event_body(event: Event) -> bytes:
     """The event's exact JSON body: compact, UTF-8, keys in contract order. What webhooks and files get."""
-    return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return event.body()
 
 
 # --------------------------------------------------------------------------------- neutralisers

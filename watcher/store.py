@@ -234,7 +234,7 @@ def store_path(state_dir: str | os.PathLike[str]) -> Path:
 
 def encode_event(event: Event) -> bytes:
     """The exact bytes receivers get for ``event``: compact JSON, UTF-8."""
-    return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+    return event.body()
 
 
 def encode_tracked(tracked: TrackedRun) -> str:

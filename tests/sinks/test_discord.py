@@ -25,6 +25,7 @@ async def test_payload_is_within_discord_limits_and_mentions_nobody(receiver: Re
     await sink.send(hostile_event())
     await sink.close()
     payload = json.loads(receiver.requests[0].body)
+    assert receiver.requests[0].query.get("wait") == "true"  # a 2xx then means the message was posted
     assert payload["allowed_mentions"] == {"parse": []}
     assert ulen(payload["content"]) <= 2_000
     (embed,) = payload["embeds"]

@@ -30,8 +30,9 @@ class Sink(Protocol):
     async def start(self) -> None:
         """Open what the sink needs (HTTP session, file). Called once before the first ``send``."""
 
-    async def send(self, event: Event) -> SendResult:
-        """Deliver one event. Raises ``DeliveryError`` on failure."""
+    async def send(self, event: Event, *, body: bytes | None = None) -> SendResult:
+        """Deliver one event. ``body`` is the event's stored JSON bytes (``Event.body()``), passed so every retry
+        sends exactly the same bytes; sinks that render a message ignore it. Raises ``DeliveryError``."""
 
     async def close(self) -> None:
         """Release resources. Safe to call twice, and after a failed ``start``."""

@@ -12,7 +12,7 @@ from watcher.config import SinkConfig
 from watcher.errors import ConfigError
 from watcher.model import Event
 from watcher.render import google_chat_payload, google_chat_thread_key
-from watcher.sinks.http import ChatSink, IntervalPacer
+from watcher.sinks.http import ChatSink, IntervalPacer, with_query
 
 GOOGLE_CHAT_INTERVAL = 1.0
 REPLY_OPTION = "messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"
@@ -21,11 +21,7 @@ THREAD_MODES = ("run", "project", "none")
 
 def with_reply_option(url: str) -> str:
     """``url`` with the reply option appended to its query (the URL's own ``key``/``token`` kept as is)."""
-    if "messageReplyOption=" in url:
-        return url
-    base, hash_mark, fragment = url.partition("#")
-    joiner = "" if base.endswith(("?", "&")) else ("&" if "?" in base else "?")
-    return f"{base}{joiner}{REPLY_OPTION}{hash_mark}{fragment}"
+    return with_query(url, REPLY_OPTION)
 
 
 class GoogleChatSink(ChatSink):

@@ -186,6 +186,16 @@ class IntervalPacer:
         return None
 
 
+def with_query(url: str, param: str) -> str:
+    """``url`` with ``param`` (``name=value``) appended to its query unless that name is already there."""
+    name = param.split("=", 1)[0] + "="
+    base, hash_mark, fragment = url.partition("#")
+    if f"?{name}" in base or f"&{name}" in base:
+        return url
+    joiner = "" if base.endswith(("?", "&")) else ("&" if "?" in base else "?")
+    return f"{base}{joiner}{param}{hash_mark}{fragment}"
+
+
 class BucketPacer:
     """Discord's per-webhook bucket: after an answer with ``X-RateLimit-Remaining: 0``, wait for
     ``X-RateLimit-Reset-After`` seconds before the next send. A wait longer than ``max_wait`` is not slept:
