@@ -1,0 +1,175 @@
+"""The delivery core end to end: outbox in a real state store, real sinks, real receivers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.sinks.helpers import Receiver, make_event
+from watcher.clock import SYSTEM_CLOCK
+from watcher.config import DeliveryConfig, SinkConfig
+from watcher.dispatcher import Dispatcher
+from watcher.secret import Secret
+from watcher.sinks import build_sink
+from watcher.store import AsyncStore, Store
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+FAST = DeliveryConfig(backoff_initial=0.2, backoff_max=5.0, shutdown_grace=1.0)
+
+
+@pytest.fixture
+async def receiver():
+    r = Receiver()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
+    yield s
+    await s.aclose()
+
+
+async def started(*configs: SinkConfig) -> dict:
+    sinks = {}
+    for cfg in configs:
+        sink = build_sink(cfg)
+        await sink.start()
+        sinks[cfg.name] = sink
+    return sinks
+
+
+async def wait_for(predicate, timeout: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def webhook(receiver: Receiver, name: str = "ops") -> SinkConfig:
+    return SinkConfig(name=name, type="webhook", url=Secret(receiver.url()), secrets=(Secret(SECRET),))
+
+
+async def test_retryable_failures_then_success_deliver_once_more_with_the_same_webhook_id(receiver, store) -> None:
+    receiver.answer(500, "boom")
+    receiver.answer(429, "slow down", headers={"Retry-After": "2"})
+    receiver.answer(200, "ok")
+    event = make_event()
+    await store.commit_sweep(upserts=[], deletes=[], events=[(event, ["ops"])], meta={}, now_ms=SYSTEM_CLOCK.now_ms())
+    sinks = await started(webhook(receiver))
+    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=SYSTEM_CLOCK)
+    dispatcher.start()
+    try:
+        await wait_for(lambda: len(receiver.requests) >= 3)
+        await asyncio.sleep(0.3)  # nothing more after the 200
+    finally:
+        await dispatcher.stop(1.0)
+        for sink in sinks.values():
+            await sink.close()
+    assert len(receiver.requests) == 3
+    ids = {r.headers["webhook-id"] for r in receiver.requests}
+    assert ids == {event.id}
+    assert len({r.body for r in receiver.requests}) == 1  # byte-identical on every attempt
+    assert sum((await store.pending_counts()).values()) == 0
+    assert await store.list_deliveries(failed=True) == []
+
+
+async def test_retry_after_is_honoured(receiver, store) -> None:
+    receiver.answer(429, "slow down", headers={"Retry-After": "2"})
+    event = make_event()
+    await store.commit_sweep(upserts=[], deletes=[], events=[(event, ["ops"])], meta={}, now_ms=SYSTEM_CLOCK.now_ms())
+    sinks = await started(webhook(receiver))
+    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=SYSTEM_CLOCK)
+    times: list[float] = []
+    original = receiver._handle
+
+    async def timed(request):
+        times.append(time.monotonic())
+        return await original(request)
+
+    receiver._handle = timed  # type: ignore[method-assign]
+    dispatcher.start()
+    try:
+        await wait_for(lambda: len(receiver.requests) >= 2)
+    finally:
+        await dispatcher.stop(1.0)
+        for sink in sinks.values():
+            await sink.close()
+    assert times[1] - times[0] >= 1.95  # the receiver asked for 2 s; backoff alone would retry within 0.2 s
+
+
+async def test_a_404_is_dead_lettered_and_replay_delivers_it_once_fixed(receiver, store) -> None:
+    receiver.answer(404, "no such hook")
+    event = make_event()
+    now = SYSTEM_CLOCK.now_ms()
+    await store.commit_sweep(upserts=[], deletes=[], events=[(event, ["ops"])], meta={}, now_ms=now)
+    sinks = await started(webhook(receiver))
+    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=SYSTEM_CLOCK)
+    try:
+        await dispatcher.drain_due()
+        (dead,) = await store.list_deliveries(failed=True)
+        assert dead.event_id == event.id and dead.last_status == 404
+        await dispatcher.drain_due()
+        assert len(receiver.requests) == 1  # a permanent failure is not retried
+        # the receiver is fixed (default answer 200); replay re-queues it
+        assert await store.replay([event.id], now_ms=SYSTEM_CLOCK.now_ms()) == 1
+        await dispatcher.drain_due()
+    finally:
+        for sink in sinks.values():
+            await sink.close()
+    assert len(receiver.requests) == 2
+    assert receiver.requests[1].headers["webhook-id"] == event.id
+    assert await store.list_deliveries(failed=True) == []
+    assert sum((await store.pending_counts()).values()) == 0
+
+
+async def test_410_disables_the_sink_and_keeps_its_deliveries_as_dead_letters(receiver, store) -> None:
+    receiver.answer(410, "gone")
+    events = [make_event(run_id=f"run_{i}") for i in range(3)]
+    await store.commit_sweep(upserts=[], deletes=[], events=[(e, ["ops"]) for e in events], meta={},
+                             now_ms=SYSTEM_CLOCK.now_ms())
+    sinks = await started(webhook(receiver))
+    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=SYSTEM_CLOCK)
+    try:
+        await dispatcher.drain_due()
+    finally:
+        for sink in sinks.values():
+            await sink.close()
+    assert len(receiver.requests) == 1  # the other two were not sent to a gone destination
+    assert len(await store.list_deliveries(failed=True)) == 3
+    assert (await store.sink_states())["ops"].disabled_reason
+
+
+async def test_a_hanging_receiver_does_not_delay_the_file_sink(receiver, store, tmp_path: Path) -> None:
+    receiver.default.delay = 30.0  # never answers within the test
+    events_file = tmp_path / "events.jsonl"
+    configs = (
+        SinkConfig(name="slow", type="webhook", url=Secret(receiver.url()), timeout=30.0),
+        SinkConfig(name="journal", type="file", path=events_file),
+    )
+    sinks = await started(*configs)
+    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=SYSTEM_CLOCK)
+    dispatcher.start()
+    try:
+        for i in range(3):
+            event = make_event(run_id=f"run_{i}")
+            await store.commit_sweep(upserts=[], deletes=[], events=[(event, ["slow", "journal"])], meta={},
+                                     now_ms=SYSTEM_CLOCK.now_ms())
+            dispatcher.wake()
+        started_at = time.monotonic()
+        await wait_for(lambda: events_file.exists() and len(events_file.read_text().splitlines()) == 3, 3.0)
+        assert time.monotonic() - started_at < 2.0
+    finally:
+        cancelled = await dispatcher.stop(0.2)  # the hung send is cancelled; it stays pending
+        for sink in sinks.values():
+            await sink.close()
+    assert cancelled == 1
+    assert [json.loads(line)["data"]["run_id"] for line in events_file.read_text().splitlines()] == [
+        "run_0", "run_1", "run_2"]
+    assert (await store.pending_counts())["slow"] == 3  # nothing lost: sent after the next start
