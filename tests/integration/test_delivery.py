@@ -87,13 +87,14 @@ async def test_retry_after_is_honoured(receiver, store) -> None:
     sinks = await started(webhook(receiver))
     dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=SYSTEM_CLOCK)
     times: list[float] = []
-    original = receiver._handle
+    sink = sinks["ops"]
+    original = sink.send
 
-    async def timed(request):
+    async def timed(event, **kw):
         times.append(time.monotonic())
-        return await original(request)
+        return await original(event, **kw)
 
-    receiver._handle = timed  # type: ignore[method-assign]
+    sink.send = timed  # type: ignore[method-assign]
     dispatcher.start()
     try:
         await wait_for(lambda: len(receiver.requests) >= 2)
