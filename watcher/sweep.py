@@ -149,6 +149,14 @@ class Sweeper:
             result.ok = False
             result.error = f"{type(exc).__name__}: {exc}"
             log.warning("sweep.failed", error=result.error, observed=result.observed, pages=result.pages)
+            # The listing failed: keep following the tracked runs one by one on their own schedule, a few per
+            # sweep (as many as `concurrency`), so a broken list endpoint does not stall detection, while a
+            # down API costs only a handful of requests per sweep.
+            try:
+                await self._poll_unsettled(now, first_sweep, result, dirty, seen, limit=self.watch.concurrency)
+            except AuthError:
+                await self._commit(now, result, dirty, completed_windows, ok=False, error="authentication failed")
+                raise
         result.seconds = self.clock.monotonic() - started
         await self._commit(now, result, dirty, completed_windows, ok=result.ok, error=result.error)
         self.sweeps += 1
@@ -253,10 +261,12 @@ class Sweeper:
         return newest if previous is None else max(previous, newest)
 
     async def _poll_unsettled(
-        self, now: int, first_sweep: bool, result: SweepResult, dirty: set[str], seen: set[str]
+        self, now: int, first_sweep: bool, result: SweepResult, dirty: set[str], seen: set[str],
+        limit: int | None = None,
     ) -> None:
-        """Poll, concurrently, every tracked run the listings did not settle and whose poll is due."""
-        due = plan.runs_to_poll(self.tracked, seen, now)
+        """Poll, concurrently, every tracked run the listings did not settle and whose poll is due (the
+        ``limit`` most overdue when given)."""
+        due = plan.runs_to_poll(self.tracked, seen, now)[:limit]
         if not due:
             return
         ctx = self._context(now, None, first_sweep)

@@ -234,3 +234,44 @@ async def test_auth_failure_is_fatal_with_exit_1(sim, paths) -> None:
     bad = Config(api=ApiConfig(base_url=sim.base_url, api_key=Secret("sk_test_wrong_key_zzzzzz")),
                  watch=cfg.watch, sinks=cfg.sinks)
     assert await once(bad) == 1
+
+
+class ListingDown:
+    """A client whose list endpoint fails while single-run GETs still work."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+
+    async def pages(self, **_filters):
+        from watcher.errors import ServerError
+
+        raise ServerError("HTTP 503 from the API", status=503)
+        yield  # an async generator
+
+    async def get_run(self, *args, **kwargs):
+        return await self.real.get_run(*args, **kwargs)
+
+
+async def test_a_failing_list_endpoint_does_not_stall_detection(sim, tmp_path) -> None:
+    from watcher.api import FloraClient
+    from watcher.clock import SYSTEM_CLOCK
+    from watcher.store import AsyncStore
+    from watcher.sweep import Sweeper
+
+    store = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
+    watch = WatchConfig(interval=0.1, state_dir=tmp_path)
+    sinks = [SinkConfig(name="journal", type="file", path=tmp_path / "events.jsonl")]
+    run = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=300, outcome="failed",
+                             error_code="LLM_REFUSAL")
+    async with FloraClient(sim.base_url, Secret(KEY), max_rps=200) as client:
+        sweeper = Sweeper(client, store, watch=watch, sinks=sinks, clock=SYSTEM_CLOCK)
+        await sweeper.load()
+        assert (await sweeper.sweep()).ok
+        await wait_terminal(sim.sim, [run])
+        sweeper.client = ListingDown(client)
+        result = await sweeper.sweep()
+    await store.aclose()
+    assert not result.ok
+    assert result.polls == 1
+    assert [(e.run_id, e.type) for e in result.events] == [(run, "run.failed")]
+    assert result.events[0].data["error_code"] == "LLM_REFUSAL"
