@@ -22,7 +22,7 @@ from watcher.clock import Clock
 from watcher.config import SinkConfig, WatchConfig
 from watcher.crashpoints import crash_point
 from watcher.errors import ApiError, AuthError, NotFoundError
-from watcher.model import ACTIVE_STATUSES, KNOWN_STATUSES, Event, Run, RunStatus, TrackedRun
+from watcher.model import KNOWN_STATUSES, Event, Run, RunStatus, TrackedRun
 from watcher.transitions import Context, detect
 
 log = structlog.get_logger("watcher.sweep")
@@ -190,6 +190,8 @@ class Sweeper:
         """Feed one observation to the transition core. Returns whether the status changed."""
         result.observed += 1
         if run.status not in KNOWN_STATUSES and (run.run_id, run.status) not in self._warned_unknown:
+            if len(self._warned_unknown) >= 10_000:  # log each (run, status) once, in bounded memory
+                self._warned_unknown.clear()
             self._warned_unknown.add((run.run_id, run.status))
             log.warning("run.unknown_status", run_id=run.run_id, status=run.status[:40])
         prev = self.tracked.get(run.run_id)
@@ -347,8 +349,3 @@ class Sweeper:
             crash_point("after_commit")
         if self.on_commit is not None:
             self.on_commit(result)
-
-    # ------------------------------------------------------------------------------------------------ view
-
-    def active_runs(self) -> list[Run]:
-        return [t.run for t in self.tracked.values() if t.run.status in ACTIVE_STATUSES or not t.terminal]
