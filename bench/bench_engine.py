@@ -276,7 +276,8 @@ async def main() -> None:
     header = ("| contender | active runs | API requests/min | fewer requests | latency p50 | latency p99 | "
               "CPU (share of one core) | peak RSS | transitions / lost / duplicate |\n"
               "|---|---|---|---|---|---|---|---|---|")
-    table = "\n".join([header, *(r.row(baseline if r.name != "per-run poller" else None) for r in results)])
+    table = "\n".join([header, *(r.row(baseline if r is not baseline and baseline and r.active == baseline.active
+                                           else None) for r in results)])
     routes = "\n".join(f"- {r.name} @ {r.active:,}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(r.by_route.items()))
                        for r in results)
     print("\n" + table + "\n\nrequests by route during the window:\n" + routes)
