@@ -13,7 +13,7 @@ import os
 import random
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import Config, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import AuthError, ConfigError, StoreError, WatcherError
-from watcher.model import Event
+from watcher.model import Event, Run, TrackedRun
 from watcher.sinks.base import SendResult, Sink
 from watcher.store import AsyncStore, Store
 from watcher.sweep import META_LAST_SWEEP_OK, Sweeper, SweepResult
@@ -35,6 +35,8 @@ log = structlog.get_logger("watcher.daemon")
 EXIT_OK = 0
 EXIT_FATAL = 1
 STATE_FILE = "state.sqlite3"
+PRUNE_EVERY_MAX_S = 3600.0  # delivered history is pruned at least this often (and every keep_delivered / 4)
+LIVE_KEEP_ENDED_MS = 60_000  # the live view keeps a finished run on screen this long
 
 
 def state_path(cfg: Config) -> Path:
@@ -52,7 +54,7 @@ class DryRunSink:
     async def start(self) -> None:
         return None
 
-    async def send(self, event: Event) -> SendResult:
+    async def send(self, event: Event, *, body: bytes | None = None) -> SendResult:
         from watcher.render import text_line
 
         print(f"[dry-run] {text_line(event)}", file=self.stream, flush=True)
@@ -89,6 +91,7 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self.sinks: dict[str, Sink] = {}
         self.metrics = None
+        self.health = None  # server.HealthSource: what /readyz answers
         self.server = None
         self.notifier = None
         self.feeder = None
@@ -96,6 +99,8 @@ class Daemon:
         self._aux_tasks: list[asyncio.Task] = []
         self.last_result: SweepResult | None = None
         self.last_sweep_ok_ms: int | None = None
+        self.last_prune: float | None = None  # clock.monotonic() of the last prune of delivered history
+        self._api_waited_s = 0.0  # the client's rate-limit waits already counted in the metrics
         self.api_healthy = True
         self.exit_code = EXIT_OK
 
@@ -147,12 +152,14 @@ class Daemon:
     async def startup(self) -> None:
         from watcher import metrics as metrics_mod
         from watcher import systemd
+        from watcher.server import HealthSource
 
         cfg = self.cfg
         if self.opts.install_signal_handlers:
             self._install_signal_handlers()
         self.notifier = systemd.Notifier.from_env(self.env)
         self.metrics = metrics_mod.Metrics()
+        self.health = HealthSource(interval=cfg.watch.interval, clock=self.clock)
         if self.opts.dry_run:
             store = Store.open(":memory:")
         else:
@@ -172,29 +179,46 @@ class Daemon:
             await self._dead_letter_removed_sinks()
         self.dispatcher = Dispatcher(self.sinks, self.store, cfg=cfg.delivery, clock=self.clock, rand=self.rand,
                                      disabled=disabled, on_outcome=self.metrics.delivery)
+        self.metrics.set_sinks(self.sinks)
         if cfg.server.listen and not self.opts.once:
-            from watcher.server import HealthSource, start_server
+            from watcher.server import start_server
 
-            self.server = await start_server(
-                cfg.server.listen, self.metrics,
-                HealthSource(last_sweep_ok_ms=lambda: self.last_sweep_ok_ms, interval=cfg.watch.interval,
-                             clock=self.clock),
-            )
-            log.info("server.listening", listen=cfg.server.listen)
+            self.server = await start_server(cfg.server.listen, self.metrics, self.health)
         # READY once the config is valid and the state store is open; not waiting on the API.
         self.notifier.ready(status=self._status_line())
         interval = systemd.watchdog_interval(self.env)
         if interval and not self.opts.once:
-            # Wedged = no page, poll or sweep finished for this long. A single request may legitimately take
-            # up to its timeout; waiting out a 429 pause counts as progress (see _rate_limit_progress).
+            # Wedged = no API request answered or timed out, no page, poll or sweep finished, for this long.
+            # Every await of a sweep is bounded (api.timeout per request, a short backoff between retries, the
+            # store's busy timeout), so a healthy loop reports progress at least every api.timeout + a few
+            # seconds, even while the API is down; waiting out a 429 pause counts too (_rate_limit_progress).
+            # An API outage is not a wedge: restarting would not fix the API (that is what /readyz, STATUS=
+            # and the metrics report). A wedge is an await that never returns, or a blocked event loop.
             wedged_after = max(interval * 2, cfg.watch.interval * 3, cfg.api.timeout * 2 + 5.0)
             self.feeder = systemd.WatchdogFeeder(period=wedged_after)
             self.feeder.progress(self.clock.monotonic())
             self._aux_tasks.append(asyncio.create_task(self.feeder.run(self.notifier, interval, self.clock)))
             self._aux_tasks.append(asyncio.create_task(self._rate_limit_progress(interval)))
+        if self.opts.live_view and not self.opts.dry_run and not self.opts.once:
+            self._start_live_view()
         state = ":memory:" if self.opts.dry_run else str(state_path(cfg))
         log.info("daemon.started", version=__version__, state=state, sinks=list(self.sinks),
                  interval=cfg.watch.interval, dry_run=self.opts.dry_run, once=self.opts.once)
+
+    def _start_live_view(self) -> None:
+        """The rich live table on the terminal. While it runs, rich redirects sys.stdout and sys.stderr through
+        its console, so stdout-sink lines and log lines are printed above the table instead of through it."""
+        from watcher.liveview import LiveView
+
+        self.live = LiveView(clock=self.clock)
+        self.live.update(self._live_runs(), self.clock.now_ms())
+        self.live.start()
+
+    def _live_runs(self) -> list:
+        """Active runs, and runs that ended within the last minute (so a finished run stays visible a while)."""
+        if self.sweeper is None:
+            return []
+        return live_runs(self.sweeper.tracked.values(), self.clock.now_ms(), keep_ms=LIVE_KEEP_ENDED_MS)
 
     async def _rate_limit_progress(self, every: float) -> None:
         """A sweep waiting out the API's 429 pause is not wedged: keep the watchdog fed while the pause lasts."""
@@ -207,9 +231,23 @@ class Daemon:
         if self.feeder is not None:
             self.feeder.progress(self.clock.monotonic())
 
+    def _on_api_request(self, route: str, outcome: str, seconds: float) -> None:
+        """Every API request that ended (answered, refused or timed out) is headway of the loop."""
+        if self.metrics is not None:
+            self.metrics.api_request(route, outcome, seconds)
+        self._progress()
+
     def _make_client(self, cfg: Config) -> FloraClient:
+        self._api_waited_s = 0.0
         return FloraClient(cfg.api.base_url, cfg.api.api_key, timeout=cfg.api.timeout, max_rps=cfg.api.max_rps,
-                           on_request=self.metrics.api_request if self.metrics else None)
+                           on_request=self._on_api_request)
+
+    def _count_rate_limit_waits(self) -> None:
+        if self.client is None or self.metrics is None:
+            return
+        waited = self.client.stats.rate_limit_wait_seconds + self.client.stats.throttle_wait_seconds
+        self.metrics.rate_limit_wait(waited - self._api_waited_s)
+        self._api_waited_s = waited
 
     def _sink_configs(self) -> list[SinkConfig]:
         if self.opts.dry_run:
@@ -280,8 +318,12 @@ class Daemon:
         self.last_result = result
         self.api_healthy = result.ok
         self.metrics.sweep_done(result.ok, result.seconds)
+        self._count_rate_limit_waits()
         if result.ok:
             self.last_sweep_ok_ms = self.clock.now_ms()
+            self.health.sweep_ok(self.last_sweep_ok_ms)
+        else:
+            self.health.sweep_failed(result.error or "the sweep failed")
         if self.feeder is not None:
             # The watchdog watches the loop, not the API: an API outage must not get us restarted by systemd
             # (that is what /readyz, STATUS= and the metrics report).
@@ -290,11 +332,25 @@ class Daemon:
         for t in self.sweeper.tracked.values():
             counts[t.status] = counts.get(t.status, 0) + 1
         self.metrics.set_tracked(counts)
+        await self._prune_history()
         await self._refresh_outbox_metrics()
         self.notifier.status(self._status_line())
         if self.live is not None:
-            self.live.update(self.sweeper.active_runs(), self.clock.now_ms())
+            self.live.update(self._live_runs(), self.clock.now_ms())
         return result
+
+    async def _prune_history(self) -> None:
+        """Delivered events older than [delivery].keep_delivered leave the state store (pending deliveries and
+        dead letters stay), so the store does not grow without bound. After a sweep, at most every
+        keep_delivered / 4 and at least hourly."""
+        keep = self.cfg.delivery.keep_delivered
+        now = self.clock.monotonic()
+        if self.last_prune is not None and now - self.last_prune < min(PRUNE_EVERY_MAX_S, keep / 4):
+            return
+        self.last_prune = now
+        removed = await self.store.prune(now_ms=self.clock.now_ms(), keep_done_ms=int(keep * 1000))
+        if removed:
+            log.info("store.pruned", rows=removed, keep_delivered=keep)
 
     async def _refresh_outbox_metrics(self) -> None:
         depth = await self.store.pending_counts()
@@ -378,6 +434,8 @@ class Daemon:
         self.cfg = new
         self.sweeper.replace_config(new.watch, list(new.sinks))
         self.sinks = new_sinks
+        self.health.interval = new.watch.interval
+        self.metrics.set_sinks(self.sinks)
         log.info("config.reloaded", sinks=list(self.sinks), interval=new.watch.interval)
         self.notifier.ready(status=self._status_line())
 
@@ -428,6 +486,8 @@ class Daemon:
     async def shutdown(self) -> None:
         if self.notifier is not None:
             self.notifier.stopping()
+        if self.health is not None:
+            self.health.stopping = True  # /readyz answers 503 "shutting down" while deliveries drain
         log.info("daemon.stopping")
         for task in self._aux_tasks:
             task.cancel()
@@ -438,6 +498,9 @@ class Daemon:
         for sink in self.sinks.values():
             with contextlib.suppress(Exception):
                 await sink.close()
+        if self.live is not None:
+            self.live.stop()  # after the drain, so the last events are on screen; gives the terminal back
+            self.live = None
         if self.client is not None:
             await self.client.close()
         if self.server is not None:
@@ -447,6 +510,17 @@ class Daemon:
         if self.opts.install_signal_handlers:
             self._remove_signal_handlers()
         log.info("daemon.stopped", exit_code=self.exit_code)
+
+
+def live_runs(tracked: Iterable[TrackedRun], now_ms: int, *, keep_ms: int) -> list[Run]:
+    """Pure: the runs the live view shows — every active run, and runs that ended at most ``keep_ms`` ago."""
+    shown = []
+    for t in tracked:
+        if not t.terminal:
+            shown.append(t.run)
+        elif t.run.completed_at is not None and now_ms - t.run.completed_at <= keep_ms:
+            shown.append(t.run)
+    return shown
 
 
 async def last_sweep_ok(store: AsyncStore) -> int | None:

@@ -11,6 +11,7 @@ outcomes and types are small fixed sets. Run ids never become labels.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -35,6 +36,14 @@ DELIVERY_OUTCOMES = ("delivered", "retry", "dead", "disabled")
 # No ``*_created`` series: they double the series count and no dashboard uses them. (A process-wide switch
 # of prometheus-client; flora-watcher is the only exporter in its process.)
 disable_created_metrics()
+
+
+def asyncio_task_count() -> float:
+    """Tasks of the running event loop (the scrape runs on it); 0 when read outside any loop."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return 0.0
 
 
 class Metrics:
@@ -83,6 +92,10 @@ class Metrics:
             f"{PREFIX}_detection_latency_seconds",
             "Seconds from a run's completed_at (API) to its event being stored.",
             buckets=DETECTION_LATENCY_BUCKETS, registry=r)
+        self._asyncio_tasks = Gauge(
+            f"{PREFIX}_asyncio_tasks", "asyncio tasks alive in the daemon's event loop (growth = a task leak).",
+            registry=r)
+        self._asyncio_tasks.set_function(asyncio_task_count)
         for status in sorted(KNOWN_STATUSES):
             self._tracked.labels(status=status).set(0)
         for outcome in ("ok", "error"):

@@ -58,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
 async def _demo(*, interval: float, as_json: bool) -> int:
     import structlog
 
+    from watcher.commands.run import live_view_wanted
     from watcher.config import ApiConfig, Config, DeliveryConfig, SinkConfig, WatchConfig
     from watcher.daemon import Daemon, Options
     from watcher.model import TERMINAL_EVENT_FOR_STATUS, event_id
@@ -79,13 +80,14 @@ async def _demo(*, interval: float, as_json: bool) -> int:
             print(f"flora-watcher demo: a FLORA simulator is serving {sim.base_url}; starting "
                   f"{len(SCRIPT)} technique runs and watching them (sweep every {interval:g} s).",
                   file=out, flush=True)
-            daemon = Daemon(cfg, Options(install_signal_handlers=False))
+            daemon = Daemon(cfg, Options(install_signal_handlers=False, live_view=live_view_wanted()))
             loop = asyncio.get_running_loop()
             import signal
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, daemon.request_stop)
             expected: set[str] = set()
+            all_reported = asyncio.Event()
 
             async def script() -> None:
                 t0 = loop.time()
@@ -110,6 +112,7 @@ async def _demo(*, interval: float, as_json: bool) -> int:
                     have = await daemon.store.events_exist(sorted(expected))
                     pending = await daemon.store.pending_counts()
                     if have == expected and not any(pending.values()):
+                        all_reported.set()
                         break
                 else:
                     log.warning("demo.deadline", note="stopping before every run was reported")
@@ -126,7 +129,11 @@ async def _demo(*, interval: float, as_json: bool) -> int:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
             failed = sum(1 for item in SCRIPT if item.outcome == "failed")
-            print(f"flora-watcher demo: done. {len(SCRIPT)} runs watched, {len(SCRIPT) - failed} completed, "
-                  f"{failed} failed; each reported once. Run `flora-watcher run` with your own key to watch FLORA.",
+            if all_reported.is_set():
+                summary = (f"done. {len(SCRIPT)} runs watched, {len(SCRIPT) - failed} completed, {failed} failed; "
+                           f"each reported once.")
+            else:
+                summary = "stopped before every scripted run was reported."
+            print(f"flora-watcher demo: {summary} Run `flora-watcher run` with your own key to watch FLORA.",
                   file=out, flush=True)
             return 0 if code == 0 else code

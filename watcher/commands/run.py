@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,5 +27,20 @@ def main(args: argparse.Namespace) -> int:
     from watcher.daemon import Daemon, Options
 
     cfg = load(args.config)  # ConfigError → exit 2 in cli.py
-    opts = Options(once=args.once, dry_run=args.dry_run, config_path=args.config)
+    opts = Options(once=args.once, dry_run=args.dry_run, config_path=args.config,
+                   live_view=live_view_wanted(once=args.once, dry_run=args.dry_run))
     return asyncio.run(Daemon(cfg, opts).run())
+
+
+def live_view_wanted(*, once: bool = False, dry_run: bool = False) -> bool:
+    """The live table is for a person at a terminal: only when stdout and stderr are both TTYs
+    (while it runs, rich routes stderr through the terminal too, which would steal logs meant for a file), and
+    neither a one-shot ``--once`` nor ``--dry-run``."""
+    return not once and not dry_run and _isatty(sys.stdout) and _isatty(sys.stderr)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
