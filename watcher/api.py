@@ -511,6 +511,10 @@ class FloraClient:
             raise BadResponseError(
                 f"{route}: HTTP {status} body is not JSON", status=status, request_id=request_id
             ) from None
+        except RecursionError:  # nested deeper than the parser's stack: hostile or broken, never a run
+            raise BadResponseError(
+                f"{route}: HTTP {status} body is nested too deeply", status=status, request_id=request_id
+            ) from None
         try:
             return parse(doc)
         except BadResponseError as exc:

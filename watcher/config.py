@@ -72,6 +72,7 @@ class DeliveryConfig:
     backoff_initial: float = 1.0  # first retry delay cap, seconds (full jitter below it)
     backoff_max: float = 600.0  # largest retry delay cap, seconds
     shutdown_grace: float = 10.0  # seconds in-flight deliveries may take to finish on SIGTERM
+    keep_delivered: float = 7 * 24 * 3600.0  # seconds delivered events stay in the state store, then pruned
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ WATCH_KEYS = (
     "poll_max_interval", "resync_interval",
 )
 SERVER_KEYS = ("listen",)
-DELIVERY_KEYS = ("retry_horizon", "backoff_initial", "backoff_max", "shutdown_grace")
+DELIVERY_KEYS = ("retry_horizon", "backoff_initial", "backoff_max", "shutdown_grace", "keep_delivered")
 SINK_COMMON_KEYS = ("name", "type", "events", "match", "timeout")
 _URL_KEYS = ("url", "url_file")
 SINK_TYPE_KEYS: dict[str, tuple[str, ...]] = {
@@ -615,6 +616,7 @@ def _parse_delivery(t: _Table) -> DeliveryConfig:
         backoff_initial=initial,
         backoff_max=maximum,
         shutdown_grace=t.number("shutdown_grace", _DELIVERY_DEFAULTS.shutdown_grace, inclusive=True),
+        keep_delivered=t.number("keep_delivered", _DELIVERY_DEFAULTS.keep_delivered),
     )
 
 

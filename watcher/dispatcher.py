@@ -98,6 +98,8 @@ class SinkWorker:
         """Send every delivery of this sink that is due now (up to ``limit``). Returns how many were attempted."""
         now = self.clock.now_ms()
         due = await self.store.due_deliveries(self.name, now, limit)
+        if due and self.health.disabled_reason is not None:
+            await self._pick_up_reenable()  # read after `due`: replay re-queues and re-enables in one transaction
         attempted = 0
         for delivery in due:
             if self.stopping:
@@ -114,6 +116,14 @@ class SinkWorker:
             attempted += 1
             await self._attempt(delivery)
         return attempted
+
+    async def _pick_up_reenable(self) -> None:
+        """`flora-watcher replay` (another process) re-enables a disabled sink in the store; a running daemon
+        must send the re-queued deliveries, not dead-letter them again."""
+        state = (await self.store.sink_states()).get(self.name)
+        if state is None or state.disabled_reason is None:
+            self.health.disabled_reason = None
+            log.info("sink.reenabled", sink=self.name)
 
     async def _attempt(self, delivery) -> None:
         self.in_flight = True

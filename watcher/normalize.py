@@ -305,7 +305,7 @@ def parse_error_body(body: bytes) -> tuple[str | None, str | None]:
         return None, None
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
         return None, sanitize_snippet(text)
     if not isinstance(doc, Mapping):
         return None, sanitize_snippet(text)
