@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -160,7 +161,9 @@ class Sweeper:
         result.seconds = self.clock.monotonic() - started
         await self._commit(now, result, dirty, completed_windows, ok=result.ok, error=result.error)
         self.sweeps += 1
-        log.info(
+        # A quiet sweep is a debug line; one that found something (or failed) is worth an info line.
+        emit = log.info if (result.new_event_ids or not result.ok or first_sweep) else log.debug
+        emit(
             "sweep.finished", ok=result.ok, pages=result.pages, polls=result.polls, observed=result.observed,
             events=len(result.new_event_ids), tracked=len(self.tracked), seconds=round(result.seconds, 3),
         )
@@ -195,7 +198,9 @@ class Sweeper:
             self._warned_unknown.add((run.run_id, run.status))
             log.warning("run.unknown_status", run_id=run.run_id, status=run.status[:40])
         prev = self.tracked.get(run.run_id)
-        decision = detect(prev, run, ctx)
+        # Events are stamped when the observation arrived, not when the sweep began (a long sweep would
+        # otherwise date an event before the completion it reports).
+        decision = detect(prev, run, dataclasses.replace(ctx, now_ms=self.clock.now_ms()))
         if listed:
             seen.add(run.run_id)
         if decision.tracked is None:
