@@ -163,7 +163,7 @@ class Watcher:
         program = ["-c", code] if code else ["-m", "watcher"]
         with open(log_path, "ab") as log:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, *program, "--log-format", "json", "run", "-c", str(cfg),
+                sys.executable, *program, "--log-format", "json", "--log-level", "debug", "run", "-c", str(cfg),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
             )
         return cls(proc, log_path)
