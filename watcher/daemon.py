@@ -145,6 +145,9 @@ class Daemon:
             log.error("api.auth_failed", error=str(exc),
                       hint="the API key was refused (revoked or rotated?); fix it and restart")
             self.exit_code = EXIT_FATAL
+        except StoreError as exc:  # disk full, file removed or corrupted under us: nothing safe to do but stop
+            log.error("store.failed", error=str(exc), hint="check the state_dir's disk and permissions")
+            self.exit_code = EXIT_FATAL
         finally:
             await self.shutdown()
         return self.exit_code
