@@ -23,6 +23,7 @@ from aioresponses import CallbackResult, aioresponses
 from structlog.testing import capture_logs
 from yarl import URL
 
+from tests.fakes import FakeClock
 from watcher import __version__
 from watcher.api import FloraClient
 from watcher.errors import (
@@ -54,25 +55,6 @@ class MockResponse(aiohttp.ClientResponse):
 
 def respond(status: int = 200, **kwargs: Any) -> CallbackResult:
     return CallbackResult(status=status, response_class=MockResponse, **kwargs)
-
-
-class FakeClock:
-    """Time moves only when someone sleeps; every sleep is recorded."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self.sleeps: list[float] = []
-
-    def now_ms(self) -> int:
-        return EPOCH_MS + int(self.t * 1000)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 @dataclass
@@ -165,7 +147,7 @@ def by_cursor(pages: dict[str | None, CallbackResult]) -> Callable[[Call], Callb
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(0.0, epoch_ms=EPOCH_MS)
 
 
 @pytest.fixture

@@ -79,30 +79,6 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-class FakeClock:
-    """Time that moves only when slept on (or advanced). ``sleeps`` records every requested sleep."""
-
-    def __init__(self, now_ms: int = 1_764_400_000_000) -> None:
-        self._now_ms = now_ms
-        self._mono = 1000.0
-        self.sleeps: list[float] = []
-
-    def now_ms(self) -> int:
-        return self._now_ms
-
-    def monotonic(self) -> float:
-        return self._mono
-
-    def advance(self, seconds: float) -> None:
-        self._mono += seconds
-        self._now_ms += int(seconds * 1000)
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.advance(max(0.0, seconds))
-        await asyncio.sleep(0)
-
-
 def make_event(event_type: str = "run.failed", **overrides: Any) -> Event:
     """The CONTRACT §4 example event, with ``data`` fields overridden."""
     run_id = overrides.pop("run_id", "run_abc123")

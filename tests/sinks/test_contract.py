@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tests.sinks.helpers import FakeClock, Receiver, closed_port, make_event
+from tests.fakes import FakeClock
+from tests.sinks.helpers import Receiver, closed_port, make_event
 from watcher.config import SINK_TYPES, SinkConfig
 from watcher.errors import DeliveryError, Reason
 from watcher.secret import Secret

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tests.sinks.helpers import FakeClock, Receiver, hostile_event, make_event
+from tests.fakes import FakeClock
+from tests.sinks.helpers import Receiver, hostile_event, make_event
 from watcher.config import SinkConfig
 from watcher.errors import DeliveryError, Reason
 from watcher.render import embed_length, ulen

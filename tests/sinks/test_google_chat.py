@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.sinks.helpers import FakeClock, Receiver, hostile_event, make_event
+from tests.fakes import FakeClock
+from tests.sinks.helpers import Receiver, hostile_event, make_event
 from watcher.config import SinkConfig
 from watcher.render import ZWSP, ulen
 from watcher.secret import Secret

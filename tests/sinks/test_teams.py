@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.sinks.helpers import HOSTILE_TECHNIQUE, FakeClock, Receiver, hostile_event, make_event
+from tests.fakes import FakeClock
+from tests.sinks.helpers import HOSTILE_TECHNIQUE, Receiver, hostile_event, make_event
 from watcher.config import SinkConfig
 from watcher.render import TEAMS_PAYLOAD_MAX_BYTES
 from watcher.secret import Secret

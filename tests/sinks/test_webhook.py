@@ -11,7 +11,8 @@ import os
 import pytest
 from standardwebhooks import Webhook
 
-from tests.sinks.helpers import FakeClock, Receiver, make_event
+from tests.fakes import FakeClock
+from tests.sinks.helpers import Receiver, make_event
 from watcher import __version__
 from watcher.config import SinkConfig
 from watcher.errors import ConfigError, DeliveryError, Reason
@@ -77,7 +78,7 @@ async def test_standard_webhooks_signature_verifies_with_the_reference_library(r
     clock = FakeClock()
     import time
 
-    clock._now_ms = time.time_ns() // 1_000_000  # the reference verifier checks the age against real time
+    clock.set_now_ms(time.time_ns() // 1_000_000)  # the reference verifier checks the age against real time
     sink = webhook(receiver, clock, secrets=(Secret(secret),))
     event = make_event()
     await sink.send(event)
@@ -93,7 +94,7 @@ async def test_rotation_sends_one_signature_per_secret_each_verifiable(receiver:
     import time
 
     old, new = whsec(), whsec()
-    clock = FakeClock(time.time_ns() // 1_000_000)
+    clock = FakeClock(0.0, epoch_ms=time.time_ns() // 1_000_000)
     sink = webhook(receiver, clock, secrets=(Secret(new), Secret(old)))
     await sink.send(make_event())
     await sink.close()
@@ -176,8 +177,8 @@ async def test_the_documented_receiver_code_verifies_real_deliveries(scheme: str
 
     verify = doc_functions()[f"verify_{scheme}"]
     secret, old = whsec(), whsec()
-    sink = webhook(receiver, FakeClock(time.time_ns() // 1_000_000), secrets=(Secret(secret), Secret(old)),
-                   signature=scheme)
+    real_now = FakeClock(0.0, epoch_ms=time.time_ns() // 1_000_000)
+    sink = webhook(receiver, real_now, secrets=(Secret(secret), Secret(old)), signature=scheme)
     await sink.send(make_event())
     await sink.close()
     req = receiver.requests[0]

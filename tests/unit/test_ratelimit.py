@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
+from tests.fakes import FakeClock
 from watcher.ratelimit import (
     PAUSE_BASE,
     PAUSE_CAP,
@@ -16,26 +15,6 @@ from watcher.ratelimit import (
     refund,
     reserve,
 )
-
-
-class FakeClock:
-    """Time moves only when someone sleeps; every sleep is recorded."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.t = start
-        self.sleeps: list[float] = []
-
-    def now_ms(self) -> int:
-        return 1_764_000_000_000 + int(self.t * 1000)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += max(0.0, seconds)
-        await asyncio.sleep(0)
-
 
 # ------------------------------------------------------------------------------------------ pure maths
 
@@ -85,7 +64,7 @@ def test_rate_limit_pause_without_retry_after_doubles_from_5s_to_30s() -> None:
 
 
 async def test_sequential_requests_are_spaced_at_max_rps_after_the_burst() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0, epoch_ms=1_764_000_000_000)
     limiter = RateLimiter(2.0, clock)
     sent_at = []
     for _ in range(6):
@@ -95,7 +74,7 @@ async def test_sequential_requests_are_spaced_at_max_rps_after_the_burst() -> No
 
 
 async def test_fractional_rate_still_allows_one_request() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0, epoch_ms=1_764_000_000_000)
     limiter = RateLimiter(0.5, clock)
     await limiter.acquire()
     await limiter.acquire()
@@ -103,7 +82,7 @@ async def test_fractional_rate_still_allows_one_request() -> None:
 
 
 async def test_zero_rate_means_no_throttling() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0, epoch_ms=1_764_000_000_000)
     limiter = RateLimiter(0, clock)
     for _ in range(50):
         await limiter.acquire()
@@ -111,7 +90,7 @@ async def test_zero_rate_means_no_throttling() -> None:
 
 
 async def test_a_pause_holds_the_next_request_until_it_expires() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0, epoch_ms=1_764_000_000_000)
     limiter = RateLimiter(5.0, clock)
     assert limiter.on_rate_limited(3.0, rand=0.0, retry_after_cap=60) == 3.0
     waited = await limiter.acquire()
@@ -120,7 +99,7 @@ async def test_a_pause_holds_the_next_request_until_it_expires() -> None:
 
 
 async def test_429s_while_already_paused_do_not_escalate() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0, epoch_ms=1_764_000_000_000)
     limiter = RateLimiter(5.0, clock)
     first = limiter.on_rate_limited(None, rand=0.0, retry_after_cap=60)
     again = limiter.on_rate_limited(
