@@ -1,0 +1,195 @@
+"""The crash-consistency loop: the real watcher, killed (SIGKILL) at random moments and at each named crash point,
+restarted, many rounds; then the receivers' records are checked against the simulator's ground truth.
+
+One round: the watcher runs; runs are created; it dies (a random SIGKILL, or a crash point armed at its start
+fires — ``after_commit``, ``before_send``, ``after_send``); more runs are created and some finish while it is
+down; it starts again with the next round's crash point armed. After the last round a clean watcher (no crash
+points) delivers everything and stops on SIGTERM.
+
+Checks (``CrashReport.problems``): every terminal transition of every run created after the first start
+reached the file sink and the webhook receiver; nothing was reported that did not happen; the file holds each
+event once; a transition always carries the same event id and body; every webhook duplicate is explained by a
+death mid-send (its first copy was the last request the receiver accepted before the process died); the state
+store passes ``PRAGMA integrity_check`` and its outbox is empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.reliability.harness import (
+    Canaries,
+    Receiver,
+    SimServer,
+    Verdict,
+    WatcherProcess,
+    check,
+    find_leaks,
+    write_config,
+)
+from watcher.simulator.app import Simulator
+from watcher.store import Store, store_path
+
+MODES = ("random", "after_commit", "before_send", "after_send")
+
+
+@dataclass
+class CrashReport:
+    rounds: int = 0
+    created: int = 0
+    starts: int = 0
+    deaths: int = 0  # SIGKILLs, the harness's and the crash points' together
+    by_mode: dict[str, int] = field(default_factory=Counter)  # deaths by cause: random / crash point name
+    verdict: Verdict = field(default_factory=Verdict)
+    unexplained_duplicates: list[str] = field(default_factory=list)
+    late_events: int = 0
+    integrity: str = ""
+    pending_after: int = -1
+    exit_code: int | None = None
+    leaks: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def problems(self) -> list[str]:
+        out = list(self.verdict.problems)
+        unexpected = {cause: n for cause, n in self.by_mode.items() if cause.startswith("unexpected")}
+        if unexpected:
+            out.append(f"the watcher exited on its own: {unexpected}")
+        if self.unexplained_duplicates:
+            out.append(f"{len(self.unexplained_duplicates)} webhook duplicates not explained by a death mid-send")
+        if self.integrity != "ok":
+            out.append(f"integrity_check: {self.integrity!r}")
+        if self.pending_after != 0:
+            out.append(f"{self.pending_after} deliveries still pending after the final drain")
+        if self.exit_code != 0:
+            out.append(f"the final watcher exited {self.exit_code} on SIGTERM")
+        if self.leaks:
+            out.append(f"secrets leaked: {self.leaks[:5]}")
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds, "runs_created": self.created, "starts": self.starts, "deaths": self.deaths,
+            "deaths_by_cause": dict(self.by_mode), **self.verdict.summary(),
+            "unexplained_duplicates": len(self.unexplained_duplicates), "late_events": self.late_events,
+            "integrity": self.integrity, "pending_after": self.pending_after, "exit_code": self.exit_code,
+            "leaks": len(self.leaks), "seconds": round(self.seconds, 1),
+        }
+
+
+def unexplained_duplicates(hook: Receiver, deaths: Sequence[float], tolerance: float = 0.1) -> list[str]:
+    """Event ids the receiver accepted twice where the first copy was NOT the last request to arrive before a
+    death: the sink worker sends one delivery at a time and records it before the next, so a copy is only
+    legitimately re-sent when the process died between sending it and recording the receiver's 2xx.
+    ``tolerance``: a request written just before the SIGKILL may be read by the receiver a little after it (a
+    restarted watcher needs far longer than that before it sends anything)."""
+    accepted = sorted((r.at, r.headers.get("webhook-id", "")) for r in hook.accepted())
+    counts = Counter(i for _, i in accepted)
+    out = []
+    for event_id, n in counts.items():
+        if n < 2:
+            continue
+        first = next(at for at, i in accepted if i == event_id)
+        death = next((d + tolerance for d in deaths if d + tolerance >= first), None)
+        later = [at for at, _ in accepted if first < at <= (death if death is not None else float("inf"))]
+        if death is None or later:
+            out.append(event_id)
+    return out
+
+
+async def crash_loop(
+    workdir: Path,
+    *,
+    rounds: int,
+    seed: int = 1,
+    modes: Sequence[str] = MODES,
+    probability: float = 0.3,
+    runs_per_round: tuple[int, int] = (3, 10),
+    settle_timeout: float = 60.0,
+    progress: Callable[[int, CrashReport], None] | None = None,
+) -> CrashReport:
+    """Run ``rounds`` crash rounds in ``workdir`` and check the outcome (see the module docstring)."""
+    started = time.monotonic()
+    rng = random.Random(seed)
+    canaries = Canaries.fresh()
+    report = CrashReport()
+    deaths: list[float] = []
+    sim = Simulator(api_key=canaries.api_key, seed=seed, pending_ms=(10, 200), running_ms=(50, 800))
+    events_file = workdir / "events.jsonl"
+    async with SimServer(sim) as api, Receiver(delay=lambda: rng.uniform(0.0, 0.03),
+                                                signing_secret=canaries.signing_secret) as hook:
+        cfg = write_config(
+            workdir, base_url=api.base_url, api_key=canaries.api_key, events_file=events_file,
+            webhook_url=f"{hook.origin}/hooks/{canaries.url_token}", signing_secret=canaries.signing_secret,
+        )
+        proc = WatcherProcess(cfg, workdir / "logs")
+        await proc.start()
+        await proc.wait_for_log('"sweep.finished"')  # first start recorded: every run from now on is new
+        created: list[str] = []
+
+        async def died(cause: str) -> None:
+            deaths.append(time.monotonic())
+            report.by_mode[cause] += 1
+
+        mode = "random"
+        for number in range(rounds):
+            created += sim.create_runs(rng.randint(*runs_per_round), pending_ms=(10, 200), running_ms=(50, 800))
+            if mode == "random":
+                await asyncio.sleep(rng.uniform(0.1, 1.5))
+                if proc.alive():
+                    await proc.kill()
+                    await died("random")
+                else:  # it should not die on its own without a crash point
+                    await died(f"unexpected exit {proc.proc.returncode}")
+            else:
+                code = await proc.wait(4.0)
+                if code is None:  # the armed point did not fire in time: a random kill instead
+                    await proc.kill()
+                    await died("random")
+                else:
+                    await died(mode if code == -9 else f"unexpected exit {code}")
+            created += sim.create_runs(rng.randint(0, 4), pending_ms=(10, 100), running_ms=(20, 300))
+            await asyncio.sleep(rng.uniform(0.0, 0.4))  # some finish while the watcher is down: late events
+            mode = modes[(number + 1) % len(modes)]
+            points = () if mode == "random" else (mode,)
+            await proc.start(crash_points=points, crash_probability=probability)
+            report.rounds = number + 1
+            if progress is not None:
+                progress(number + 1, report)
+        # The last start may have a crash point armed: replace it with a clean watcher that drains everything.
+        if proc.alive():
+            await proc.kill()
+            await died("random")
+        await proc.start()
+        report.created = len(created)
+        deadline = time.monotonic() + settle_timeout
+        while time.monotonic() < deadline:
+            truth = sim.transitions()
+            verdict = check(truth=truth, created=created, events_file=events_file, webhook=hook)
+            finished = {t["run_id"] for t in truth} >= set(created)
+            if finished and not verdict.lost["journal"] and not verdict.lost["hook"]:
+                break
+            if not proc.alive():
+                break
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(0.5)  # the last deliveries are recorded after the receiver's answer
+        report.exit_code = await proc.terminate()
+        report.verdict = check(truth=sim.transitions(), created=created, events_file=events_file, webhook=hook)
+        report.unexplained_duplicates = unexplained_duplicates(hook, deaths)
+        report.late_events = sum(1 for r in hook.accepted() if (r.event or {}).get("data", {}).get("late"))
+    report.starts = proc.starts
+    report.deaths = len(deaths)
+    with Store.open(store_path(workdir / "state"), create=False) as store:
+        report.integrity = store.integrity_check()
+        report.pending_after = sum(store.pending_counts().values())
+    report.leaks = find_leaks([workdir / "logs", events_file, workdir / "state"], canaries.needles())
+    report.seconds = time.monotonic() - started
+    return report
+
