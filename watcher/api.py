@@ -319,7 +319,7 @@ class FloraClient:
     async def get_run(self, run_id: str, *, poll_url: str | None = None, technique_id: str | None = None) -> Run:
         """The current state of one run.
 
-        Tries ``poll_url`` when it is on the API origin; when it is missing, foreign or answers 404/400,
+        Tries ``poll_url`` when it is on the API origin; when it is missing, foreign, answers 404/400 or redirects,
         ``/techniques/{technique_id}/runs/{run_id}`` (when the technique is known), then ``/runs/{run_id}``.
         Raises ``NotFoundError`` when every candidate answers 404.
         """
@@ -349,7 +349,10 @@ class FloraClient:
                 not_found = exc
                 continue
             except (ClientRequestError, ForeignOriginError, BadResponseError) as exc:
-                if is_poll_url and (exc.status == 400 or isinstance(exc, ForeignOriginError)):
+                # The run's own poll_url refused us (400), or redirected anywhere (never followed): the API's
+                # documented paths for the same run are next.
+                redirected = exc.status is not None and 300 <= exc.status < 400
+                if is_poll_url and (exc.status == 400 or redirected or isinstance(exc, ForeignOriginError)):
                     continue
                 raise
             self._note_statuses((run,))

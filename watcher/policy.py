@@ -187,7 +187,7 @@ def _discord_retry_after(headers: Mapping[str, str], body: bytes) -> float | Non
         return value
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: a body nested absurdly deep
         return None
     return _seconds(payload.get("retry_after")) if isinstance(payload, dict) else None
 

@@ -661,6 +661,17 @@ async def test_a_poll_url_redirecting_away_falls_back_to_api_paths(api: FakeApi,
     assert api.urls() == [poll, f"{BASE}/runs/run_1"]
 
 
+@pytest.mark.parametrize("location", ["/api/v1/elsewhere/run_1", None])
+async def test_a_poll_url_redirecting_within_the_api_or_nowhere_falls_back_too(
+    api: FakeApi, client: FloraClient, location: str | None
+) -> None:
+    poll = f"{BASE}/techniques/t/runs/run_1"
+    api.get(poll, respond(302, headers={"Location": location} if location else {}))
+    api.get(f"{BASE}/techniques/tech_1/runs/run_1", ok(run("run_1")))
+    assert (await client.get_run("run_1", poll_url=poll, technique_id="tech_1")).run_id == "run_1"
+    assert api.urls() == [poll, f"{BASE}/techniques/tech_1/runs/run_1"]
+
+
 # ------------------------------------------------------------------------------------------ start_run
 
 

@@ -315,3 +315,9 @@ def test_circuit_thresholds_are_configurable():
     assert c == Circuit(failures=2, open_until_ms=NOW + 2500)
     c = fail(Circuit(failures=10_000), NOW)  # no overflow after a very long outage
     assert c.open_until_ms == NOW + 600_000
+
+
+def test_a_429_body_nested_absurdly_deep_is_still_a_retryable_rate_limit() -> None:
+    body = b"[" * 200_000 + b"]" * 200_000
+    err = classify_http(429, {}, body, now_ms=0)
+    assert err is not None and err.retryable and err.retry_after is None
