@@ -458,31 +458,19 @@ class Daemon:
                     await sink.close()
             raise
         # Stop workers of removed or changed sinks, then start the new set.
-        removed = [name for name in self.sinks if name not in keep]
         grace = self.cfg.delivery.shutdown_grace
-        for name in removed:
-            worker = self.dispatcher.workers.pop(name)
-            worker.stop()
-            task = self.dispatcher.tasks.pop(name, None)
-            if task is not None:
-                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(task, timeout=grace)
+        for name in [n for n in self.sinks if n not in keep]:
+            await self.dispatcher.remove(name, grace)
             with contextlib.suppress(Exception):
                 await self.sinks[name].close()
-        combined = {**keep, **fresh}
-        self.sinks = combined
-        from watcher.dispatcher import SinkWorker
-
-        states = await self.store.sink_states()
+        self.sinks = {**keep, **fresh}
+        self.dispatcher.set_config(new.delivery)
         for name, sink in fresh.items():
+            # A new or changed sink starts enabled: a config change is how a 410-disabled sink is fixed.
             await self.store.set_sink_state(name, disabled_reason=None, now_ms=self.clock.now_ms())
-            worker = SinkWorker(sink, self.store, cfg=new.delivery, clock=self.clock, rand=self.rand,
-                                on_outcome=self.metrics.delivery)
-            self.dispatcher.workers[name] = worker
-            self.dispatcher.tasks[name] = asyncio.create_task(worker.run_forever(), name=f"sink:{name}")
-        del states
+            self.dispatcher.add(sink)
         await self._dead_letter_removed_sinks()
-        return combined
+        return self.sinks
 
     # ------------------------------------------------------------------------------------------- shutdown
 

@@ -8,6 +8,7 @@ Workers are independent, so a slow or failing sink never delays another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -207,10 +208,38 @@ class Dispatcher:
             for name, sink in sinks.items()
         }
         self.tasks: dict[str, asyncio.Task] = {}
+        self._started = False
 
     def start(self) -> None:
+        self._started = True
         for name, worker in self.workers.items():
             self.tasks[name] = asyncio.create_task(worker.run_forever(), name=f"sink:{name}")
+
+    def add(self, sink: Sink, *, disabled_reason: str | None = None) -> None:
+        """A new worker for ``sink`` (a reload added or changed it); started at once if the dispatcher runs."""
+        worker = SinkWorker(sink, self.store, cfg=self.cfg, clock=self.clock, rand=self.rand,
+                            disabled_reason=disabled_reason, on_outcome=self.on_outcome)
+        self.workers[sink.name] = worker
+        if self._started:
+            self.tasks[sink.name] = asyncio.create_task(worker.run_forever(), name=f"sink:{sink.name}")
+
+    async def remove(self, name: str, grace: float) -> None:
+        """Stop one sink's worker: an in-flight send may finish within ``grace``; its deliveries stay in the
+        outbox (a worker of the same name picks them up, or they are dead-lettered if the sink is gone)."""
+        worker = self.workers.pop(name, None)
+        if worker is None:
+            return
+        worker.stop()
+        task = self.tasks.pop(name, None)
+        if task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=grace)
+
+    def set_config(self, cfg: DeliveryConfig) -> None:
+        """A reloaded [delivery] section applies to every worker's next decision."""
+        self.cfg = cfg
+        for worker in self.workers.values():
+            worker.cfg = cfg
 
     def wake(self) -> None:
         for worker in self.workers.values():
