@@ -129,35 +129,26 @@ class Sweeper:
         completed_windows: dict[str, int | None] = {}
         first_sweep = self.sweeps == 0
         try:
-            if self._resync_due(now):
-                result.resync = True
+            try:
+                if self._resync_due(now):
+                    result.resync = True
+                    await self._resync(now, first_sweep, result, dirty, seen)
                 for f in self.filters:
-                    ctx = self._context(now, f, first_sweep)
-                    for status in (RunStatus.PENDING, RunStatus.RUNNING):
-                        async for page in self.client.pages(status=status, limit=PAGE_SIZE, **f.as_params()):
-                            result.pages += 1
-                            self.on_progress()
-                            for run in page.runs:
-                                self._observe(run, ctx, result, dirty, seen, listed=True)
-                self.last_resync_ms = now
-            for f in self.filters:
-                completed_windows[f.key] = await self._window(f, now, first_sweep, result, dirty, seen)
-            await self._poll_unsettled(now, first_sweep, result, dirty, seen)
+                    completed_windows[f.key] = await self._window(f, now, first_sweep, result, dirty, seen)
+                await self._poll_unsettled(now, first_sweep, result, dirty, seen)
+            except AuthError:
+                raise
+            except ApiError as exc:
+                result.ok = False
+                result.error = f"{type(exc).__name__}: {exc}"
+                log.warning("sweep.failed", error=result.error, observed=result.observed, pages=result.pages)
+                # The listing failed: keep following the tracked runs one by one on their own schedule, a few
+                # per sweep (as many as `concurrency`), so a broken list endpoint does not stall detection,
+                # while a down API costs only a handful of requests per sweep.
+                await self._poll_unsettled(now, first_sweep, result, dirty, seen, limit=self.watch.concurrency)
         except AuthError:
             await self._commit(now, result, dirty, completed_windows, ok=False, error="authentication failed")
             raise
-        except ApiError as exc:
-            result.ok = False
-            result.error = f"{type(exc).__name__}: {exc}"
-            log.warning("sweep.failed", error=result.error, observed=result.observed, pages=result.pages)
-            # The listing failed: keep following the tracked runs one by one on their own schedule, a few per
-            # sweep (as many as `concurrency`), so a broken list endpoint does not stall detection, while a
-            # down API costs only a handful of requests per sweep.
-            try:
-                await self._poll_unsettled(now, first_sweep, result, dirty, seen, limit=self.watch.concurrency)
-            except AuthError:
-                await self._commit(now, result, dirty, completed_windows, ok=False, error="authentication failed")
-                raise
         result.seconds = self.clock.monotonic() - started
         await self._commit(now, result, dirty, completed_windows, ok=result.ok, error=result.error)
         self.sweeps += 1
@@ -168,6 +159,20 @@ class Sweeper:
             events=len(result.new_event_ids), tracked=len(self.tracked), seconds=round(result.seconds, 3),
         )
         return result
+
+    async def _resync(self, now: int, first_sweep: bool, result: SweepResult, dirty: set[str], seen: set[str]) -> None:
+        """List the active set (pending, then running) in full, so every active run is tracked."""
+        for f in self.filters:
+            ctx = self._context(now, f, first_sweep)
+            for status in (RunStatus.PENDING, RunStatus.RUNNING):
+                pages = self.client.pages(status=status, limit=PAGE_SIZE, **f.as_params())
+                async with contextlib.aclosing(pages):
+                    async for page in pages:
+                        result.pages += 1
+                        self.on_progress()
+                        for run in page.runs:
+                            self._observe(run, ctx, result, dirty, seen, listed=True)
+        self.last_resync_ms = now
 
     def _resync_due(self, now: int) -> bool:
         return self.last_resync_ms is None or now - self.last_resync_ms >= self.watch.resync_interval * 1000
