@@ -28,7 +28,7 @@ from watcher.errors import AuthError, ConfigError, StoreError, WatcherError
 from watcher.model import Event, Run, TrackedRun
 from watcher.sinks.base import SendResult, Sink
 from watcher.store import AsyncStore, Store
-from watcher.sweep import META_LAST_SWEEP_OK, Sweeper, SweepResult
+from watcher.sweep import Sweeper, SweepResult
 
 log = structlog.get_logger("watcher.daemon")
 
@@ -98,10 +98,9 @@ class Daemon:
         self.live = None
         self._aux_tasks: list[asyncio.Task] = []
         self.last_result: SweepResult | None = None
-        self.last_sweep_ok_ms: int | None = None
+        self._outbox_depth = 0  # pending deliveries, all sinks, as of the last sweep (for STATUS=)
         self.last_prune: float | None = None  # clock.monotonic() of the last prune of delivered history
         self._api_waited_s = 0.0  # the client's rate-limit waits already counted in the metrics
-        self.api_healthy = True
         self.exit_code = EXIT_OK
 
     # ------------------------------------------------------------------------------------------ signals
@@ -319,12 +318,10 @@ class Daemon:
             result = SweepResult(ok=False, error=f"internal error: {type(exc).__name__}",
                                  seconds=self.clock.monotonic() - started)
         self.last_result = result
-        self.api_healthy = result.ok
         self.metrics.sweep_done(result.ok, result.seconds)
         self._count_rate_limit_waits()
         if result.ok:
-            self.last_sweep_ok_ms = self.clock.now_ms()
-            self.health.sweep_ok(self.last_sweep_ok_ms)
+            self.health.sweep_ok(self.clock.now_ms())
         else:
             self.health.sweep_failed(result.error or "the sweep failed")
         if self.feeder is not None:
@@ -364,9 +361,8 @@ class Daemon:
 
     def _status_line(self) -> str:
         tracked = 0 if self.sweeper is None else sum(1 for t in self.sweeper.tracked.values() if not t.terminal)
-        depth = getattr(self, "_outbox_depth", 0)
-        api = "ok" if self.api_healthy else "failing"
-        return f"tracking {tracked} active runs; {depth} deliveries pending; API {api}"
+        api = "ok" if self.last_result is None or self.last_result.ok else "failing"
+        return f"tracking {tracked} active runs; {self._outbox_depth} deliveries pending; API {api}"
 
     async def run_until_stopped(self) -> None:
         self.dispatcher.start()
@@ -512,8 +508,3 @@ def live_runs(tracked: Iterable[TrackedRun], now_ms: int, *, keep_ms: int) -> li
         elif t.run.completed_at is not None and now_ms - t.run.completed_at <= keep_ms:
             shown.append(t.run)
     return shown
-
-
-async def last_sweep_ok(store: AsyncStore) -> int | None:
-    raw = await store.get_meta(META_LAST_SWEEP_OK)
-    return int(raw) if raw else None
