@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -255,8 +256,7 @@ class Sweeper:
                 items += len(page.runs)
                 while cursor_idx < len(candidates) and oldest is not None and candidates[cursor_idx][0] >= oldest:
                     cursor_idx += 1
-                tail = candidates[cursor_idx:]
-                unseen = (c for c, rid in tail if rid not in seen)
+                unseen = (c for c, rid in itertools.islice(candidates, cursor_idx, None) if rid not in seen)
                 if not plan.should_continue_window(
                     page_oldest_ms=oldest,
                     next_cursor=page.next_cursor,
@@ -264,7 +264,7 @@ class Sweeper:
                     density_per_ms=plan.density(newest, oldest, items),
                     page_size=PAGE_SIZE,
                     unseen_created_desc=unseen,
-                    unseen_count=len(tail),
+                    unseen_count=len(candidates) - cursor_idx,
                 ):
                     break
         previous = self.high_watermarks.get(f.key)
