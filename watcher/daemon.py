@@ -162,8 +162,8 @@ class Daemon:
         self.notifier = systemd.Notifier.from_env(self.env)
         self.metrics = metrics_mod.Metrics()
         self.health = HealthSource(interval=cfg.watch.interval, clock=self.clock)
-        if self.opts.dry_run:
-            store = Store.open(":memory:")
+        if self.opts.dry_run:  # decide from a copy of the real state; nothing is written back
+            store = Store.snapshot(state_path(cfg))
         else:
             store = Store.open(state_path(cfg))
         self.store = AsyncStore(store)

@@ -394,6 +394,26 @@ class Store:
             _restrict_sidecars(name)
         return cls(conn, name)
 
+    @classmethod
+    def snapshot(cls, path: str | os.PathLike[str]) -> Store:
+        """An in-memory copy of the store at ``path`` (``--dry-run``: decide as the daemon would, write nothing
+        back). A missing file gives an empty store, as on a first start."""
+        file = Path(path).expanduser()
+        if not file.exists():
+            return cls.open(_MEMORY)
+        source = cls.open(file, create=False)
+        try:
+            target = sqlite3.connect(_MEMORY, isolation_level=None, check_same_thread=False)
+            try:
+                source._conn.backup(target)
+            except sqlite3.Error as exc:
+                target.close()
+                raise StoreError(f"state store {source.path}: cannot copy: {explain(exc)}") from exc
+        finally:
+            source._conn.close()  # not close(): PRAGMA optimize would write to the file
+            source._closed = True
+        return cls(target, f"{file} (in-memory copy)")
+
     @property
     def schema_version(self) -> int:
         return SCHEMA_VERSION

@@ -199,16 +199,31 @@ async def test_a_run_the_listing_no_longer_shows_is_followed_through_its_poll_ur
     assert event["data"]["project_id"] == "prj_watched"
 
 
-async def test_dry_run_prints_and_writes_no_state(sim, paths, capsys) -> None:
+async def test_dry_run_prints_what_would_be_sent_and_changes_nothing(sim, paths, capsys) -> None:
     state, events_file = paths
     cfg = make_config(sim.base_url, state, events_file)
-    daemon = Daemon(cfg, Options(once=True, dry_run=True, install_signal_handlers=False))
-    fast = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=30, outcome="completed",
-                              created_at=now_ms())
-    del fast
-    assert await daemon.run() == 0
-    assert not state.exists()
-    assert not events_file.exists()
+    assert await Daemon(cfg, Options(once=True, dry_run=True, install_signal_handlers=False)).run() == 0
+    assert not state.exists()  # a dry run on a fresh machine creates nothing
+    run = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=200, outcome="failed",
+                             error_code="GPU_PROVIDER_ERROR")
+    assert await once(cfg) == 0  # the real watcher tracks the run
+    await wait_terminal(sim.sim, [run])
+    def snapshot() -> tuple:
+        store = Store.open(store_path(state))
+        try:
+            return store.all_meta(), sorted(store.load_tracked()), store.pending_counts()
+        finally:
+            store.close()
+
+    before = snapshot()
+    capsys.readouterr()
+    assert await Daemon(cfg, Options(once=True, dry_run=True, install_signal_handlers=False)).run() == 0
+    printed = capsys.readouterr().out
+    assert "[dry-run]" in printed and run in printed and "GPU_PROVIDER_ERROR" in printed
+    assert snapshot() == before  # the state was not touched ...
+    assert read_events(events_file) == []  # ... and nothing was sent
+    assert await once(cfg) == 0  # so the real run still reports it, once
+    assert [e["data"]["run_id"] for e in read_events(events_file)] == [run]
 
 
 async def test_an_unreachable_api_keeps_tracked_runs_and_reports_later(sim, paths, tmp_path) -> None:

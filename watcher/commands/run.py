@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true",
                         help="one full sweep, then deliver what is due, then exit")
     parser.add_argument("--dry-run", action="store_true",
-                        help="render events to stdout; send nothing and write no state")
+                        help="render events to stdout; send nothing and write no state "
+                        "(decides from an in-memory copy of the current state)")
 
 
 def main(args: argparse.Namespace) -> int:
