@@ -171,8 +171,9 @@ class Sweeper:
                     async for page in pages:
                         result.pages += 1
                         self.on_progress()
+                        page_ctx = self._arrived(ctx)
                         for run in page.runs:
-                            self._observe(run, ctx, result, dirty, seen, listed=True)
+                            self._observe(run, page_ctx, result, dirty, seen, listed=True)
         self.last_resync_ms = now
 
     def _resync_due(self, now: int) -> bool:
@@ -193,6 +194,11 @@ class Sweeper:
             enabled=self.enabled,
         )
 
+    def _arrived(self, ctx: Context) -> Context:
+        """``ctx`` stamped with the time a page or poll answer arrived: events carry the moment they were
+        observed, not the sweep's start (a long sweep would otherwise date an event before its completion)."""
+        return dataclasses.replace(ctx, now_ms=self.clock.now_ms())
+
     def _observe(
         self, run: Run, ctx: Context, result: SweepResult, dirty: set[str], seen: set[str], *, listed: bool
     ) -> bool:
@@ -204,9 +210,7 @@ class Sweeper:
             self._warned_unknown.add((run.run_id, run.status))
             log.warning("run.unknown_status", run_id=run.run_id, status=run.status[:40])
         prev = self.tracked.get(run.run_id)
-        # Events are stamped when the observation arrived, not when the sweep began (a long sweep would
-        # otherwise date an event before the completion it reports).
-        decision = detect(prev, run, dataclasses.replace(ctx, now_ms=self.clock.now_ms()))
+        decision = detect(prev, run, ctx)
         if listed:
             seen.add(run.run_id)
         if decision.tracked is None:
@@ -248,8 +252,9 @@ class Sweeper:
             async for page in pages:
                 result.pages += 1
                 self.on_progress()
+                page_ctx = self._arrived(ctx)
                 for run in page.runs:
-                    self._observe(run, ctx, result, dirty, seen, listed=True)
+                    self._observe(run, page_ctx, result, dirty, seen, listed=True)
                     if run.created_at is not None:
                         newest = run.created_at if newest is None else max(newest, run.created_at)
                         oldest = run.created_at if oldest is None else min(oldest, run.created_at)
@@ -302,7 +307,7 @@ class Sweeper:
                     return
             result.polls += 1
             self.on_progress()
-            changed = self._observe(run, ctx, result, dirty, seen, listed=False)
+            changed = self._observe(run, self._arrived(ctx), result, dirty, seen, listed=False)
             self._reschedule(run.run_id, changed=changed, now=now, first_s=first_s, dirty=dirty)
 
         tasks = [asyncio.ensure_future(poll_one(t)) for t in due]
