@@ -11,7 +11,6 @@ exactly once.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.fakes import FakeClock
 from tests.reliability.harness import serve
 from watcher.api import FloraClient
 from watcher.config import SinkConfig, WatchConfig
@@ -35,23 +35,6 @@ KEY = "sk_test_fuzz_0123456789"
 EPOCH_MS = 1_764_400_000_000
 CANARY = "run_CANARY"  # no generated id can take it (generated ids are lower case)
 TERMINAL = {"completed": "run.completed", "failed": "run.failed"}
-
-
-class FakeClock:
-    """Time moves only when something sleeps (429 pauses, retry waits): the fuzz never waits for real."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now_ms(self) -> int:
-        return EPOCH_MS + int(self.t * 1000)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 # ------------------------------------------------------------------------------------------- the server
@@ -309,7 +292,7 @@ DEEP_RESPONSE: Response = (200, DEEP, JSON_HEADERS, [])
 @example(first=[], lists=[valid_list([])], poll=DEEP_RESPONSE)
 @example(first=[], lists=[(500, DEEP, JSON_HEADERS, [])], poll=(404, DEEP, JSON_HEADERS, []))  # error bodies too
 async def test_the_sweep_survives_any_api_response(fake_api: FakeApi, first, lists, poll) -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0, epoch_ms=EPOCH_MS)  # time moves only when something sleeps: no real waits
     store = AsyncStore(Store.open(":memory:"))
     client = FloraClient(f"{fake_api.origin}/api/v1", Secret(KEY), timeout=5, max_rps=0, max_retries=1,
                          clock=clock, rand=random.Random(0))
