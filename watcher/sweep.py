@@ -169,11 +169,7 @@ class Sweeper:
                 pages = self.client.pages(status=status, limit=PAGE_SIZE, **f.as_params())
                 async with contextlib.aclosing(pages):
                     async for page in pages:
-                        result.pages += 1
-                        self.on_progress()
-                        page_ctx = self._arrived(ctx)
-                        for run in page.runs:
-                            self._observe(run, page_ctx, result, dirty, seen, listed=True)
+                        self._take_page(page.runs, ctx, result, dirty, seen)
         self.last_resync_ms = now
 
     def _resync_due(self, now: int) -> bool:
@@ -193,6 +189,16 @@ class Sweeper:
             first_sweep=first_sweep,
             enabled=self.enabled,
         )
+
+    def _take_page(
+        self, runs: Sequence[Run], ctx: Context, result: SweepResult, dirty: set[str], seen: set[str]
+    ) -> None:
+        """Observe one listing page: every run on it is settled by the listing."""
+        result.pages += 1
+        self.on_progress()
+        page_ctx = self._arrived(ctx)
+        for run in runs:
+            self._observe(run, page_ctx, result, dirty, seen, listed=True)
 
     def _arrived(self, ctx: Context) -> Context:
         """``ctx`` stamped with the time a page or poll answer arrived: events carry the moment they were
@@ -250,14 +256,11 @@ class Sweeper:
         cursor_idx = 0
         async with contextlib.aclosing(self.client.pages(limit=PAGE_SIZE, **f.as_params())) as pages:
             async for page in pages:
-                result.pages += 1
-                self.on_progress()
-                page_ctx = self._arrived(ctx)
-                for run in page.runs:
-                    self._observe(run, page_ctx, result, dirty, seen, listed=True)
-                    if run.created_at is not None:
-                        newest = run.created_at if newest is None else max(newest, run.created_at)
-                        oldest = run.created_at if oldest is None else min(oldest, run.created_at)
+                self._take_page(page.runs, ctx, result, dirty, seen)
+                stamps = [run.created_at for run in page.runs if run.created_at is not None]
+                if stamps:
+                    newest = max(stamps) if newest is None else max(newest, *stamps)
+                    oldest = min(stamps) if oldest is None else min(oldest, *stamps)
                 items += len(page.runs)
                 while cursor_idx < len(candidates) and oldest is not None and candidates[cursor_idx][0] >= oldest:
                     cursor_idx += 1
