@@ -8,6 +8,7 @@ stderr: stdout belongs to the stdout sink.
 Redaction replaces every value handed to ``register_secret`` (``config.load`` registers the API key, sink
 URLs, signing secrets and header values) and masks well-known secret shapes by pattern, in event text, keys,
 values, nested containers and exception text. ``redact(text)`` is the same masking for text shown to users.
+A masked value reads ``<secret>``, the marker sinks use for a receiver's echo of their URL or secret (docs/sinks.md).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import structlog
 
 from watcher.secret import Secret
 
-REDACTED = "<redacted>"
+REDACTED = "<secret>"  # the one visible marker for a masked secret (logs, sink errors, Secret's repr)
 MIN_SECRET_LENGTH = 6  # shorter registered values would redact ordinary words
 
 FORMATS = ("auto", "console", "json")
@@ -47,7 +48,7 @@ _secret_re: re.Pattern[str] | None = None
 # (pattern, replacement), applied in order after the registered secrets.
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization header values
-    (re.compile(r"(?i)\b(bearer|basic)\s+(?!<redacted>)[A-Za-z0-9\-._~+/]{8,}=*"), rf"\1 {REDACTED}"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+(?!<secret>)[A-Za-z0-9\-._~+/]{8,}=*"), rf"\1 {REDACTED}"),
     # FLORA API keys and webhook signing secrets: the prefix is not secret, the rest is
     (re.compile(r"\b(sk_(?:live|test)_)[A-Za-z0-9_\-]+"), rf"\1{REDACTED}"),
     (re.compile(r"\b(whsec_)[A-Za-z0-9+/=_\-]+"), rf"\1{REDACTED}"),
@@ -60,16 +61,34 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(r"(?i)([?&](?:key|token|sig|signature|access_token|api_key|apikey)=)[^&\s\"'<>#]+"),
         rf"\1{REDACTED}",
     ),
-    # key=value / "key": "value" where the key names a secret
-    (
-        re.compile(
-            # the look-behind anchors at the start of an identifier: linear time on long a_b_c_… runs
-            r"(?i)(?<![A-Za-z0-9_-])((?:[A-Za-z0-9]+[_-])*(?:api[_-]?key|apikey|authorization|secrets?|token|"
-            r"password|passwd))(\s*[\"']?\s*[:=]\s*[\"']?)(?!<redacted>)(?:(?:bearer|basic)\s+)?[^\s\"'&,;)}\]]+"
-        ),
-        rf"\1\2{REDACTED}",
-    ),
+    # (key=value forms are handled by _KEY_VALUE below: they need a look at the value)
 )
+
+# key=value / "key": "value" / key: value where the key names a secret. The look-behind anchors at the start
+# of an identifier (linear time on long a_b_c_… runs). A quoted value or one right after "=" is a secret
+# whatever it looks like; after "key: " in prose only a secret-shaped value is (FLORA's own error text reads
+# "invalid_api_key: The API key is invalid…", and "The" is not a key).
+_KEY_VALUE = re.compile(
+    r"(?i)(?<![A-Za-z0-9_-])((?:[A-Za-z0-9]+[_-])*(?:api[_-]?key|apikey|authorization|secrets?|token|"
+    r"password|passwd))([\"']?)(\s*[:=])(\s*)([\"']?)((?:(?:bearer|basic)\s+)?)([^\s\"'&,;)}\]]+)"
+)
+_SECRET_SHAPED = re.compile(r"[A-Za-z0-9._~+/=\-]{8,}")
+
+
+def _looks_like_a_secret(value: str) -> bool:
+    """A token, not a word: 8+ characters of a token alphabet with a digit in them, or 20+ of them."""
+    return bool(_SECRET_SHAPED.fullmatch(value)) and (len(value) >= 20 or any(c.isdigit() for c in value))
+
+
+def _mask_key_value(m: re.Match[str]) -> str:
+    key, key_quote, sep, space, value_quote, scheme, value = m.groups()
+    if value.startswith(REDACTED):
+        return m.group(0)
+    loose = not value_quote and not key_quote and bool(space) and not scheme
+    if loose and not _looks_like_a_secret(value):
+        return m.group(0)
+    return f"{key}{key_quote}{sep}{space}{value_quote}{REDACTED}"
+
 
 _SENSITIVE_KEY_NAMES = (
     "api_key", "apikey", "authorization", "secret", "secrets", "token", "password", "passwd", "cookie",
@@ -100,13 +119,13 @@ def clear_secrets() -> None:
 
 
 def redact(text: str) -> str:
-    """``text`` with registered secrets and secret-shaped substrings replaced by ``<redacted>``."""
+    """``text`` with registered secrets and secret-shaped substrings replaced by ``<secret>``."""
     pattern = _secret_re
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     for regex, replacement in _PATTERNS:
         text = regex.sub(replacement, text)
-    return text
+    return _KEY_VALUE.sub(_mask_key_value, text)
 
 
 def is_sensitive_key(key: str) -> bool:

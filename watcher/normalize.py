@@ -33,7 +33,7 @@ RUN_TYPES = frozenset({"technique", "generation", "action"})
 SNIPPET_LIMIT = 200
 
 _NUMERIC = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-_TAG = re.compile(r"<[^>]{0,200}>")
+_TAG = re.compile(r"<(?!secret>)[^>]{0,200}>")  # markup goes; our own <secret> marker stays
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 

@@ -128,7 +128,7 @@ def decide_failure(
 
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 _SNIPPET_CHARS = 200
-_TAG = re.compile(r"<[^<>]{0,500}>")
+_TAG = re.compile(r"<(?!secret>)[^<>]{0,500}>")  # markup goes; our own <secret> marker stays
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 

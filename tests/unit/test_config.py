@@ -736,7 +736,7 @@ def test_load_reads_the_file_resolves_relative_paths_and_registers_secrets(tmp_p
     assert cfg.source == tmp_path / "fw.toml"
     assert cfg.api.api_key == Secret(secret_key)
     assert cfg.api.api_key_source == "api_key_file"
-    assert logs.redact(f"token is {secret_key}.") == "token is <redacted>."
+    assert logs.redact(f"token is {secret_key}.") == "token is <secret>."
 
 
 def test_load_without_any_file_uses_defaults(tmp_path, system_config):

@@ -73,9 +73,9 @@ def test_a_registered_secret_never_reaches_the_output(fmt):
     _log_the_canary_every_way()
     out = buf.getvalue()
     assert CANARY not in out
-    assert out.count("<redacted>") >= 12
+    assert out.count("<secret>") >= 12
     assert "delivery.crashed" in out and "unhandled" in out
-    assert out.count("RuntimeError: delivery failed for <redacted>") == 2
+    assert out.count("RuntimeError: delivery failed for <secret>") == 2
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])
@@ -176,30 +176,30 @@ def test_capture_logs_still_works_after_configure():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("Authorization: Bearer abcdef0123456789xyz", "Authorization: <redacted>"),
-        ("sent Bearer abcdef0123456789xyz=", "sent Bearer <redacted>"),
-        ("key sk_live_4f9aB2cD8e is revoked", "key sk_live_<redacted> is revoked"),
-        ("key sk_test_4f9aB2cD8e", "key sk_test_<redacted>"),
-        ("secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw==", "secret whsec_<redacted>"),
+        ("Authorization: Bearer abcdef0123456789xyz", "Authorization: Bearer <secret>"),
+        ("sent Bearer abcdef0123456789xyz=", "sent Bearer <secret>"),
+        ("key sk_live_4f9aB2cD8e is revoked", "key sk_live_<secret> is revoked"),
+        ("key sk_test_4f9aB2cD8e", "key sk_test_<secret>"),
+        ("secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw==", "secret whsec_<secret>"),
         ("POST https://hooks.slack.com/services/T000/B000/XXXX failed",
-         "POST https://hooks.slack.com/services/<redacted> failed"),
+         "POST https://hooks.slack.com/services/<secret> failed"),
         ("POST https://discord.com/api/webhooks/1234/tok-en_x: 429",
-         "POST https://discord.com/api/webhooks/<redacted> 429"),
-        ("https://discordapp.com/api/v10/webhooks/1/abc", "https://discordapp.com/api/v10/webhooks/<redacted>"),
+         "POST https://discord.com/api/webhooks/<secret> 429"),
+        ("https://discordapp.com/api/v10/webhooks/1/abc", "https://discordapp.com/api/v10/webhooks/<secret>"),
         ("https://chat.googleapis.com/v1/spaces/AAA/messages?key=KEYVALUE&token=TOKVALUE&threadKey=r",
-         "https://chat.googleapis.com/v1/spaces/AAA/messages?key=<redacted>&token=<redacted>&threadKey=r"),
+         "https://chat.googleapis.com/v1/spaces/AAA/messages?key=<secret>&token=<secret>&threadKey=r"),
         ("https://x.logic.azure.com/workflows/1/triggers/manual/paths/invoke?api-version=1&sig=SIGVALUE",
-         "https://x.logic.azure.com/workflows/1/triggers/manual/paths/invoke?api-version=1&sig=<redacted>"),
+         "https://x.logic.azure.com/workflows/1/triggers/manual/paths/invoke?api-version=1&sig=<secret>"),
         ("https://o.webhook.office.com/webhookb2/abc@def/IncomingWebhook/x/y",
-         "https://o.webhook.office.com/webhookb2/<redacted>"),
-        ('{"api_key": "k-123", "password": "hunter2"}', '{"api_key": "<redacted>", "password": "<redacted>"}'),
-        ("client_secret=abc123 token=zzz", "client_secret=<redacted> token=<redacted>"),
-        ("{'X-Api-Key': 'abc'}", "{'X-Api-Key': '<redacted>'}"),
+         "https://o.webhook.office.com/webhookb2/<secret>"),
+        ('{"api_key": "k-123", "password": "hunter2"}', '{"api_key": "<secret>", "password": "<secret>"}'),
+        ("client_secret=abc123 token=zzz", "client_secret=<secret> token=<secret>"),
+        ("{'X-Api-Key': 'abc'}", "{'X-Api-Key': '<secret>'}"),
         # not secrets: left alone
         ("tokens=3 run_abc123 completed", "tokens=3 run_abc123 completed"),
         ("api_key_source=api_key_file", "api_key_source=api_key_file"),
         ("GET https://app.flora.ai/api/v1/technique-runs?limit=100", "GET https://app.flora.ai/api/v1/technique-runs?limit=100"),
-        ("already <redacted>", "already <redacted>"),
+        ("already <secret>", "already <secret>"),
     ],
 )
 def test_redact_patterns(text, expected):
@@ -211,9 +211,9 @@ def test_registered_secrets_and_their_url_encoded_forms_are_redacted():
     url = "https://hooks.example.com/in/abc?sig=1"
     logs.register_secret(url)
     logs.register_secret("plainsecret-42")
-    assert logs.redact(f"POST {url} -> 500") == "POST <redacted> -> 500"
-    assert logs.redact("u=https%3A%2F%2Fhooks.example.com%2Fin%2Fabc%3Fsig%3D1") == "u=<redacted>"
-    assert logs.redact("x plainsecret-42 y plainsecret-42") == "x <redacted> y <redacted>"
+    assert logs.redact(f"POST {url} -> 500") == "POST <secret> -> 500"
+    assert logs.redact("u=https%3A%2F%2Fhooks.example.com%2Fin%2Fabc%3Fsig%3D1") == "u=<secret>"
+    assert logs.redact("x plainsecret-42 y plainsecret-42") == "x <secret> y <secret>"
 
 
 def test_short_values_are_not_registered():
