@@ -37,10 +37,18 @@ class EventType(enum.StrEnum):
     STARTED = "run.started"
     COMPLETED = "run.completed"
     FAILED = "run.failed"
+    STALLED = "run.stalled"
 
 
-ALL_EVENT_TYPES: tuple[str, ...] = (EventType.COMPLETED, EventType.FAILED, EventType.STARTED)
+ALL_EVENT_TYPES: tuple[str, ...] = (EventType.COMPLETED, EventType.FAILED, EventType.STARTED, EventType.STALLED)
 DEFAULT_EVENT_TYPES: tuple[str, ...] = (EventType.COMPLETED, EventType.FAILED)
+
+
+class RunType(enum.StrEnum):
+    """``data.run_type``: which FLORA resource a run comes from (``GET /technique-runs`` or ``/generations``)."""
+
+    TECHNIQUE = "technique"
+    GENERATION = "generation"
 
 TERMINAL_EVENT_FOR_STATUS: dict[str, str] = {
     RunStatus.COMPLETED: EventType.COMPLETED,
@@ -58,6 +66,16 @@ class Technique:
 
 
 @dataclass(frozen=True, slots=True)
+class Model:
+    """The model of a generation run (``GET /generations`` items carry ``model {model_id}``)."""
+
+    model_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_id": self.model_id}
+
+
+@dataclass(frozen=True, slots=True)
 class Output:
     output_id: str | None
     type: str | None
@@ -69,7 +87,9 @@ class Output:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """One technique run as last observed. ``status`` is the API's string, lower-cased; it may be unknown."""
+    """One run (a technique run or a generation) as last observed. ``status`` is the API's string,
+    lower-cased; it may be unknown. Generations have ``run_type == "generation"``, a ``model`` and no
+    ``technique``."""
 
     run_id: str
     status: str
@@ -86,6 +106,7 @@ class Run:
     outputs: tuple[Output, ...] = ()
     poll_url: str | None = None
     run_type: str = "technique"
+    model: Model | None = None
 
     @property
     def terminal(self) -> bool:
@@ -102,6 +123,10 @@ class Run:
     @property
     def technique_name(self) -> str | None:
         return self.technique.name if self.technique else None
+
+    @property
+    def model_id(self) -> str | None:
+        return self.model.model_id if self.model else None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict in the API's snake_case shape (used by the state store and events)."""
@@ -121,12 +146,14 @@ class Run:
             "error_message": self.error_message,
             "outputs": [o.to_dict() for o in self.outputs],
             "poll_url": self.poll_url,
+            "model": self.model.to_dict() if self.model else None,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Run:
         """Inverse of ``to_dict`` for data we wrote ourselves (the state store). Not for API input."""
         tech = d.get("technique")
+        model = d.get("model")
         return cls(
             run_id=d["run_id"],
             status=d["status"],
@@ -143,12 +170,14 @@ class Run:
             outputs=tuple(Output(o.get("output_id"), o.get("type"), o.get("url")) for o in d.get("outputs") or ()),
             poll_url=d.get("poll_url"),
             run_type=d.get("run_type") or "technique",
+            model=Model(model.get("model_id")) if isinstance(model, dict) else None,
         )
 
     def merged_with(self, older: Run) -> Run:
         """This observation, with identity fields the newer one lacks taken from an older observation.
 
-        Single-run GETs do not carry ``technique``, ``project_id`` or ``workspace_id``; list items do.
+        Single-run GETs do not carry ``technique``, ``project_id``, ``workspace_id`` or ``model``, nor which
+        resource the run belongs to; list items do.
         """
         return Run(
             run_id=self.run_id,
@@ -165,7 +194,10 @@ class Run:
             error_message=self.error_message if self.error_message is not None else older.error_message,
             outputs=self.outputs or older.outputs,
             poll_url=self.poll_url or older.poll_url,
-            run_type=self.run_type,
+            # Single-run GETs look the same for both resources (parsed as "technique" by default): what a
+            # generations listing said sticks.
+            run_type=older.run_type if older.run_type == RunType.GENERATION else self.run_type,
+            model=self.model or older.model,
         )
 
 
@@ -213,6 +245,9 @@ class TrackedRun:
     ``run`` is the last observation (merged with older ones for identity fields). Terminal runs stay
     tracked for a while after their event so a repeated read of them is recognised and produces nothing.
     ``poll_attempt``/``next_poll_ms`` drive the per-run poll backoff for runs the listing cannot settle.
+    ``stuck_since_ms`` is when the watcher last saw the run's status or progress change (local clock; None
+    reads as ``last_change_ms``); ``stalled`` records that its one ``run.stalled`` event was emitted, so a
+    restart never reports it again.
     """
 
     run: Run
@@ -220,6 +255,8 @@ class TrackedRun:
     last_change_ms: int  # local clock, last status change
     poll_attempt: int = 0  # consecutive per-run polls without a change
     next_poll_ms: int | None = None  # when a per-run poll is due; None = the listing settles this run
+    stuck_since_ms: int | None = None  # local clock, last status or progress change; None = last_change_ms
+    stalled: bool = False  # run.stalled was emitted for this run (at most once, ever)
 
     @property
     def run_id(self) -> str:
@@ -232,3 +269,7 @@ class TrackedRun:
     @property
     def terminal(self) -> bool:
         return self.run.terminal
+
+    @property
+    def stuck_since(self) -> int:
+        return self.last_change_ms if self.stuck_since_ms is None else self.stuck_since_ms

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from watcher.errors import BadResponseError
-from watcher.model import Output, Run, Technique
+from watcher.model import Model, Output, Run, RunType, Technique
 
 # Unix timestamps below this are seconds (1e11 s is year 5138; 1e11 ms is March 1973).
 SECONDS_THRESHOLD = 1e11
@@ -37,9 +37,13 @@ _TAG = re.compile(r"<(?!secret>)[^>]{0,200}>")  # markup goes; our own <secret> 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
+GENERATION_LIST_KEYS = ("generations",)
+
+
 @dataclass(frozen=True, slots=True)
 class ListPage:
-    """One page of ``GET /technique-runs``. ``skipped`` counts items that could not be parsed."""
+    """One page of ``GET /technique-runs`` or ``GET /generations``. ``skipped`` counts items that could not
+    be parsed."""
 
     runs: tuple[Run, ...]
     next_cursor: str | None = None
@@ -150,6 +154,15 @@ def _technique(obj: Mapping[str, Any]) -> Technique | None:
     return Technique(technique_id=technique_id, name=name)
 
 
+def _model(obj: Mapping[str, Any]) -> Model | None:
+    """``model {model_id}`` of a generation (a bare string is taken as the id); None when absent."""
+    raw = obj.get("model")
+    if isinstance(raw, Mapping):
+        return Model(model_id=_first_str(raw, "model_id", "modelId", "id", "name"))
+    model_id = _str(raw) or _first_str(obj, "model_id", "modelId")
+    return Model(model_id=model_id) if model_id is not None else None
+
+
 def _output(raw: object) -> Output | None:
     if not isinstance(raw, Mapping):
         return None
@@ -176,20 +189,34 @@ def _errors(obj: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return code, message
 
 
-def _run_type(obj: Mapping[str, Any]) -> str:
+def _run_type(obj: Mapping[str, Any], default: str | None) -> str:
     explicit = _first_str(obj, "run_type", "runType")
     if explicit is not None:
         return explicit
     loose = _str(obj.get("type"))
-    return loose if loose in RUN_TYPES else "technique"
+    if loose in RUN_TYPES:
+        return loose
+    if default is not None:
+        return default
+    if _first_str(obj, "generation_id", "generationId") is not None:
+        return str(RunType.GENERATION)
+    return str(RunType.TECHNIQUE)
 
 
-def parse_run(obj: object, *, default_run_id: str | None = None, default_status: str | None = None) -> Run:
+def parse_run(
+    obj: object,
+    *,
+    default_run_id: str | None = None,
+    default_status: str | None = None,
+    default_run_type: str | None = None,
+) -> Run:
     """One run object (list item, single-run GET or create response) → ``Run``.
 
     ``default_run_id``/``default_status`` fill in what the caller already knows (the id it asked for, the
-    ``pending`` of a just-created run) when the body lacks it. Raises ``BadResponseError`` only when the
-    object is not a mapping or has no usable run id or status.
+    ``pending`` of a just-created run) when the body lacks it; ``default_run_type`` the resource it was
+    listed from (an explicit ``run_type`` or ticket ``type`` in the body wins; without either, a
+    ``generation_id`` means a generation). Raises ``BadResponseError`` only when the object is not a mapping
+    or has no usable run id or status.
     """
     if not isinstance(obj, Mapping):
         raise BadResponseError(f"run: expected a JSON object, got {type(obj).__name__}")
@@ -216,7 +243,8 @@ def parse_run(obj: object, *, default_run_id: str | None = None, default_status:
         error_message=error_message,
         outputs=_outputs(obj.get("outputs")),
         poll_url=_first_str(obj, "poll_url", "pollUrl"),
-        run_type=_run_type(obj),
+        run_type=_run_type(obj, default_run_type),
+        model=_model(obj),
     )
 
 
@@ -245,14 +273,16 @@ def parse_list_page(obj: object) -> ListPage:
     """
     if not isinstance(obj, Mapping):
         raise BadResponseError(f"list: expected a JSON object, got {type(obj).__name__}")
-    items = next((obj[key] for key in LIST_KEYS if isinstance(obj.get(key), list)), None)
-    if items is None:
-        raise BadResponseError("list: no list of runs (technique_runs) in the response")
+    key = next((key for key in LIST_KEYS if isinstance(obj.get(key), list)), None)
+    if key is None:
+        raise BadResponseError("list: no list of runs (technique_runs or generations) in the response")
+    items = obj[key]
+    run_type = str(RunType.GENERATION) if key in GENERATION_LIST_KEYS else None
     runs: list[Run] = []
     skipped = 0
     for item in items:
         try:
-            runs.append(parse_run(item))
+            runs.append(parse_run(item, default_run_type=run_type))
         except BadResponseError:
             skipped += 1
     meta = obj.get("meta")

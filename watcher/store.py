@@ -245,6 +245,8 @@ def encode_tracked(tracked: TrackedRun) -> str:
             "last_change_ms": tracked.last_change_ms,
             "poll_attempt": tracked.poll_attempt,
             "next_poll_ms": tracked.next_poll_ms,
+            "stuck_since_ms": tracked.stuck_since_ms,
+            "stalled": tracked.stalled,
         },
         separators=(",", ":"),
         ensure_ascii=False,
@@ -259,6 +261,8 @@ def decode_tracked(data: str) -> TrackedRun:
         last_change_ms=d["last_change_ms"],
         poll_attempt=d.get("poll_attempt", 0),
         next_poll_ms=d.get("next_poll_ms"),
+        stuck_since_ms=d.get("stuck_since_ms"),
+        stalled=bool(d.get("stalled", False)),
     )
 
 

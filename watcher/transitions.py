@@ -13,6 +13,12 @@ Phases and their rank (a lower rank never overwrites a higher one):
 A status outside the API's enum is UNKNOWN: never terminal, never an event, and it never overwrites a known
 status. A run first seen with an unknown status is still tracked (we do not know it is done); while it has
 never shown a known status, any known status moves it on, as from below ``pending``.
+
+Stuck runs (``run.stalled``, ``stall_check``): a tracked run that stays ``pending``, or ``running`` with the
+same ``progress``, for longer than ``Context.stalled_after_ms`` (local clock, from the last status or
+progress change the watcher saw) gets one ``run.stalled`` event, ever: ``TrackedRun.stalled`` remembers it
+(persisted, so a restart does not repeat it). Never for a terminal or unknown status, never for a run created
+before the watcher's first start (or whose ``created_at`` is unknown), never when ``stalled_after_ms`` is 0.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from watcher.model import (
     event_id,
 )
 
-__all__ = ["TABLE", "Action", "Context", "Decision", "Phase", "build_event", "detect", "phase_of"]
+__all__ = ["TABLE", "Action", "Context", "Decision", "Phase", "build_event", "detect", "phase_of", "stall_check"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,7 @@ class Context:
     process_start_ms: int  # this process's start: transitions that happened before it are `late`
     first_sweep: bool  # first sweep of this process (`late` when the transition time is unknown)
     enabled: frozenset[str]  # event types to emit
+    stalled_after_ms: int = 0  # [watch].stalled_after in ms; 0 = run.stalled disabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +173,11 @@ def _observe(prev: TrackedRun | None, observed: Run, ctx: Context) -> Decision:
     reason = "unknown_status" if phase_of(observed.status) is Phase.UNKNOWN else "unchanged"
     if observed.status != prev.status:  # one unknown status replacing another
         return Decision(_moved(prev, run, ctx), (), True, reason)
-    return Decision(replace(prev, run=run), (), False, reason)
+    tracked = replace(prev, run=run)
+    if ctx.stalled_after_ms > 0 and run.progress != prev.run.progress:
+        tracked = replace(tracked, stuck_since_ms=ctx.now_ms)  # progress moved: the stall clock restarts
+    tracked, events = stall_check(tracked, ctx)
+    return Decision(tracked, events, False, "stalled" if events else reason)
 
 
 def _advance(prev: TrackedRun | None, observed: Run, ctx: Context) -> Decision:
@@ -240,17 +251,51 @@ def _is_late(happened_at: int | None, ctx: Context) -> bool:
     return happened_at < ctx.process_start_ms
 
 
+# ------------------------------------------------------------------------------------------- stuck runs
+
+
+def stall_check(t: TrackedRun, ctx: Context) -> tuple[TrackedRun, tuple[Event, ...]]:
+    """The one ``run.stalled`` of a run stuck for longer than ``ctx.stalled_after_ms``, if it is due now.
+
+    Returns the state (marked ``stalled`` when the event is emitted) and the events (none or one). Nothing
+    when disabled (0 or the type not enabled), already reported, not pending/running, created before the
+    watcher's first start or at an unknown time, or not stuck long enough yet.
+    """
+    run = t.run
+    if (
+        ctx.stalled_after_ms <= 0
+        or EventType.STALLED not in ctx.enabled
+        or t.stalled
+        or not run.active
+        or run.created_at is None
+        or run.created_at < ctx.first_start_ms
+    ):
+        return t, ()
+    stalled_for = ctx.now_ms - t.stuck_since
+    if stalled_for <= ctx.stalled_after_ms:
+        return t, ()
+    late = t.stuck_since + ctx.stalled_after_ms < ctx.process_start_ms
+    event = build_event(
+        EventType.STALLED, run, run.status, now_ms=ctx.now_ms, late=late, stalled_for=stalled_for
+    )
+    return replace(t, stalled=True), (event,)
+
+
 # ------------------------------------------------------------------------------------------- state
 
 
 def _new_tracked(run: Run, ctx: Context) -> TrackedRun:
-    return TrackedRun(run=run, first_seen_ms=ctx.now_ms, last_change_ms=ctx.now_ms)
+    return TrackedRun(run=run, first_seen_ms=ctx.now_ms, last_change_ms=ctx.now_ms, stuck_since_ms=ctx.now_ms)
 
 
 def _moved(prev: TrackedRun, run: Run, ctx: Context) -> TrackedRun:
-    """The state after a status change: poll backoff restarts; a terminal run needs no more polls."""
+    """The state after a status change: poll backoff and the stall clock restart; a terminal run needs no
+    more polls."""
     next_poll_ms = None if run.terminal else prev.next_poll_ms
-    return replace(prev, run=run, last_change_ms=ctx.now_ms, poll_attempt=0, next_poll_ms=next_poll_ms)
+    return replace(
+        prev, run=run, last_change_ms=ctx.now_ms, stuck_since_ms=ctx.now_ms, poll_attempt=0,
+        next_poll_ms=next_poll_ms,
+    )
 
 
 # ------------------------------------------------------------------------------------------- events
@@ -265,14 +310,26 @@ def _maybe_event(
     return (build_event(event_type, run, previous_status, now_ms=ctx.now_ms, late=late),)
 
 
-def build_event(event_type: str, run: Run, previous_status: str | None, *, now_ms: int, late: bool) -> Event:
-    """The event for one transition of ``run`` (CONTRACT §4). Its id depends only on (run_id, type)."""
+def build_event(
+    event_type: str,
+    run: Run,
+    previous_status: str | None,
+    *,
+    now_ms: int,
+    late: bool,
+    stalled_for: int | None = None,
+) -> Event:
+    """The event for one transition of ``run`` (CONTRACT §4, §8). Its id depends only on (run_id, type).
+
+    Generation runs carry ``model`` and a null ``technique``; ``stalled_for`` (ms) is set on ``run.stalled``
+    and null on every other type."""
     data: dict[str, Any] = {
         "run_id": run.run_id,
         "run_type": run.run_type,
         "workspace_id": run.workspace_id,
         "project_id": run.project_id,
         "technique": run.technique.to_dict() if run.technique is not None else None,
+        "model": run.model.to_dict() if run.model is not None else None,
         "status": run.status,
         "previous_status": previous_status,
         "error_code": run.error_code,
@@ -284,6 +341,7 @@ def build_event(event_type: str, run: Run, previous_status: str | None, *, now_m
         "completed_at": run.completed_at,
         "outputs": [o.to_dict() for o in run.outputs],
         "poll_url": run.poll_url,
+        "stalled_for": stalled_for,
         "late": late,
     }
     return Event(id=event_id(run.run_id, event_type), type=str(event_type), created_at=now_ms, data=data)

@@ -60,6 +60,16 @@ report.created = await client.techniques.runs.create('cctv-cam', {
   mode: 'async',
 });
 
+// 4b. Generations: auto-paginated list, create through POST /generate, retrieve through /runs/{id}.
+const generations = [];
+for await (const gen of client.generations.list({ limit: 100 })) generations.push(gen);
+report.generation_ids = generations.map((g) => g.generation_id);
+report.first_generation = generations[0] ?? null;
+report.generation_ticket = await client.generations.create({
+  project_id: 'prj_sim1alpha', workspace_id: 'ws_sim4f10ra', prompt: 'a fox at dusk', type: 'video',
+});
+report.generation_retrieved = await client.generations.retrieve(report.generation_ticket.run_id);
+
 // 5. 429s: the SDK retries them, waiting what retry-after-ms says, then gives up with RateLimitError.
 await setFaults({ rate_limit_share: 1.0, retry_after: 0.05, retry_after_mode: 'ms' });
 const limited = new FLORA({ baseURL, apiKey, maxRetries: 2 });

@@ -32,6 +32,7 @@ async def test_the_official_typescript_sdk_speaks_to_the_simulator() -> None:
         sim = running.sim
         now = sim.now_ms()
         created = set(sim.create_runs(250, created_at=(now - 120_000, now)))
+        generations = {sim.create_generation(created_at=now - 1_000 * i) for i in range(130)}
         proc = await asyncio.create_subprocess_exec(
             "node", str(SCRIPT),
             env={**os.environ, "FLORA_SDK_DIR": SDK_DIR, "FLORA_BASE_URL": running.base_url,
@@ -55,6 +56,14 @@ async def test_the_official_typescript_sdk_speaks_to_the_simulator() -> None:
     assert report["not_found_error"] == "NotFoundError"
     assert report["bad_request_error"] == "BadRequestError"
     assert report["created"]["status"] == "pending" and report["created"]["run_id"].startswith("run_")
+    assert report["generation_ids"] and set(report["generation_ids"]) == generations  # two pages
+    gen = report["first_generation"]
+    assert gen["generation_id"] == gen["run_id"] and gen["model"]["model_id"] and "technique" not in gen
+    ticket = report["generation_ticket"]
+    assert ticket["type"] == "generation" and ticket["model"] == {"model_id": "kling-v2.1"}
+    assert ticket["poll_url"] == f"{running.base_url}/runs/{ticket['run_id']}"
+    assert report["generation_retrieved"]["run_id"] == ticket["run_id"]
+    assert report["generation_retrieved"]["status"] == "pending"
     assert report["rate_limit_error"] == "RateLimitError"
     assert stats["by_route"]["GET /api/v1/technique-runs"]["429"] == 3  # first try + maxRetries 2
     assert report["rate_limit_ms"] < 5_000  # it waited retry-after-ms (50 ms), not its own backoff

@@ -441,10 +441,11 @@ def test_unknown_keys_are_errors_with_a_suggestion(text, message):
         ('[watch]\ntechnique_id = ["t", 3]', "watch.technique_id[1]: must be a string, got an integer"),
         ("[watch]\nevents = []", "watch.events: must not be an empty array (leave the key out instead)"),
         ('[watch]\nevents = ["run.complete"]',
-         "watch.events[0]: unknown event 'run.complete'; choose from run.completed, run.failed, run.started "
-         "(did you mean 'run.completed'?)"),
+         "watch.events[0]: unknown event 'run.complete'; choose from run.completed, run.failed, run.started, "
+         "run.stalled (did you mean 'run.completed'?)"),
         ('[watch]\nevents = ["exploded"]',
-         "watch.events[0]: unknown event 'exploded'; choose from run.completed, run.failed, run.started"),
+         "watch.events[0]: unknown event 'exploded'; choose from run.completed, run.failed, run.started, "
+         "run.stalled"),
         ('[watch]\nstate_dir = ""', "watch.state_dir: must not be empty"),
         ('[server]\nlisten = "9464"', f"server.listen: {BAD_LISTEN}"),
         ('[server]\nlisten = "localhost:70000"', f"server.listen: {BAD_LISTEN}"),

@@ -340,7 +340,46 @@ def test_list_page_with_meta() -> None:
 
 @pytest.mark.parametrize("key", ["technique_runs", "techniqueRuns", "generations", "data", "items"])
 def test_list_page_accepts_every_list_key(key: str) -> None:
-    assert parse_list_page({key: [SNAKE]}).runs == (parse_run(SNAKE),)
+    expected = parse_run(SNAKE, default_run_type="generation" if key == "generations" else None)
+    assert parse_list_page({key: [SNAKE]}).runs == (expected,)
+
+
+GENERATION = {
+    "generation_id": "run_gen1", "run_id": "run_gen1", "project_id": "prj_a", "workspace_id": "ws_a",
+    "status": "running", "progress": 40, "created_at": 1764399990000, "model": {"model_id": "flux-pro"},
+    "poll_url": "https://app.flora.ai/api/v1/runs/run_gen1",
+}  # fmt: skip
+
+
+def test_generations_page_items_are_generation_runs_with_their_model() -> None:
+    page = parse_list_page({"generations": [GENERATION], "meta": {"next_cursor": None}})
+    (run,) = page.runs
+    assert (run.run_id, run.run_type, run.model_id, run.technique) == ("run_gen1", "generation", "flux-pro", None)
+    assert run.to_dict()["model"] == {"model_id": "flux-pro"}
+    assert Run.from_dict(run.to_dict()) == run
+
+
+@pytest.mark.parametrize(
+    ("obj", "run_type", "model_id"),
+    [
+        ({"generation_id": "run_g", "status": "pending"}, "generation", None),  # generation_id alone says so
+        ({"generationId": "run_g", "status": "pending", "model": "sdxl"}, "generation", "sdxl"),
+        ({"run_id": "run_g", "status": "pending", "model": {"model_id": None}}, "technique", None),
+        ({"run_id": "run_g", "status": "pending", "type": "generation", "model": {"modelId": "m"}}, "generation", "m"),
+        ({"run_id": "run_g", "status": "pending", "run_type": "technique", "generation_id": "run_g"},
+         "technique", None),
+    ],
+)
+def test_run_type_and_model_from_any_shape(obj: dict, run_type: str, model_id: str | None) -> None:
+    run = parse_run(obj)
+    assert (run.run_type, run.model_id) == (run_type, model_id)
+
+
+def test_a_generation_polled_by_id_keeps_its_model_from_the_listing() -> None:
+    listed = parse_list_page({"generations": [GENERATION]}).runs[0]
+    polled = parse_run({"run_id": "run_gen1", "status": "completed", "progress": 100})
+    merged = polled.merged_with(listed)
+    assert (merged.run_type, merged.model_id, merged.project_id) == ("generation", "flux-pro", "prj_a")
 
 
 @pytest.mark.parametrize("meta", [{}, {"next_cursor": None}, {"next_cursor": ""}, None, "nope"])

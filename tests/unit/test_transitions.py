@@ -23,9 +23,9 @@ OLD = 4_000_000  # created before NEW_AFTER: a run already settled by earlier sw
 ALL = frozenset(ALL_EVENT_TYPES)
 TERMINAL_ONLY = frozenset({"run.completed", "run.failed"})
 CONTRACT_DATA_KEYS = {
-    "run_id", "run_type", "workspace_id", "project_id", "technique", "status", "previous_status",
+    "run_id", "run_type", "workspace_id", "project_id", "technique", "model", "status", "previous_status",
     "error_code", "error_message", "progress", "charged_cost", "created_at", "started_at", "completed_at",
-    "outputs", "poll_url", "late",
+    "outputs", "poll_url", "stalled_for", "late",
 }  # fmt: skip
 
 
@@ -182,7 +182,7 @@ def test_first_seen_running(created_at, new_after_ms, emits):
 
 def test_first_seen_active_is_tracked_with_local_times():
     d = detect(None, run("pending"), ctx())
-    assert d.tracked == TrackedRun(run=run("pending"), first_seen_ms=NOW, last_change_ms=NOW)
+    assert d.tracked == TrackedRun(run=run("pending"), first_seen_ms=NOW, last_change_ms=NOW, stuck_since_ms=NOW)
 
 
 @pytest.mark.parametrize("status", ["pending", "running"])
@@ -344,7 +344,7 @@ def test_event_matches_the_contract_example():
     assert body["data"] == {
         "run_id": "run_abc123", "run_type": "technique",
         "workspace_id": "ws_abc123", "project_id": "prj_abc123",
-        "technique": {"technique_id": "tech_abcd1234", "name": "CCTV Cam"},
+        "technique": {"technique_id": "tech_abcd1234", "name": "CCTV Cam"}, "model": None,
         "status": "failed", "previous_status": "running",
         "error_code": "GPU_PROVIDER_ERROR",
         "error_message": "The provider failed to complete the generation.",
@@ -352,7 +352,7 @@ def test_event_matches_the_contract_example():
         "created_at": 1764399990000, "started_at": 1764399991000, "completed_at": 1764400000000,
         "outputs": [{"output_id": "output_1", "type": "imageUrl", "url": "https://media.flora.ai/output.png"}],
         "poll_url": "https://app.flora.ai/api/v1/techniques/cctv-cam/runs/run_abc123",
-        "late": False,
+        "stalled_for": None, "late": False,
     }  # fmt: skip
     assert json.loads(json.dumps(body, allow_nan=False)) == body
     assert Event.from_dict(json.loads(json.dumps(body))).to_dict() == body

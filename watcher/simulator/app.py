@@ -34,6 +34,8 @@ ClockLike = Callable[[], int]
 API_PREFIX = "/api/v1"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 CREATE_KEYS = frozenset({"inputs", "mode", "callback_url", "idempotency_key"})
+GENERATE_KEYS = frozenset({"project_id", "prompt", "type", "workspace_id", "callback_url", "model", "params"})
+GENERATION_TYPES = ("image", "video", "audio", "text")
 INPUT_KEYS = frozenset({"id", "type", "value"})
 INPUT_TYPES = ("text", "imageUrl", "videoUrl")
 MODES = ("async", "stream")
@@ -164,18 +166,33 @@ class Simulator:
         poll_url: str | None = None,
         *,
         fail_ratio: float | None = None,
+        kind: str = sc.TECHNIQUE,
+        model: str | None = None,
+        stall_ms: int = 0,
     ) -> str:
         """Create one run and return its id.
 
         ``technique`` is a slug or ``tech_`` id. ``pending_ms``/``running_ms`` are a number or ``(min, max)``;
         None takes the simulator's defaults. ``outcome=None`` draws failed with ``fail_ratio`` (failed when
         ``error_code`` is given). ``created_at`` (Unix ms) in the past makes a run that is already running or
-        terminal. ``poll_url`` overrides the run's advertised poll URL.
+        terminal. ``poll_url`` overrides the run's advertised poll URL. ``kind="generation"`` makes a
+        generation of ``model`` (a model id from ``scenario.MODELS``; default the first) instead.
+        ``stall_ms`` makes a stuck run: its progress stands still that long halfway through running (a long
+        ``pending_ms`` makes one stuck in pending).
         """
-        info = sc.TECHNIQUES_BY_KEY.get(technique)
-        if info is None:
-            known = ", ".join(t.slug for t in sc.TECHNIQUES)
-            raise ValueError(f"unknown technique {technique!r}; known: {known}")
+        if kind == sc.GENERATION:
+            info = sc.MODELS_BY_ID.get(model or sc.MODELS[0].technique_id)
+            if info is None:
+                known = ", ".join(m.technique_id for m in sc.MODELS)
+                raise ValueError(f"unknown model {model!r}; known: {known}")
+        elif kind == sc.TECHNIQUE:
+            found = sc.TECHNIQUES_BY_KEY.get(technique)
+            if found is None:
+                known = ", ".join(t.slug for t in sc.TECHNIQUES)
+                raise ValueError(f"unknown technique {technique!r}; known: {known}")
+            info = found
+        else:
+            raise ValueError(f"kind must be 'technique' or 'generation', not {kind!r}")
         now = self.now_ms()
         run = sc.build_run(
             self._rng, seq=self.scenario.next_seq, now_ms=now, technique=info,
@@ -188,10 +205,16 @@ class Simulator:
             fail_ratio=self.defaults["fail_ratio"] if fail_ratio is None else fail_ratio,
             error_code=error_code,
             poll_url=poll_url,
+            kind=kind,
+            stall_ms=stall_ms,
         )
         self.scenario.add(run)
         self.scenario.advance(now, self._rng)
         return run.run_id
+
+    def create_generation(self, model: str | None = None, **kwargs: Any) -> str:
+        """``create_run(kind="generation", model=model, **kwargs)``: one generation run; returns its id."""
+        return self.create_run(kind=sc.GENERATION, model=model, **kwargs)
 
     def create_runs(self, count: int, **kwargs: Any) -> list[str]:
         """``count`` runs made by ``create_run(**kwargs)``. ``created_at`` may be a ``(min, max)`` range."""
@@ -225,11 +248,15 @@ class Simulator:
         projects: Sequence[str] = (),
         warm: bool = False,
         stop_after_ms: int | None = None,
+        generation_share: float = 0.0,
     ) -> dict[str, Any]:
         """Create ``rate`` runs per second from now on. ``warm`` backdates the start by the longest duration,
-        so the steady state (about rate x mean duration active runs) holds from the first request."""
+        so the steady state (about rate x mean duration active runs) holds from the first request.
+        ``generation_share`` of the runs are generations."""
         if rate <= 0:
             raise ValueError("rate must be positive")
+        if not 0.0 <= generation_share <= 1.0:
+            raise ValueError("generation_share must be between 0 and 1")
         for slug in techniques:
             if slug not in sc.TECHNIQUES_BY_KEY:
                 raise ValueError(f"unknown technique {slug!r}")
@@ -240,6 +267,7 @@ class Simulator:
             rate=rate, start_ms=start, duration_ms=(lo, hi), pending_ms=tuple(sorted(pending_ms)),
             fail_ratio=fail_ratio, techniques=tuple(sc.TECHNIQUES_BY_KEY[s].slug for s in techniques),
             projects=tuple(projects), stop_ms=None if stop_after_ms is None else now + stop_after_ms,
+            generation_share=generation_share,
         ))
         return self.generator_status()
 
@@ -253,7 +281,7 @@ class Simulator:
             return {"running": False}
         return {"running": True, "rate": spec.rate, "start_ms": spec.start_ms, "stop_ms": spec.stop_ms,
                 "duration_ms": list(spec.duration_ms), "pending_ms": list(spec.pending_ms),
-                "fail_ratio": spec.fail_ratio}
+                "fail_ratio": spec.fail_ratio, "generation_share": spec.generation_share}
 
     def set_faults(self, **changes: Any) -> Faults:
         self.faults = faultlib.updated(self.faults, changes)
@@ -261,6 +289,7 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         """API request counters by route and status, injected faults, and runs by status."""
+        now = self.now_ms()  # runs counted as of now
         by_route: dict[str, dict[str, int]] = {}
         by_status: Counter[str] = Counter()
         for (route, status), n in sorted(self._requests.items()):
@@ -272,8 +301,9 @@ class Simulator:
             "by_status": dict(sorted(by_status.items())),
             "faults": dict(sorted(self._fault_counts.items())),
             "runs": self.scenario.counts(),
+            "runs_by_kind": {kind: self.scenario.counts(kind) for kind in sc.KINDS},
             "since_ms": self._stats_since,
-            "now_ms": self.now_ms(),
+            "now_ms": now,
         }
 
     def reset_stats(self) -> None:
@@ -300,6 +330,8 @@ class Simulator:
         r.add_get(f"{API_PREFIX}/techniques/{{technique}}/runs/{{run_id}}", self._get_technique_run)
         r.add_post(f"{API_PREFIX}/techniques/{{technique}}/runs", self._create_run)
         r.add_get(f"{API_PREFIX}/runs/{{run_id}}", self._get_run)
+        r.add_get(f"{API_PREFIX}/generations", self._list_generations)
+        r.add_post(f"{API_PREFIX}/generate", self._create_generation)
         r.add_get("/_sim/stats", self._admin_stats)
         r.add_post("/_sim/stats/reset", self._admin_stats_reset)
         r.add_post("/_sim/runs", self._admin_create_runs)
@@ -378,11 +410,22 @@ class Simulator:
     # ---------------------------------------------------------------------------------------- API routes
 
     async def _list_runs(self, request: web.Request) -> web.Response:
-        query = sc.parse_list_query(request.query)
+        return self._list(request, sc.TECHNIQUE, "technique_runs")
+
+    async def _list_generations(self, request: web.Request) -> web.Response:
+        denied = self.faults.generations_status
+        if denied is not None:  # an API (or a key) without the generations resource
+            code, message = {403: ("forbidden", "This API key may not list generations.")}.get(
+                denied, _HTTP_ERRORS.get(denied, ("unknown_error", "The request failed.")))
+            return error_response(denied, code, message)
+        return self._list(request, sc.GENERATION, "generations")
+
+    def _list(self, request: web.Request, kind: str, key: str) -> web.Response:
+        query = sc.parse_list_query(request.query, kind)
         self.now_ms()
         runs, total = self.scenario.page(query)
         return _json({
-            "technique_runs": [self._render(run, request, item=True) for run in runs],
+            key: [self._render(run, request, item=True) for run in runs],
             "meta": {"next_cursor": sc.next_cursor(query, len(runs), total), "total_estimate": total},
         })
 
@@ -397,7 +440,9 @@ class Simulator:
 
     async def _get_technique_run(self, request: web.Request) -> web.Response:
         run = self._find_run(request.match_info["run_id"])
-        if request.match_info["technique"] not in (run.technique.slug, run.technique.technique_id):
+        if run.kind != sc.TECHNIQUE or request.match_info["technique"] not in (
+            run.technique.slug, run.technique.technique_id
+        ):
             raise sc.InputError("Run not found for this technique.", code="not_found", status=404)
         return _json(self._render(run, request, item=False))
 
@@ -433,6 +478,35 @@ class Simulator:
             self._idempotency[key] = _Idempotent(canonical, response, now)
         return _json(response, 201)
 
+    async def _create_generation(self, request: web.Request) -> web.Response:
+        """``POST /generate``: a generation run; the answer is a run ticket (flora-api.md §3), 201."""
+        try:
+            body = json.loads(await request.read() or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise sc.InputError("Request body must be valid JSON.", code="invalid_json") from None
+        _validate_generate(body)
+        model = body.get("model") or sc.MODEL_FOR_TYPE[body["type"]].technique_id
+        info = sc.MODELS_BY_ID.get(model)
+        if info is None:
+            raise sc.InputError("Model not found.", [("model", "Use a model id returned by GET /models")],
+                                code="not_found", status=404)
+        now = self.now_ms()
+        run_id = self.create_generation(model, project_id=body["project_id"], workspace_id=body["workspace_id"],
+                                        created_at=now)
+        run = self.scenario.runs[run_id]
+        ticket = {
+            "run_id": run_id,
+            "type": sc.GENERATION,
+            "charged_cost": info.price_usd,  # a quote (flora-api.md §6)
+            "estimated_seconds": max(1, round((run.completed_at - run.created_at) / 1000)),
+            "poll_url": sc.technique_poll_url(self._api_base(request), run),
+            "project_id": run.project_id,
+            "model": {"model_id": info.technique_id},
+            "technique": None,
+            "action": None,
+        }
+        return _json(faultlib.rewrite_run(ticket, self.faults), 201)
+
     # ---------------------------------------------------------------------------------------- admin routes
 
     async def _admin_stats(self, request: web.Request) -> web.Response:
@@ -455,7 +529,7 @@ class Simulator:
     async def _admin_create_runs(self, request: web.Request) -> web.Response:
         body = await self._admin_body(request)
         passed = ("technique", "project_id", "workspace_id", "outcome", "error_code", "poll_url",
-                  "fail_ratio")
+                  "fail_ratio", "kind", "model", "stall_ms")
         allowed = {*passed, "count", "pending_ms", "running_ms", "created_at", "created_at_offset_ms"}
         try:
             _no_unknown(body, allowed)
@@ -511,7 +585,7 @@ class Simulator:
         body = await self._admin_body(request)
         try:
             _no_unknown(body, {"rate", "duration_ms", "duration_s", "pending_ms", "fail_ratio", "techniques",
-                               "projects", "warm", "stop_after_s", "stop"})
+                               "projects", "warm", "stop_after_s", "stop", "generation_share"})
             if body.get("stop") or not body.get("rate"):
                 self.stop_generator()
                 return _json(self.generator_status())
@@ -525,6 +599,7 @@ class Simulator:
                 projects=tuple(body.get("projects") or ()),
                 warm=bool(body.get("warm", False)),
                 stop_after_ms=None if body.get("stop_after_s") is None else int(body["stop_after_s"] * 1000),
+                generation_share=float(body.get("generation_share", 0.0)),
             )
         except (ValueError, TypeError) as exc:
             raise sc.InputError(str(exc)) from None
@@ -566,6 +641,30 @@ def _validate_create(body: Any) -> None:
     key = body.get("idempotency_key")
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255):
         problems.append(("idempotency_key", "Expected a string of 1 to 255 characters"))
+    if problems:
+        raise sc.InputError("Invalid request body.", problems)
+
+
+def _validate_generate(body: Any) -> None:
+    """FLORA's schema for ``POST /generate``: project_id, prompt, type, workspace_id; callback_url?, model?,
+    params?"""
+    if not isinstance(body, dict):
+        raise sc.InputError("Invalid request body.", [("body", "Expected an object")])
+    problems = [(key, "Unrecognized key") for key in sorted(set(body) - GENERATE_KEYS)]
+    for key, prefix in (("project_id", "prj_"), ("workspace_id", "ws_")):
+        value = body.get(key)
+        if not isinstance(value, str) or not value.startswith(prefix) or len(value) <= len(prefix):
+            problems.append((key, f"Expected an id starting with {prefix}"))
+    if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+        problems.append(("prompt", "Expected a non-empty string"))
+    if body.get("type") not in GENERATION_TYPES:
+        problems.append(("type", "Expected 'image' | 'video' | 'audio' | 'text'"))
+    if "model" in body and (not isinstance(body["model"], str) or not body["model"]):
+        problems.append(("model", "Expected a model id"))
+    if "params" in body and not isinstance(body["params"], dict):
+        problems.append(("params", "Expected an object"))
+    if "callback_url" in body and not _valid_callback_url(body["callback_url"]):
+        problems.append(("callback_url", "Must be a public HTTPS URL"))
     if problems:
         raise sc.InputError("Invalid request body.", problems)
 

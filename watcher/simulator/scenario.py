@@ -28,6 +28,11 @@ FAILED = "failed"
 STATUSES: tuple[str, ...] = (PENDING, RUNNING, COMPLETED, FAILED)
 TERMINAL: frozenset[str] = frozenset({COMPLETED, FAILED})
 
+# The two run resources: technique runs (GET /technique-runs) and generations (GET /generations).
+TECHNIQUE = "technique"
+GENERATION = "generation"
+KINDS: tuple[str, ...] = (TECHNIQUE, GENERATION)
+
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 
@@ -55,6 +60,17 @@ TECHNIQUES_BY_KEY: dict[str, TechniqueInfo] = {
     **{t.slug: t for t in TECHNIQUES},
     **{t.technique_id: t for t in TECHNIQUES},
 }
+
+# Generation models (``POST /generate`` ``model``; ``GET /generations`` items' ``model.model_id``). A model's
+# catalog entry has a technique's shape: ``slug`` and ``technique_id`` are the model id, ``name`` its label.
+MODELS: tuple[TechniqueInfo, ...] = (
+    TechniqueInfo("flux-1.1-pro", "flux-1.1-pro", "FLUX1.1 [pro]", "imageUrl", 1, 0.04),
+    TechniqueInfo("kling-v2.1", "kling-v2.1", "Kling 2.1", "videoUrl", 1, 0.35),
+    TechniqueInfo("eleven-multilingual-v2", "eleven-multilingual-v2", "Eleven Multilingual v2", "audioUrl", 1, 0.02),
+    TechniqueInfo("gpt-4.1-mini", "gpt-4.1-mini", "GPT-4.1 mini", "text", 1, 0.01),
+)
+MODELS_BY_ID: dict[str, TechniqueInfo] = {m.technique_id: m for m in MODELS}
+MODEL_FOR_TYPE: dict[str, TechniqueInfo] = dict(zip(("image", "video", "audio", "text"), MODELS, strict=True))
 
 WORKSPACE_ID = "ws_sim4f10ra"
 PROJECTS: tuple[str, ...] = ("prj_sim1alpha", "prj_sim2bravo", "prj_sim3charlie")
@@ -103,6 +119,12 @@ class SimRun:
     charged_cost: float = 0.0
     outputs: tuple[tuple[str, str, str], ...] = ()  # (output_id, type, url)
     poll_url: str | None = None  # override; None → built from the serving origin
+    kind: str = TECHNIQUE  # TECHNIQUE | GENERATION (then ``technique`` is the model's catalog entry)
+    stall_ms: int = 0  # progress stands still this long in the middle of the running phase
+
+    @property
+    def model_id(self) -> str | None:
+        return self.technique.technique_id if self.kind == GENERATION else None
 
     def status_at(self, now_ms: int) -> str:
         if now_ms < self.started_at:
@@ -118,8 +140,14 @@ class SimRun:
             return 0.0
         if status in TERMINAL:
             return 100.0
-        span = self.completed_at - self.started_at
-        return round(min(99.9, 100.0 * (now_ms - self.started_at) / span), 1) if span > 0 else 0.0
+        span = self.completed_at - self.started_at - self.stall_ms
+        if span <= 0:
+            return 0.0
+        elapsed = now_ms - self.started_at
+        if self.stall_ms:  # the stall starts halfway through the work
+            halfway = span // 2
+            elapsed = elapsed if elapsed <= halfway else max(halfway, elapsed - self.stall_ms)
+        return round(min(99.9, 100.0 * elapsed / span), 1)
 
     @property
     def sort_key(self) -> tuple[int, int]:
@@ -158,16 +186,20 @@ def build_run(
     fail_ratio: float,
     error_code: str | None,
     poll_url: str | None,
+    kind: str = TECHNIQUE,
+    stall_ms: int = 0,
 ) -> SimRun:
     """A new run with its whole timeline drawn from ``rng``.
 
     ``pending_ms``/``running_ms`` are a number or a ``[min, max]`` range. ``outcome=None`` means failed when
-    ``error_code`` is given, else failed with probability ``fail_ratio``.
+    ``error_code`` is given, else failed with probability ``fail_ratio``. ``kind=GENERATION`` makes a
+    generation (``technique`` is then a model from ``MODELS``). ``stall_ms`` is added to the running phase,
+    with progress standing still for that long halfway through.
     """
     run_id = new_run_id(rng)
     created = now_ms if created_at is None else int(created_at)
     started = created + _draw(pending_ms, rng)
-    completed = started + _draw(running_ms, rng)
+    completed = started + _draw(running_ms, rng) + max(0, int(stall_ms))
     if outcome is None:
         outcome = FAILED if error_code or rng.random() < fail_ratio else COMPLETED
     if outcome not in TERMINAL:
@@ -177,10 +209,12 @@ def build_run(
         return SimRun(
             run_id, seq, technique, project_id, workspace_id, created, started, completed, FAILED,
             error_code=code, error_message=error_message_for(code), charged_cost=0.0, poll_url=poll_url,
+            kind=kind, stall_ms=max(0, int(stall_ms)),
         )
     return SimRun(
         run_id, seq, technique, project_id, workspace_id, created, started, completed, COMPLETED,
         charged_cost=technique.price_usd, outputs=make_outputs(run_id, technique), poll_url=poll_url,
+        kind=kind, stall_ms=max(0, int(stall_ms)),
     )
 
 
@@ -211,6 +245,7 @@ class GeneratorSpec:
     projects: tuple[str, ...] = ()  # empty → PROJECTS
     workspace_id: str = WORKSPACE_ID
     stop_ms: int | None = None
+    generation_share: float = 0.0  # this share of the runs are generations (of a model from MODELS)
 
     def due_count(self, now_ms: int) -> int:
         """How many runs this generator has created by ``now_ms`` (the i-th at start_ms + i/rate)."""
@@ -252,7 +287,8 @@ class _Generated:
 class Scenario:
     """Every run, indexed by status and by recency, advanced lazily to the latest instant it was shown.
 
-    Index entries are ``(-created_at, -seq, run_id)``, so ascending order is newest first.
+    Index entries are ``(-created_at, -seq, run_id)``, so ascending order is newest first. Technique runs and
+    generations share one clock and one id space but have their own indexes (their own listings).
     """
 
     def __init__(self) -> None:
@@ -260,8 +296,10 @@ class Scenario:
         self.now_ms = 0
         self.next_seq = 0
         self._status: dict[str, str] = {}
-        self._all: list[tuple[int, int, str]] = []
-        self._by_status: dict[str, list[tuple[int, int, str]]] = {s: [] for s in STATUSES}
+        self._all_by_kind: dict[str, list[tuple[int, int, str]]] = {k: [] for k in KINDS}
+        self._by_kind_status: dict[str, dict[str, list[tuple[int, int, str]]]] = {
+            k: {s: [] for s in STATUSES} for k in KINDS
+        }
         self._due: list[tuple[int, int, int, str]] = []  # (when, seq, phase, run_id), a heap
         self._transition_keys: list[tuple[int, str]] = []  # (completed_at, run_id), sorted
         self._transitions: list[Transition] = []  # in the same order as _transition_keys
@@ -276,8 +314,8 @@ class Scenario:
         self.runs[run.run_id] = run
         self._status[run.run_id] = PENDING
         entry = (*run.sort_key, run.run_id)
-        bisect.insort(self._all, entry)
-        bisect.insort(self._by_status[PENDING], entry)
+        bisect.insort(self._all_by_kind[run.kind], entry)
+        bisect.insort(self._by_kind_status[run.kind][PENDING], entry)
         heapq.heappush(self._due, (run.started_at, run.seq, _START, run.run_id))
         heapq.heappush(self._due, (run.completed_at, run.seq, _FINISH, run.run_id))
         self.next_seq = max(self.next_seq, run.seq + 1)
@@ -307,9 +345,10 @@ class Scenario:
         if old == new_status:
             return
         entry = (*run.sort_key, run.run_id)
-        old_list = self._by_status[old]
+        by_status = self._by_kind_status[run.kind]
+        old_list = by_status[old]
         del old_list[bisect.bisect_left(old_list, entry)]
-        bisect.insort(self._by_status[new_status], entry)
+        bisect.insort(by_status[new_status], entry)
         self._status[run.run_id] = new_status
 
     def set_generator(self, spec: GeneratorSpec | None) -> None:
@@ -330,11 +369,15 @@ class Scenario:
         while gen.created < due:
             duration = _draw(spec.duration_ms, rng)
             pending = min(duration, _draw(spec.pending_ms, rng))
+            # Drawn only when generations are asked for, so technique-only runs stay what a seed always gave.
+            generation = spec.generation_share > 0 and rng.random() < spec.generation_share
             self.add(build_run(
-                rng, seq=self.next_seq, now_ms=self.now_ms, technique=TECHNIQUES_BY_KEY[rng.choice(slugs)],
+                rng, seq=self.next_seq, now_ms=self.now_ms,
+                technique=rng.choice(MODELS) if generation else TECHNIQUES_BY_KEY[rng.choice(slugs)],
                 project_id=rng.choice(projects), workspace_id=spec.workspace_id,
                 created_at=spec.created_at(gen.created), pending_ms=pending, running_ms=duration - pending,
                 outcome=None, fail_ratio=spec.fail_ratio, error_code=None, poll_url=None,
+                kind=GENERATION if generation else TECHNIQUE,
             ))
             gen.created += 1
         if spec.stop_ms is not None and self.now_ms >= spec.stop_ms:
@@ -345,8 +388,10 @@ class Scenario:
     def status_of(self, run_id: str) -> str:
         return self._status[run_id]
 
-    def counts(self) -> dict[str, int]:
-        return {s: len(entries) for s, entries in self._by_status.items()}
+    def counts(self, kind: str | None = None) -> dict[str, int]:
+        """Runs by status, of one kind or of both."""
+        kinds = KINDS if kind is None else (kind,)
+        return {s: sum(len(self._by_kind_status[k][s]) for k in kinds) for s in STATUSES}
 
     def transitions(self, since_ms: int = 0) -> list[Transition]:
         """Terminal transitions with ``completed_at >= since_ms``, oldest first."""
@@ -358,7 +403,7 @@ class Scenario:
         Unfiltered and status-only listings slice a sorted index: O(limit + log n). Filters on workspace,
         project or technique scan the narrowest index.
         """
-        base = self._by_status[query.status] if query.status else self._all
+        base = self._by_kind_status[query.kind][query.status] if query.status else self._all_by_kind[query.kind]
         if not (query.workspace_id or query.project_id or query.technique_id):
             window = base[query.offset:query.offset + query.limit]
             return [self.runs[entry[2]] for entry in window], len(base)
@@ -418,9 +463,10 @@ class ListQuery:
     status: str | None = None
     workspace_id: str | None = None
     project_id: str | None = None
-    technique_id: str | None = None  # tech_ id (a slug is accepted too)
+    technique_id: str | None = None  # tech_ id (a slug is accepted too); technique runs only
     offset: int = 0
     limit: int = DEFAULT_LIMIT
+    kind: str = TECHNIQUE  # which listing: /technique-runs or /generations
 
     def matches(self, run: SimRun) -> bool:
         return (
@@ -431,8 +477,9 @@ class ListQuery:
         )
 
 
-def parse_list_query(params: Mapping[str, str]) -> ListQuery:
-    """Validate ``GET /technique-runs`` query parameters like FLORA; unknown parameters are ignored."""
+def parse_list_query(params: Mapping[str, str], kind: str = TECHNIQUE) -> ListQuery:
+    """Validate ``GET /technique-runs`` (or, with ``kind=GENERATION``, ``GET /generations``) query parameters
+    like FLORA; unknown parameters are ignored (``technique_id`` too, on generations)."""
     problems: list[tuple[str, str]] = []
     limit = DEFAULT_LIMIT
     raw_limit = params.get("limit")
@@ -454,9 +501,10 @@ def parse_list_query(params: Mapping[str, str]) -> ListQuery:
         status=status,
         workspace_id=params.get("workspace_id") or None,
         project_id=params.get("project_id") or None,
-        technique_id=params.get("technique_id") or None,
+        technique_id=(params.get("technique_id") or None) if kind == TECHNIQUE else None,
         offset=decode_cursor(cursor) if cursor else 0,
         limit=limit,
+        kind=kind,
     )
 
 
@@ -469,8 +517,13 @@ def next_cursor(query: ListQuery, returned: int, total: int) -> str | None:
 
 
 def technique_poll_url(api_base: str, run: SimRun) -> str:
-    """Absolute poll URL of ``run`` (its override when it has one). ``api_base`` ends in ``/api/v1``."""
-    return run.poll_url or f"{api_base}/techniques/{run.technique.slug}/runs/{run.run_id}"
+    """Absolute poll URL of ``run`` (its override when it has one). ``api_base`` ends in ``/api/v1``.
+    Generations are polled at ``/runs/{run_id}`` (flora-api.md §3)."""
+    if run.poll_url:
+        return run.poll_url
+    if run.kind == GENERATION:
+        return f"{api_base}/runs/{run.run_id}"
+    return f"{api_base}/techniques/{run.technique.slug}/runs/{run.run_id}"
 
 
 def single_run(run: SimRun, now_ms: int, *, api_base: str, cost_delay_ms: int = 0,
@@ -503,8 +556,17 @@ def single_run(run: SimRun, now_ms: int, *, api_base: str, cost_delay_ms: int = 
 
 def list_item(run: SimRun, now_ms: int, *, api_base: str, cost_delay_ms: int = 0,
               nulls: bool = False) -> dict[str, Any]:
-    """A ``technique_runs[]`` item: the single-run shape plus ids of the technique, project and workspace."""
+    """A ``technique_runs[]`` item: the single-run shape plus ids of the technique, project and workspace;
+    for a generation a ``generations[]`` item: ``generation_id``, project, workspace and ``model``."""
     body = single_run(run, now_ms, api_base=api_base, cost_delay_ms=cost_delay_ms, nulls=nulls)
+    if run.kind == GENERATION:
+        return {
+            "generation_id": run.run_id,
+            **body,
+            "project_id": run.project_id,
+            "workspace_id": run.workspace_id,
+            "model": {"model_id": run.model_id},
+        }
     return {
         "run_id": run.run_id,
         "technique_run_id": run.run_id,
@@ -519,10 +581,13 @@ def run_truth(run: SimRun, status: str, now_ms: int) -> dict[str, Any]:
     """Everything the simulator knows about one run (admin API)."""
     return {
         "run_id": run.run_id,
+        "kind": run.kind,
         "status": status,
         "progress": run.progress_at(now_ms),
         "technique": {"slug": run.technique.slug, "technique_id": run.technique.technique_id,
-                      "name": run.technique.name},
+                      "name": run.technique.name} if run.kind == TECHNIQUE else None,
+        "model": {"model_id": run.model_id} if run.kind == GENERATION else None,
+        "stall_ms": run.stall_ms,
         "project_id": run.project_id,
         "workspace_id": run.workspace_id,
         "created_at": run.created_at,
