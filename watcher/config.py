@@ -336,7 +336,7 @@ class _Ctx:
         path = Path(raw)
         if not path.is_absolute() and self.base_dir is not None:
             path = self.base_dir / path
-        return path
+        return Path(os.path.normpath(path))  # cfg/../state prints as state: same file, readable
 
     def read_secret_file(self, path: Path, key: str) -> str:
         try:

@@ -75,7 +75,7 @@ def test_status_shows_outbox_and_sink_health_without_secrets(config: Path, capsy
     populate(config.parent)
     assert main(["status", "-c", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "1 dead letters" in out
+    assert "1 dead letter," in out
     assert "chat [slack]" in out and "journal [file]" in out
     assert "CANARY" not in out
     assert main(["status", "-c", str(config), "--json"]) == 0
@@ -92,19 +92,19 @@ def test_deliveries_lists_dead_letters_and_replay_requeues_them(config: Path, ca
     out = capsys.readouterr().out
     assert bad_id in out and "chat" in out and "CANARY" not in out
     assert main(["replay", "-c", str(config), "--failed"]) == 0
-    assert "re-queued 1 deliveries" in capsys.readouterr().out
+    assert "re-queued 1 delivery\n" in capsys.readouterr().out
     assert main(["deliveries", "-c", str(config), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["event_id"], r["sink"], r["state"]) for r in rows] == [(bad_id, "chat", "pending")]
     # a delivered event can be sent again on purpose
-    assert main(["replay", "-c", str(config), ok_id, "evt_unknown"]) == 0
-    out = capsys.readouterr().out
-    assert "re-queued 2 deliveries" in out and "unknown event: evt_unknown" in out
+    assert main(["replay", "-c", str(config), ok_id, "evt_unknown"]) == 1  # an id that matches nothing
+    captured = capsys.readouterr()
+    assert "re-queued 2 deliveries" in captured.out and "unknown event: evt_unknown" in captured.err
 
 
 def test_replay_needs_ids_or_failed(config: Path, capsys) -> None:
     assert main(["replay", "-c", str(config)]) == 2
-    assert "EVENT_ID" in capsys.readouterr().out
+    assert "EVENT_ID" in capsys.readouterr().err
 
 
 def test_usage_errors_exit_2(capsys) -> None:

@@ -87,7 +87,7 @@ def test_a_file_sink_is_tested_too(config: Path, tmp_path: Path) -> None:
 
 
 def test_an_unknown_sink_lists_the_known_ones(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["test-sink", "nope", "-c", str(config)]) == 1
+    assert main(["test-sink", "nope", "-c", str(config)]) == 2
     assert "no sink named 'nope'; configured sinks: ops, journal" in capsys.readouterr().err
 
 

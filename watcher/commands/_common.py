@@ -44,3 +44,21 @@ def iso(ms: int | None) -> str:
     if not ms:
         return "-"
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(ms) / 1000))
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 attempt', '2 attempts'; ``many`` for irregular plurals ('deliveries')."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def known_sinks(cfg: Config, store: Store | None) -> set[str]:
+    """Sink names a command may be asked about: the configured ones, and any the state store still holds
+    deliveries or health for (a sink removed from the config keeps its dead letters)."""
+    names = {s.name for s in cfg.sinks}
+    if store is not None:
+        names |= set(store.summary()["sinks"])
+    return names
+
+
+def unknown_sink_message(name: str, known: set[str]) -> str:
+    return f"flora-watcher: no sink named {name!r}; known sinks: {', '.join(sorted(known)) or '(none)'}"

@@ -1,13 +1,14 @@
 """List the outbox: pending deliveries, or dead letters with --failed.
 
 Dead letters are deliveries that failed permanently or exhausted their retries; `flora-watcher replay`
-re-queues them.
+re-queues them. Exit status: 0; 2 on a usage error, such as a --sink that names no sink.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,18 +22,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from watcher.commands._common import ago, iso, load_for_store, now_ms, open_store
+    from watcher.commands._common import (
+        ago,
+        iso,
+        known_sinks,
+        load_for_store,
+        now_ms,
+        open_store,
+        plural,
+        unknown_sink_message,
+    )
     from watcher.logs import redact
 
     cfg = load_for_store(args.config)
     store = open_store(cfg)
-    if store is None:
-        print("no state yet: the watcher has not run with this state_dir")
-        return 0
     try:
+        if args.sink is not None and args.sink not in (known := known_sinks(cfg, store)):
+            print(unknown_sink_message(args.sink, known), file=sys.stderr)
+            return 2
+        if store is None:
+            print("no state yet: the watcher has not run with this state_dir")
+            return 0
         rows = store.list_deliveries(failed=args.failed, limit=max(1, args.limit), sink=args.sink)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
     if args.json:
         for r in rows:
             print(json.dumps({
@@ -49,6 +63,6 @@ def main(args: argparse.Namespace) -> int:
     for r in rows:
         when = f"dead since {iso(r.dead_ms)}" if args.failed else f"next attempt {iso(r.next_attempt_ms)}"
         error = f" — {redact(r.last_error)}" if r.last_error else ""
-        print(f"{r.event_id} {r.event_type:<13} {r.run_id} → {r.sink}: {r.attempts} attempts, "
+        print(f"{r.event_id} {r.event_type:<13} {r.run_id} → {r.sink}: {plural(r.attempts, 'attempt')}, "
               f"queued {ago(r.created_ms, now)}, {when}{error}")
     return 0

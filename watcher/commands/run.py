@@ -24,13 +24,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from watcher import statelock
     from watcher.config import load
     from watcher.daemon import Daemon, Options
 
     cfg = load(args.config)  # ConfigError → exit 2 in cli.py
     opts = Options(once=args.once, dry_run=args.dry_run, config_path=args.config,
                    live_view=live_view_wanted(once=args.once, dry_run=args.dry_run))
-    return asyncio.run(Daemon(cfg, opts).run())
+    lock = None
+    if not args.dry_run and uses_sqlite_state(cfg):  # --dry-run writes no state
+        try:
+            lock = statelock.acquire(cfg.watch.state_dir)
+        except statelock.StateLocked as exc:
+            print(f"flora-watcher: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return asyncio.run(Daemon(cfg, opts).run())
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def uses_sqlite_state(cfg) -> bool:
+    """True unless the config points the state at a shared PostgreSQL store ([store] url), where several
+    instances are a deliberate mode and coordinate through the database instead of this lock."""
+    store = getattr(cfg, "store", None)
+    return not (getattr(store, "url", None))
 
 
 def live_view_wanted(*, once: bool = False, dry_run: bool = False) -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,15 +18,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+# The store's meta keys that are part of `status --json`; the rest (per-filter high watermarks …) are internal.
+PUBLIC_META_MS = ("first_start_ms", "last_sweep_ms", "last_sweep_ok_ms", "last_resync_ms")
+
+
 def main(args: argparse.Namespace) -> int:
-    from watcher.commands._common import ago, iso, load_for_store, now_ms, open_store
+    from watcher.commands._common import ago, iso, load_for_store, now_ms, open_store, plural
     from watcher.logs import redact
     from watcher.store import store_path
 
     cfg = load_for_store(args.config)
     store = open_store(cfg)
     if store is None:
-        print(f"no state yet: {store_path(cfg.watch.state_dir)} does not exist "
+        print(f"no state yet: {store_path(cfg.watch.state_dir).resolve()} does not exist "
               "(the watcher has not run with this state_dir)")
         return 0
     try:
@@ -33,32 +39,28 @@ def main(args: argparse.Namespace) -> int:
         store.close()
     configured = {s.name: s.type for s in cfg.sinks}
     if args.json:
-        for entry in summary["sinks"].values():
-            if entry.get("last_error"):
-                entry["last_error"] = redact(entry["last_error"])
-        summary["meta"]["last_sweep_error"] = redact(summary["meta"].get("last_sweep_error") or "")
-        summary["configured_sinks"] = configured
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(json.dumps(public_summary(summary, configured), indent=2, sort_keys=True))
         return 0
     meta = summary["meta"]
     now = now_ms()
     tracked = summary["tracked"]
     deliveries = summary["deliveries"]
     lines = [
-        f"state:        {summary['path']} ({summary['file_bytes'] // 1024} KiB, schema {summary['schema_version']})",
+        f"state:        {Path(summary['path']).resolve()} ({summary['file_bytes'] // 1024} KiB,"
+        f" schema {summary['schema_version']})",
         f"first start:  {iso(int(meta['first_start_ms'])) if meta.get('first_start_ms') else 'never'}",
         f"last sweep:   {ago(_int(meta.get('last_sweep_ms')), now)}"
         f" (last successful: {ago(_int(meta.get('last_sweep_ok_ms')), now)})",
     ]
     if meta.get("last_sweep_error"):
         lines.append(f"last error:   {redact(meta['last_sweep_error'])}")
-    by_status = ", ".join(f"{k} {v}" for k, v in sorted(tracked["by_status"].items())) or "none"
-    lines.append(f"tracked runs: {tracked['active']} active, {tracked['terminal']} recently finished ({by_status})")
+    lines.append(f"tracked runs: {tracked_line(tracked['by_status'])}")
     oldest = deliveries.get("oldest_pending_ms")
     lines.append(
         f"outbox:       {deliveries['pending']} pending"
         + (f" (oldest {ago(oldest, now)})" if oldest else "")
-        + f", {deliveries['dead']} dead letters, {deliveries['delivered']} delivered, {summary['events']} events"
+        + f", {plural(deliveries['dead'], 'dead letter')}, {deliveries['delivered']} delivered, "
+        + plural(summary["events"], "event")
     )
     lines.append("sinks:")
     names = sorted(set(configured) | set(summary["sinks"]))
@@ -83,8 +85,58 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int(value: str | None) -> int | None:
+def tracked_line(by_status: dict[str, int]) -> str:
+    """'2 active (running 2), 9 recently finished (completed 7, failed 2)'. Pure. Only completed and failed
+    runs count as finished; every other status (an unknown one too) is still active."""
+    from watcher.model import is_terminal
+
+    active = {k: v for k, v in sorted(by_status.items()) if not is_terminal(k)}
+    finished = {k: v for k, v in sorted(by_status.items()) if is_terminal(k)}
+
+    def detail(counts: dict[str, int]) -> str:
+        return f" ({', '.join(f'{k} {v}' for k, v in counts.items())})" if counts else ""
+
+    return (f"{sum(active.values())} active{detail(active)}, "
+            f"{sum(finished.values())} recently finished{detail(finished)}")
+
+
+def public_summary(summary: dict[str, Any], configured: dict[str, str]) -> dict[str, Any]:
+    """What `status --json` prints: the store's summary without internal keys, secrets masked, and every
+    timestamp an integer of Unix milliseconds (or null). Pure."""
+    from watcher.logs import redact
+
+    meta = summary["meta"]
+    sinks = {}
+    for name, entry in summary["sinks"].items():
+        entry = dict(entry)
+        for key in ("last_error", "disabled_reason"):
+            if entry.get(key):
+                entry[key] = redact(entry[key])
+        for key in [k for k in entry if k.endswith("_ms")]:
+            entry[key] = _int(entry[key])
+        sinks[name] = entry
+    return {
+        "path": str(Path(summary["path"]).resolve()),
+        "schema_version": summary["schema_version"],
+        "file_bytes": summary["file_bytes"],
+        "tracked": summary["tracked"],
+        "events": summary["events"],
+        "deliveries": {**summary["deliveries"],
+                       "oldest_pending_ms": _int(summary["deliveries"].get("oldest_pending_ms"))},
+        "sinks": sinks,
+        "configured_sinks": configured,
+        "meta": {
+            **{key: _int(meta.get(key)) for key in PUBLIC_META_MS},
+            "last_sweep_error": redact(meta.get("last_sweep_error") or "") or None,
+        },
+    }
+
+
+def _int(value: object) -> int | None:
+    """A stored timestamp (text or number) as integer milliseconds; None when absent or unreadable."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
     try:
-        return int(value) if value else None
-    except ValueError:
+        return int(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
         return None

@@ -1,7 +1,8 @@
 """Send one synthetic event through a sink's real delivery path and show what the receiver answered.
 
 The event is clearly a test: its run id is ``run_test_<random>`` and its technique is "flora-watcher test".
-Exit status: 0 when the sink confirmed delivery, 1 when it did not (the reason is printed, never a secret).
+Exit status: 0 when the sink confirmed delivery, 1 when it did not (the reason is printed, never a secret),
+2 when no sink has that name.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def synthetic_event(event_type: str, *, now_ms: int, token: str) -> Event:
         "status": status,
         "previous_status": "running" if terminal else "pending",
         "error_code": "TEST_EVENT" if failed else None,
-        "error_message": "This is a test event sent by `flora-watcher test-sink`; no run failed." if failed else None,
+        "error_message": "This is a test event sent by flora-watcher test-sink; no run failed." if failed else None,
         "progress": 100 if terminal else 0,
         "charged_cost": 0.0 if terminal else None,
         "created_at": now_ms - 12_000,
@@ -93,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
     if cfg is None:
         known = ", ".join(by_name) or "(none)"
         print(f"flora-watcher: no sink named {args.name!r}; configured sinks: {known}", file=sys.stderr)
-        return 1
+        return 2  # a usage error, as everywhere else a name is unknown
     event = synthetic_event(args.event_type, now_ms=time.time_ns() // 1_000_000, token=secrets.token_hex(6))
     if not matches(cfg, event):
         print(f"note: sink {cfg.name!r} would not receive {event.type} events from the daemon "
