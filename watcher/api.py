@@ -201,6 +201,9 @@ class FloraClient:
         self._unknown_statuses: set[str] = set()
         self._foreign_hosts: set[str] = set()
         self.stats = ApiStats()
+        # True while the caller knows the API is down (outage.OutageLog): failed requests and retries log at
+        # debug, so an outage is told by the outage lines, not by every request of every sweep.
+        self.quiet_failures = False
 
     def __repr__(self) -> str:
         return f"FloraClient(base_url={str(self._base)!r}, api_key={self._key!r})"
@@ -565,7 +568,7 @@ class FloraClient:
         self.stats.retries += 1
         exc = state.outcome.exception() if state.outcome else None
         sleep = state.next_action.sleep if state.next_action else 0.0
-        log.info(
+        (log.debug if self.quiet_failures else log.info)(
             "api.retry_scheduled",
             route=route,
             attempt=state.attempt_number,
@@ -611,7 +614,7 @@ class FloraClient:
                 log.warning("api.request_hook_failed", route=route, error=type(hook_exc).__name__)
 
     def _log_failure(self, route: str, exc: ApiError) -> None:
-        level = log.debug if isinstance(exc, NotFoundError) else log.warning
+        level = log.debug if isinstance(exc, NotFoundError) or self.quiet_failures else log.warning
         level(
             "api.request_failed",
             route=route,

@@ -25,6 +25,7 @@ from watcher.config import SinkConfig, WatchConfig
 from watcher.crashpoints import crash_point
 from watcher.errors import ApiError, AuthError, NotFoundError
 from watcher.model import KNOWN_STATUSES, Event, Run, RunStatus, TrackedRun
+from watcher.outage import OutageLog
 from watcher.transitions import Context, detect
 
 log = structlog.get_logger("watcher.sweep")
@@ -86,6 +87,7 @@ class Sweeper:
         self.first_start_ms: int = 0
         self.last_resync_ms: int | None = None
         self.sweeps = 0
+        self.outage = OutageLog(log)  # api.unavailable / still_unavailable / recovered, instead of a line a sweep
         self._warned_unknown: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -129,6 +131,7 @@ class Sweeper:
         seen: set[str] = set()
         completed_windows: dict[str, int | None] = {}
         first_sweep = self.sweeps == 0
+        self.client.quiet_failures = self.outage.ongoing
         try:
             try:
                 if self._resync_due(now):
@@ -142,7 +145,7 @@ class Sweeper:
             except ApiError as exc:
                 result.ok = False
                 result.error = f"{type(exc).__name__}: {exc}"
-                log.warning("sweep.failed", error=result.error, observed=result.observed, pages=result.pages)
+                log.debug("sweep.failed", error=result.error, observed=result.observed, pages=result.pages)
                 # The listing failed: keep following the tracked runs one by one on their own schedule, a few
                 # per sweep (as many as `concurrency`), so a broken list endpoint does not stall detection,
                 # while a down API costs only a handful of requests per sweep.
@@ -153,8 +156,10 @@ class Sweeper:
         result.seconds = self.clock.monotonic() - started
         await self._commit(now, result, dirty, completed_windows, ok=result.ok, error=result.error)
         self.sweeps += 1
-        # A quiet sweep is a debug line; one that found something (or failed) is worth an info line.
-        emit = log.info if (result.new_event_ids or not result.ok or first_sweep) else log.debug
+        self.outage.sweep_done(ok=result.ok, now_ms=self.clock.now_ms(), error=result.error)
+        # A quiet sweep is a debug line; one that found something is worth an info line. A failed sweep is told
+        # by the outage lines (first failure, reminders, recovery), not once per sweep.
+        emit = log.info if (result.new_event_ids or first_sweep) else log.debug
         emit(
             "sweep.finished", ok=result.ok, pages=result.pages, polls=result.polls, observed=result.observed,
             events=len(result.new_event_ids), tracked=len(self.tracked), seconds=round(result.seconds, 3),
@@ -305,7 +310,7 @@ class Sweeper:
                 except AuthError:
                     raise
                 except ApiError as exc:
-                    log.info("run.poll_failed", run_id=t.run_id, error=str(exc))
+                    (log.debug if self.outage.ongoing else log.info)("run.poll_failed", run_id=t.run_id, error=str(exc))
                     self._reschedule(t.run_id, changed=False, now=now, first_s=first_s, dirty=dirty)
                     return
             result.polls += 1
