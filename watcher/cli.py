@@ -38,22 +38,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watches FLORA technique runs and reports each completion and failure.",
     )
     parser.add_argument("--version", action="version", version=f"flora-watcher {__version__}")
-    parser.add_argument(
-        "--log-format", choices=("auto", "console", "json"), default="auto",
-        help="console lines on a terminal, JSON lines otherwise (default: auto)",
-    )
-    parser.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), default=None,
-        help="minimum level to log (default: info; warning for demo)",
-    )
+    add_global_options(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module_name, help_text in COMMANDS:
         module = importlib.import_module(f"watcher.commands.{module_name}")
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
         module.add_arguments(p)
+        add_global_options(p, defaults=False)  # `flora-watcher run --log-format json` works too
         p.set_defaults(_module=module)
     return parser
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options that apply to every command. On the top-level parser they carry the defaults; each command's
+    parser repeats them without defaults (SUPPRESS), so they may also come after the command and win there."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--log-format", choices=("auto", "console", "json"), default=default("auto"),
+        help="console lines on a terminal, JSON lines otherwise (default: auto)",
+    )
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default=default(None),
+        help="minimum level to log (default: info; warning for demo)",
+    )
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

@@ -163,3 +163,23 @@ def test_active_runs_are_not_counted_as_finished() -> None:
     line = tracked_line({"completed": 7, "failed": 2, "running": 4, "pending": 1, "queued_new": 1})
     assert line == "6 active (pending 1, queued_new 1, running 4), 9 recently finished (completed 7, failed 2)"
     assert tracked_line({}) == "0 active, 0 recently finished"
+
+
+# ------------------------------------------------------------------------- global options, anywhere
+
+
+@pytest.mark.parametrize(
+    ("argv", "fmt", "level"),
+    [
+        (["run"], "auto", None),
+        (["--log-format", "json", "run"], "json", None),
+        (["run", "--log-format", "json"], "json", None),
+        (["run", "--once", "--log-level", "debug", "--log-format", "console"], "console", "debug"),
+        (["--log-format", "json", "status", "--log-format", "console"], "console", None),  # the later one wins
+    ],
+)
+def test_global_options_work_before_and_after_the_command(argv, fmt, level) -> None:
+    from watcher.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.log_format, args.log_level) == (fmt, level)
