@@ -39,7 +39,7 @@ from watcher.errors import (
     RateLimitedError,
     ServerError,
 )
-from watcher.model import KNOWN_STATUSES, Run
+from watcher.model import KNOWN_STATUSES, RESOURCE_TECHNIQUE_RUNS, RESOURCES, RUN_TYPE_OF_RESOURCE, Run
 from watcher.normalize import ListPage, parse_error_body, parse_list_page, parse_run, sanitize_snippet
 from watcher.policy import full_jitter, parse_retry_after
 from watcher.ratelimit import RateLimiter
@@ -272,8 +272,11 @@ class FloraClient:
         technique_id: str | None = None,
         limit: int = MAX_PAGE_LIMIT,
         max_pages: int = 10_000,
+        resource: str = RESOURCE_TECHNIQUE_RUNS,
     ) -> AsyncIterator[ListPage]:
-        """Every page of ``GET /technique-runs`` (newest first) with the given filters.
+        """Every page of ``GET /technique-runs`` (newest first) with the given filters; with
+        ``resource="generations"``, of ``GET /generations`` (whose runs are generations; it takes no
+        ``technique_id``, so that filter is not sent).
 
         Follows ``meta.next_cursor`` until it is absent, null or empty. Runs already yielded earlier in
         this iteration are dropped (pages shift while runs are created). Stops, and logs
@@ -283,19 +286,27 @@ class FloraClient:
             "status": status,
             "workspace_id": workspace_id,
             "project_id": project_id,
-            "technique_id": technique_id,
+            "technique_id": technique_id if resource == RESOURCE_TECHNIQUE_RUNS else None,
         }
+        if resource not in RESOURCES:
+            raise ValueError(f"unknown resource {resource!r}")
+        route = "list" if resource == RESOURCE_TECHNIQUE_RUNS else "list_generations"
+        run_type = RUN_TYPE_OF_RESOURCE[resource]
+
+        def parse(doc: object) -> ListPage:
+            return parse_list_page(doc, default_run_type=run_type)
+
         params = {"limit": str(max(1, min(MAX_PAGE_LIMIT, int(limit))))}
         params.update({k: str(v) for k, v in filters.items() if v is not None})
-        url = self._url("technique-runs")
+        url = self._url(resource)
         seen_runs: set[str] = set()
         seen_cursors: set[str] = set()
         cursor: str | None = None
         for number in range(1, max_pages + 1):
             query = dict(params, cursor=cursor) if cursor is not None else params
-            page = await self._request("GET", url, route="list", parse=parse_list_page, params=query)
+            page = await self._request("GET", url, route=route, parse=parse, params=query)
             if page.skipped:
-                log.warning("api.page_items_skipped", route="list", page=number, skipped=page.skipped)
+                log.warning("api.page_items_skipped", route=route, page=number, skipped=page.skipped)
             fresh = []
             for run in page.runs:
                 if run.run_id not in seen_runs:
@@ -307,11 +318,11 @@ class FloraClient:
             if next_cursor is None:
                 return
             if next_cursor in seen_cursors or next_cursor == cursor:
-                log.warning("api.cursor_loop", route="list", page=number, reason="repeated_cursor")
+                log.warning("api.cursor_loop", route=route, page=number, reason="repeated_cursor")
                 return
             seen_cursors.add(next_cursor)
             cursor = next_cursor
-        log.warning("api.cursor_loop", route="list", page=max_pages, reason="max_pages")
+        log.warning("api.cursor_loop", route=route, page=max_pages, reason="max_pages")
 
     async def list_runs(self, **filters: Any) -> AsyncIterator[Run]:
         """Every run of ``pages(**filters)``, flattened."""

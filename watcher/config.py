@@ -29,13 +29,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from watcher.errors import ConfigError
-from watcher.model import ALL_EVENT_TYPES, DEFAULT_EVENT_TYPES
+from watcher.model import ALL_EVENT_TYPES, DEFAULT_EVENT_TYPES, RESOURCES
 from watcher.secret import Secret
 
 DEFAULT_BASE_URL = "https://app.flora.ai/api/v1"
 SINK_TYPES = ("webhook", "slack", "discord", "teams", "google_chat", "file", "stdout", "exec")
 CHAT_SINK_TYPES = ("slack", "discord", "teams", "google_chat")
-MATCH_KEYS = ("error_code", "project_id", "workspace_id", "technique_id", "technique")
+MATCH_KEYS = ("error_code", "project_id", "workspace_id", "technique_id", "technique", "model_id", "run_type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,8 @@ class WatchConfig:
     state_dir: Path = Path(".")
     poll_max_interval: float = 60.0  # cap of the per-run poll backoff, seconds
     resync_interval: float = 300.0  # seconds between full listings of the active set
+    resources: tuple[str, ...] = RESOURCES  # listings to watch: "technique-runs", "generations"
+    stalled_after: float = 1800.0  # seconds pending or running without progress → run.stalled; 0 = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +139,7 @@ TOP_KEYS = ("api", "watch", "server", "delivery", "sinks")
 API_KEYS = ("base_url", "api_key", "api_key_file", "timeout", "max_rps")
 WATCH_KEYS = (
     "interval", "concurrency", "workspace_id", "project_id", "technique_id", "events", "state_dir",
-    "poll_max_interval", "resync_interval",
+    "poll_max_interval", "resync_interval", "resources", "stalled_after",
 )
 SERVER_KEYS = ("listen",)
 DELIVERY_KEYS = ("retry_horizon", "backoff_initial", "backoff_max", "shutdown_grace", "keep_delivered")
@@ -594,7 +596,20 @@ def _parse_watch(t: _Table) -> WatchConfig:
         state_dir=state_dir if state_dir is not None else default_state_dir(t.ctx.env),
         poll_max_interval=t.number("poll_max_interval", _WATCH_DEFAULTS.poll_max_interval),
         resync_interval=t.number("resync_interval", _WATCH_DEFAULTS.resync_interval),
+        resources=_resources(t.non_empty_strings("resources"), t.key("resources")),
+        stalled_after=t.number("stalled_after", _WATCH_DEFAULTS.stalled_after, inclusive=True),
     )
+
+
+def _resources(values: tuple[str, ...] | None, key: str) -> tuple[str, ...]:
+    """[watch].resources: which listings to watch (default: both), each at most once."""
+    if values is None:
+        return RESOURCES
+    for i, value in enumerate(values):
+        if value not in RESOURCES:
+            choose = f"choose from {_choices(RESOURCES)}" + _hint(value, RESOURCES)
+            raise ConfigError(f"{key}[{i}]", f"unknown resource {value!r}; {choose}")
+    return values
 
 
 def _parse_server(t: _Table) -> ServerConfig:

@@ -41,7 +41,7 @@ class EventType(enum.StrEnum):
 
 
 ALL_EVENT_TYPES: tuple[str, ...] = (EventType.COMPLETED, EventType.FAILED, EventType.STARTED, EventType.STALLED)
-DEFAULT_EVENT_TYPES: tuple[str, ...] = (EventType.COMPLETED, EventType.FAILED)
+DEFAULT_EVENT_TYPES: tuple[str, ...] = (EventType.COMPLETED, EventType.FAILED, EventType.STALLED)
 
 
 class RunType(enum.StrEnum):
@@ -49,6 +49,12 @@ class RunType(enum.StrEnum):
 
     TECHNIQUE = "technique"
     GENERATION = "generation"
+
+# [watch].resources: the listing endpoints the watcher reads, and the run type each one holds.
+RESOURCE_TECHNIQUE_RUNS = "technique-runs"
+RESOURCE_GENERATIONS = "generations"
+RESOURCES: tuple[str, ...] = (RESOURCE_TECHNIQUE_RUNS, RESOURCE_GENERATIONS)
+RUN_TYPE_OF_RESOURCE: dict[str, str] = {RESOURCE_TECHNIQUE_RUNS: "technique", RESOURCE_GENERATIONS: "generation"}
 
 TERMINAL_EVENT_FOR_STATUS: dict[str, str] = {
     RunStatus.COMPLETED: EventType.COMPLETED,

@@ -266,8 +266,11 @@ def _total(value: object) -> int | None:
     return int(number)
 
 
-def parse_list_page(obj: object) -> ListPage:
+def parse_list_page(obj: object, *, default_run_type: str | None = None) -> ListPage:
     """A list response → ``ListPage``. Unparseable items are skipped and counted, never fatal.
+
+    ``default_run_type`` is the run type of the endpoint that answered (an item's own ``run_type`` wins);
+    without it, items under ``generations`` are generations.
 
     Raises ``BadResponseError`` when the body is not an object holding a list of runs.
     """
@@ -277,7 +280,7 @@ def parse_list_page(obj: object) -> ListPage:
     if key is None:
         raise BadResponseError("list: no list of runs (technique_runs or generations) in the response")
     items = obj[key]
-    run_type = str(RunType.GENERATION) if key in GENERATION_LIST_KEYS else None
+    run_type = default_run_type or (str(RunType.GENERATION) if key in GENERATION_LIST_KEYS else None)
     runs: list[Run] = []
     skipped = 0
     for item in items:

@@ -16,13 +16,17 @@ from watcher.model import Event
 
 def event_field(event: Event, key: str) -> str | None:
     """The value a ``match`` key is compared with: ``technique_id``/``technique`` come from
-    ``data.technique``; every other key is the ``data`` field of that name. None when absent or null."""
+    ``data.technique``, ``model_id`` from ``data.model``; every other key (``run_type`` too) is the ``data``
+    field of that name. None when absent or null (a generation has no technique, a technique run no model)."""
     data = event.data
     if key in ("technique_id", "technique"):
         technique = data.get("technique")
         if not isinstance(technique, dict):
             return None
         value = technique.get("technique_id" if key == "technique_id" else "name")
+    elif key == "model_id":
+        model = data.get("model")
+        value = model.get("model_id") if isinstance(model, dict) else None
     else:
         value = data.get(key)
     if value is None or isinstance(value, (dict, list)):

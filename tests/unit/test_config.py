@@ -100,7 +100,8 @@ def test_empty_config_is_all_defaults_with_the_key_from_the_environment():
     assert cfg.api.api_key_source == "FLORA_API_KEY"
     assert (cfg.api.timeout, cfg.api.max_rps) == (30.0, 5.0)
     assert (cfg.watch.interval, cfg.watch.concurrency) == (5.0, 8)
-    assert cfg.watch.events == ("run.completed", "run.failed")
+    assert cfg.watch.events == ("run.completed", "run.failed", "run.stalled")
+    assert (cfg.watch.resources, cfg.watch.stalled_after) == (("technique-runs", "generations"), 1800.0)
     assert cfg.watch.state_dir == Path("/home/op/.local/state/flora-watcher")
     assert cfg.server.listen is None
     assert cfg.delivery.retry_horizon == 72 * 3600
