@@ -103,6 +103,20 @@ class SinkConfig:
     command: tuple[str, ...] = ()
 
 
+DEFAULT_LEASE_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: Secret | None = None  # postgresql://… (several instances share it); None = SQLite in [watch].state_dir
+    lease: float = DEFAULT_LEASE_S  # seconds a sweeper's lease lasts without renewal
+    url_source: str | None = None  # "url" | "url_file" | "credential" (never the URL)
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.url is None else "postgresql"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -111,6 +125,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     sinks: tuple[SinkConfig, ...] = ()
     source: Path | None = None  # the file it came from, for messages
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def secret_values(self) -> tuple[str, ...]:
         """Every resolved secret as plain text, for ``watcher.logs.register_secret``. Never log this."""
@@ -122,6 +137,8 @@ class Config:
                 values.extend(_url_secret_parts(sink.url.reveal()))
             values.extend(s.reveal() for s in sink.secrets)
             values.extend(v.reveal() for v in sink.headers.values())
+        if self.store.url is not None:
+            values.extend(_store_url_secret_parts(self.store.url.reveal()))
         return tuple(dict.fromkeys(v for v in values if v))
 
 
@@ -135,7 +152,10 @@ SIGNATURES = ("standard", "flora")
 THREAD_MODES = ("run", "project", "none")
 STDOUT_FORMATS = ("text", "json")
 
-TOP_KEYS = ("api", "watch", "server", "delivery", "sinks")
+TOP_KEYS = ("api", "watch", "server", "delivery", "sinks", "store")
+STORE_KEYS = ("url", "url_file", "lease")
+STORE_URL_CREDENTIAL = "flora_store_url"  # file name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
+STORE_SCHEMES = ("postgresql", "postgres")
 API_KEYS = ("base_url", "api_key", "api_key_file", "timeout", "max_rps")
 WATCH_KEYS = (
     "interval", "concurrency", "workspace_id", "project_id", "technique_id", "events", "state_dir",
@@ -635,6 +655,53 @@ def _parse_delivery(t: _Table) -> DeliveryConfig:
     )
 
 
+def _store_url_secret_parts(url: str) -> list[str]:
+    """The whole store URL and its password: either must never be printed."""
+    parts = [url]
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return parts
+    if password and len(password) >= 4:
+        parts.append(password)
+    return parts
+
+
+def _check_store_url(value: str, key: str) -> None:
+    try:
+        split = urlsplit(value)
+    except ValueError:
+        raise ConfigError(key, "is not a valid URL") from None
+    if split.scheme not in STORE_SCHEMES:
+        raise ConfigError(key, "expected a postgresql://user@host/dbname URL (leave it out for SQLite)")
+    if any(c.isspace() or ord(c) < 32 for c in value):
+        raise ConfigError(key, "contains whitespace or control characters")
+
+
+def _parse_store(t: _Table) -> StoreConfig:
+    """[store]: url / url_file / $CREDENTIALS_DIRECTORY/flora_store_url (first found wins), lease."""
+    t.check_keys(STORE_KEYS)
+    lease = t.number("lease", DEFAULT_LEASE_S)
+    values, source = t.secret("url", "url_file")
+    url = values[0] if source is not None else None
+    cred_dir = t.ctx.env.get("CREDENTIALS_DIRECTORY")
+    if url is None and cred_dir:
+        path = Path(cred_dir) / STORE_URL_CREDENTIAL
+        key = f"{t.key('url')} (credential {STORE_URL_CREDENTIAL})"
+        try:
+            t.ctx.read_file(str(path))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ConfigError(key, f"cannot read {path}: {_os_reason(exc)}") from None
+        else:
+            url, source = t.ctx.read_secret_file(path, key), "credential"
+    if url is None:
+        return StoreConfig(lease=lease)
+    _check_store_url(url, t.key("url_file" if source == "url_file" else "url"))
+    return StoreConfig(url=Secret(url), lease=lease, url_source=source)
+
+
 # -------------------------------------------------------------------------------------------- sinks
 
 
@@ -800,7 +867,8 @@ def parse(
     server = _parse_server(root.table("server"))
     delivery = _parse_delivery(root.table("delivery"))
     sinks = _parse_sinks(root, watch)
-    return Config(api=api, watch=watch, server=server, delivery=delivery, sinks=sinks, source=source)
+    store = _parse_store(root.table("store"))
+    return Config(api=api, watch=watch, server=server, delivery=delivery, sinks=sinks, source=source, store=store)
 
 
 def find_config(env: Mapping[str, str], cwd: Path) -> Path | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from watcher import __version__, plan
+from watcher import __version__, plan, stores
 from watcher.api import FloraClient
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import Config, SinkConfig
@@ -27,7 +27,7 @@ from watcher.dispatcher import Dispatcher
 from watcher.errors import AuthError, ConfigError, StoreError, WatcherError
 from watcher.model import Event, Run, TrackedRun
 from watcher.sinks.base import SendResult, Sink
-from watcher.store import AsyncStore, Store
+from watcher.store import AsyncStore
 from watcher.sweep import Sweeper, SweepResult
 
 log = structlog.get_logger("watcher.daemon")
@@ -162,11 +162,8 @@ class Daemon:
         self.notifier = systemd.Notifier.from_env(self.env)
         self.metrics = metrics_mod.Metrics()
         self.health = HealthSource(interval=cfg.watch.interval, clock=self.clock)
-        if self.opts.dry_run:  # decide from a copy of the real state; nothing is written back
-            store = Store.snapshot(state_path(cfg))
-        else:
-            store = Store.open(state_path(cfg))
-        self.store = AsyncStore(store)
+        # SQLite in state_dir, or PostgreSQL ([store] url); --dry-run decides from an in-memory copy, writes nothing
+        self.store = await stores.open_async(cfg, dry_run=self.opts.dry_run)
         self.sinks = await self._build_sinks(cfg.sinks)
         self.client = self._make_client(cfg)
         process_start = self.clock.now_ms()
@@ -203,7 +200,7 @@ class Daemon:
             self._aux_tasks.append(asyncio.create_task(self._rate_limit_progress(interval)))
         if self.opts.live_view and not self.opts.dry_run and not self.opts.once:
             self._start_live_view()
-        state = ":memory:" if self.opts.dry_run else str(state_path(cfg))
+        state = ":memory:" if self.opts.dry_run else stores.describe(cfg)
         log.info("daemon.started", version=__version__, state=state, sinks=list(self.sinks),
                  interval=cfg.watch.interval, dry_run=self.opts.dry_run, once=self.opts.once)
 

@@ -15,7 +15,11 @@ def load_for_store(config_path: str | None) -> Config:
 
 
 def open_store(cfg: Config) -> Store | None:
-    """The state store, or None when the watcher has never run with this state_dir."""
+    """The state store (SQLite, or PostgreSQL with [store] url), or None when the watcher has never run with it."""
+    if cfg.store.url is not None:
+        from watcher.stores import open_blocking
+
+        return open_blocking(cfg)
     path = store_path(cfg.watch.state_dir)
     if not Path(path).exists():
         return None

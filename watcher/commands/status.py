@@ -25,13 +25,15 @@ PUBLIC_META_MS = ("first_start_ms", "last_sweep_ms", "last_sweep_ok_ms", "last_r
 def main(args: argparse.Namespace) -> int:
     from watcher.commands._common import ago, iso, load_for_store, now_ms, open_store, plural
     from watcher.logs import redact
-    from watcher.store import store_path
+    from watcher.stores import describe
 
     cfg = load_for_store(args.config)
     store = open_store(cfg)
     if store is None:
-        print(f"no state yet: {store_path(cfg.watch.state_dir).resolve()} does not exist "
-              "(the watcher has not run with this state_dir)")
+        if cfg.store.url is None:
+            print(f"no state yet: {describe(cfg)} does not exist (the watcher has not run with this state_dir)")
+        else:
+            print(f"no state yet: {describe(cfg)} holds no flora-watcher tables (the watcher has not run with it)")
         return 0
     try:
         summary = store.summary()

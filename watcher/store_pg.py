@@ -1,0 +1,927 @@
+"""The state store on PostgreSQL (psycopg 3, async): several instances share one database. Shell: all SQL here.
+
+The same coroutines as ``store.AsyncStore`` (the engine cannot tell the back ends apart; the store test suite runs
+against both), with the same transaction boundaries: a sweep's tracked runs, events (insert-if-absent on the id),
+pending deliveries and watermarks commit in one transaction. What several instances add:
+
+- **Instances** register a row (id, host, pid, role, heartbeat); ``status`` lists them.
+- **One sweeper per watch scope**: ``acquire_lease(scope, lease_ms)`` takes or renews a lease row whose fencing
+  token goes up on every change of holder. While a token is held (``fence``), ``commit_sweep`` checks it under a
+  row lock in its own transaction: a sweeper that lost its lease commits nothing (``LeaseLost``).
+- **Every instance delivers**: ``due_deliveries`` claims rows with ``SELECT … FOR UPDATE SKIP LOCKED`` and a claim
+  expiry; a row claimed by another live instance (claim not expired, heartbeat within the lease) is skipped;
+  the claims of a dead instance are free once its heartbeat is older than the lease.
+- The schema is versioned (``flora_watcher_schema``) and migrated at open under an advisory lock, so two instances
+  starting at once migrate once.
+
+Times in claims, leases and heartbeats come from the database's clock (one clock for all hosts); the engine's
+``now_ms`` is used where the SQLite store uses it (due times, history), so both back ends decide alike.
+psycopg is imported only here, and this module only when a ``postgresql://`` URL is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from watcher.errors import StoreError
+from watcher.lease import LeaseLost
+from watcher.model import Event, TrackedRun
+from watcher.store import (
+    DEAD,
+    DELIVERED,
+    MAX_ERROR_CHARS,
+    PENDING,
+    Delivery,
+    DeliveryRow,
+    SinkState,
+    _empty_sink_summary,
+    _meta_value,
+    _sink_names,
+    decode_tracked,
+    encode_event,
+    encode_tracked,
+)
+
+try:  # the optional extra: flora-watcher[postgres]
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+except ImportError:  # pragma: no cover - exercised only without the extra
+    psycopg = None  # type: ignore[assignment]
+    AsyncConnectionPool = None  # type: ignore[assignment,misc]
+
+R = TypeVar("R")
+
+MIGRATION_LOCK = 0x466C5761  # pg_advisory_xact_lock key around migrations ("FlWa", as the SQLite application_id)
+VERSION_TABLE = "flora_watcher_schema"
+CLAIM_MS = 300_000  # a claim lasts this long at most, even for an instance that keeps its heartbeat
+NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+OUR_TABLES = ("meta", "tracked", "events", "deliveries", "sinks", "instances", "leases")
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE tracked (
+        run_id         TEXT PRIMARY KEY,
+        status         TEXT NOT NULL,
+        terminal       BOOLEAN NOT NULL,
+        created_at     BIGINT,
+        last_change_ms BIGINT NOT NULL,
+        next_poll_ms   BIGINT,
+        data           TEXT NOT NULL
+    );
+    CREATE INDEX tracked_by_status ON tracked(status);
+    CREATE INDEX tracked_by_age ON tracked(terminal, last_change_ms);
+    CREATE TABLE events (
+        id         TEXT PRIMARY KEY,
+        run_id     TEXT NOT NULL,
+        type       TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        body       BYTEA NOT NULL
+    );
+    CREATE INDEX events_by_run ON events(run_id);
+    CREATE INDEX events_by_age ON events(created_ms);
+    CREATE TABLE deliveries (
+        id              BIGSERIAL PRIMARY KEY,
+        event_id        TEXT NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+        sink            TEXT NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        created_ms      BIGINT NOT NULL,
+        next_attempt_ms BIGINT NOT NULL,
+        last_attempt_ms BIGINT,
+        delivered_ms    BIGINT,
+        dead_ms         BIGINT,
+        last_error      TEXT,
+        last_status     INTEGER,
+        claimed_by      TEXT,
+        claim_until_ms  BIGINT,
+        UNIQUE (event_id, sink)
+    );
+    CREATE INDEX deliveries_due ON deliveries(sink, state, next_attempt_ms);
+    CREATE INDEX deliveries_by_state ON deliveries(state, created_ms);
+    CREATE TABLE sinks (
+        name                 TEXT PRIMARY KEY,
+        disabled_reason      TEXT,
+        disabled_ms          BIGINT,
+        last_success_ms      BIGINT,
+        last_failure_ms      BIGINT,
+        last_error           TEXT,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE instances (
+        id           TEXT PRIMARY KEY,
+        host         TEXT NOT NULL,
+        pid          INTEGER NOT NULL,
+        role         TEXT NOT NULL,
+        version      TEXT,
+        started_ms   BIGINT NOT NULL,
+        heartbeat_ms BIGINT NOT NULL
+    );
+    CREATE TABLE leases (
+        scope       TEXT PRIMARY KEY,
+        holder      TEXT NOT NULL,
+        token       BIGINT NOT NULL,
+        acquired_ms BIGINT NOT NULL,
+        expires_ms  BIGINT NOT NULL
+    )
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class EmptySchema(StoreError):
+    """Opened without migrating, and the schema has no flora-watcher tables yet (the daemon never ran on it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    scope: str
+    token: int
+    lease_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    id: str
+    host: str
+    pid: int
+    role: str
+    version: str | None
+    started_ms: int
+    heartbeat_ms: int
+
+
+# ------------------------------------------------------------------------------------ pure helpers
+
+
+def is_postgres_url(url: str | None) -> bool:
+    return bool(url) and urlsplit(url).scheme in ("postgresql", "postgres")
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (and without query values, which may carry one): safe to print."""
+    try:
+        split = urlsplit(url)
+    except ValueError:
+        return "postgresql://<invalid URL>"
+    netloc = split.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}{':***' if ':' in userinfo else ''}@{hostport}"
+    safe_keys = ("host", "port", "dbname", "user", "sslmode")
+    query = "&".join(
+        part if part.split("=", 1)[0] in safe_keys else part.split("=", 1)[0] + "=***"
+        for part in split.query.split("&")
+        if part
+    )
+    return urlunsplit((split.scheme, netloc, split.path, query, ""))
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _cut(text: str | None) -> str | None:
+    return None if text is None else text[:MAX_ERROR_CHARS]
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# ----------------------------------------------------------------------------------------- the store
+
+
+class PgStore:
+    """The state store on a PostgreSQL connection pool. Open with ``await PgStore.open(url)``."""
+
+    def __init__(self, pool: Any, url: str, *, instance_id: str, claim_ms: int = CLAIM_MS) -> None:
+        self._pool = pool
+        self._url = url
+        self.path = redact_url(url)  # what messages and ``status`` show
+        self.instance_id = instance_id
+        self.claim_ms = claim_ms
+        self.liveness_ms = 10_000  # a claimer whose heartbeat is older than this is dead (set to the lease)
+        self.fence: Fence | None = None
+        self._closed = False
+
+    @property
+    def schema_version(self) -> int:
+        return SCHEMA_VERSION
+
+    # ---------------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        instance_id: str | None = None,
+        min_size: int = 1,
+        max_size: int = 4,
+        connect_timeout: float = 10.0,
+        migrate: bool = True,
+    ) -> PgStore:
+        """Connect, check the schema is ours, migrate it (once, under an advisory lock) unless ``migrate=False``."""
+        if psycopg is None:
+            raise StoreError(
+                "state store: a postgresql:// URL needs the PostgreSQL extra: pip install 'flora-watcher[postgres]'"
+            )
+        safe = redact_url(url)
+        pool = AsyncConnectionPool(
+            url, min_size=min_size, max_size=max_size, open=False, timeout=connect_timeout,
+            kwargs={"autocommit": True, "application_name": "flora-watcher"},
+        )
+        store = cls(pool, url, instance_id=instance_id or default_instance_id())
+        try:
+            await pool.open(wait=True, timeout=connect_timeout)
+        except Exception as exc:
+            await pool.close()
+            raise StoreError(f"state store {safe}: cannot connect: {store._explain(exc)}") from None
+        try:
+            if migrate:
+                await store._migrate()
+            else:
+                await store._check_version()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    def _explain(self, exc: BaseException) -> str:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        secret = _password(self._url)
+        for value in (self._url, secret):
+            if value and len(value) >= 3:
+                text = text.replace(value, "***")
+        if "pool" in text.lower() and "timeout" in text.lower():
+            text += " (is the server running and the URL right?)"
+        return text
+
+    async def _run(self, name: str, fn: Callable[[Any], Awaitable[R]]) -> R:
+        """Run ``fn(conn)`` on a pooled connection; psycopg errors become StoreError naming the (safe) URL."""
+        if self._closed:
+            raise StoreError(f"state store {self.path}: the store is closed")
+        try:
+            async with self._pool.connection() as conn:
+                return await fn(conn)
+        except StoreError:
+            raise
+        except (psycopg.Error, OSError) as exc:
+            raise StoreError(f"state store {self.path}: {name} failed: {self._explain(exc)}") from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("psycopg_pool"):
+                raise StoreError(f"state store {self.path}: {name} failed: {self._explain(exc)}") from exc
+            raise
+
+    async def _tx(self, name: str, fn: Callable[[Any], Awaitable[R]]) -> R:
+        """``fn(conn)`` inside one transaction (committed when it returns, rolled back when it raises)."""
+
+        async def body(conn: Any) -> R:
+            async with conn.transaction():
+                return await fn(conn)
+
+        return await self._run(name, body)
+
+    async def _fetchall(self, name: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async def body(conn: Any) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+        return await self._run(name, body)
+
+    async def _scalar(self, name: str, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._fetchall(name, sql, params)
+        return rows[0][0] if rows else None
+
+    async def _check_version(self) -> int:
+        async def body(conn: Any) -> int:
+            return await _schema_version(conn, self.path)
+
+        version = await self._run("open", body)
+        if version == 0:
+            raise EmptySchema(f"state store {self.path} holds no flora-watcher state yet (has the daemon run?)")
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"state store {self.path}: schema {version}, expected {SCHEMA_VERSION}; start the "
+                             "daemon once to migrate it")
+        return version
+
+    async def _migrate(self) -> None:
+        async def body(conn: Any) -> None:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            version = await _schema_version(conn, self.path)
+            if version == SCHEMA_VERSION:
+                return
+            if version == 0:
+                await conn.execute(
+                    f"CREATE TABLE {VERSION_TABLE} (version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)"
+                )
+            for index, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                await conn.execute(script)
+                await conn.execute(
+                    f"INSERT INTO {VERSION_TABLE}(version, applied_ms) VALUES (%s, {NOW_MS})", (index,)
+                )
+
+        await self._tx("migrate", body)
+
+    async def schema_state(self) -> dict[str, Any]:
+        """For ``check-config``: server version, schema version found, expected, and whether it is current."""
+
+        async def body(conn: Any) -> dict[str, Any]:
+            cur = await conn.execute("SHOW server_version")
+            server = (await cur.fetchone())[0]
+            version = await _schema_version(conn, self.path)
+            return {"server_version": server, "schema_version": version, "expected": SCHEMA_VERSION}
+
+        return await self._run("schema_state", body)
+
+    async def aclose(self) -> None:
+        """Close the pool (waiting for calls in flight). Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._pool.close()
+
+    async def __aenter__(self) -> PgStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"PgStore({self.path!r})"
+
+    # --------------------------------------------------------------------------------------- meta
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self._scalar("get_meta", "SELECT value FROM meta WHERE key = %s", (key,))
+
+    async def all_meta(self) -> dict[str, str]:
+        return dict(await self._fetchall("all_meta", "SELECT key, value FROM meta ORDER BY key"))
+
+    async def set_meta(self, items: dict[str, str]) -> None:
+        rows = [(key, _meta_value(key, value)) for key, value in items.items()]
+
+        async def body(conn: Any) -> None:
+            await _upsert_meta(conn, rows)
+
+        await self._tx("set_meta", body)
+
+    async def ensure_meta(self, key: str, value: str) -> str:
+        v = _meta_value(key, value)
+
+        async def body(conn: Any) -> str:
+            await conn.execute("INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (key, v))
+            cur = await conn.execute("SELECT value FROM meta WHERE key = %s", (key,))
+            return (await cur.fetchone())[0]
+
+        return await self._tx("ensure_meta", body)
+
+    # ------------------------------------------------------------------------------- tracked runs
+
+    async def load_tracked(self) -> dict[str, TrackedRun]:
+        rows = await self._fetchall("load_tracked", "SELECT run_id, data FROM tracked")
+        tracked: dict[str, TrackedRun] = {}
+        for run_id, data in rows:
+            try:
+                tracked[run_id] = decode_tracked(data)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise StoreError(f"state store {self.path}: tracked run {run_id} is unreadable ({exc!r})") from exc
+        return tracked
+
+    async def commit_sweep(
+        self,
+        *,
+        upserts: Iterable[TrackedRun],
+        deletes: Iterable[str],
+        events: Iterable[tuple[Event, Sequence[str]]],
+        meta: dict[str, str],
+        now_ms: int,
+    ) -> list[str]:
+        """One sweep's writes in one transaction, fenced by the sweeper's lease token when one is held."""
+        if isinstance(deletes, str):
+            raise TypeError("deletes must be an iterable of run ids, not a string")
+        fence = self.fence
+        delete_ids = [(run_id,) for run_id in deletes]
+        upsert_rows = [
+            (t.run_id, t.status, bool(t.terminal), t.run.created_at, t.last_change_ms, t.next_poll_ms,
+             encode_tracked(t))
+            for t in upserts
+        ]
+        meta_rows = [(key, _meta_value(key, value)) for key, value in meta.items()]
+
+        async def body(conn: Any) -> list[str]:
+            if fence is not None:
+                await self._check_fence(conn, fence)
+            async with conn.cursor() as cur:
+                if delete_ids:
+                    await cur.executemany("DELETE FROM tracked WHERE run_id = %s", delete_ids)
+                if upsert_rows:
+                    await cur.executemany(
+                        "INSERT INTO tracked(run_id, status, terminal, created_at, last_change_ms, next_poll_ms,"
+                        " data) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                        " ON CONFLICT (run_id) DO UPDATE SET status = excluded.status,"
+                        " terminal = excluded.terminal, created_at = excluded.created_at,"
+                        " last_change_ms = excluded.last_change_ms, next_poll_ms = excluded.next_poll_ms,"
+                        " data = excluded.data",
+                        upsert_rows,
+                    )
+                new_ids: list[str] = []
+                deliveries: list[tuple[str, str, int, int]] = []
+                for event, sinks in events:
+                    names = _sink_names(sinks)
+                    await cur.execute(
+                        "INSERT INTO events(id, run_id, type, created_ms, body) VALUES (%s, %s, %s, %s, %s)"
+                        " ON CONFLICT (id) DO NOTHING",
+                        (event.id, event.run_id, event.type, event.created_at, encode_event(event)),
+                    )
+                    if cur.rowcount == 1:
+                        new_ids.append(event.id)
+                        deliveries.extend((event.id, name, now_ms, now_ms) for name in names)
+                if deliveries:
+                    await cur.executemany(
+                        "INSERT INTO deliveries(event_id, sink, state, attempts, created_ms, next_attempt_ms)"
+                        " VALUES (%s, %s, 'pending', 0, %s, %s)",
+                        deliveries,
+                    )
+            await _upsert_meta(conn, meta_rows)
+            return new_ids
+
+        return await self._tx("commit_sweep", body)
+
+    async def _check_fence(self, conn: Any, fence: Fence) -> None:
+        """Inside the commit transaction: the lease row still names us with our token (row-locked until the
+        commit, so no takeover can slip in between); renews the lease as it goes."""
+        cur = await conn.execute(
+            "SELECT holder, token FROM leases WHERE scope = %s FOR UPDATE", (fence.scope,)
+        )
+        row = await cur.fetchone()
+        if row is None or row[0] != self.instance_id or int(row[1]) != fence.token:
+            self.fence = None
+            raise LeaseLost(
+                f"state store {self.path}: the sweeper lease for {fence.scope} moved to another instance "
+                f"(token {fence.token} is stale); this sweep committed nothing"
+            )
+        await conn.execute(
+            f"UPDATE leases SET expires_ms = {NOW_MS} + %s WHERE scope = %s", (fence.lease_ms, fence.scope)
+        )
+
+    # ------------------------------------------------------------------------------------- outbox
+
+    async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100) -> list[Delivery]:
+        """Claim and return the pending deliveries of ``sink`` due at ``now_ms`` (earliest first) that no other
+        live instance holds: ``FOR UPDATE SKIP LOCKED``, claim until the database's now + ``claim_ms``."""
+        me = self.instance_id
+        rows = await self._fetchall(
+            "due_deliveries",
+            "WITH due AS ("
+            " SELECT d.id FROM deliveries d"
+            " WHERE d.sink = %(sink)s AND d.state = 'pending' AND d.next_attempt_ms <= %(now)s"
+            f" AND (d.claimed_by IS NULL OR d.claimed_by = %(me)s OR d.claim_until_ms < {NOW_MS}"
+            "  OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = d.claimed_by"
+            f"   AND i.heartbeat_ms >= {NOW_MS} - %(live)s))"
+            " ORDER BY d.next_attempt_ms, d.id LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED)"
+            f" UPDATE deliveries d SET claimed_by = %(me)s, claim_until_ms = {NOW_MS} + %(claim)s"
+            " FROM due, events e WHERE d.id = due.id AND e.id = d.event_id"
+            " RETURNING d.id, d.event_id, d.sink, d.attempts, d.created_ms, d.next_attempt_ms, e.body",
+            {"sink": sink, "now": now_ms, "me": me, "live": self.liveness_ms, "limit": limit,
+             "claim": self.claim_ms},
+        )
+        rows.sort(key=lambda r: (r[5], r[0]))
+        return [Delivery(*row[:6], bytes(row[6])) for row in rows]
+
+    async def next_due_ms(self, sink: str) -> int | None:
+        """Earliest time a pending delivery of ``sink`` can be sent here (a live claim of another instance
+        counts from its expiry)."""
+        value = await self._scalar(
+            "next_due_ms",
+            "SELECT MIN(CASE WHEN claimed_by IS NOT NULL AND claimed_by <> %s"
+            f" AND claim_until_ms >= {NOW_MS} THEN GREATEST(next_attempt_ms, claim_until_ms)"
+            " ELSE next_attempt_ms END) FROM deliveries WHERE sink = %s AND state = 'pending'",
+            (self.instance_id, sink),
+        )
+        return None if value is None else int(value)
+
+    async def _update_one(self, name: str, sql: str, params: Sequence[Any]) -> int:
+        async def body(conn: Any) -> int:
+            cur = await conn.execute(sql, params)
+            return cur.rowcount
+
+        return await self._run(name, body)
+
+    async def mark_delivered(self, delivery_id: int, now_ms: int, status: int | None = None) -> bool:
+        """Record a confirmed send (whatever state the row was in: delivered is the truth)."""
+        return 1 == await self._update_one(
+            "mark_delivered",
+            "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, last_attempt_ms = %s,"
+            " delivered_ms = %s, dead_ms = NULL, last_status = %s, last_error = NULL, claimed_by = NULL,"
+            " claim_until_ms = NULL WHERE id = %s",
+            (now_ms, now_ms, status, delivery_id),
+        )
+
+    async def mark_retry(
+        self, delivery_id: int, *, now_ms: int, next_attempt_ms: int, error: str, status: int | None
+    ) -> bool:
+        return 1 == await self._update_one(
+            "mark_retry",
+            "UPDATE deliveries SET attempts = attempts + 1, last_attempt_ms = %s, next_attempt_ms = %s,"
+            " last_error = %s, last_status = %s, claimed_by = NULL, claim_until_ms = NULL"
+            " WHERE id = %s AND state = 'pending'",
+            (now_ms, next_attempt_ms, _cut(error), status, delivery_id),
+        )
+
+    async def mark_dead(
+        self, delivery_id: int, *, now_ms: int, error: str, status: int | None, attempted: bool = True
+    ) -> bool:
+        return 1 == await self._update_one(
+            "mark_dead",
+            "UPDATE deliveries SET state = 'dead', attempts = attempts + %s, dead_ms = %s,"
+            " last_attempt_ms = CASE WHEN %s THEN %s ELSE last_attempt_ms END,"
+            " last_error = %s, last_status = COALESCE(%s, last_status), claimed_by = NULL, claim_until_ms = NULL"
+            " WHERE id = %s AND state = 'pending'",
+            (int(attempted), now_ms, attempted, now_ms, _cut(error), status, delivery_id),
+        )
+
+    async def dead_letter_sink(self, sink: str, *, now_ms: int, reason: str) -> int:
+        return await self._update_one(
+            "dead_letter_sink",
+            "UPDATE deliveries SET state = 'dead', dead_ms = %s, last_error = %s, claimed_by = NULL,"
+            " claim_until_ms = NULL WHERE sink = %s AND state = 'pending'",
+            (now_ms, _cut(reason), sink),
+        )
+
+    async def pending_counts(self) -> dict[str, int]:
+        rows = await self._fetchall(
+            "pending_counts",
+            "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink ORDER BY sink",
+        )
+        return {name: int(n) for name, n in rows}
+
+    async def oldest_pending_ms(self) -> int | None:
+        value = await self._scalar("oldest_pending_ms",
+                                   "SELECT MIN(created_ms) FROM deliveries WHERE state = 'pending'")
+        return None if value is None else int(value)
+
+    async def list_deliveries(self, *, failed: bool, limit: int = 100, sink: str | None = None) -> list[DeliveryRow]:
+        order = "d.dead_ms DESC, d.id DESC" if failed else "d.next_attempt_ms, d.id"
+        sink_clause = "" if sink is None else " AND d.sink = %s"
+        params: list[Any] = [DEAD if failed else PENDING] + ([] if sink is None else [sink]) + [limit]
+        rows = await self._fetchall(
+            "list_deliveries",
+            "SELECT d.id, d.event_id, e.type, e.run_id, d.sink, d.state, d.attempts, d.created_ms,"
+            " d.next_attempt_ms, d.last_error, d.last_status, d.last_attempt_ms, d.delivered_ms, d.dead_ms"
+            " FROM deliveries d JOIN events e ON e.id = d.event_id"
+            f" WHERE d.state = %s{sink_clause} ORDER BY {order} LIMIT %s",
+            params,
+        )
+        return [DeliveryRow(*row) for row in rows]
+
+    async def replay(self, event_ids: Sequence[str], *, now_ms: int, sink: str | None = None) -> int:
+        if isinstance(event_ids, str):
+            raise TypeError("event_ids must be a sequence of ids, not a string")
+        ids = list(dict.fromkeys(event_ids))
+        where = "event_id = ANY(%s) AND state IN ('dead', 'delivered')"
+        params: list[Any] = [ids]
+        if sink is not None:
+            where += " AND sink = %s"
+            params.append(sink)
+        return await self._tx("replay", lambda conn: _requeue(conn, where, params, now_ms))
+
+    async def replay_failed(self, *, now_ms: int, sink: str | None = None) -> int:
+        where, params = "state = 'dead'", []
+        if sink is not None:
+            where += " AND sink = %s"
+            params.append(sink)
+        return await self._tx("replay_failed", lambda conn: _requeue(conn, where, params, now_ms))
+
+    # ---------------------------------------------------------------------------------- sink state
+
+    async def set_sink_state(self, sink: str, *, disabled_reason: str | None, now_ms: int) -> None:
+        await self._update_one(
+            "set_sink_state",
+            "INSERT INTO sinks(name, disabled_reason, disabled_ms) VALUES (%s, %s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET disabled_reason = excluded.disabled_reason,"
+            " disabled_ms = excluded.disabled_ms",
+            (sink, _cut(disabled_reason), None if disabled_reason is None else now_ms),
+        )
+
+    async def sink_states(self) -> dict[str, SinkState]:
+        rows = await self._fetchall(
+            "sink_states",
+            "SELECT name, disabled_reason, disabled_ms, last_success_ms, last_failure_ms, last_error,"
+            " consecutive_failures FROM sinks ORDER BY name",
+        )
+        return {row[0]: SinkState(*row) for row in rows}
+
+    async def record_sink_result(self, sink: str, *, ok: bool, now_ms: int, error: str | None = None) -> None:
+        if ok:
+            await self._update_one(
+                "record_sink_result",
+                "INSERT INTO sinks(name, last_success_ms, consecutive_failures) VALUES (%s, %s, 0)"
+                " ON CONFLICT (name) DO UPDATE SET last_success_ms = excluded.last_success_ms,"
+                " consecutive_failures = 0",
+                (sink, now_ms),
+            )
+        else:
+            await self._update_one(
+                "record_sink_result",
+                "INSERT INTO sinks(name, last_failure_ms, last_error, consecutive_failures) VALUES (%s, %s, %s, 1)"
+                " ON CONFLICT (name) DO UPDATE SET last_failure_ms = excluded.last_failure_ms,"
+                " last_error = excluded.last_error, consecutive_failures = sinks.consecutive_failures + 1",
+                (sink, now_ms, _cut(error)),
+            )
+
+    # -------------------------------------------------------------------------------------- events
+
+    async def get_event(self, event_id: str) -> Event | None:
+        body = await self._scalar("get_event", "SELECT body FROM events WHERE id = %s", (event_id,))
+        return None if body is None else Event.from_dict(json.loads(bytes(body)))
+
+    async def events_exist(self, ids: Sequence[str]) -> set[str]:
+        unique = list(dict.fromkeys(ids))
+        if not unique:
+            return set()
+        rows = await self._fetchall("events_exist", "SELECT id FROM events WHERE id = ANY(%s)", (unique,))
+        return {row[0] for row in rows}
+
+    # ---------------------------------------------------------------------------- status / upkeep
+
+    async def summary(self) -> dict[str, Any]:
+        """Plain data for ``flora-watcher status``: the SQLite store's shape, plus instances and the sweeper."""
+
+        async def body(conn: Any) -> dict[str, Any]:
+            async def rows(sql: str) -> list[tuple[Any, ...]]:
+                cur = await conn.execute(sql)
+                return await cur.fetchall()
+
+            by_status = {s: int(n) for s, n in await rows(
+                "SELECT status, COUNT(*) FROM tracked GROUP BY status ORDER BY status")}
+            active = int((await rows("SELECT COUNT(*) FROM tracked WHERE NOT terminal"))[0][0])
+            totals = {PENDING: 0, DELIVERED: 0, DEAD: 0}
+            sinks: dict[str, dict[str, Any]] = {}
+            for name, state, count, oldest in await rows(
+                "SELECT sink, state, COUNT(*), MIN(created_ms) FROM deliveries GROUP BY sink, state"
+            ):
+                totals[state] += int(count)
+                entry = sinks.setdefault(name, _empty_sink_summary())
+                entry[state] = int(count)
+                if state == PENDING:
+                    entry["oldest_pending_ms"] = int(oldest)
+            for row in await rows(
+                "SELECT name, disabled_reason, disabled_ms, last_success_ms, last_failure_ms, last_error,"
+                " consecutive_failures FROM sinks ORDER BY name"
+            ):
+                health = SinkState(*row)
+                entry = sinks.setdefault(health.name, _empty_sink_summary())
+                entry.update(
+                    disabled_reason=health.disabled_reason,
+                    disabled_ms=health.disabled_ms,
+                    last_success_ms=health.last_success_ms,
+                    last_failure_ms=health.last_failure_ms,
+                    last_error=health.last_error,
+                    consecutive_failures=health.consecutive_failures,
+                )
+            events = int((await rows("SELECT COUNT(*) FROM events"))[0][0])
+            oldest_pending = (await rows("SELECT MIN(created_ms) FROM deliveries WHERE state = 'pending'"))[0][0]
+            size = int((await rows("SELECT pg_database_size(current_database())"))[0][0])
+            meta = dict(await rows("SELECT key, value FROM meta ORDER BY key"))
+            now = int((await rows(f"SELECT {NOW_MS}"))[0][0])
+            instances = [
+                {"id": r[0], "host": r[1], "pid": r[2], "role": r[3], "version": r[4], "started_ms": r[5],
+                 "heartbeat_ms": r[6], "alive": r[6] >= now - self.liveness_ms}
+                for r in await rows("SELECT id, host, pid, role, version, started_ms, heartbeat_ms FROM instances"
+                                    " ORDER BY started_ms, id")
+            ]
+            leases = [
+                {"scope": r[0], "holder": r[1], "token": r[2], "acquired_ms": r[3], "expires_ms": r[4],
+                 "valid": r[4] >= now}
+                for r in await rows("SELECT scope, holder, token, acquired_ms, expires_ms FROM leases ORDER BY scope")
+            ]
+            return {
+                "path": self.path,
+                "backend": "postgresql",
+                "schema_version": SCHEMA_VERSION,
+                "file_bytes": size,
+                "tracked": {
+                    "total": sum(by_status.values()),
+                    "active": active,
+                    "terminal": sum(by_status.values()) - active,
+                    "by_status": by_status,
+                },
+                "events": events,
+                "deliveries": {**totals, "oldest_pending_ms": None if oldest_pending is None else int(oldest_pending)},
+                "sinks": dict(sorted(sinks.items())),
+                "meta": meta,
+                "instances": instances,
+                "sweepers": leases,
+                "now_ms": now,
+            }
+
+        return await self._tx("summary", body)
+
+    async def prune(self, *, now_ms: int, keep_done_ms: int, keep_dead_ms: int | None = None) -> int:
+        cutoff = now_ms - keep_done_ms
+
+        async def body(conn: Any) -> int:
+            cur = await conn.execute(
+                "DELETE FROM deliveries WHERE state = 'delivered' AND delivered_ms < %s", (cutoff,))
+            deleted = cur.rowcount
+            if keep_dead_ms is not None:
+                cur = await conn.execute(
+                    "DELETE FROM deliveries WHERE state = 'dead' AND dead_ms < %s", (now_ms - keep_dead_ms,))
+                deleted += cur.rowcount
+            cur = await conn.execute(
+                "DELETE FROM events WHERE created_ms < %s"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+                (cutoff,),
+            )
+            return deleted + cur.rowcount
+
+        return await self._tx("prune", body)
+
+    async def integrity_check(self) -> str:
+        await self._scalar("integrity_check", "SELECT 1")
+        return "ok"
+
+    # --------------------------------------------------------------------- instances and the lease
+
+    async def register_instance(self, *, role: str, version: str | None = None,
+                                host: str | None = None, pid: int | None = None) -> None:
+        await self._update_one(
+            "register_instance",
+            "INSERT INTO instances(id, host, pid, role, version, started_ms, heartbeat_ms)"
+            f" VALUES (%s, %s, %s, %s, %s, {NOW_MS}, {NOW_MS})"
+            " ON CONFLICT (id) DO UPDATE SET role = excluded.role, heartbeat_ms = excluded.heartbeat_ms",
+            (self.instance_id, host or socket.gethostname(), pid or os.getpid(), role, version),
+        )
+
+    async def heartbeat(self, *, role: str) -> None:
+        """Refresh this instance's row (re-creating it if someone removed it) and forget long-dead ones."""
+
+        async def body(conn: Any) -> None:
+            cur = await conn.execute(
+                f"UPDATE instances SET heartbeat_ms = {NOW_MS}, role = %s WHERE id = %s", (role, self.instance_id))
+            if cur.rowcount == 0:
+                await conn.execute(
+                    "INSERT INTO instances(id, host, pid, role, started_ms, heartbeat_ms)"
+                    f" VALUES (%s, %s, %s, %s, {NOW_MS}, {NOW_MS}) ON CONFLICT (id) DO NOTHING",
+                    (self.instance_id, socket.gethostname(), os.getpid(), role))
+            # instances silent for an hour are gone for good (their claims expired long ago)
+            await conn.execute(f"DELETE FROM instances WHERE heartbeat_ms < {NOW_MS} - 3600000")
+
+        await self._run("heartbeat", body)
+
+    async def unregister_instance(self) -> None:
+        """Clean stop: drop our row, free our claims and give up any lease (another instance takes over now)."""
+
+        async def body(conn: Any) -> None:
+            await conn.execute("UPDATE deliveries SET claimed_by = NULL, claim_until_ms = NULL WHERE claimed_by = %s",
+                               (self.instance_id,))
+            await conn.execute(f"UPDATE leases SET expires_ms = {NOW_MS} - 1 WHERE holder = %s", (self.instance_id,))
+            await conn.execute("DELETE FROM instances WHERE id = %s", (self.instance_id,))
+
+        self.fence = None
+        await self._tx("unregister_instance", body)
+
+    async def acquire_lease(self, scope: str, lease_ms: int) -> Fence | None:
+        """Take the sweeper lease of ``scope`` if it is free or expired, or renew ours. Returns the fence (token
+        goes up whenever the holder changes) or None when another instance holds a valid lease. Sets ``fence``."""
+        rows = await self._fetchall(
+            "acquire_lease",
+            "INSERT INTO leases AS l (scope, holder, token, acquired_ms, expires_ms)"
+            f" VALUES (%(scope)s, %(me)s, 1, {NOW_MS}, {NOW_MS} + %(lease)s)"
+            " ON CONFLICT (scope) DO UPDATE SET"
+            "  token = CASE WHEN l.holder = excluded.holder THEN l.token ELSE l.token + 1 END,"
+            "  acquired_ms = CASE WHEN l.holder = excluded.holder THEN l.acquired_ms ELSE excluded.acquired_ms END,"
+            "  holder = excluded.holder, expires_ms = excluded.expires_ms"
+            f" WHERE l.holder = excluded.holder OR l.expires_ms < {NOW_MS}"
+            " RETURNING token",
+            {"scope": scope, "me": self.instance_id, "lease": lease_ms},
+        )
+        if not rows:
+            self.fence = None
+            return None
+        fence = Fence(scope=scope, token=int(rows[0][0]), lease_ms=lease_ms)
+        self.fence = fence
+        return fence
+
+    async def release_lease(self) -> None:
+        fence, self.fence = self.fence, None
+        if fence is not None:
+            await self._update_one(
+                "release_lease",
+                f"UPDATE leases SET expires_ms = {NOW_MS} - 1 WHERE scope = %s AND holder = %s AND token = %s",
+                (fence.scope, self.instance_id, fence.token),
+            )
+
+    async def instances(self) -> list[InstanceRow]:
+        rows = await self._fetchall(
+            "instances", "SELECT id, host, pid, role, version, started_ms, heartbeat_ms FROM instances ORDER BY id")
+        return [InstanceRow(*r) for r in rows]
+
+
+# ------------------------------------------------------------------------------- store internals
+
+
+async def _schema_version(conn: Any, name: str) -> int:
+    """0 for an empty schema; refuses a schema with our table names but no version table, or a newer one."""
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,))
+    if not (await cur.fetchone())[0]:
+        cur = await conn.execute(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+            " AND table_name = ANY(%s)", (list(OUR_TABLES),))
+        if (await cur.fetchone())[0]:
+            raise StoreError(f"state store {name}: the schema holds tables named like ours but no "
+                             f"{VERSION_TABLE} table; use an empty database or schema")
+        return 0
+    cur = await conn.execute(f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}")
+    version = int((await cur.fetchone())[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"state store {name} was written by a newer flora-watcher (schema {version}; this version knows up "
+            f"to {SCHEMA_VERSION}); upgrade flora-watcher"
+        )
+    return version
+
+
+async def _upsert_meta(conn: Any, rows: list[tuple[str, str]]) -> None:
+    if not rows:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            rows,
+        )
+
+
+async def _requeue(conn: Any, where: str, params: Sequence[Any], now_ms: int) -> int:
+    cur = await conn.execute(f"SELECT DISTINCT sink FROM deliveries WHERE {where}", params)
+    sinks = [row[0] for row in await cur.fetchall()]
+    cur = await conn.execute(
+        "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_ms = %s, delivered_ms = NULL,"
+        " dead_ms = NULL, last_error = NULL, last_status = NULL, claimed_by = NULL, claim_until_ms = NULL"
+        f" WHERE {where}",
+        [now_ms, *params],
+    )
+    count = cur.rowcount
+    if sinks:
+        await conn.execute(
+            "UPDATE sinks SET disabled_reason = NULL, disabled_ms = NULL WHERE name = ANY(%s)", (sinks,))
+    return count
+
+
+# ------------------------------------------------------------------------------- blocking facade
+
+
+class BlockingStore:
+    """An async store driven from synchronous code (the CLI's status/deliveries/replay, tests): every method
+    of the wrapped store, run to completion on a private event loop."""
+
+    def __init__(self, opener: Callable[[], Awaitable[Any]]) -> None:
+        self._runner = asyncio.Runner()
+        try:
+            self.astore = self._runner.run(opener())
+        except BaseException:
+            self._runner.close()
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.astore, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            return self._runner.run(result) if asyncio.iscoroutine(result) else result
+
+        return call
+
+    def close(self) -> None:
+        if self._runner is None:
+            return
+        try:
+            self._runner.run(self.astore.aclose())
+        finally:
+            self._runner.close()
+            self._runner = None  # type: ignore[assignment]
+
+    def __enter__(self) -> BlockingStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
