@@ -25,6 +25,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("deliveries", "deliveries", "list pending deliveries (or dead letters with --failed)"),
     ("replay", "replay", "re-queue dead-lettered or delivered events"),
     ("status", "status", "tracked runs, outbox depth, last sweep, sink health"),
+    ("events", "events", "the transition history from the state store (--follow for new ones)"),
 )
 
 EXIT_OK = 0

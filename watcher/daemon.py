@@ -180,9 +180,10 @@ class Daemon:
                                      disabled=disabled, on_outcome=self.metrics.delivery)
         self.metrics.set_sinks(self.sinks)
         if cfg.server.listen and not self.opts.once:
-            from watcher.server import start_server
+            from watcher.server import StatusPage, start_server
 
-            self.server = await start_server(cfg.server.listen, self.metrics, self.health)
+            page = StatusPage(self.store, self, clock=self.clock, health=self.health)
+            self.server = await start_server(cfg.server.listen, self.metrics, self.health, page)
         # READY once the config is valid and the state store is open; not waiting on the API.
         self.notifier.ready(status=self._status_line())
         interval = systemd.watchdog_interval(self.env)
@@ -212,6 +213,13 @@ class Daemon:
         self.live = LiveView(clock=self.clock)
         self.live.update(self._live_runs(), self.clock.now_ms())
         self.live.start()
+
+    # The status page's feed (server.StatusFeed): runs from memory, sink names and types from the config.
+    def active_runs(self) -> list[Run]:
+        return [] if self.sweeper is None else [t.run for t in self.sweeper.tracked.values() if not t.terminal]
+
+    def sink_types(self) -> dict[str, str]:
+        return {s.name: s.type for s in self._sink_configs()}
 
     def _live_runs(self) -> list:
         """Active runs, and runs that ended within the last minute (so a finished run stays visible a while)."""

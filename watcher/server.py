@@ -1,25 +1,39 @@
-"""The optional HTTP endpoint for operations: ``/metrics``, ``/healthz``, ``/readyz`` (``[server] listen``).
+"""The optional HTTP endpoint for operations (``[server] listen``): ``/metrics``, ``/healthz``, ``/readyz``, the
+status page ``/`` and its JSON ``/api/v1/status``.
 
 Shell module (aiohttp.web). ``/metrics`` is the Prometheus exposition of ``Metrics.registry`` (text format, or
 OpenMetrics when the scraper asks for it). ``/healthz`` answers 200 while the process serves requests at all.
 ``/readyz`` answers 200 while a sweep succeeded recently (``HealthSource.ready_after`` seconds, by default
 three sweep intervals) and 503 with a one-line reason otherwise. There is no authentication: listen on
 loopback (the default) or put the endpoint behind something that has it.
+
+The status page is read-only: one HTML page, one CSS file and one script (``watcher/web/``), all served from
+here; the script polls ``/api/v1/status`` and builds the DOM with ``textContent`` only. Every response carries
+a strict Content-Security-Policy (no inline script, images from ``https:`` for thumbnails), ``nosniff`` and
+``Referrer-Policy: no-referrer``. While bound to loopback, the page and its JSON answer only requests whose
+``Host`` is a loopback name, so a web page elsewhere cannot read them through DNS rebinding.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from importlib import resources
+from string import Template
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from watcher import __version__
 from watcher.clock import SYSTEM_CLOCK, Clock
-from watcher.errors import ConfigError, WatcherError
+from watcher.errors import ConfigError, StoreError, WatcherError
 from watcher.metrics import Metrics
+from watcher.model import Run
 
 log = structlog.get_logger("watcher.server")
 
@@ -117,7 +131,114 @@ class Server:
         await self._runner.cleanup()
 
 
-def make_app(metrics: Metrics, health: HealthSource) -> web.Application:
+# ------------------------------------------------------------------------------------------ status page
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+STATUS_CACHE_S = 0.5  # one store read serves every open page for this long
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+class StatusFeed(Protocol):
+    """What the status page needs from the running watcher besides the store."""
+
+    def active_runs(self) -> Iterable[Run]:
+        """The runs the watcher tracks in memory (active ones are shown)."""
+        ...
+
+    def sink_types(self) -> Mapping[str, str]:
+        """Configured sink name → type (never a URL or a secret)."""
+        ...
+
+
+class StatusPage:
+    """Builds the ``/api/v1/status`` document from the feed and the state store, at most every
+    ``STATUS_CACHE_S`` seconds however many pages poll it. ``invalidate()`` after a sweep or a delivery makes
+    the next poll read fresh data."""
+
+    def __init__(self, store: Any, feed: StatusFeed, *, clock: Clock = SYSTEM_CLOCK,
+                 health: HealthSource | None = None, cache_s: float = STATUS_CACHE_S) -> None:
+        self.store = store  # AsyncStore (or anything with the same read methods)
+        self.feed = feed
+        self.clock = clock
+        self.health = health
+        self.cache_s = cache_s
+        self._cached: tuple[float, bytes] | None = None
+        self._lock = asyncio.Lock()
+
+    def invalidate(self) -> None:
+        self._cached = None
+
+    async def document(self) -> dict[str, Any]:
+        from watcher.logs import redact
+        from watcher.web import status
+
+        now = self.clock.now_ms()
+        stored = await self.store.list_events(limit=status.RECENT_EVENTS)
+        failures = await self.store.failure_counts(since_ms=now - status.FAILURE_WINDOW_MS)
+        counts = await self.store.delivery_counts()
+        states = await self.store.sink_states()
+        sinks = status.sinks(dict(self.feed.sink_types()), counts, states, redact)
+        return status.build(
+            now_ms=now, version=__version__, runs=list(self.feed.active_runs()),
+            events=[event for _, event in reversed(stored)], failures=failures, sinks_=sinks,
+            ready=self.health.readiness() if self.health is not None else None,
+        )
+
+    async def body(self) -> bytes:
+        """The document as JSON bytes, from the cache while it is fresh."""
+        async with self._lock:
+            cached = self._cached
+            if cached is not None and self.clock.monotonic() - cached[0] < self.cache_s:
+                return cached[1]
+            body = json.dumps(await self.document(), ensure_ascii=False, separators=(",", ":")).encode()
+            self._cached = (self.clock.monotonic(), body)
+            return body
+
+
+def _asset(name: str) -> str:
+    return resources.files("watcher.web").joinpath(name).read_text(encoding="utf-8")
+
+
+def _host_of(host_header: str) -> str:
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def is_loopback_host(host_header: str | None) -> bool:
+    """Whether a ``Host`` header names this machine's loopback (a name, an IPv4 or IPv6 address)."""
+    if not host_header:
+        return False
+    host = _host_of(host_header)
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bound_to_loopback(bound_host: str | None) -> bool:
+    try:
+        return bound_host is not None and ipaddress.ip_address(bound_host).is_loopback
+    except ValueError:
+        return bound_host in LOOPBACK_NAMES
+
+
+def make_app(metrics: Metrics, health: HealthSource, status: StatusPage | None = None, *,
+             bound_host: str | None = None) -> web.Application:
     async def metrics_handler(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encoder(metrics.registry), headers={"Content-Type": content_type})
@@ -129,20 +250,75 @@ def make_app(metrics: Metrics, health: HealthSource) -> web.Application:
         ready, reason = health.readiness()
         return web.Response(text=reason + "\n", status=200 if ready else 503)
 
+    async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(SECURITY_HEADERS)
+
     app = web.Application()
+    app.on_response_prepare.append(security_headers)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if status is not None:
+        _add_status_routes(app, status, check_host=_bound_to_loopback(bound_host))
     return app
 
 
-async def start_server(listen: str, metrics: Metrics, health: HealthSource) -> Server:
-    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``listen`` until ``await server.close()``.
+def _add_status_routes(app: web.Application, status: StatusPage, *, check_host: bool) -> None:
+    page = Template(_asset("index.html")).substitute(version=__version__).encode()  # no API text in it
+    css = _asset("status.css").encode()
+    js = _asset("status.js").encode()
+
+    def refuse_foreign_host(request: web.Request) -> web.Response | None:
+        if check_host and not is_loopback_host(request.headers.get("Host")):
+            return web.Response(status=421, text="this page answers on a loopback address only\n")
+        return None
+
+    async def index(request: web.Request) -> web.Response:
+        refused = refuse_foreign_host(request)
+        if refused is not None:
+            return refused
+        return web.Response(body=page, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-cache"})
+
+    async def status_json(request: web.Request) -> web.Response:
+        refused = refuse_foreign_host(request)
+        if refused is not None:
+            return refused
+        try:
+            body = await status.body()
+        except StoreError as exc:
+            log.warning("server.status_unavailable", error=str(exc))
+            return web.json_response({"error": "the state store cannot be read right now"}, status=503,
+                                     headers={"Cache-Control": "no-store"})
+        return web.Response(body=body, content_type="application/json", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+
+    def asset(body: bytes, content_type: str) -> Callable[[web.Request], Any]:
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(body=body, content_type=content_type, charset="utf-8",
+                                headers={"Cache-Control": "no-cache"})
+        return handler
+
+    async def no_favicon(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app.router.add_get("/", index)
+    app.router.add_get("/api/v1/status", status_json)
+    app.router.add_get("/static/status.css", asset(css, "text/css"))
+    app.router.add_get("/static/status.js", asset(js, "text/javascript"))
+    app.router.add_get("/favicon.ico", no_favicon)
+
+
+async def start_server(listen: str, metrics: Metrics, health: HealthSource,
+                       status: StatusPage | None = None) -> Server:
+    """Serve ``/metrics``, ``/healthz``, ``/readyz`` (and, given ``status``, the status page and its JSON) on
+    ``listen`` until ``await server.close()``.
 
     Raises ConfigError for a malformed ``listen`` and WatcherError when the address cannot be bound.
     """
     host, port = parse_listen(listen)
-    runner = web.AppRunner(make_app(metrics, health), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(metrics, health, status, bound_host=host), access_log=None,
+                           handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -50,6 +50,10 @@ INTERFACE (implemented below; the engine depends on exactly this):
     # --- events
     get_event(event_id) -> Event | None
     events_exist(ids: Sequence[str]) -> set[str]
+    list_events(*, after_seq=0, since_ms=None, types=(), limit=None) -> list[tuple[int, Event]]
+        # the history (`flora-watcher events`, the status page): oldest first, each with its sequence number
+    failure_counts(*, since_ms: int) -> dict[str | None, int]   # error_code → run.failed events since then
+    delivery_counts() -> dict[str, dict[str, int]]               # sink → {"pending", "delivered", "dead"}
 
     # --- status / maintenance
     summary() -> dict        # tracked by status, pending/dead counts, per-sink counts, meta highlights
@@ -722,6 +726,50 @@ class Store:
             found.update(row[0] for row in rows)
         return found
 
+    @_translated
+    def list_events(
+        self, *, after_seq: int = 0, since_ms: int | None = None, types: Sequence[str] = (), limit: int | None = None
+    ) -> list[tuple[int, Event]]:
+        """Stored events in the order they were stored (oldest first), each with its sequence number.
+
+        ``after_seq``: only events stored after the one with that number (``--follow`` passes the last one it
+        printed); ``since_ms``: created at or after; ``types``: only these types; ``limit``: the newest
+        ``limit`` of those, still oldest first.
+        """
+        where, params = ["rowid > ?"], [after_seq]
+        if since_ms is not None:
+            where.append("created_ms >= ?")
+            params.append(since_ms)
+        if types:
+            where.append(f"type IN ({_marks(len(types))})")
+            params.extend(types)
+        sql = f"SELECT rowid, body FROM events WHERE {' AND '.join(where)} ORDER BY rowid"
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY rowid"
+            params.append(max(0, limit))
+        rows = self._conn.execute(sql, params).fetchall()
+        return [(seq, Event.from_dict(json.loads(body))) for seq, body in rows]
+
+    @_translated
+    def failure_counts(self, *, since_ms: int) -> dict[str | None, int]:
+        """``error_code`` (None when the API gave none) → ``run.failed`` events created since ``since_ms``."""
+        rows = self._conn.execute(
+            "SELECT json_extract(CAST(body AS TEXT), '$.data.error_code'), COUNT(*) FROM events"
+            " WHERE type = 'run.failed' AND created_ms >= ? GROUP BY 1 ORDER BY 2 DESC, 1",
+            (since_ms,),
+        ).fetchall()
+        return {(None if code is None else str(code)): count for code, count in rows}
+
+    @_translated
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        """sink → deliveries by state (``pending``, ``delivered``, ``dead``), every state present."""
+        counts: dict[str, dict[str, int]] = {}
+        for sink, state, count in self._conn.execute(
+            "SELECT sink, state, COUNT(*) FROM deliveries GROUP BY sink, state ORDER BY sink"
+        ):
+            counts.setdefault(sink, {PENDING: 0, DELIVERED: 0, DEAD: 0})[state] = count
+        return counts
+
     # ---------------------------------------------------------------------------- status / upkeep
 
     @_translated
@@ -1104,6 +1152,18 @@ class AsyncStore:
 
     async def events_exist(self, ids: Sequence[str]) -> set[str]:
         return await self._call(self.store.events_exist, ids)
+
+    async def list_events(
+        self, *, after_seq: int = 0, since_ms: int | None = None, types: Sequence[str] = (), limit: int | None = None
+    ) -> list[tuple[int, Event]]:
+        return await self._call(self.store.list_events, after_seq=after_seq, since_ms=since_ms, types=types,
+                                limit=limit)
+
+    async def failure_counts(self, *, since_ms: int) -> dict[str | None, int]:
+        return await self._call(self.store.failure_counts, since_ms=since_ms)
+
+    async def delivery_counts(self) -> dict[str, dict[str, int]]:
+        return await self._call(self.store.delivery_counts)
 
     async def summary(self) -> dict[str, Any]:
         return await self._call(self.store.summary)
