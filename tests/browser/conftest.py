@@ -278,7 +278,7 @@ events = ["run.failed"]
         self.wait_for(lambda: int(self.meta("last_sweep_ms") or 0) > before + 1, "a new sweep")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     _browser_available()
     s = Stack(tmp_path_factory.mktemp("browser-stack"))
@@ -289,8 +289,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """One chromium for all of tests/browser. Package-scoped, not session-scoped: playwright's sync API keeps an
+    event loop running on this thread while it is open, which the asyncio tests elsewhere cannot share."""
     _browser_available()
     from playwright.sync_api import sync_playwright
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from watcher.model import Event, Run, Technique
+from watcher.model import Event, Model, Run, Technique
 from watcher.store import SinkState
 from watcher.web import status
 
@@ -52,6 +52,8 @@ def test_recent_event_keeps_untrusted_text_as_text_and_cuts_it() -> None:
 
 
 def test_generation_runs_show_their_model() -> None:
+    run = Run("run_g", "running", run_type="generation", model=Model("flux-pro"), created_at=NOW)
+    assert status.active_runs([run], NOW)[0]["model"] == "flux-pro"
     event = Event("evt_2", "run.completed", NOW, {"run_id": "run_2", "technique": None,
                                                   "model": {"model_id": "flux-pro"}})
     assert status.recent_event(event)["model"] == "flux-pro"

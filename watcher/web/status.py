@@ -76,7 +76,7 @@ def outputs(raw: object) -> list[dict[str, Any]]:
 
 def active_run(run: Run, now_ms: int) -> dict[str, Any]:
     technique = run.technique.to_dict() if run.technique else None
-    name, model = _subject(technique, _model_of(run))
+    name, model = _subject(technique, run.model.to_dict() if run.model else None)
     since = run.created_at if run.created_at is not None else run.started_at
     return {
         "run_id": _text(run.run_id),
@@ -90,14 +90,6 @@ def active_run(run: Run, now_ms: int) -> dict[str, Any]:
         "started_at": run.started_at,
         "age_ms": None if since is None else max(0, now_ms - since),
     }
-
-
-def _model_of(run: Run) -> object:
-    model = getattr(run, "model", None)  # generation runs (issue 13) carry a model instead of a technique
-    if model is None or isinstance(model, dict):
-        return model
-    to_dict = getattr(model, "to_dict", None)
-    return to_dict() if callable(to_dict) else {"model_id": str(model)}
 
 
 def active_runs(runs: Iterable[Run], now_ms: int) -> list[dict[str, Any]]:
