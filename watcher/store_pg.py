@@ -136,6 +136,11 @@ MIGRATIONS: tuple[str, ...] = (
         expires_ms  BIGINT NOT NULL
     )
     """,
+    # 2: the order events were stored in, for `flora-watcher events --follow` and the status page.
+    """
+    ALTER TABLE events ADD COLUMN seq BIGSERIAL;
+    CREATE INDEX events_by_seq ON events(seq)
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -658,6 +663,42 @@ class PgStore:
             return set()
         rows = await self._fetchall("events_exist", "SELECT id FROM events WHERE id = ANY(%s)", (unique,))
         return {row[0] for row in rows}
+
+    async def list_events(
+        self, *, after_seq: int = 0, since_ms: int | None = None, types: Sequence[str] = (), limit: int | None = None
+    ) -> list[tuple[int, Event]]:
+        """As ``store.Store.list_events``: oldest first, each with its sequence number (``events.seq``)."""
+        where, params = ["seq > %s"], [after_seq]
+        if since_ms is not None:
+            where.append("created_ms >= %s")
+            params.append(since_ms)
+        if types:
+            where.append("type = ANY(%s)")
+            params.append(list(types))
+        sql = f"SELECT seq, body FROM events WHERE {' AND '.join(where)} ORDER BY seq"
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} DESC LIMIT %s) newest ORDER BY seq"
+            params.append(max(0, limit))
+        rows = await self._fetchall("list_events", sql, params)
+        return [(int(seq), Event.from_dict(json.loads(bytes(body)))) for seq, body in rows]
+
+    async def failure_counts(self, *, since_ms: int) -> dict[str | None, int]:
+        rows = await self._fetchall(
+            "failure_counts",
+            "SELECT convert_from(body, 'UTF8')::jsonb #>> '{data,error_code}' AS code, COUNT(*) FROM events"
+            " WHERE type = 'run.failed' AND created_ms >= %s GROUP BY code ORDER BY 2 DESC, 1",
+            (since_ms,),
+        )
+        return {code: int(n) for code, n in rows}
+
+    async def delivery_counts(self) -> dict[str, dict[str, int]]:
+        rows = await self._fetchall(
+            "delivery_counts", "SELECT sink, state, COUNT(*) FROM deliveries GROUP BY sink, state ORDER BY sink"
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for sink, state, n in rows:
+            counts.setdefault(sink, {PENDING: 0, DELIVERED: 0, DEAD: 0})[state] = int(n)
+        return counts
 
     # ---------------------------------------------------------------------------- status / upkeep
 
