@@ -548,7 +548,7 @@ def test_summary_counts(store: Store) -> None:
     store.record_sink_result("journal", ok=False, now_ms=T0 + 1, error="HTTP 400")
 
     s = store.summary()
-    assert s["schema_version"] == SCHEMA_VERSION and s["path"] == store.path and s["file_bytes"] > 0
+    assert s["schema_version"] == store.schema_version and s["path"] == store.path and s["file_bytes"] > 0
     assert s["tracked"] == {
         "total": 3,
         "active": 2,
