@@ -88,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(fmt=args.log_format, level=args.log_level or default_level)
     try:
         return int(args._module.main(args))
-    except ConfigError as exc:
-        print(f"flora-watcher: config error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # also a config problem `run` finds at start (the daemon re-raises it)
+        for problem in exc.problems():  # one line each
+            print(f"flora-watcher: config error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK

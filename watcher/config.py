@@ -8,19 +8,23 @@ Secret registration for log redaction: ``parse`` stays pure and registers nothin
 lists every resolved secret and ``load`` (the shell) hands each one to ``watcher.logs.register_secret``.
 Code that calls ``parse`` directly and then logs must do the same.
 
-Error keys are dotted paths; ``sinks[0]`` is the first ``[[sinks]]`` entry.
+Error keys are dotted paths; ``sinks[0]`` is the first ``[[sinks]]`` entry. ``parse`` reports every problem it
+finds (``errors.ConfigErrors``), not only the first.
+
+Sinks: this module parses the keys every sink has (``SINK_COMMON_KEYS``) and hands the rest of a ``[[sinks]]``
+table to its type's parser (``watcher/sinks/<type>.py``, found through ``watcher.sinks.REGISTRY``); the result
+is ``SinkConfig.options``. Checks of the world a config points at (writable paths, programs) are in
+``watcher/validate.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import dataclasses
 import difflib
 import ipaddress
 import math
 import os
 import re
-import string
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,13 +32,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from watcher.errors import ConfigError
+from watcher.errors import ConfigError, raise_config_errors
 from watcher.model import ALL_EVENT_TYPES, DEFAULT_EVENT_TYPES, RESOURCES
 from watcher.secret import Secret
 
 DEFAULT_BASE_URL = "https://app.flora.ai/api/v1"
-SINK_TYPES = ("webhook", "slack", "discord", "teams", "google_chat", "file", "stdout", "exec")
-CHAT_SINK_TYPES = ("slack", "discord", "teams", "google_chat")
 MATCH_KEYS = ("error_code", "project_id", "workspace_id", "technique_id", "technique", "model_id", "run_type")
 
 
@@ -77,30 +79,47 @@ class DeliveryConfig:
     keep_delivered: float = 7 * 24 * 3600.0  # seconds delivered events stay in the state store, then pruned
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class SinkConfig:
-    """One ``[[sinks]]`` entry. Fields that do not apply to ``type`` keep their defaults."""
+    """One ``[[sinks]]`` entry: the keys every sink has, and ``options``, the settings of its type (the options
+    dataclass of ``watcher/sinks/<type>.py``).
+
+    ``SinkConfig(name=..., type="file", path=...)`` builds the options from keyword fields (code and tests);
+    ``SinkConfig(..., options=FileOptions(...))`` takes them as they are.
+    """
 
     name: str
     type: str
     events: tuple[str, ...] = DEFAULT_EVENT_TYPES  # resolved: defaults to [watch].events
     match: dict[str, tuple[str, ...]] = field(default_factory=dict)  # MATCH_KEYS → glob patterns
     timeout: float = 10.0  # seconds per send (HTTP request or exec run)
-    # webhook + chat sinks
-    url: Secret | None = None
-    # webhook
-    secrets: tuple[Secret, ...] = ()  # signing secrets (several while rotating); empty = unsigned
-    signature: str = "standard"  # "standard" (Standard Webhooks) | "flora"
-    headers: dict[str, Secret] = field(default_factory=dict)  # extra request headers (values are secret)
-    # chat sinks
-    template: str | None = None  # overrides the message text; str.format-style fields from the event
-    thread: str = "run"  # google_chat: "run" | "project" | "none"
-    # file
-    path: Path | None = None
-    # stdout
-    format: str = "text"  # "text" | "json"
-    # exec
-    command: tuple[str, ...] = ()
+    options: Any = None  # the type's options dataclass; None only for a type no module registered
+    where: str = field(default="", compare=False)  # "sinks[2]": where it was configured, for error keys
+
+    def __init__(self, name: str, type: str, events: tuple[str, ...] = DEFAULT_EVENT_TYPES,
+                 match: dict[str, tuple[str, ...]] | None = None, timeout: float = 10.0, options: Any = None,
+                 where: str = "", **fields: Any) -> None:
+        if options is None:
+            from watcher.sinks import REGISTRY
+
+            spec = REGISTRY.get(type)
+            if spec is not None:
+                options = spec.options(**fields)
+            elif fields:
+                raise TypeError(f"unknown sink type {type!r}: cannot take {', '.join(fields)}")
+        elif fields:
+            raise TypeError("give either options or the type's fields, not both")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "events", events)
+        object.__setattr__(self, "match", {} if match is None else match)
+        object.__setattr__(self, "timeout", timeout)
+        object.__setattr__(self, "options", options)
+        object.__setattr__(self, "where", where)
+
+    def key(self, name: str) -> str:
+        """The dotted path of one of this sink's keys in messages: ``sinks[2].path``."""
+        return f"{self.where or f'sinks[{self.name!r}]'}.{name}"
 
 
 DEFAULT_LEASE_S = 10.0
@@ -133,13 +152,23 @@ class Config:
         if self.api.api_key is not None:
             values.append(self.api.api_key.reveal())
         for sink in self.sinks:
-            if sink.url is not None:
-                values.extend(_url_secret_parts(sink.url.reveal()))
-            values.extend(s.reveal() for s in sink.secrets)
-            values.extend(v.reveal() for v in sink.headers.values())
+            for secret in sink_secrets(sink):
+                values.extend(_url_secret_parts(secret.reveal()))
         if self.store.url is not None:
             values.extend(_store_url_secret_parts(self.store.url.reveal()))
         return tuple(dict.fromkeys(v for v in values if v))
+
+
+def sink_secrets(sink: SinkConfig) -> list[Secret]:
+    """Every ``Secret`` in a sink's options: fields, tuple items and dict values."""
+    found: list[Secret] = []
+    if sink.options is None or not dataclasses.is_dataclass(sink.options):
+        return found
+    for f in dataclasses.fields(sink.options):
+        value = getattr(sink.options, f.name)
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, tuple | list) else (value,)
+        found.extend(item for item in items if isinstance(item, Secret))
+    return found
 
 
 # ------------------------------------------------------------------------------------------- constants
@@ -147,10 +176,6 @@ class Config:
 API_KEY_CREDENTIAL = "flora_api_key"  # file name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
 LOCAL_CONFIG_NAME = "flora-watcher.toml"
 SYSTEM_CONFIG_PATH = Path("/etc/flora-watcher/flora-watcher.toml")
-
-SIGNATURES = ("standard", "flora")
-THREAD_MODES = ("run", "project", "none")
-STDOUT_FORMATS = ("text", "json")
 
 TOP_KEYS = ("api", "watch", "server", "delivery", "sinks", "store")
 STORE_KEYS = ("url", "url_file", "lease")
@@ -164,30 +189,9 @@ WATCH_KEYS = (
 SERVER_KEYS = ("listen",)
 DELIVERY_KEYS = ("retry_horizon", "backoff_initial", "backoff_max", "shutdown_grace", "keep_delivered")
 SINK_COMMON_KEYS = ("name", "type", "events", "match", "timeout")
-_URL_KEYS = ("url", "url_file")
-SINK_TYPE_KEYS: dict[str, tuple[str, ...]] = {
-    "webhook": (*_URL_KEYS, "secret", "secret_file", "signature", "headers"),
-    "slack": (*_URL_KEYS, "template"),
-    "discord": (*_URL_KEYS, "template"),
-    "teams": (*_URL_KEYS, "template"),
-    "google_chat": (*_URL_KEYS, "template", "thread"),
-    "file": ("path",),
-    "stdout": ("format",),
-    "exec": ("command",),
-}
-_ALL_SINK_KEYS = frozenset(SINK_COMMON_KEYS).union(*SINK_TYPE_KEYS.values())
-
-# Headers the webhook sink sets itself; a configured header may not replace them.
-RESERVED_HEADERS = frozenset({
-    "content-type", "content-length", "host", "transfer-encoding", "connection",
-    "webhook-id", "webhook-timestamp", "webhook-signature",
-    "flora-signature", "flora-webhook-id", "flora-event",
-})
-
 _SINK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+\Z")
 _VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _VAR_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _MISSING: Any = object()
 _API_DEFAULTS = ApiConfig()
 _WATCH_DEFAULTS = WatchConfig()
@@ -235,7 +239,7 @@ def interpolate(value: str, env: Mapping[str, str], key: str = "") -> str:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _type_name(value: object) -> str:
+def type_name(value: object) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int):
@@ -299,25 +303,11 @@ def check_url(url: str, key: str, *, allow_query: bool = True) -> None:
         raise ConfigError(key, "must not have a query string or fragment")
 
 
-def _check_secret_text(value: str, raw: str, key: str) -> None:
+def check_secret_text(value: str, raw: str, key: str) -> None:
     if not value:
         raise ConfigError(key, _empty_message(raw))
     if any(c in value for c in "\r\n\0"):
         raise ConfigError(key, "contains a line break or NUL character")
-
-
-def _check_whsec(value: str, key: str) -> None:
-    prefix = "whsec_"
-    ok = value.startswith(prefix)
-    if ok:
-        try:
-            ok = bool(base64.b64decode(value[len(prefix):], validate=True))
-        except (binascii.Error, ValueError):
-            ok = False
-    if not ok:
-        raise ConfigError(
-            key, "not a Standard Webhooks secret ('whsec_' + base64); use one, or set signature = \"flora\""
-        )
 
 
 def _check_listen(value: str, key: str) -> None:
@@ -373,7 +363,7 @@ class _Ctx:
         return value
 
 
-class _Table:
+class Table:
     """One TOML table with its dotted path: typed, interpolated reads and strict key checks."""
 
     __slots__ = ("ctx", "data", "prefix")
@@ -390,26 +380,28 @@ class _Table:
         return name in self.data
 
     def check_keys(self, allowed: Iterable[str], *, elsewhere: Iterable[str] = (), kind: str = "") -> None:
+        """Every key not in ``allowed`` is an error (all of them are reported); keys in ``elsewhere`` belong to
+        another kind of sink."""
         allowed = tuple(allowed)
         elsewhere = frozenset(elsewhere)
-        for name in self.data:
-            if name in allowed:
-                continue
-            if name in elsewhere:
-                raise ConfigError(self.key(name), f"does not apply to a {kind} sink")
-            raise ConfigError(self.key(name), "unknown key" + _hint(name, allowed))
+        errors = [
+            ConfigError(self.key(name), f"does not apply to a {kind} sink") if name in elsewhere
+            else ConfigError(self.key(name), "unknown key" + _hint(name, allowed))
+            for name in self.data if name not in allowed
+        ]
+        raise_config_errors(errors)
 
-    def table(self, name: str) -> _Table:
+    def table(self, name: str) -> Table:
         raw = self.data.get(name, _MISSING)
         if raw is _MISSING:
             raw = {}
         elif not isinstance(raw, dict):
-            raise ConfigError(self.key(name), f"must be a table, got {_type_name(raw)}")
-        return _Table(raw, self.key(name), self.ctx)
+            raise ConfigError(self.key(name), f"must be a table, got {type_name(raw)}")
+        return Table(raw, self.key(name), self.ctx)
 
     def _interpolated(self, raw: Any, key: str) -> str:
         if not isinstance(raw, str):
-            raise ConfigError(key, f"must be a string, got {_type_name(raw)}")
+            raise ConfigError(key, f"must be a string, got {type_name(raw)}")
         return interpolate(raw, self.ctx.env, key)
 
     def string(self, name: str, default: str | None = None) -> str | None:
@@ -444,7 +436,7 @@ class _Table:
         if isinstance(raw, str):
             return ((self._interpolated(raw, key), raw, key),)
         if not isinstance(raw, list):
-            raise ConfigError(key, f"must be a string or an array of strings, got {_type_name(raw)}")
+            raise ConfigError(key, f"must be a string or an array of strings, got {type_name(raw)}")
         if not raw:
             raise ConfigError(key, "must not be an empty array (leave the key out instead)")
         keys = [f"{key}[{i}]" for i in range(len(raw))]
@@ -465,7 +457,7 @@ class _Table:
             return default
         key = self.key(name)
         if isinstance(raw, bool) or not isinstance(raw, int | float):
-            raise ConfigError(key, f"must be a number, got {_type_name(raw)}")
+            raise ConfigError(key, f"must be a number, got {type_name(raw)}")
         if not math.isfinite(raw):
             raise ConfigError(key, "must be a finite number")
         if raw < minimum or (raw == minimum and not inclusive):
@@ -479,7 +471,7 @@ class _Table:
             return default
         key = self.key(name)
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise ConfigError(key, f"must be an integer, got {_type_name(raw)}")
+            raise ConfigError(key, f"must be an integer, got {type_name(raw)}")
         if raw < minimum:
             raise ConfigError(key, f"must be at least {minimum}, got {raw}")
         return raw
@@ -496,7 +488,7 @@ class _Table:
             items = self.strings(name) if many else ((self.string(name), self.data[name], self.key(name)),)
             assert items is not None
             for value, raw, key in items:
-                _check_secret_text(value, raw, key)
+                check_secret_text(value, raw, key)
             return tuple(value for value, _, _ in items), name
         if self.has(file_name):
             items = self.strings(file_name) if many else ((self.string(file_name), "", self.key(file_name)),)
@@ -512,7 +504,7 @@ class _Table:
 # ----------------------------------------------------------------------------------------- sections
 
 
-def _parse_api(t: _Table, *, require_api_key: bool) -> ApiConfig:
+def _parse_api(t: Table, *, require_api_key: bool) -> ApiConfig:
     t.check_keys(API_KEYS)
     env = t.ctx.env
     base_key = t.key("base_url")
@@ -545,7 +537,7 @@ def _check_api_key(value: str, key: str) -> None:
         raise ConfigError(key, "contains whitespace or control characters")
 
 
-def _resolve_api_key(t: _Table) -> tuple[Secret | None, str | None]:
+def _resolve_api_key(t: Table) -> tuple[Secret | None, str | None]:
     """First found wins: api_key, api_key_file, $CREDENTIALS_DIRECTORY/flora_api_key, $FLORA_API_KEY."""
     values, source = t.secret("api_key", "api_key_file")
     if source is not None:
@@ -573,7 +565,7 @@ def _resolve_api_key(t: _Table) -> tuple[Secret | None, str | None]:
     return None, None
 
 
-def _event_types(t: _Table, name: str, allowed: tuple[str, ...], default: tuple[str, ...]) -> tuple[str, ...]:
+def _event_types(t: Table, name: str, allowed: tuple[str, ...], default: tuple[str, ...]) -> tuple[str, ...]:
     items = t.strings(name)
     if items is None:
         return default
@@ -603,7 +595,7 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
     )
 
 
-def _parse_watch(t: _Table) -> WatchConfig:
+def _parse_watch(t: Table) -> WatchConfig:
     t.check_keys(WATCH_KEYS)
     state_dir = t.path("state_dir")
     return WatchConfig(
@@ -632,7 +624,7 @@ def _resources(values: tuple[str, ...] | None, key: str) -> tuple[str, ...]:
     return values
 
 
-def _parse_server(t: _Table) -> ServerConfig:
+def _parse_server(t: Table) -> ServerConfig:
     t.check_keys(SERVER_KEYS)
     listen = t.string("listen")
     if listen is not None:
@@ -640,7 +632,7 @@ def _parse_server(t: _Table) -> ServerConfig:
     return ServerConfig(listen=listen)
 
 
-def _parse_delivery(t: _Table) -> DeliveryConfig:
+def _parse_delivery(t: Table) -> DeliveryConfig:
     t.check_keys(DELIVERY_KEYS)
     initial = t.number("backoff_initial", _DELIVERY_DEFAULTS.backoff_initial)
     maximum = t.number("backoff_max", _DELIVERY_DEFAULTS.backoff_max)
@@ -678,7 +670,7 @@ def _check_store_url(value: str, key: str) -> None:
         raise ConfigError(key, "contains whitespace or control characters")
 
 
-def _parse_store(t: _Table) -> StoreConfig:
+def _parse_store(t: Table) -> StoreConfig:
     """[store]: url / url_file / $CREDENTIALS_DIRECTORY/flora_store_url (first found wins), lease."""
     t.check_keys(STORE_KEYS)
     lease = t.number("lease", DEFAULT_LEASE_S)
@@ -705,7 +697,7 @@ def _parse_store(t: _Table) -> StoreConfig:
 # -------------------------------------------------------------------------------------------- sinks
 
 
-def _parse_match(t: _Table) -> dict[str, tuple[str, ...]]:
+def _parse_match(t: Table) -> dict[str, tuple[str, ...]]:
     if not t.has("match"):
         return {}
     sub = t.table("match")
@@ -713,127 +705,77 @@ def _parse_match(t: _Table) -> dict[str, tuple[str, ...]]:
     return {name: sub.non_empty_strings(name) or () for name in sub.data}
 
 
-def _parse_url(t: _Table) -> Secret:
-    values, source = t.secret("url", "url_file")
-    if source is None:
-        raise ConfigError(t.key("url"), "required (or url_file)")
-    check_url(values[0], t.key(source))
-    return Secret(values[0])
+def _registry() -> Mapping[str, Any]:
+    from watcher.sinks import REGISTRY  # here, not at the top: sink modules import this module
+
+    return REGISTRY
 
 
-def _parse_headers(t: _Table) -> dict[str, Secret]:
-    if not t.has("headers"):
-        return {}
-    sub = t.table("headers")
-    headers: dict[str, Secret] = {}
-    for name in sub.data:
-        key = sub.key(name)
-        if not _HEADER_NAME_RE.match(name):
-            raise ConfigError(key, "not a valid HTTP header name")
-        if name.lower() in RESERVED_HEADERS:
-            raise ConfigError(key, "set by the webhook sink itself; it cannot be overridden")
-        value = sub.string(name)
-        assert value is not None
-        _check_secret_text(value, sub.data[name], key)
-        headers[name] = Secret(value)
-    return headers
+def _parse_sink(t: Table, watch_events: tuple[str, ...]) -> SinkConfig:
+    """The common keys here; the rest goes to the sink type's own parser (``watcher/sinks/<type>.py``).
+    Every problem found is reported (``ConfigErrors``), not only the first."""
+    registry = _registry()
+    errors: list[ConfigError] = []
 
-
-def _parse_template(t: _Table) -> str | None:
-    template = t.string("template")
-    if template is not None:
+    def attempt(read: Callable[[], Any], default: Any = None) -> Any:
         try:
-            list(string.Formatter().parse(template))
-        except ValueError as exc:
-            raise ConfigError(t.key("template"), f"not a valid template: {exc}") from None
-    return template
+            return read()
+        except ConfigError as exc:
+            errors.append(exc)
+            return default
+
+    def read_name() -> str:
+        name = t.required_string("name", "a unique name for logs, metrics and test-sink")
+        if not _SINK_NAME_RE.match(name):
+            raise ConfigError(t.key("name"), "may only contain letters, digits, '_', '.' and '-'")
+        return name
+
+    def read_type() -> str:
+        sink_type = t.required_string("type", _choices(registry))
+        if sink_type not in registry:
+            choose = f"choose from {_choices(registry)}" + _hint(sink_type, registry)
+            raise ConfigError(t.key("type"), f"unknown sink type {sink_type!r}; {choose}")
+        return sink_type
+
+    name = attempt(read_name, "")
+    sink_type = attempt(read_type)
+    if sink_type is not None:
+        every_key = frozenset(SINK_COMMON_KEYS).union(*(spec.keys for spec in registry.values()))
+        attempt(lambda: t.check_keys((*SINK_COMMON_KEYS, *registry[sink_type].keys), elsewhere=every_key,
+                                     kind=sink_type))
+    events = attempt(lambda: _event_types(t, "events", watch_events, watch_events), watch_events)
+    match = attempt(lambda: _parse_match(t), {})
+    timeout = attempt(lambda: t.number("timeout", _SINK_DEFAULT_TIMEOUT), _SINK_DEFAULT_TIMEOUT)
+    options = attempt(lambda: registry[sink_type].parse(t)) if sink_type is not None else None
+    raise_config_errors(errors)
+    return SinkConfig(name=name, type=sink_type, events=events, match=match, timeout=timeout, options=options,
+                      where=t.prefix)
 
 
-def _parse_command(t: _Table) -> tuple[str, ...]:
-    key = t.key("command")
-    raw = t.data.get("command", _MISSING)
-    if raw is _MISSING:
-        raise ConfigError(key, "required: the program and its arguments as an array (no shell)")
-    if not isinstance(raw, list):
-        raise ConfigError(key, f"must be an array of strings (argv; no shell), got {_type_name(raw)}")
-    items = t.strings("command")
-    assert items is not None
-    if not items[0][0]:
-        raise ConfigError(items[0][2], "the program must not be empty")
-    return tuple(value for value, _, _ in items)
-
-
-def _type_fields(t: _Table, sink_type: str) -> dict[str, Any]:
-    """The fields specific to ``sink_type`` (keys were already checked)."""
-    fields: dict[str, Any] = {}
-    if sink_type in ("webhook", *CHAT_SINK_TYPES):
-        fields["url"] = _parse_url(t)
-    if sink_type in CHAT_SINK_TYPES:
-        fields["template"] = _parse_template(t)
-    if sink_type == "webhook":
-        signature = t.choice("signature", SIGNATURES, "standard")
-        secrets, source = t.secret("secret", "secret_file", many=True)
-        if t.has("signature") and source is None:
-            raise ConfigError(t.key("signature"), "needs secret or secret_file to sign with")
-        if signature == "standard":
-            for i, value in enumerate(secrets):
-                suffix = f"[{i}]" if isinstance(t.data.get(source), list) else ""
-                _check_whsec(value, t.key(f"{source}{suffix}"))
-        fields.update(
-            signature=signature,
-            secrets=tuple(Secret(s) for s in secrets),
-            headers=_parse_headers(t),
-        )
-    elif sink_type == "google_chat":
-        fields["thread"] = t.choice("thread", THREAD_MODES, "run")
-    elif sink_type == "file":
-        path = t.path("path")
-        if path is None:
-            raise ConfigError(t.key("path"), "required: the JSON Lines file to append events to")
-        fields["path"] = path
-    elif sink_type == "stdout":
-        fields["format"] = t.choice("format", STDOUT_FORMATS, "text")
-    elif sink_type == "exec":
-        fields["command"] = _parse_command(t)
-    return fields
-
-
-def _parse_sink(t: _Table, watch: WatchConfig) -> SinkConfig:
-    name = t.required_string("name", "a unique name for logs, metrics and test-sink")
-    if not _SINK_NAME_RE.match(name):
-        raise ConfigError(t.key("name"), "may only contain letters, digits, '_', '.' and '-'")
-    sink_type = t.required_string("type", _choices(SINK_TYPES))
-    if sink_type not in SINK_TYPES:
-        choose = f"choose from {_choices(SINK_TYPES)}" + _hint(sink_type, SINK_TYPES)
-        raise ConfigError(t.key("type"), f"unknown sink type {sink_type!r}; {choose}")
-    t.check_keys((*SINK_COMMON_KEYS, *SINK_TYPE_KEYS[sink_type]), elsewhere=_ALL_SINK_KEYS, kind=sink_type)
-    return SinkConfig(
-        name=name,
-        type=sink_type,
-        events=_event_types(t, "events", watch.events, watch.events),
-        match=_parse_match(t),
-        timeout=t.number("timeout", _SINK_DEFAULT_TIMEOUT),
-        **_type_fields(t, sink_type),
-    )
-
-
-def _parse_sinks(root: _Table, watch: WatchConfig) -> tuple[SinkConfig, ...]:
+def _parse_sinks(root: Table, watch_events: tuple[str, ...]) -> tuple[SinkConfig, ...]:
     raw = root.data.get("sinks", _MISSING)
     if raw is _MISSING or raw == []:
-        return (SinkConfig(name="console", type="stdout", format="text", events=watch.events),)
+        return (SinkConfig(name="console", type="stdout", format="text", events=watch_events),)
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
         raise ConfigError("sinks", "must be an array of tables: write each sink as a [[sinks]] section")
     sinks: list[SinkConfig] = []
+    errors: list[ConfigError] = []
     first_index: dict[str, int] = {}
     for i, item in enumerate(raw):
-        t = _Table(item, f"sinks[{i}]", root.ctx)
-        sink = _parse_sink(t, watch)
+        t = Table(item, f"sinks[{i}]", root.ctx)
+        try:
+            sink = _parse_sink(t, watch_events)
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
         if sink.name in first_index:
-            raise ConfigError(
+            errors.append(ConfigError(
                 t.key("name"), f"duplicate sink name {sink.name!r} (also sinks[{first_index[sink.name]}])"
-            )
+            ))
+            continue
         first_index[sink.name] = i
         sinks.append(sink)
+    raise_config_errors(errors)
     return tuple(sinks)
 
 
@@ -860,14 +802,25 @@ def parse(
         where = f" in {source}" if source is not None else ""
         raise ConfigError("", f"invalid TOML{where}: {exc}") from None
     ctx = _Ctx(env=env, read_file=read_file, base_dir=source.parent if source is not None else None)
-    root = _Table(doc, "", ctx)
-    root.check_keys(TOP_KEYS)
-    api = _parse_api(root.table("api"), require_api_key=require_api_key)
-    watch = _parse_watch(root.table("watch"))
-    server = _parse_server(root.table("server"))
-    delivery = _parse_delivery(root.table("delivery"))
-    sinks = _parse_sinks(root, watch)
-    store = _parse_store(root.table("store"))
+    root = Table(doc, "", ctx)
+    errors: list[ConfigError] = []
+
+    def attempt(read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except ConfigError as exc:
+            errors.append(exc)
+            return None
+
+    attempt(lambda: root.check_keys(TOP_KEYS))
+    api = attempt(lambda: _parse_api(root.table("api"), require_api_key=require_api_key))
+    watch = attempt(lambda: _parse_watch(root.table("watch")))
+    server = attempt(lambda: _parse_server(root.table("server")))
+    delivery = attempt(lambda: _parse_delivery(root.table("delivery")))
+    # With [watch] broken, check the sinks' events against every type, not against a guess.
+    sinks = attempt(lambda: _parse_sinks(root, watch.events if watch is not None else ALL_EVENT_TYPES))
+    store = attempt(lambda: _parse_store(root.table("store")))
+    raise_config_errors(errors)
     return Config(api=api, watch=watch, server=server, delivery=delivery, sinks=sinks, source=source, store=store)
 
 

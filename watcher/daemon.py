@@ -29,6 +29,7 @@ from watcher.model import Event, Run, TrackedRun
 from watcher.sinks.base import SendResult, Sink
 from watcher.store import AsyncStore
 from watcher.sweep import Sweeper, SweepResult
+from watcher.validate import check_start
 
 log = structlog.get_logger("watcher.daemon")
 
@@ -131,6 +132,10 @@ class Daemon:
     async def run(self) -> int:
         try:
             await self.startup()
+        except ConfigError as exc:  # a config problem found at start: cli.py exits 2, as check-config would
+            log.error("daemon.startup_failed", error=str(exc))
+            await self.shutdown()
+            raise
         except (StoreError, WatcherError) as exc:
             log.error("daemon.startup_failed", error=str(exc))
             await self.shutdown()
@@ -157,6 +162,8 @@ class Daemon:
         from watcher.server import HealthSource
 
         cfg = self.cfg
+        if not self.opts.dry_run:
+            check_start(cfg)  # the same start-time checks as check-config (state_dir, sink paths, programs)
         if self.opts.install_signal_handlers:
             self._install_signal_handlers()
         self.notifier = systemd.Notifier.from_env(self.env)
@@ -419,6 +426,7 @@ class Daemon:
                 from watcher.config import load
 
                 new = load(self.opts.config_path)
+            check_start(new)
         except ConfigError as exc:
             log.error("config.reload_rejected", error=str(exc), note="keeping the running configuration")
             self.notifier.ready(status=self._status_line())

@@ -8,6 +8,7 @@ Messages never contain secrets: callers pass already-masked text.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 
 class WatcherError(Exception):
@@ -21,6 +22,38 @@ class ConfigError(WatcherError):
         self.key = key
         self.message = message
         super().__init__(f"{key}: {message}" if key else message)
+
+    def problems(self) -> tuple[ConfigError, ...]:
+        """Every problem this error stands for, one line each (``ConfigErrors`` holds several)."""
+        return (self,)
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration problems found at once (``check-config`` reports them all, one line each).
+    ``key`` and ``message`` are the first one's; ``str()`` joins them all with "; " (one line, for logs)."""
+
+    def __init__(self, errors: Iterable[ConfigError]) -> None:
+        self.errors = tuple(p for e in errors for p in e.problems())
+        if not self.errors:
+            raise ValueError("ConfigErrors needs at least one error")
+        first = self.errors[0]
+        super().__init__(first.key, first.message)
+        self.args = ("; ".join(str(e) for e in self.errors),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def problems(self) -> tuple[ConfigError, ...]:
+        return self.errors
+
+
+def raise_config_errors(errors: Iterable[ConfigError]) -> None:
+    """Raise nothing for no errors, the error itself for one, ``ConfigErrors`` for several."""
+    found = [p for e in errors for p in e.problems()]
+    if len(found) == 1:
+        raise found[0]
+    if found:
+        raise ConfigErrors(found)
 
 
 # ---------------------------------------------------------------------------------------------------- API

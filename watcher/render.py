@@ -24,6 +24,7 @@ Text cut to fit ends with ``…(truncated)``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -435,6 +436,10 @@ def check_template(template: str) -> None:
         if not _FIELD_NAME.match(name):
             what = "a positional field" if name == "" or name.isdigit() else f"field {{{name}}}"
             raise ValueError(f"{what} is not supported; use named fields such as {{technique}} or {{run_id}}")
+        if name not in TEMPLATE_FIELDS:  # a typo would otherwise render as nothing
+            close = difflib.get_close_matches(name, TEMPLATE_FIELDS, n=1)
+            hint = f"did you mean {{{close[0]}}}?" if close else "see the template fields in docs/sinks.md"
+            raise ValueError(f"unknown field {{{name}}} ({hint})")
         if spec and "{" in spec:
             raise ValueError(f"nested fields in the format of {{{name}}} are not supported")
     sample = _BlankMissing({name: "x" for name in TEMPLATE_FIELDS})

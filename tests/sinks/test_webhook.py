@@ -140,10 +140,10 @@ async def test_flora_signature_verifies_per_flora_api_spec(receiver: Receiver) -
 
 def test_an_invalid_standard_secret_is_a_config_error_that_does_not_print_it() -> None:
     cfg = SinkConfig(name="ops", type="webhook", url=Secret("https://example.com/h"),
-                     secrets=(Secret("whsec_not base64!!"),))
+                     secrets=(Secret("whsec_not base64!!"),), where="sinks[0]")
     with pytest.raises(ConfigError) as err:
         WebhookSink(cfg)
-    assert err.value.key == "sinks.ops.secret"
+    assert err.value.key == "sinks[0].secret"
     assert "not base64" not in str(err.value)
 
 
@@ -189,7 +189,8 @@ async def test_the_documented_receiver_code_verifies_real_deliveries(scheme: str
 
 @pytest.mark.parametrize("name", ["content-type", "Webhook-Signature", "Flora-Event"])
 def test_headers_the_sink_sets_cannot_be_overridden(name: str) -> None:
-    cfg = SinkConfig(name="ops", type="webhook", url=Secret("https://example.com/h"), headers={name: Secret("x")})
+    cfg = SinkConfig(name="ops", type="webhook", url=Secret("https://example.com/h"), headers={name: Secret("x")},
+                     where="sinks[3]")
     with pytest.raises(ConfigError) as err:
         WebhookSink(cfg)
-    assert err.value.key == f"sinks.ops.headers.{name}"
+    assert err.value.key == f"sinks[3].headers.{name}"

@@ -1,6 +1,8 @@
 """Validate the configuration and resolve every secret (API key, sink URLs, signing secrets), printing none.
 
-Exit status: 0 when the config is valid, 2 when it is not (the error names the key and what is wrong).
+Also runs every check `run` makes at start (the state directory, each sink's file path or program), so a
+config that passes here starts. Exit status: 0 when the config is valid, 2 when it is not (one line per
+problem, each naming the key and what is wrong).
 """
 
 from __future__ import annotations
@@ -59,23 +61,24 @@ def summary(config) -> list[str]:
 
 
 def _sink_detail(sink) -> str:
-    details: list[str] = []
-    if sink.type == "webhook" and sink.secrets:
-        n = len(sink.secrets)
-        details.append(f"signed ({sink.signature}, {n} secret{'s' if n > 1 else ''})")
+    """The sink type's own details (``SinkType.describe``: signing, path, format), then its match filters."""
+    from watcher.sinks import REGISTRY
+
+    spec = REGISTRY.get(sink.type)
+    details = list(spec.describe(sink)) if spec is not None else []
     if sink.match:
         details.append("match " + " ".join(f"{k}={','.join(v)}" for k, v in sink.match.items()))
-    if sink.type == "file":
-        details.append(str(sink.path))
-    if sink.type == "stdout":
-        details.append(sink.format)
     return f"  [{'; '.join(details)}]" if details else ""
 
 
 def main(args: argparse.Namespace) -> int:
     from watcher.config import load
+    from watcher.validate import check_start
 
-    config = load(args.config)  # ConfigError propagates: cli.py prints it on one line and exits 2
+    # ConfigError propagates: cli.py prints each problem on its own line and exits 2. The same start-time
+    # checks as `run` (state_dir, each sink's construction, paths and programs): what passes here starts.
+    config = load(args.config)
+    check_start(config)
     print(f"config OK: {config.source if config.source is not None else 'defaults (no file found)'}")
     for line in summary(config):
         print(line)

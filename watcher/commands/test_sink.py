@@ -62,7 +62,7 @@ async def send_test_event(cfg, event: Event) -> tuple[bool, str]:
     from watcher.errors import DeliveryError, WatcherError
     from watcher.sinks import build_sink
 
-    sink = build_sink(cfg)
+    sink = build_sink(cfg)  # the sink type's own factory, as the daemon builds it
     try:
         try:
             await sink.start()

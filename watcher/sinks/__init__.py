@@ -1,44 +1,55 @@
-"""Sink registry: type name → implementation. A new sink is one module plus one line here."""
+"""The sink registry: type name → ``SinkType`` (``base.py``). A new sink type is one module under
+``watcher/sinks/`` ending with ``SINK = SinkType(...)``, plus one line in ``BUILTIN`` below.
+
+Everything else asks the registry: ``config.py`` (which keys a type takes, its parser), the daemon and
+``test-sink`` (``build_sink``), ``check-config`` and ``run`` (``validate.check_start`` → ``SinkType.check``).
+"""
 
 from __future__ import annotations
 
 from watcher.clock import SYSTEM_CLOCK, Clock
-from watcher.config import SINK_TYPES, SinkConfig
+from watcher.config import SinkConfig
 from watcher.errors import ConfigError
-from watcher.sinks.base import SendResult, Sink
-from watcher.sinks.discord import DiscordSink
-from watcher.sinks.exec import ExecSink
-from watcher.sinks.file import FileSink
-from watcher.sinks.google_chat import GoogleChatSink
-from watcher.sinks.http import HttpSink
-from watcher.sinks.slack import SlackSink
-from watcher.sinks.stdout import StdoutSink
-from watcher.sinks.teams import TeamsSink
-from watcher.sinks.webhook import WebhookSink
+from watcher.sinks import discord, exec, file, google_chat, slack, stdout, teams, webhook
+from watcher.sinks.base import BuildContext, SendResult, Sink, SinkType
 
-SINK_CLASSES: dict[str, type] = {
-    "webhook": WebhookSink,
-    "slack": SlackSink,
-    "discord": DiscordSink,
-    "teams": TeamsSink,
-    "google_chat": GoogleChatSink,
-    "file": FileSink,
-    "stdout": StdoutSink,
-    "exec": ExecSink,
-}
-assert set(SINK_CLASSES) == set(SINK_TYPES), "every configurable sink type needs an implementation"
+BUILTIN: tuple[SinkType, ...] = (
+    webhook.SINK,
+    slack.SINK,
+    discord.SINK,
+    teams.SINK,
+    google_chat.SINK,
+    file.SINK,
+    stdout.SINK,
+    exec.SINK,
+)
 
-__all__ = ["SINK_CLASSES", "SendResult", "Sink", "build_sink"]
+REGISTRY: dict[str, SinkType] = {}
+
+__all__ = ["REGISTRY", "BuildContext", "SendResult", "Sink", "SinkType", "build_sink", "register", "unregister"]
+
+
+def register(spec: SinkType) -> None:
+    """Make ``spec.name`` a configurable ``type``. Registering a name twice is a programming error."""
+    if spec.name in REGISTRY and REGISTRY[spec.name] is not spec:
+        raise ValueError(f"sink type {spec.name!r} is already registered")
+    REGISTRY[spec.name] = spec
+
+
+def unregister(name: str) -> None:
+    """Forget a registered type (tests)."""
+    REGISTRY.pop(name, None)
+
+
+for _spec in BUILTIN:
+    register(_spec)
 
 
 def build_sink(cfg: SinkConfig, *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK) -> Sink:
     """A sink for ``cfg`` (not started: call ``await sink.start()``). HTTP sinks send ``user_agent``
     (default ``flora-watcher/<version>``) and pace themselves on ``clock``. Raises ConfigError for a
     configuration the sink cannot use (unknown type, missing url/path/command, invalid secret or template)."""
-    cls = SINK_CLASSES.get(cfg.type)
-    if cls is None:
-        raise ConfigError(f"sinks.{cfg.name}.type",
-                          f"unknown sink type {cfg.type!r}; choose from {', '.join(SINK_CLASSES)}")
-    if issubclass(cls, HttpSink):
-        return cls(cfg, user_agent=user_agent, clock=clock)
-    return cls(cfg)
+    spec = REGISTRY.get(cfg.type)
+    if spec is None:
+        raise ConfigError(cfg.key("type"), f"unknown sink type {cfg.type!r}; choose from {', '.join(REGISTRY)}")
+    return spec.build(cfg, BuildContext(clock=clock, user_agent=user_agent))

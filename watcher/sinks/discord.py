@@ -1,7 +1,9 @@
 """Discord webhook: ``content`` + one embed with ``allowed_mentions: {"parse": []}``
 (``render.discord_payload``), posted with ``?wait=true``. Paced by Discord's bucket headers: when
 ``X-RateLimit-Remaining`` reached 0, the next send waits ``X-RateLimit-Reset-After``. A 429's ``retry_after``
-(body) is reported to the dispatcher."""
+(body) is reported to the dispatcher.
+
+Keys: ``url``/``url_file``, ``template`` (``http.CHAT_KEYS``)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import SinkConfig
 from watcher.model import Event
 from watcher.render import discord_payload
-from watcher.sinks.http import MAX_PACING_WAIT, BucketPacer, ChatSink, with_query
+from watcher.sinks.base import SinkType
+from watcher.sinks.http import CHAT_KEYS, MAX_PACING_WAIT, BucketPacer, ChatOptions, ChatSink, parse_chat, with_query
 
 
 class DiscordSink(ChatSink):
@@ -21,9 +24,15 @@ class DiscordSink(ChatSink):
         self.pacer = BucketPacer(clock, max_wait=max_wait)
 
     def payload(self, event: Event) -> dict[str, Any]:
-        return discord_payload(event, template=self.config.template)
+        return discord_payload(event, template=self.options.template)
 
     def target(self, event: Event) -> str:
         """``?wait=true``: Discord answers 200 with the created message once it is really posted, instead of a
         bare 204 before it is, so a 2xx means delivered."""
         return with_query(super().target(event), "wait=true")
+
+
+SINK = SinkType(
+    name="discord", keys=CHAT_KEYS, options=ChatOptions,
+    parse=lambda t: ChatOptions(**parse_chat(t)), build=DiscordSink.build,
+)

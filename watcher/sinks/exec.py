@@ -7,6 +7,9 @@ The child gets the daemon's environment minus what is not its business (``FLORA_
 Outcome: exit 0 → delivered; exit 75 (``EX_TEMPFAIL``) → retry later; any other exit → permanent
 ``exec_failed`` with the start of stderr; not finished within ``timeout`` → killed, retry later; program not
 found or not executable → permanent ``bad_config``.
+
+Keys: ``command`` (required: argv as an array; no shell). Start-time check: the program exists and is
+executable (``shutil.which``); ``check-config`` runs the same check, and ``run`` refuses to start without it.
 """
 
 from __future__ import annotations
@@ -15,15 +18,16 @@ import asyncio
 import os
 import shutil
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import structlog
 
-from watcher.config import SinkConfig
+from watcher.config import SinkConfig, Table, type_name
 from watcher.errors import ConfigError, DeliveryError, Reason
 from watcher.model import Event
 from watcher.render import event_body, one_line
-from watcher.sinks.base import SendResult
+from watcher.sinks.base import SendResult, SinkType
 
 log = structlog.get_logger("watcher.sinks")
 
@@ -34,6 +38,40 @@ HIDDEN_ENV = frozenset({
     "FLORA_API_KEY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
     "LISTEN_FDNAMES",
 })
+
+
+@dataclass(frozen=True, slots=True)
+class ExecOptions:
+    command: tuple[str, ...] = ()  # argv: the program and its arguments
+
+
+def parse(t: Table) -> ExecOptions:
+    key = t.key("command")
+    raw = t.data.get("command")
+    if raw is None:
+        raise ConfigError(key, "required: the program and its arguments as an array (no shell)")
+    if not isinstance(raw, list):
+        raise ConfigError(key, f"must be an array of strings (argv; no shell), got {type_name(raw)}")
+    items = t.strings("command")
+    assert items is not None
+    if not items[0][0]:
+        raise ConfigError(items[0][2], "the program must not be empty")
+    return ExecOptions(command=tuple(value for value, _, _ in items))
+
+
+def program_problem(program: str) -> str | None:
+    """Why ``program`` cannot be run (not found on PATH, missing, not executable); None when it can."""
+    if shutil.which(program) is not None:
+        return None
+    if "/" in program:
+        return f"{program} does not exist or is not executable"
+    return f"program {program!r} not found on PATH"
+
+
+def check(cfg: SinkConfig) -> Iterator[ConfigError]:
+    command = cfg.options.command
+    if command and command[0] and (problem := program_problem(command[0])) is not None:
+        yield ConfigError(cfg.key("command[0]"), problem)
 
 
 def child_env(base: Mapping[str, str], event: Event) -> dict[str, str]:
@@ -72,17 +110,18 @@ async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
 
 class ExecSink:
     def __init__(self, cfg: SinkConfig) -> None:
-        if not cfg.command or not cfg.command[0]:
-            raise ConfigError(f"sinks.{cfg.name}.command", "required: the program and its arguments (no shell)")
+        if cfg.options is None or not cfg.options.command or not cfg.options.command[0]:
+            raise ConfigError(cfg.key("command"), "required: the program and its arguments (no shell)")
         self.name = cfg.name
         self.config = cfg
-        self.program = cfg.command[0]
+        self.command: tuple[str, ...] = cfg.options.command
+        self.program = self.command[0]
 
     def __repr__(self) -> str:
         return f"<ExecSink {self.name!r} {self.program!r}>"
 
     async def start(self) -> None:
-        if shutil.which(self.program) is None:
+        if program_problem(self.program) is not None:  # run refuses this at start (check); the program went away
             log.warning("sink.command_not_found", sink=self.name, program=self.program,
                         hint="deliveries to this sink will fail until the program exists and is executable")
 
@@ -111,7 +150,7 @@ class ExecSink:
         failure: DeliveryError | None = None
         try:
             return await asyncio.create_subprocess_exec(
-                *self.config.command,
+                *self.command,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 env=child_env(os.environ, event), start_new_session=True,
             )
@@ -151,3 +190,7 @@ class ExecSink:
                                 reason=Reason.EXEC_FAILED, status=code)
         raise DeliveryError(f"{self.program} exited with {code}{tail}", retryable=False,
                             reason=Reason.EXEC_FAILED, status=code)
+
+
+SINK = SinkType(name="exec", keys=("command",), options=ExecOptions, parse=parse,
+                build=lambda cfg, ctx: ExecSink(cfg), check=check)

@@ -5,6 +5,9 @@ written with one ``write`` and ``fsync``ed before ``send`` returns. On start the
 event ids, so an event already in it is not appended again (``send`` reports success) — across restarts too.
 A torn last line (a crash mid-write) is ignored by the scan, and the next append starts on a fresh line.
 All file I/O runs in a worker thread, off the event loop.
+
+Keys: ``path`` (required; relative to the config file). Start-time check: the file can be appended to, or
+created (``validate.file_problem``); ``check-config`` runs the same check.
 """
 
 from __future__ import annotations
@@ -12,16 +15,37 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from watcher.config import SinkConfig
+from watcher.config import SinkConfig, Table
 from watcher.errors import ConfigError, DeliveryError, Reason
 from watcher.model import Event
 from watcher.render import event_body
-from watcher.sinks.base import SendResult
+from watcher.sinks.base import SendResult, SinkType
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+
+
+@dataclass(frozen=True, slots=True)
+class FileOptions:
+    path: Path | None = None
+
+
+def parse(t: Table) -> FileOptions:
+    path = t.path("path")
+    if path is None:
+        raise ConfigError(t.key("path"), "required: the JSON Lines file to append events to")
+    return FileOptions(path=path)
+
+
+def check(cfg: SinkConfig) -> Iterator[ConfigError]:
+    from watcher.validate import file_problem
+
+    if cfg.options.path is not None and (problem := file_problem(Path(cfg.options.path))) is not None:
+        yield ConfigError(cfg.key("path"), problem)
 
 
 def scan_ids(path: Path) -> tuple[set[str], bool]:
@@ -54,11 +78,11 @@ def _fsync_dir(path: Path) -> None:
 
 class FileSink:
     def __init__(self, cfg: SinkConfig) -> None:
-        if cfg.path is None:
-            raise ConfigError(f"sinks.{cfg.name}.path", "required: the JSON Lines file to append events to")
+        if cfg.options is None or cfg.options.path is None:
+            raise ConfigError(cfg.key("path"), "required: the JSON Lines file to append events to")
         self.name = cfg.name
         self.config = cfg
-        self.path = Path(cfg.path)
+        self.path = Path(cfg.options.path)
         self._fd: int | None = None
         self._ids: set[str] = set()
         self._needs_newline = False
@@ -77,7 +101,7 @@ class FileSink:
                 await asyncio.to_thread(self._open)
             except OSError as exc:
                 reason = (exc.strerror or type(exc).__name__).lower()
-                raise ConfigError(f"sinks.{self.name}.path", f"cannot open {self.path}: {reason}") from None
+                raise ConfigError(self.config.key("path"), f"cannot open {self.path}: {reason}") from None
 
     def _open(self) -> None:
         parent = self.path.parent
@@ -134,3 +158,8 @@ class FileSink:
             written = os.write(fd, view)
             view = view[written:]
         os.fsync(fd)
+
+
+SINK = SinkType(name="file", keys=("path",), options=FileOptions, parse=parse,
+                build=lambda cfg, ctx: FileSink(cfg), check=check,
+                describe=lambda cfg: [str(cfg.options.path)])

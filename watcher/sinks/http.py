@@ -1,4 +1,5 @@
-"""The HTTP transport shared by the webhook and chat sinks, and per-destination pacing.
+"""What the webhook and chat sink modules share: the ``url``/``url_file`` keys, the chat options (``template``),
+the HTTP transport, and per-destination pacing.
 
 Each sink owns one ``aiohttp.ClientSession`` (never the API client's, so the API key can never ride along):
 no redirects followed, no cookies kept, no proxy or netrc from the environment, ``User-Agent:
@@ -25,18 +26,61 @@ import structlog
 
 from watcher import __version__
 from watcher.clock import SYSTEM_CLOCK, Clock
-from watcher.config import SinkConfig
+from watcher.config import SinkConfig, Table, check_url, sink_secrets
 from watcher.errors import ConfigError, DeliveryError, Reason
 from watcher.model import Event
 from watcher.policy import body_snippet, classify_http
 from watcher.render import check_template
-from watcher.sinks.base import SendResult
+from watcher.secret import Secret
+from watcher.sinks.base import BuildContext, SendResult
 
 log = structlog.get_logger("watcher.sinks")
 
 BODY_CAP = 64 * 1024
 DEFAULT_USER_AGENT = f"flora-watcher/{__version__}"
 MAX_PACING_WAIT = 30.0  # seconds a sink may wait for its own rate limit before reporting "retry later"
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+URL_KEYS = ("url", "url_file")
+CHAT_KEYS = (*URL_KEYS, "template")  # the keys every chat sink (slack, discord, teams, google_chat) accepts
+
+
+def parse_url(t: Table) -> Secret:
+    """``url`` or ``url_file`` (required, a secret): https, or http to a loopback host."""
+    values, source = t.secret("url", "url_file")
+    if source is None:
+        raise ConfigError(t.key("url"), "required (or url_file)")
+    check_url(values[0], t.key(source))
+    return Secret(values[0])
+
+
+def parse_template(t: Table) -> str | None:
+    """``template``: checked here with ``render.check_template``, the same check the sink applies."""
+    template = t.string("template")
+    if template is not None:
+        try:
+            check_template(template)
+        except ValueError as exc:
+            raise ConfigError(t.key("template"), str(exc)) from None
+    return template
+
+
+@dataclass(frozen=True, slots=True)
+class ChatOptions:
+    """The settings every chat sink has. A chat module with more keys subclasses it (see google_chat.py)."""
+
+    url: Secret | None = None
+    template: str | None = None  # overrides the message text; str.format-style fields from the event
+
+
+def parse_chat(t: Table) -> dict[str, Any]:
+    """The ``CHAT_KEYS`` of a chat sink's table, as ``ChatOptions`` fields."""
+    return {"url": parse_url(t), "template": parse_template(t)}
+
+
+# ------------------------------------------------------------------------------------------- transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +180,9 @@ class HttpTransport:
 def secret_needles(cfg: SinkConfig, *, min_length: int = 10) -> tuple[bytes, ...]:
     """Every secret a receiver could echo back: the URL, its path and query, each long path segment and
     query value (the tokens), signing secrets and header values — raw and percent-encoded, longest first."""
-    values: list[str] = [s.reveal() for s in cfg.secrets] + [h.reveal() for h in cfg.headers.values()]
-    if cfg.url is not None:
-        url = cfg.url.reveal()
+    values: list[str] = []
+    for secret in sink_secrets(cfg):  # the URL, signing secrets, header values: every Secret in the options
+        url = secret.reveal()
         values.append(url)
         try:
             split = urlsplit(url)
@@ -251,10 +295,11 @@ class HttpSink:
     pacer: IntervalPacer | BucketPacer | None = None
 
     def __init__(self, cfg: SinkConfig, *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
-        if cfg.url is None or not cfg.url.reveal():
-            raise ConfigError(f"sinks.{cfg.name}.url", "required (or url_file)")
+        if cfg.options is None or cfg.options.url is None or not cfg.options.url.reveal():
+            raise ConfigError(cfg.key("url"), "required (or url_file)")
         self.name = cfg.name
         self.config = cfg
+        self.options = cfg.options
         self.clock = clock
         self.http = HttpTransport(timeout=cfg.timeout, user_agent=user_agent)
         self._needles = secret_needles(cfg)
@@ -288,18 +333,23 @@ class ChatSink(HttpSink):
 
     def __init__(self, cfg: SinkConfig, *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         super().__init__(cfg, user_agent=user_agent, clock=clock)
-        if cfg.template is not None:
+        if cfg.options.template is not None:
             try:
-                check_template(cfg.template)
+                check_template(cfg.options.template)
             except ValueError as exc:
-                raise ConfigError(f"sinks.{cfg.name}.template", str(exc)) from None
+                raise ConfigError(cfg.key("template"), str(exc)) from None
+
+    @classmethod
+    def build(cls, cfg: SinkConfig, ctx: BuildContext) -> ChatSink:
+        """The ``SinkType.build`` of a chat module."""
+        return cls(cfg, user_agent=ctx.user_agent, clock=ctx.clock)
 
     def payload(self, event: Event) -> dict[str, Any]:
         raise NotImplementedError
 
     def target(self, event: Event) -> str:
-        assert self.config.url is not None
-        return self.config.url.reveal()
+        assert self.options.url is not None
+        return self.options.url.reveal()
 
     async def send(self, event: Event, *, body: bytes | None = None) -> SendResult:
         """``body`` (the event's JSON, as stored) is accepted for a uniform call and not used: chat sinks

@@ -1,5 +1,7 @@
 """Slack incoming webhook: ``text`` + Block Kit blocks (``render.slack_payload``), paced to about one message
-per second per webhook, Slack's documented limit."""
+per second per webhook, Slack's documented limit.
+
+Keys: ``url``/``url_file``, ``template`` (``http.CHAT_KEYS``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import SinkConfig
 from watcher.model import Event
 from watcher.render import slack_payload
-from watcher.sinks.http import ChatSink, IntervalPacer
+from watcher.sinks.base import SinkType
+from watcher.sinks.http import CHAT_KEYS, ChatOptions, ChatSink, IntervalPacer, parse_chat
 
 SLACK_INTERVAL = 1.0
 
@@ -21,4 +24,10 @@ class SlackSink(ChatSink):
         self.pacer = IntervalPacer(min_interval, clock)
 
     def payload(self, event: Event) -> dict[str, Any]:
-        return slack_payload(event, template=self.config.template)
+        return slack_payload(event, template=self.options.template)
+
+
+SINK = SinkType(
+    name="slack", keys=CHAT_KEYS, options=ChatOptions,
+    parse=lambda t: ChatOptions(**parse_chat(t)), build=SlackSink.build,
+)

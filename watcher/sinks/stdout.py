@@ -1,37 +1,44 @@
 """Standard output: ``format = "text"`` → one readable line per event (``render.text_line``);
-``"json"`` → JSON Lines (the event's compact JSON). Each line is flushed. A closed pipe is permanent."""
+``"json"`` → JSON Lines (the event's compact JSON). Each line is flushed. A closed pipe is permanent.
+
+Keys: ``format`` (text | json; default text)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import dataclass
 from typing import TextIO
 
-from watcher.config import SinkConfig
+from watcher.config import SinkConfig, Table
 from watcher.errors import ConfigError, DeliveryError, Reason
 from watcher.model import Event
-from watcher.render import check_template, event_body, text_line
-from watcher.sinks.base import SendResult
+from watcher.render import event_body, text_line
+from watcher.sinks.base import SendResult, SinkType
 
 FORMATS = ("text", "json")
 
 
+@dataclass(frozen=True, slots=True)
+class StdoutOptions:
+    format: str = "text"  # "text" | "json"
+
+
+def parse(t: Table) -> StdoutOptions:
+    return StdoutOptions(format=t.choice("format", FORMATS, "text"))
+
+
 class StdoutSink:
     def __init__(self, cfg: SinkConfig, *, stream: TextIO | None = None) -> None:
-        if cfg.format not in FORMATS:
-            raise ConfigError(f"sinks.{cfg.name}.format", f"must be one of {', '.join(FORMATS)}")
-        if cfg.template is not None:
-            try:
-                check_template(cfg.template)
-            except ValueError as exc:
-                raise ConfigError(f"sinks.{cfg.name}.template", str(exc)) from None
+        if cfg.options is None or cfg.options.format not in FORMATS:
+            raise ConfigError(cfg.key("format"), f"must be one of {', '.join(FORMATS)}")
         self.name = cfg.name
         self.config = cfg
         self._stream = stream  # None: sys.stdout at write time
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
-        return f"<StdoutSink {self.name!r} {self.config.format}>"
+        return f"<StdoutSink {self.name!r} {self.config.options.format}>"
 
     async def start(self) -> None:
         return None
@@ -40,9 +47,9 @@ class StdoutSink:
         return None
 
     def render(self, event: Event, body: bytes | None = None) -> str:
-        if self.config.format == "json":
+        if self.config.options.format == "json":
             return (body if body is not None and b"\n" not in body else event_body(event)).decode("utf-8")
-        return text_line(event, template=self.config.template)
+        return text_line(event)
 
     async def send(self, event: Event, *, body: bytes | None = None) -> SendResult:
         line = self.render(event, body) + "\n"
@@ -71,3 +78,7 @@ class StdoutSink:
             encoding = getattr(stream, "encoding", None) or "utf-8"
             stream.write(text.encode(encoding, "replace").decode(encoding))
         stream.flush()
+
+
+SINK = SinkType(name="stdout", keys=("format",), options=StdoutOptions, parse=parse,
+                build=lambda cfg, ctx: StdoutSink(cfg), describe=lambda cfg: [cfg.options.format])

@@ -1,5 +1,7 @@
 """Microsoft Teams through a Workflows ("When a Teams webhook request is received") URL: one Adaptive Card
-(``render.teams_payload``), never the retired Office 365 connector MessageCard."""
+(``render.teams_payload``), never the retired Office 365 connector MessageCard.
+
+Keys: ``url``/``url_file``, ``template`` (``http.CHAT_KEYS``)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,16 @@ from typing import Any
 
 from watcher.model import Event
 from watcher.render import teams_payload
-from watcher.sinks.http import ChatSink
+from watcher.sinks.base import SinkType
+from watcher.sinks.http import CHAT_KEYS, ChatOptions, ChatSink, parse_chat
 
 
 class TeamsSink(ChatSink):
     def payload(self, event: Event) -> dict[str, Any]:
-        return teams_payload(event, template=self.config.template)
+        return teams_payload(event, template=self.options.template)
+
+
+SINK = SinkType(
+    name="teams", keys=CHAT_KEYS, options=ChatOptions,
+    parse=lambda t: ChatOptions(**parse_chat(t)), build=TeamsSink.build,
+)
