@@ -162,8 +162,6 @@ class Daemon:
         from watcher.server import HealthSource
 
         cfg = self.cfg
-        if not self.opts.dry_run:
-            check_start(cfg)  # the same start-time checks as check-config (state_dir, sink paths, programs)
         if self.opts.install_signal_handlers:
             self._install_signal_handlers()
         self.notifier = systemd.Notifier.from_env(self.env)

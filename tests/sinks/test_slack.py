@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.fakes import FakeClock
 from tests.sinks.helpers import HOSTILE_TECHNIQUE, Receiver, hostile_event, make_event
 from watcher.config import SinkConfig
+from watcher.errors import ConfigError
 from watcher.render import TRUNCATED, ZWSP, ulen
 from watcher.secret import Secret
 from watcher.sinks.slack import SlackSink
@@ -82,11 +85,19 @@ async def test_outputs_become_links_only_for_http_urls(receiver: Receiver) -> No
 
 
 async def test_template_overrides_the_text_with_neutralised_values(receiver: Receiver) -> None:
-    sink = slack(receiver, template="{marker} *{technique}* failed: {error_code} {unknown}")
+    sink = slack(receiver, template="{marker} *{technique}* failed: {error_code}")
     await sink.send(make_event(technique={"technique_id": "t", "name": "<!channel> Cam"}))
     await sink.close()
     payload = json.loads(receiver.requests[0].body)
-    assert payload == {"text": f"❌ *&lt;!channel&gt; Cam* failed: GPU{ZWSP}_{ZWSP}PROVIDER{ZWSP}_{ZWSP}ERROR "}
+    assert payload == {"text": f"❌ *&lt;!channel&gt; Cam* failed: GPU{ZWSP}_{ZWSP}PROVIDER{ZWSP}_{ZWSP}ERROR"}
+
+
+def test_a_template_field_that_does_not_exist_is_a_config_error() -> None:
+    """A typo would otherwise send an empty message (issue 14)."""
+    with pytest.raises(ConfigError) as err:
+        SlackSink(SinkConfig(name="team", type="slack", url=Secret("https://hooks.slack.com/services/T/B/X"),
+                             template="{run_idd} failed", where="sinks[0]"))
+    assert str(err.value) == "sinks[0].template: unknown field {run_idd} (did you mean {run_id}?)"
 
 
 async def test_sends_at_most_one_message_per_second(receiver: Receiver) -> None:
