@@ -1,4 +1,4 @@
-"""Start-time checks of the world a valid config points at: the state directory, each sink's own checks (a
+"""Start-time checks of the world a valid config points at: the SQLite state directory, each sink's own checks (a
 file it appends to, a program it runs) and each sink's construction. Shell: it looks at the filesystem and
 PATH, and leaves nothing behind.
 
@@ -78,7 +78,8 @@ def start_problems(cfg: Config) -> list[ConfigError]:
     from watcher.sinks import REGISTRY, build_sink
 
     errors: list[ConfigError] = []
-    if (problem := state_dir_problem(Path(cfg.watch.state_dir))) is not None:
+    sqlite_state = cfg.store.url is None  # with a PostgreSQL [store], state_dir holds no state
+    if sqlite_state and (problem := state_dir_problem(Path(cfg.watch.state_dir))) is not None:
         errors.append(ConfigError("watch.state_dir", problem))
     for sink in cfg.sinks:
         try:
