@@ -14,6 +14,10 @@ How a sweep spends its requests (the cost model):
   from the listing are **polled** one by one through their ``poll_url``, on a per-run backoff schedule.
 * A **resync** lists the active set (``status=pending`` and ``status=running``) in full: at every start, and
   every ``resync_interval`` as a safety net for active runs the window never showed.
+
+Each watched resource (``GET /technique-runs``, ``GET /generations``) is listed the same way: ``listings`` makes
+one ``Filters`` per (resource, filter combination), each with its own window and watermark. Generations take no
+``technique_id``, so they are listed once per workspace/project combination.
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from watcher.model import Run, TrackedRun, is_terminal
+from watcher.model import (
+    RESOURCE_GENERATIONS,
+    RESOURCE_TECHNIQUE_RUNS,
+    RESOURCES,
+    RUN_TYPE_OF_RESOURCE,
+    Run,
+    RunType,
+    TrackedRun,
+    is_terminal,
+)
 from watcher.policy import poll_delay
 
 # Runs may appear in the listing slightly out of created_at order (clock skew between API servers, eventual
@@ -32,23 +45,32 @@ NEW_RUN_MARGIN_MS = 30_000
 
 @dataclass(frozen=True, slots=True)
 class Filters:
-    """One combination of the configured listing filters (each None = not filtered)."""
+    """One listing: a resource and one combination of the configured filters (each None = not filtered)."""
 
     workspace_id: str | None = None
     project_id: str | None = None
     technique_id: str | None = None
+    resource: str = RESOURCE_TECHNIQUE_RUNS
 
     @property
     def key(self) -> str:
-        """A stable name for this combination, used to keep its watermark in the state store."""
-        return "|".join(v or "*" for v in (self.workspace_id, self.project_id, self.technique_id))
+        """A stable name for this listing, used to keep its watermark in the state store (technique-run keys
+        are what they were before generations were watched)."""
+        key = "|".join(v or "*" for v in (self.workspace_id, self.project_id, self.technique_id))
+        return key if self.resource == RESOURCE_TECHNIQUE_RUNS else f"{self.resource}:{key}"
+
+    @property
+    def run_type(self) -> str:
+        return RUN_TYPE_OF_RESOURCE[self.resource]
 
     def as_params(self) -> dict[str, str]:
         return {k: v for k, v in (("workspace_id", self.workspace_id), ("project_id", self.project_id),
                                   ("technique_id", self.technique_id)) if v}
 
     def admits(self, run: Run) -> bool:
-        """Whether a run observed elsewhere (e.g. a poll) belongs to this combination, as far as we can tell."""
+        """Whether a run observed elsewhere (e.g. a poll) belongs to this listing, as far as we can tell."""
+        if (run.run_type == RunType.GENERATION) != (self.resource == RESOURCE_GENERATIONS):
+            return False
         return (
             (self.workspace_id is None or run.workspace_id in (None, self.workspace_id))
             and (self.project_id is None or run.project_id in (None, self.project_id))
@@ -64,6 +86,39 @@ def filter_combinations(
         Filters(w, p, t)
         for w, p, t in itertools.product(workspace_ids or [None], project_ids or [None], technique_ids or [None])
     ]
+
+
+def listings(
+    workspace_ids: Sequence[str],
+    project_ids: Sequence[str],
+    technique_ids: Sequence[str],
+    resources: Sequence[str] = RESOURCES,
+) -> list[Filters]:
+    """Every listing a sweep makes: per resource in ``resources`` order, one per filter combination.
+    ``technique_id`` applies to technique runs only."""
+    out: list[Filters] = []
+    for resource in resources:
+        if resource == RESOURCE_TECHNIQUE_RUNS:
+            out.extend(filter_combinations(workspace_ids, project_ids, technique_ids))
+        elif resource == RESOURCE_GENERATIONS:
+            out.extend(replace(f, resource=resource) for f in filter_combinations(workspace_ids, project_ids, []))
+        else:
+            raise ValueError(f"unknown resource {resource!r}")
+    return out
+
+
+def prune_floors(filters: Sequence[Filters], high_watermarks: Mapping[str, int | None]) -> dict[str, int | None]:
+    """Per run type, the most conservative new-run floor over that type's listings (None when one of them has
+    no watermark yet). A resource that is not listed (or not available) never holds back another's pruning."""
+    floors: dict[str, int | None] = {}
+    for f in filters:
+        floor = new_after_for(high_watermarks.get(f.key))
+        if f.run_type not in floors:
+            floors[f.run_type] = floor
+        else:
+            current = floors[f.run_type]
+            floors[f.run_type] = None if current is None or floor is None else min(current, floor)
+    return floors
 
 
 def new_after_for(high_watermark_ms: int | None) -> int | None:
@@ -150,20 +205,26 @@ def settled_by_listing(t: TrackedRun) -> TrackedRun:
     return replace(t, next_poll_ms=None, poll_attempt=0)
 
 
-def prunable(tracked: Mapping[str, TrackedRun], new_after_ms: int | None) -> list[str]:
+def prunable(
+    tracked: Mapping[str, TrackedRun], new_after_ms: int | Mapping[str, int | None] | None
+) -> list[str]:
     """Terminal runs we no longer need to remember.
 
     A terminal run is kept only while a re-read of it could still look new (created after ``new_after_ms``);
     below that, ``transitions.detect`` ignores an unknown terminal run anyway, and the event store's ids are the
-    last guard against a duplicate.
+    last guard against a duplicate. ``new_after_ms`` may be one floor for every run or a floor per run type
+    (``prune_floors``); a run type missing from it counts as None.
     """
-    if new_after_ms is None:
-        return [t.run_id for t in tracked.values() if t.terminal]
-    return [
-        t.run_id
-        for t in tracked.values()
-        if is_terminal(t.status) and (t.run.created_at is None or t.run.created_at <= new_after_ms)
-    ]
+    floors = new_after_ms if isinstance(new_after_ms, Mapping) else None
+    out = []
+    for t in tracked.values():
+        if not is_terminal(t.status):
+            continue
+        floor = floors.get(t.run.run_type) if floors is not None else new_after_ms
+        assert not isinstance(floor, Mapping)
+        if floor is None or t.run.created_at is None or t.run.created_at <= floor:
+            out.append(t.run_id)
+    return out
 
 
 def next_sweep_at(previous_start: float, interval: float, now: float) -> float:
