@@ -40,8 +40,9 @@ from watcher.model import Event
 TRUNCATED = "…(truncated)"
 ZWSP = "\u200b"
 
-MARKERS: dict[str, str] = {"run.completed": "✅", "run.failed": "❌", "run.started": "▶"}
-TITLES: dict[str, str] = {"run.completed": "Run completed", "run.failed": "Run failed", "run.started": "Run started"}
+MARKERS: dict[str, str] = {"run.completed": "✅", "run.failed": "❌", "run.started": "▶", "run.stalled": "⏳"}
+TITLES: dict[str, str] = {"run.completed": "Run completed", "run.failed": "Run failed", "run.started": "Run started",
+                          "run.stalled": "Run stalled"}
 
 # Platform limits (documented by each platform).
 SLACK_TEXT_MAX = 40_000  # top-level ``text``
@@ -65,8 +66,8 @@ OUTPUT_TEXT_MAX = 300  # one text output, quoted
 LINKS_MAX = 10  # output links listed; the rest are counted
 TEXT_LINE_MESSAGE_MAX = 300  # error message in the stdout line
 
-TEAMS_COLORS = {"run.completed": "Good", "run.failed": "Attention", "run.started": "Accent"}
-DISCORD_COLORS = {"run.completed": 0x2EB67D, "run.failed": 0xE01E5A, "run.started": 0x3B82F6}
+TEAMS_COLORS = {"run.completed": "Good", "run.failed": "Attention", "run.started": "Accent", "run.stalled": "Warning"}
+DISCORD_COLORS = {"run.completed": 0x2EB67D, "run.failed": 0xE01E5A, "run.started": 0x3B82F6, "run.stalled": 0xF59E0B}
 
 
 # ----------------------------------------------------------------------------------- text utilities
@@ -345,8 +346,10 @@ def _outputs(raw: object) -> tuple[tuple[Link, ...], tuple[OutputText, ...]]:
 def view(event: Event) -> View:
     data = event.data
     technique = data.get("technique") if isinstance(data.get("technique"), dict) else {}
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
     links, texts = _outputs(data.get("outputs"))
     took = duration_ms(data)
+    stuck = _int(data.get("stalled_for")) if event.type == "run.stalled" else None
     at = _int(data.get("completed_at")) or _int(data.get("started_at")) or _int(event.created_at)
     return View(
         event_id=event.id,
@@ -356,13 +359,14 @@ def view(event: Event) -> View:
         failed=event.type == "run.failed",
         run_id=_str(data.get("run_id")) or "(unknown run)",
         status=_str(data.get("status")),
-        technique=_str(technique.get("name")),
+        technique=_str(technique.get("name")) or _str(model.get("model_id")),  # a generation: its model
         technique_id=_str(technique.get("technique_id")),
         project_id=_str(data.get("project_id")),
         workspace_id=_str(data.get("workspace_id")),
         error_code=_str(data.get("error_code")),
         error_message=_str(data.get("error_message")),
-        duration=format_duration(took) if took is not None else None,
+        duration=f"stuck {format_duration(stuck)}" if stuck is not None
+        else format_duration(took) if took is not None else None,
         cost=format_cost(data.get("charged_cost")),
         links=links,
         texts=texts,
