@@ -81,3 +81,8 @@ def test_failure_groups_most_frequent_first() -> None:
     assert status.failure_groups({"B": 1, None: 2, "A": 1, "Z": 0}) == [
         {"error_code": None, "count": 2}, {"error_code": "A", "count": 1}, {"error_code": "B", "count": 1},
     ]
+
+
+def test_a_stalled_run_says_for_how_long() -> None:
+    event = Event("evt_3", "run.stalled", NOW, {"run_id": "run_3", "status": "running", "stalled_for": 1_800_000})
+    assert status.recent_event(event)["stalled_for"] == 1_800_000

@@ -92,7 +92,8 @@
   function activeRun(run) {
     const li = el("li", "run");
     const head = el("div", "line");
-    head.append(badge(run.status || "unknown", "status-" + (run.status || "unknown")));
+    const known = ["pending", "running"].includes(run.status) ? run.status : "other"; // API text never names a class
+    head.append(badge(run.status || "unknown", "status-" + known));
     head.append(el("strong", "subject", subject(run)));
     const meta = el("div", "meta");
     meta.append(el("code", "run-id", run.run_id), el("span", "project", run.project_id || ""));
@@ -138,14 +139,17 @@
     return link(url, (names[out.kind] || "↗ output") + " · " + (out.label || ""), "out-link");
   }
 
+  const EVENT_STATUS = { "run.failed": "failed", "run.completed": "completed", "run.stalled": "stalled", "run.started": "started" };
+
   function eventItem(ev) {
-    const li = el("li", "event " + (ev.type === "run.failed" ? "failed" : ev.type === "run.completed" ? "completed" : "other"));
+    const status = EVENT_STATUS[ev.type] || "other";
+    const li = el("li", "event " + status);
     const head = el("div", "line");
-    const status = ev.type === "run.failed" ? "failed" : ev.type === "run.completed" ? "completed" : ev.status || ev.type;
     head.append(badge(status, "status-" + status), el("strong", "subject", subject(ev)));
     if (ev.late) head.append(badge("late", "late"));
     const meta = el("div", "meta");
     meta.append(el("code", "run-id", ev.run_id), el("span", "project", ev.project_id || ""), agoSpan(ev.created_at));
+    if (typeof ev.stalled_for === "number") meta.append(el("span", "stuck", "no progress for " + duration(ev.stalled_for)));
     li.append(head, meta);
     if (ev.type === "run.failed") {
       const err = el("p", "error");

@@ -116,6 +116,7 @@ def recent_event(event: Event) -> dict[str, Any]:
         "error_message": _text(data.get("error_message"), TEXT_MAX),
         "completed_at": _ms(data.get("completed_at")),
         "late": data.get("late") is True,
+        "stalled_for": _ms(data.get("stalled_for")),  # run.stalled: how long the run has not moved, ms
         "outputs": outputs(data.get("outputs")),
     }
 
