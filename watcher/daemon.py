@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from watcher import __version__, plan, stores
+from watcher import __version__, lease, plan, stores
 from watcher.api import FloraClient
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import Config, SinkConfig
@@ -87,6 +87,7 @@ class Daemon:
         self.reload_event = asyncio.Event()
         self.force_exit = False
         self.store: AsyncStore | None = None
+        self.role = None  # lease.SweeperRole with a PostgreSQL store: whether this instance sweeps
         self.client: FloraClient | None = None
         self.sweeper: Sweeper | None = None
         self.dispatcher: Dispatcher | None = None
@@ -176,6 +177,12 @@ class Daemon:
                                rand=self.rand, process_start_ms=process_start, on_commit=self._on_commit,
                                on_progress=self._progress)
         await self.sweeper.load()
+        if self.cfg.store.url is not None and not self.opts.dry_run:  # several instances: one sweeps, all deliver
+            self.role = lease.SweeperRole(
+                self.store, scope=lease.scope_of(cfg.api.base_url, cfg.watch.workspace_id, cfg.watch.project_id,
+                                                 cfg.watch.technique_id),
+                lease_s=cfg.store.lease, interval_s=cfg.watch.interval, version=__version__)
+            await self.role.start()
         disabled = {}
         if not self.opts.dry_run:
             states = await self.store.sink_states()
@@ -316,8 +323,16 @@ class Daemon:
 
     async def _sweep(self) -> SweepResult:
         started = self.clock.monotonic()
+        if self.role is not None and not await self.role.ready_to_sweep(self.sweeper):
+            self._progress()  # standby: another instance sweeps this scope; this one delivers
+            await self._refresh_outbox_metrics()
+            return SweepResult(ok=True)
         try:
             result = await self.sweeper.sweep()
+        except lease.LeaseLost as exc:  # another instance took over while we swept: we committed nothing
+            log.warning("sweeper.fenced_out", error=str(exc))
+            self.role.lost()
+            return SweepResult(ok=True)
         except AuthError:
             self.metrics.sweep_done(False, self.clock.monotonic() - started)
             raise
@@ -503,6 +518,8 @@ class Daemon:
             await self.client.close()
         if self.server is not None:
             await self.server.close()
+        if self.role is not None:
+            await self.role.stop()  # hands the lease and our delivery claims over at once
         if self.store is not None:
             await self.store.aclose()
         if self.opts.install_signal_handlers:

@@ -876,6 +876,34 @@ class PgStore:
         return [InstanceRow(*r) for r in rows]
 
 
+async def probe(url: str, *, connect_timeout: float = 10.0) -> str:
+    """For ``check-config``: connect once and describe the server and the schema, e.g. "PostgreSQL 15.4, schema 1
+    (current)". Raises StoreError (password never in it) when the server cannot be reached or the schema is not
+    ours."""
+    if psycopg is None:
+        raise StoreError("a postgresql:// URL needs the PostgreSQL extra: pip install 'flora-watcher[postgres]'")
+    store = PgStore(None, url, instance_id="probe")
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=max(1, int(connect_timeout)))
+    except (psycopg.Error, OSError) as exc:
+        raise StoreError(f"state store {store.path}: cannot connect: {store._explain(exc)}") from None
+    try:
+        cur = await conn.execute("SHOW server_version")
+        server = (await cur.fetchone())[0]
+        version = await _schema_version(conn, store.path)
+    except psycopg.Error as exc:
+        raise StoreError(f"state store {store.path}: {store._explain(exc)}") from None
+    finally:
+        await conn.close()
+    if version == 0:
+        state = "empty: created at the first start"
+    elif version < SCHEMA_VERSION:
+        state = f"{version}, migrated to {SCHEMA_VERSION} at the next start"
+    else:
+        state = f"{version} (current)"
+    return f"PostgreSQL {server.split()[0]}, schema {state}"
+
+
 # ------------------------------------------------------------------------------- store internals
 
 

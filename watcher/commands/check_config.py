@@ -50,7 +50,12 @@ def summary(config) -> list[str]:
     ]
     if filters:
         lines.append(f"  filters:    {' '.join(filters)}")
-    lines.append(f"  state_dir:  {watch.state_dir}")
+    if config.store.url is None:
+        lines.append(f"  state_dir:  {watch.state_dir}")
+    else:
+        from watcher.stores import describe
+
+        lines.append(f"  store:      {describe(config)} (lease {_num(config.store.lease)}s)")
     if config.server.listen:
         lines.append(f"  server:     {config.server.listen}")
     lines.append(f"  sinks ({len(config.sinks)}):")
@@ -82,4 +87,17 @@ def main(args: argparse.Namespace) -> int:
     print(f"config OK: {config.source if config.source is not None else 'defaults (no file found)'}")
     for line in summary(config):
         print(line)
+    if config.store.url is not None:  # several instances share it: check it answers, and its schema
+        import asyncio
+
+        from watcher.errors import StoreError
+        from watcher.store_pg import probe
+
+        try:
+            print(f"  store:      {asyncio.run(probe(config.store.url.reveal()))}")
+        except StoreError as exc:
+            import sys
+
+            print(f"flora-watcher: store.url: {exc}", file=sys.stderr)
+            return 2
     return 0

@@ -48,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     tracked = summary["tracked"]
     deliveries = summary["deliveries"]
     lines = [
-        f"state:        {Path(summary['path']).resolve()} ({summary['file_bytes'] // 1024} KiB,"
+        f"state:        {_where(summary)} ({summary['file_bytes'] // 1024} KiB,"
         f" schema {summary['schema_version']})",
         f"first start:  {iso(int(meta['first_start_ms'])) if meta.get('first_start_ms') else 'never'}",
         f"last sweep:   {ago(_int(meta.get('last_sweep_ms')), now)}"
@@ -83,8 +83,35 @@ def main(args: argparse.Namespace) -> int:
             f"  {name} [{kind}]: {entry.get('pending', 0)} pending, {entry.get('dead', 0)} dead, "
             f"{entry.get('delivered', 0)} delivered; {health}"
         )
+    if "instances" in summary:
+        lines.extend(instance_lines(summary["instances"], summary.get("sweepers", []), summary["now_ms"]))
     print("\n".join(lines))
     return 0
+
+
+def _where(summary: dict[str, Any]) -> str:
+    """The SQLite file's resolved path, or the PostgreSQL URL (already without its password)."""
+    if summary.get("backend") == "postgresql":
+        return str(summary["path"])
+    return str(Path(summary["path"]).resolve())
+
+
+def instance_lines(instances: list[dict[str, Any]], sweepers: list[dict[str, Any]], now: int) -> list[str]:
+    """Several instances on one PostgreSQL store: each one (id, host, pid, role, last heartbeat), and the
+    current sweeper of each watch scope. Pure."""
+    from watcher.commands._common import ago
+
+    lines = [f"instances:    {sum(1 for i in instances if i['alive'])} alive"]
+    for i in instances:
+        state = "" if i["alive"] else " (no heartbeat: dead or stopped uncleanly)"
+        lines.append(f"  {i['id']}: host {i['host']}, pid {i['pid']}, {i['role']},"
+                     f" heartbeat {ago(i['heartbeat_ms'], now)}{state}")
+    if not sweepers:
+        lines.append("sweeper:      none yet")
+    for lease in sweepers:
+        valid = "lease valid" if lease["valid"] else "lease EXPIRED: the next instance to renew takes over"
+        lines.append(f"sweeper:      {lease['holder']} (token {lease['token']}, {valid}) for {lease['scope']}")
+    return lines
 
 
 def tracked_line(by_status: dict[str, int]) -> str:
@@ -118,7 +145,7 @@ def public_summary(summary: dict[str, Any], configured: dict[str, str]) -> dict[
             entry[key] = _int(entry[key])
         sinks[name] = entry
     return {
-        "path": str(Path(summary["path"]).resolve()),
+        "path": _where(summary),
         "schema_version": summary["schema_version"],
         "file_bytes": summary["file_bytes"],
         "tracked": summary["tracked"],
@@ -127,6 +154,8 @@ def public_summary(summary: dict[str, Any], configured: dict[str, str]) -> dict[
                        "oldest_pending_ms": _int(summary["deliveries"].get("oldest_pending_ms"))},
         "sinks": sinks,
         "configured_sinks": configured,
+        **({"backend": "postgresql", "instances": summary["instances"], "sweepers": summary["sweepers"]}
+           if "instances" in summary else {}),
         "meta": {
             **{key: _int(meta.get(key)) for key in PUBLIC_META_MS},
             "last_sweep_error": redact(meta.get("last_sweep_error") or "") or None,

@@ -1,0 +1,199 @@
+"""Several real `flora-watcher run` processes on one PostgreSQL database, the simulator and a webhook receiver:
+the failover test and scripts/crash_loop_pg.py share this.
+
+Each instance posts to its own receiver path (``/hooks/<name>``), so the receiver knows which instance sent
+what: a duplicate is explained only when the instance that sent the first copy was killed right after (the
+send was cut before its outcome was recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.reliability.harness import Receiver, SimServer, WatcherProcess, compare, expected_transitions
+from tests.reliability.harness import Verdict as _Verdict
+from watcher.simulator.app import Simulator
+
+API_KEY = "sk_test_multi_0123456789"
+SECRET = "whsec_" + "bXVsdGktaW5zdGFuY2UtdGVzdC1zZWNyZXQ="  # base64 of a fixed test key
+LIST_ROUTE = "/api/v1/technique-runs"
+
+
+def write_config(directory: Path, name: str, *, base_url: str, hook_url: str, store_url: str, lease: float,
+                 interval: float) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    text = f"""
+[api]
+base_url = "{base_url}"
+api_key = "{API_KEY}"
+max_rps = 200
+timeout = 5
+
+[watch]
+interval = {interval}
+state_dir = "{directory / 'state'}"
+poll_max_interval = 1
+
+[store]
+url = "{store_url}"
+lease = {lease}
+
+[delivery]
+backoff_initial = 0.2
+backoff_max = 1
+shutdown_grace = 2
+
+[[sinks]]
+name = "hook"
+type = "webhook"
+url = "{hook_url}/hooks/{name}"
+secret = "{SECRET}"
+timeout = 2
+"""
+    path = directory / "flora-watcher.toml"
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+@dataclass
+class Instance:
+    name: str
+    proc: WatcherProcess
+    deaths: list[float] = field(default_factory=list)  # time.monotonic() of each SIGKILL
+
+    async def kill(self) -> None:
+        self.deaths.append(time.monotonic())
+        await self.proc.kill()
+
+
+@dataclass
+class Fleet:
+    workdir: Path
+    store_url: str
+    sim: Simulator
+    api: SimServer
+    hook: Receiver
+    instances: dict[str, Instance]
+    lease: float
+    interval: float
+    created: list[str] = field(default_factory=list)
+
+    def create(self, count: int, rng: random.Random) -> None:
+        self.created += self.sim.create_runs(count, pending_ms=(10, 100), running_ms=(100, 800))
+
+    def sweeper(self) -> tuple[str | None, int | None, bool]:
+        """(instance name, token, lease valid) of the current sweeper, from the database."""
+        with psycopg.connect(self.store_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT holder, token, expires_ms >= (extract(epoch from clock_timestamp()) * 1000)::bigint"
+                " FROM leases").fetchone()
+        if row is None:
+            return None, None, False
+        pid = int(row[0].split(":")[1])
+        for inst in self.instances.values():
+            if inst.proc.pid == pid:
+                return inst.name, row[1], row[2]
+        return f"pid {pid}", row[1], row[2]
+
+    async def wait_sweeper(self, *, other_than: str | None = None, timeout: float = 20) -> tuple[str, float]:
+        """Wait until a live instance (not ``other_than``) holds a valid lease; (its name, seconds waited)."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            name, _, valid = self.sweeper()
+            if valid and name in self.instances and name != other_than and self.instances[name].proc.alive():
+                return name, time.monotonic() - started
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no sweeper other than {other_than} within {timeout}s")
+
+    def list_requests(self) -> int:
+        return sum(1 for r in self.api.requests if r.path == LIST_ROUTE)
+
+    def transitions_done(self) -> bool:
+        expected = expected_transitions(self.sim.transitions(), self.created)
+        got = {(r.event["data"]["run_id"], r.event["type"]) for r in self.hook.accepted() if r.event}
+        return len(self.sim.transitions()) >= len(self.created) and expected <= got
+
+    async def settle(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.transitions_done():
+                return
+            await asyncio.sleep(0.1)
+
+    def verdict(self) -> Verdict:
+        expected = expected_transitions(self.sim.transitions(), self.created)
+        v = Verdict(expected=len(expected))
+        accepted = self.hook.accepted()
+        compare("hook", [r.event for r in accepted if r.event is not None], expected, v)
+        v.id_conflicts += [("webhook-id", r.headers.get("webhook-id", "")) for r in accepted
+                           if r.event is not None and r.headers.get("webhook-id") != r.event["id"]]
+        v.bad_signatures = sum(r.signature_ok is False for r in self.hook.received)
+        v.unexplained = unexplained_duplicates(self.hook, {n: i.deaths for n, i in self.instances.items()})
+        return v
+
+
+@dataclass
+class Verdict(_Verdict):
+    unexplained: list[str] = field(default_factory=list)  # duplicates no kill explains
+
+    @property
+    def problems(self) -> list[str]:
+        out = list(super().problems)
+        if self.unexplained:
+            out.append(f"hook: {len(self.unexplained)} duplicates no kill explains, e.g. {self.unexplained[:3]}")
+        return out
+
+
+def unexplained_duplicates(hook: Receiver, deaths: dict[str, list[float]], window: float = 3.0) -> list[str]:
+    """Event ids accepted twice where the instance that sent the first copy did not die within ``window``
+    seconds after it (the sink's timeout plus slack: sends in flight at a SIGKILL are the only legitimate
+    re-sends; a live instance records every outcome, and a live claim keeps the other instance off)."""
+    accepted = sorted((r.at, r.path.rsplit("/", 1)[-1], r.headers.get("webhook-id", "")) for r in hook.accepted())
+    counts = Counter(i for _, _, i in accepted)
+    out = []
+    for event_id, n in counts.items():
+        if n < 2:
+            continue
+        first_at, sender, _ = next(a for a in accepted if a[2] == event_id)
+        if not any(first_at - 0.1 <= d <= first_at + window for d in deaths.get(sender, [])):
+            out.append(event_id)
+    return out
+
+
+class fleet:
+    """Simulator + receiver + ``names`` instances (not started) on the database at ``store_url``."""
+
+    def __init__(self, workdir: Path, store_url: str, names: tuple[str, ...] = ("a", "b"), *, lease: float = 2.0,
+                 interval: float = 0.2, seed: int = 1) -> None:
+        self.args = (workdir, store_url, names, lease, interval, seed)
+        self._stack: list[Any] = []
+
+    async def __aenter__(self) -> Fleet:
+        workdir, store_url, names, lease, interval, seed = self.args
+        sim = Simulator(api_key=API_KEY, seed=seed)
+        api = await SimServer(sim).start()
+        hook = await Receiver(signing_secret=SECRET).start()
+        instances = {}
+        for name in names:
+            cfg = write_config(workdir / name, name, base_url=api.base_url, hook_url=hook.origin,
+                               store_url=store_url, lease=lease, interval=interval)
+            instances[name] = Instance(name, WatcherProcess(cfg, workdir / name / "logs"))
+        self.the_fleet = Fleet(workdir, store_url, sim, api, hook, instances, lease, interval)
+        return self.the_fleet
+
+    async def __aexit__(self, *exc: object) -> None:
+        f = self.the_fleet
+        for inst in f.instances.values():
+            await inst.proc.kill()
+        await f.hook.close()
+        await f.api.close()
