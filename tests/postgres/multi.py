@@ -75,6 +75,12 @@ class Instance:
         self.deaths.append(time.monotonic())
         await self.proc.kill()
 
+    async def start(self) -> None:
+        """Start the process and wait until it runs (its lease role ticks), so a takeover can count on it."""
+        offset = self.proc.log_size()
+        await self.proc.start()
+        await self.proc.wait_for_log('"daemon.started"', timeout=60, after=offset)
+
 
 @dataclass
 class Fleet:
@@ -94,9 +100,12 @@ class Fleet:
     def sweeper(self) -> tuple[str | None, int | None, bool]:
         """(instance name, token, lease valid) of the current sweeper, from the database."""
         with psycopg.connect(self.store_url, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT holder, token, expires_ms >= (extract(epoch from clock_timestamp()) * 1000)::bigint"
-                " FROM leases").fetchone()
+            try:
+                row = conn.execute(
+                    "SELECT holder, token, expires_ms >= (extract(epoch from clock_timestamp()) * 1000)::bigint"
+                    " FROM leases").fetchone()
+            except psycopg.errors.UndefinedTable:  # no instance has migrated the schema yet
+                return None, None, False
         if row is None:
             return None, None, False
         pid = int(row[0].split(":")[1])

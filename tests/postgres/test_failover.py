@@ -22,7 +22,7 @@ async def test_kill_9_of_the_sweeper_and_the_other_loses_nothing_and_takes_over_
     rng = random.Random(7)
     async with fleet(tmp_path, pg_url, lease=2.0, interval=0.2) as f:
         a, b = f.instances["a"], f.instances["b"]
-        await a.proc.start()
+        await a.start()
         await a.proc.wait_for_log('"sweeper.lease_acquired"')
         await a.proc.wait_for_log('"sweep.finished"')
 
@@ -31,8 +31,7 @@ async def test_kill_9_of_the_sweeper_and_the_other_loses_nothing_and_takes_over_
         before = f.list_requests()
         await asyncio.sleep(window)
         alone = f.list_requests() - before
-        await b.proc.start()
-        await b.proc.wait_for_log('"daemon.started"')
+        await b.start()
         before = f.list_requests()
         await asyncio.sleep(window)
         both = f.list_requests() - before
@@ -50,8 +49,7 @@ async def test_kill_9_of_the_sweeper_and_the_other_loses_nothing_and_takes_over_
             if victim.name == sweeper:
                 _, waited = await f.wait_sweeper(other_than=victim.name, timeout=f.lease * 4)
                 takeovers.append(waited)
-            await victim.proc.start()
-            await victim.proc.wait_for_log('"daemon.started"', after=0)
+            await victim.start()
         f.create(12, rng)
         await f.settle(timeout=60)
         verdict = f.verdict()
