@@ -12,7 +12,7 @@ pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
 from tests.integration.test_store import T0, make_event
 from watcher.cli import main
-from watcher.store_pg import PgStore
+from watcher.store_pg import SCHEMA_VERSION, PgStore
 
 PASSWORD = "pw-CANARY-0123456789"  # the throwaway cluster trusts every connection, so any password is accepted
 
@@ -59,7 +59,7 @@ def test_check_config_reports_the_server_and_schema_state(config: Path, pg_url: 
 
     asyncio.run(populate(pg_url))
     assert main(["check-config", "-c", str(config)]) == 0
-    assert "schema 1 (current)" in capsys.readouterr().out
+    assert f"schema {SCHEMA_VERSION} (current)" in capsys.readouterr().out
 
 
 def test_check_config_names_an_unreachable_store_without_its_password(tmp_path: Path, monkeypatch, config,
