@@ -485,13 +485,16 @@ class Table:
         if self.has(name) and self.has(file_name):
             raise ConfigError(self.key(name), f"set either {name} or {file_name}, not both")
         if self.has(name):
-            items = self.strings(name) if many else ((self.string(name), self.data[name], self.key(name)),)
+            items = self.strings(name) if many else ((self._interpolated(self.data[name], self.key(name)),
+                                                      self.data[name], self.key(name)),)
             assert items is not None
             for value, raw, key in items:
                 check_secret_text(value, raw, key)
             return tuple(value for value, _, _ in items), name
         if self.has(file_name):
-            items = self.strings(file_name) if many else ((self.string(file_name), "", self.key(file_name)),)
+            items = self.strings(file_name) if many else (
+                (self._interpolated(self.data[file_name], self.key(file_name)), "", self.key(file_name)),
+            )
             assert items is not None
             values = tuple(
                 self.ctx.read_secret_file(self.ctx.resolve_path(raw_path, key), key)

@@ -32,7 +32,7 @@ def synthetic_event(event_type: str, *, now_ms: int, token: str) -> Event:
     run_id = f"run_test_{token}"
     failed = event_type == EventType.FAILED
     terminal = event_type in (EventType.COMPLETED, EventType.FAILED)
-    status = {EventType.COMPLETED: "completed", EventType.FAILED: "failed"}.get(event_type, "running")
+    status = {"run.completed": "completed", "run.failed": "failed"}.get(str(event_type), "running")
     data = {
         "run_id": run_id,
         "run_type": "technique",

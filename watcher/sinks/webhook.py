@@ -88,7 +88,7 @@ def parse(t: Table) -> WebhookOptions:
     secrets, source = t.secret("secret", "secret_file", many=True)
     if t.has("signature") and source is None:
         raise ConfigError(t.key("signature"), "needs secret or secret_file to sign with")
-    if signature == "standard":
+    if signature == "standard" and source is not None:
         for i, value in enumerate(secrets):
             suffix = f"[{i}]" if isinstance(t.data.get(source), list) else ""
             _check_whsec(value, t.key(f"{source}{suffix}"))
