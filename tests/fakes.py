@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from watcher.clock import wait_for_by_sleeping
+from watcher.observer import Observer, Report, State
+
+T = TypeVar("T")
 
 
 class FakeClock:
     """A ``watcher.clock.Clock`` whose time moves only when slept on or advanced; every sleep is recorded.
 
     ``t`` is the monotonic reading in seconds; ``now_ms()`` is ``epoch_ms + t`` in milliseconds.
+
+    Two ways for time to pass:
+    - default (``manual=False``): a ``sleep(s)`` moves time forward by ``s`` at once and returns, so code that
+      sleeps runs straight through (a 60 s Retry-After costs nothing).
+    - ``manual=True``: a ``sleep(s)`` (and ``wait_for``'s timeout) blocks until the test moves time past its
+      deadline with ``advance()``; nothing else moves time. Use it for loops that would otherwise spin (the
+      daemon's sweep loop, the dispatcher's workers) and step them from the test.
     """
 
-    def __init__(self, start: float = 1000.0, *, epoch_ms: int = 1_764_399_000_000) -> None:
+    def __init__(self, start: float = 1000.0, *, epoch_ms: int = 1_764_399_000_000, manual: bool = False) -> None:
         self.t = start
         self.epoch_ms = epoch_ms
+        self.manual = manual
         self.sleeps: list[float] = []
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
 
     def now_ms(self) -> int:
         return self.epoch_ms + int(self.t * 1000)
@@ -27,9 +47,93 @@ class FakeClock:
         return self.t
 
     def advance(self, seconds: float) -> None:
+        """Move time forward; in manual mode, wake every sleep whose deadline has come."""
         self.t += max(0.0, seconds)
+        while self._timers and self._timers[0][0] <= self.t:
+            _, _, fut = heapq.heappop(self._timers)
+            if not fut.done():
+                fut.set_result(None)
+
+    @property
+    def waiting(self) -> int:
+        """Sleeps (manual mode) blocked until time moves on."""
+        return sum(1 for _, _, fut in self._timers if not fut.done())
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a blocked sleep (manual mode), None when nothing sleeps."""
+        live = [deadline for deadline, _, fut in self._timers if not fut.done()]
+        return min(live, default=None)
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        self.advance(seconds)
-        await asyncio.sleep(0)
+        if not self.manual:
+            self.advance(seconds)
+            await asyncio.sleep(0)
+            return
+        deadline = self.t + max(0.0, seconds)
+        if deadline <= self.t:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (deadline, next(self._seq), fut))
+        try:
+            await fut
+        finally:
+            if not fut.done():
+                fut.cancel()  # a cancelled sleeper leaves no live timer behind
+
+    async def wait_for(self, aw: Awaitable[T], seconds: float | None) -> T:
+        return await wait_for_by_sleeping(self, aw, seconds)
+
+
+async def until(predicate: Callable[[], object], what: str, *, timeout: float = 20.0) -> None:
+    """Wait for something another task does (a request reaching a receiver, a line in a file).
+
+    ``timeout`` is real seconds and only a liveness bound: a healthy run meets the condition long before, and
+    nothing asserted depends on how long it took.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def advance_until(clock: FakeClock, predicate: Callable[[], object], what: str, *, step: float,
+                        limit: float, timeout: float = 20.0) -> None:
+    """Manual clock: let the program run, moving time forward by ``step`` whenever the program waits on the
+    clock, until ``predicate()`` holds. Fails when more than ``limit`` seconds of clock time were needed (a real
+    bug, not a slow machine: clock time moves only here) or after ``timeout`` real seconds (liveness)."""
+    start = clock.t
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if clock.t - start > limit:
+            raise AssertionError(f"{what}: not within {limit:g}s of clock time")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s (real) waiting for {what}")
+        await asyncio.sleep(0.005)
+        if clock.waiting:
+            clock.advance(step)
+
+
+class Recorder(Observer):
+    """A daemon observer that keeps everything it is told: ``reports`` (one per sweep), ``states`` and
+    ``deliveries``; ``await recorder.sweeps(n)`` waits for the n-th sweep."""
+
+    def __init__(self) -> None:
+        self.reports: list[Report] = []
+        self.states: list[State] = []
+        self.deliveries: list[tuple[str, str]] = []
+
+    def on_sweep(self, report: Report) -> None:
+        self.reports.append(report)
+
+    def on_state(self, state: State, report: Report) -> None:
+        self.states.append(state)
+
+    def on_delivery(self, sink: str, outcome: str) -> None:
+        self.deliveries.append((sink, outcome))
+
+    async def sweeps(self, count: int, *, timeout: float = 20.0) -> Report:
+        await until(lambda: len(self.reports) >= count, f"sweep #{count}", timeout=timeout)
+        return self.reports[count - 1]

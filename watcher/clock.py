@@ -1,16 +1,29 @@
-"""The one place that reads time. Pure code takes ``now_ms`` as an argument; shells take a ``Clock``."""
+"""The one place that reads time. Pure code takes ``now_ms`` as an argument; shells take a ``Clock``.
+
+A shell never calls ``asyncio.sleep`` or ``asyncio.wait_for(..., timeout)`` for a wait that belongs to the
+program's own cadence (the sweep interval, a delivery's next attempt, a retry's backoff): it asks its clock, so a
+test drives every such wait with a fake clock (``tests/fakes.py``) and never waits out real time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
     def now_ms(self) -> int: ...
     def monotonic(self) -> float: ...
     async def sleep(self, seconds: float) -> None: ...
+
+    async def wait_for(self, aw: Awaitable[T], seconds: float | None) -> T:
+        """``asyncio.wait_for`` on this clock: ``aw``'s result, or TimeoutError (``aw`` cancelled) once
+        ``seconds`` of this clock's time passed. ``None`` waits without a limit."""
+        ...
 
 
 class SystemClock:
@@ -22,6 +35,36 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    async def wait_for(self, aw: Awaitable[T], seconds: float | None) -> T:
+        return await asyncio.wait_for(aw, None if seconds is None else max(0.0, seconds))
+
+
+async def wait_for_by_sleeping(clock: Clock, aw: Awaitable[T], seconds: float | None) -> T:
+    """``Clock.wait_for`` for a clock that only knows how to sleep: races ``aw`` against ``clock.sleep``.
+
+    Same contract as ``asyncio.wait_for``: the result, or ``aw`` cancelled and TimeoutError raised."""
+    if seconds is None:
+        return await aw
+    task = asyncio.ensure_future(aw)
+    timer = asyncio.ensure_future(clock.sleep(max(0.0, seconds)))
+    try:
+        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        timer.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    else:  # it finished while being cancelled: keep its result, like asyncio.wait_for does
+        return task.result()
+    raise TimeoutError
 
 
 SYSTEM_CLOCK = SystemClock()

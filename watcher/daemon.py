@@ -1,21 +1,26 @@
-"""The daemon's lifecycle, read top to bottom: startup → sweep loop → shutdown.
+"""The daemon's lifecycle, read top to bottom: ``startup()`` → ``main_loop()`` → ``shutdown()``.
+
+The daemon does the work: it sweeps, hands events to the dispatcher, reloads and stops. Everything that only
+*shows* the work — Prometheus metrics, systemd's READY/STATUS/watchdog, the ``/readyz`` health record, the live
+table on a terminal — subscribes to one observer interface (``watcher.observer``) and is told about every
+lifecycle state, sweep and delivery; the daemon updates none of them by hand.
 
 Signal handlers only set flags (``request_stop``, ``request_reload``); the loop acts on them between sweeps.
-Shutdown mirrors startup in reverse: STOPPING=1, stop sweeping, let in-flight deliveries finish within the
-grace period (their outcome is recorded), cancel the rest (still pending, sent after the next start), close.
+Every wait of the loop is on the injected ``Clock``, so tests step it with a fake one. Shutdown mirrors startup
+in reverse: STOPPING, stop sweeping, let in-flight deliveries finish within the grace period (their outcome is
+recorded), cancel the rest (still pending, sent after the next start), close.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import signal
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 
@@ -25,8 +30,10 @@ from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import Config, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import AuthError, ConfigError, StoreError, WatcherError
-from watcher.model import Event, Run, TrackedRun
-from watcher.sinks.base import SendResult, Sink
+from watcher.model import Run
+from watcher.observer import HealthObserver, Observer, Observers, Report, State
+from watcher.sinks.base import Sink
+from watcher.sinks.dryrun import DryRunSink
 from watcher.store import AsyncStore
 from watcher.sweep import Sweeper, SweepResult
 from watcher.validate import check_start
@@ -35,74 +42,50 @@ log = structlog.get_logger("watcher.daemon")
 
 EXIT_OK = 0
 EXIT_FATAL = 1
-STATE_FILE = "state.sqlite3"
 PRUNE_EVERY_MAX_S = 3600.0  # delivered history is pruned at least this often (and every keep_delivered / 4)
-LIVE_KEEP_ENDED_MS = 60_000  # the live view keeps a finished run on screen this long
-
-
-def state_path(cfg: Config) -> Path:
-    return Path(cfg.watch.state_dir) / STATE_FILE
-
-
-class DryRunSink:
-    """``--dry-run``: renders every event to stdout and sends nothing."""
-
-    def __init__(self, stream=None) -> None:
-        self.name = "dry-run"
-        self.config = SinkConfig(name="dry-run", type="stdout")
-        self.stream = stream or sys.stdout
-
-    async def start(self) -> None:
-        return None
-
-    async def send(self, event: Event, *, body: bytes | None = None) -> SendResult:
-        from watcher.render import text_line
-
-        print(f"[dry-run] {text_line(event)}", file=self.stream, flush=True)
-        return SendResult(status=None, detail="printed")
-
-    async def close(self) -> None:
-        return None
 
 
 @dataclass(slots=True)
 class Options:
-    once: bool = False
-    dry_run: bool = False
+    once: bool = False  # one sweep, deliver what is due, exit
+    dry_run: bool = False  # decide from an in-memory copy of the state; print events, send nothing
     config_path: str | None = None  # for SIGHUP reload; None = reload from the search order
     reload: Callable[[], Config] | None = None  # how to re-read the config (defaults to config.load)
     install_signal_handlers: bool = True
-    live_view: bool = False
+    live_view: bool = False  # draw the live table (a terminal; never with once or dry_run)
 
 
 class Daemon:
     def __init__(self, cfg: Config, options: Options | None = None, *, clock: Clock = SYSTEM_CLOCK,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, observers: Iterable[Observer] = ()) -> None:
         self.cfg = cfg
         self.opts = options or Options()
         self.clock = clock
         self.env = dict(os.environ if env is None else env)
+        self.observers = Observers(observers)  # more can subscribe until startup() (a status page, a test)
         self.rand = random.Random()
+        # Requests (set by signal handlers, acted on by the loop).
         self.stop_event = asyncio.Event()
         self.reload_event = asyncio.Event()
         self.force_exit = False
+        self._wakeup = asyncio.Event()  # set by either request: ends the wait between sweeps early
+        # Built by startup(), released by shutdown().
         self.store: AsyncStore | None = None
-        self.role = None  # lease.SweeperRole with a PostgreSQL store: whether this instance sweeps
+        self.role: lease.SweeperRole | None = None  # with a PostgreSQL store: whether this instance sweeps
+        self.sinks: dict[str, Sink] = {}
         self.client: FloraClient | None = None
         self.sweeper: Sweeper | None = None
         self.dispatcher: Dispatcher | None = None
-        self.sinks: dict[str, Sink] = {}
-        self.metrics = None
+        self.metrics = None  # metrics.Metrics: /metrics, and the API client's request counts
         self.health = None  # server.HealthSource: what /readyz answers
+        self.notifier = None  # systemd.Notifier (a no-op outside systemd)
+        self.feeder = None  # systemd.WatchdogFeeder when systemd's watchdog watches us
         self.server = None
-        self.notifier = None
-        self.feeder = None
-        self.live = None
-        self._aux_tasks: list[asyncio.Task] = []
-        self.last_result: SweepResult | None = None
-        self._outbox_depth = 0  # pending deliveries, all sinks, as of the last sweep (for STATUS=)
-        self.last_prune: float | None = None  # clock.monotonic() of the last prune of delivered history
-        self._api_waited_s = 0.0  # the client's rate-limit waits already counted in the metrics
+        self._tasks: list[asyncio.Task] = []
+        # What the last sweep left behind.
+        self.last_report: Report | None = None
+        self._last_prune: float | None = None  # clock.monotonic() of the last prune of delivered history
+        self._api_waited_s = 0.0  # the client's rate-limit waits already reported
         self.exit_code = EXIT_OK
 
     # ------------------------------------------------------------------------------------------ signals
@@ -112,9 +95,11 @@ class Daemon:
             self.force_exit = True  # a second Ctrl-C: stop waiting for deliveries
             log.warning("daemon.force_exit")
         self.stop_event.set()
+        self._wakeup.set()
 
     def request_reload(self) -> None:
         self.reload_event.set()
+        self._wakeup.set()
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -128,7 +113,7 @@ class Daemon:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
 
-    # ------------------------------------------------------------------------------------------- run
+    # ---------------------------------------------------------------------------------------------- run
 
     async def run(self) -> int:
         try:
@@ -142,10 +127,7 @@ class Daemon:
             await self.shutdown()
             return EXIT_FATAL
         try:
-            if self.opts.once:
-                await self.run_once()
-            else:
-                await self.run_until_stopped()
+            await self.main_loop()
         except AuthError as exc:
             log.error("api.auth_failed", error=str(exc),
                       hint="the API key was refused (revoked or rotated?); fix it and restart")
@@ -157,132 +139,93 @@ class Daemon:
             await self.shutdown()
         return self.exit_code
 
-    async def startup(self) -> None:
-        from watcher import metrics as metrics_mod
-        from watcher import systemd
-        from watcher.server import HealthSource
+    # ------------------------------------------------------------------------------------------ startup
 
+    async def startup(self) -> None:
+        """Observers, state store, sinks, API client, sweeper, dispatcher, server; then READY. Not waiting on
+        the API: READY means the config is valid and the state store is open."""
         cfg = self.cfg
         if self.opts.install_signal_handlers:
             self._install_signal_handlers()
-        self.notifier = systemd.Notifier.from_env(self.env)
-        self.metrics = metrics_mod.Metrics()
-        self.health = HealthSource(interval=cfg.watch.interval, clock=self.clock)
+        self._subscribe_builtin_observers()
         # SQLite in state_dir, or PostgreSQL ([store] url); --dry-run decides from an in-memory copy, writes nothing
         self.store = await stores.open_async(cfg, dry_run=self.opts.dry_run)
-        self.sinks = await self._build_sinks(cfg.sinks)
+        self.sinks = await self._build_sinks(self._sink_configs(cfg))
         self.client = self._make_client(cfg)
-        process_start = self.clock.now_ms()
-        self.sweeper = Sweeper(self.client, self.store, watch=cfg.watch, sinks=self._sink_configs(), clock=self.clock,
-                               rand=self.rand, process_start_ms=process_start, on_commit=self._on_commit,
+        self.sweeper = Sweeper(self.client, self.store, watch=cfg.watch, sinks=self._sink_configs(cfg),
+                               clock=self.clock, rand=self.rand, process_start_ms=self.clock.now_ms(),
                                on_progress=self._progress)
         await self.sweeper.load()
-        if self.cfg.store.url is not None and not self.opts.dry_run:  # several instances: one sweeps, all deliver
+        if cfg.store.url is not None and not self.opts.dry_run:  # several instances: one sweeps, all deliver
             self.role = lease.SweeperRole(
                 self.store, scope=lease.scope_of(cfg.api.base_url, cfg.watch.workspace_id, cfg.watch.project_id,
                                                  cfg.watch.technique_id),
                 lease_s=cfg.store.lease, interval_s=cfg.watch.interval, version=__version__)
             await self.role.start()
-        disabled = {}
+        disabled: dict[str, str | None] = {}
         if not self.opts.dry_run:
             states = await self.store.sink_states()
             disabled = {name: st.disabled_reason for name, st in states.items() if name in self.sinks}
             await self._dead_letter_removed_sinks()
         self.dispatcher = Dispatcher(self.sinks, self.store, cfg=cfg.delivery, clock=self.clock, rand=self.rand,
-                                     disabled=disabled, on_outcome=self.metrics.delivery)
-        self.metrics.set_sinks(self.sinks)
+                                     disabled=disabled, on_outcome=self.observers.on_delivery)
         if cfg.server.listen and not self.opts.once:
             from watcher.server import StatusPage, start_server
 
             page = StatusPage(self.store, self, clock=self.clock, health=self.health)
             self.server = await start_server(cfg.server.listen, self.metrics, self.health, page)
-        # READY once the config is valid and the state store is open; not waiting on the API.
-        self.notifier.ready(status=self._status_line())
-        interval = systemd.watchdog_interval(self.env)
-        if interval and not self.opts.once:
-            # Wedged = no API request answered or timed out, no page, poll or sweep finished, for this long.
-            # Every await of a sweep is bounded (api.timeout per request, a short backoff between retries, the
-            # store's busy timeout), so a healthy loop reports progress at least every api.timeout + a few
-            # seconds, even while the API is down; waiting out a 429 pause counts too (_rate_limit_progress).
-            # An API outage is not a wedge: restarting would not fix the API (that is what /readyz, STATUS=
-            # and the metrics report). A wedge is an await that never returns, or a blocked event loop.
-            wedged_after = max(interval * 2, cfg.watch.interval * 3, cfg.api.timeout * 2 + 5.0)
-            self.feeder = systemd.WatchdogFeeder(period=wedged_after)
-            self.feeder.progress(self.clock.monotonic())
-            self._aux_tasks.append(asyncio.create_task(self.feeder.run(self.notifier, interval, self.clock)))
-            self._aux_tasks.append(asyncio.create_task(self._rate_limit_progress(interval)))
-        if self.opts.live_view and not self.opts.dry_run and not self.opts.once:
-            self._start_live_view()
+        self.observers.on_state(State.READY, self.snapshot())
+        self._start_watchdog()
         state = ":memory:" if self.opts.dry_run else stores.describe(cfg)
         log.info("daemon.started", version=__version__, state=state, sinks=list(self.sinks),
                  interval=cfg.watch.interval, dry_run=self.opts.dry_run, once=self.opts.once)
 
-    def _start_live_view(self) -> None:
-        """The rich live table on the terminal. While it runs, rich redirects sys.stdout and sys.stderr through
-        its console, so stdout-sink lines and log lines are printed above the table instead of through it."""
-        from watcher.liveview import LiveView
+    def _subscribe_builtin_observers(self) -> None:
+        from watcher import systemd
+        from watcher.metrics import Metrics
+        from watcher.server import HealthSource
 
-        self.live = LiveView(clock=self.clock)
-        self.live.update(self._live_runs(), self.clock.now_ms())
-        self.live.start()
+        self.metrics = Metrics()
+        self.health = HealthSource(interval=self.cfg.watch.interval, clock=self.clock)
+        self.notifier = systemd.Notifier.from_env(self.env)
+        ping_every = systemd.watchdog_interval(self.env)
+        if ping_every and not self.opts.once:
+            self.feeder = systemd.WatchdogFeeder(
+                period=systemd.wedge_period(ping_every, self.cfg.watch.interval, self.cfg.api.timeout),
+                started=self.clock.monotonic())
+        builtin: list[Observer] = [self.metrics, HealthObserver(self.health),
+                                   systemd.SystemdObserver(self.notifier, self.feeder)]
+        if self.opts.live_view and not self.opts.once and not self.opts.dry_run:
+            from watcher.liveview import LiveViewObserver
 
-    # The status page's feed (server.StatusFeed): runs from memory, sink names and types from the config.
-    def active_runs(self) -> list[Run]:
-        return [] if self.sweeper is None else [t.run for t in self.sweeper.tracked.values() if not t.terminal]
+            builtin.append(LiveViewObserver(clock=self.clock))
+        self.observers.subscribers[:0] = builtin
 
-    def sink_types(self) -> dict[str, str]:
-        return {s.name: s.type for s in self._sink_configs()}
+    def _start_watchdog(self) -> None:
+        """Ping systemd's watchdog every half WatchdogSec while the loop makes progress (after READY=1)."""
+        from watcher import systemd
 
-    def _live_runs(self) -> list:
-        """Active runs, and runs that ended within the last minute (so a finished run stays visible a while)."""
-        if self.sweeper is None:
-            return []
-        return live_runs(self.sweeper.tracked.values(), self.clock.now_ms(), keep_ms=LIVE_KEEP_ENDED_MS)
+        ping_every = systemd.watchdog_interval(self.env)
+        if self.feeder is not None and ping_every:
+            self._tasks.append(asyncio.create_task(
+                self.feeder.run(self.notifier, ping_every, self.clock, busy=self._api_paused)))
 
-    async def _rate_limit_progress(self, every: float) -> None:
-        """A sweep waiting out the API's 429 pause is not wedged: keep the watchdog fed while the pause lasts."""
-        while True:
-            await self.clock.sleep(every / 2)
-            if self.client is not None and self.client.limiter.pause_remaining() > 0:
-                self._progress()
-
-    def _progress(self) -> None:
-        if self.feeder is not None:
-            self.feeder.progress(self.clock.monotonic())
-
-    def _on_api_request(self, route: str, outcome: str, seconds: float) -> None:
-        """Every API request that ended (answered, refused or timed out) is headway of the loop."""
-        if self.metrics is not None:
-            self.metrics.api_request(route, outcome, seconds)
-        self._progress()
-
-    def _make_client(self, cfg: Config) -> FloraClient:
-        self._api_waited_s = 0.0
-        return FloraClient(cfg.api.base_url, cfg.api.api_key, timeout=cfg.api.timeout, max_rps=cfg.api.max_rps,
-                           on_request=self._on_api_request)
-
-    def _count_rate_limit_waits(self) -> None:
-        if self.client is None or self.metrics is None:
-            return
-        waited = self.client.stats.rate_limit_wait_seconds + self.client.stats.throttle_wait_seconds
-        self.metrics.rate_limit_wait(waited - self._api_waited_s)
-        self._api_waited_s = waited
-
-    def _sink_configs(self) -> list[SinkConfig]:
+    def _sink_configs(self, cfg: Config) -> list[SinkConfig]:
+        """Where events are routed: the configured sinks, or ``--dry-run``'s one printing sink."""
         if self.opts.dry_run:
-            return [SinkConfig(name="dry-run", type="stdout", events=tuple(self.cfg.watch.events))]
-        return list(self.cfg.sinks)
+            return [DryRunSink(events=cfg.watch.events).config]
+        return list(cfg.sinks)
 
-    async def _build_sinks(self, configs) -> dict[str, Sink]:
+    async def _build_sinks(self, configs: Iterable[SinkConfig]) -> dict[str, Sink]:
         if self.opts.dry_run:
-            sink = DryRunSink()
+            sink = DryRunSink(events=self.cfg.watch.events)
             return {sink.name: sink}
         from watcher.sinks import build_sink
 
         built: dict[str, Sink] = {}
         try:
             for sc in configs:
-                sink = build_sink(sc, user_agent=f"flora-watcher/{__version__}")
+                sink = build_sink(sc, user_agent=f"flora-watcher/{__version__}", clock=self.clock)
                 await sink.start()
                 built[sc.name] = sink
         except Exception:
@@ -291,6 +234,11 @@ class Daemon:
                     await sink.close()
             raise
         return built
+
+    def _make_client(self, cfg: Config) -> FloraClient:
+        self._api_waited_s = 0.0
+        return FloraClient(cfg.api.base_url, cfg.api.api_key, timeout=cfg.api.timeout, max_rps=cfg.api.max_rps,
+                           clock=self.clock, on_request=self._on_api_request)
 
     async def _dead_letter_removed_sinks(self) -> None:
         """Deliveries pending for a sink that is no longer configured become dead letters, never lost."""
@@ -302,30 +250,60 @@ class Daemon:
                 log.warning("sink.removed_dead_lettered", sink=name, deliveries=n,
                             hint="re-add the sink and run `flora-watcher replay --failed` to send them")
 
-    def _on_commit(self, result: SweepResult) -> None:
-        if self.metrics is not None:
-            for event in result.events:
-                if event.id in result.new_event_ids:
-                    self.metrics.event(event.type)
-                    completed = event.data.get("completed_at")
-                    if completed and not event.data.get("late"):
-                        self.metrics.detection_latency(max(0.0, (event.created_at - completed) / 1000.0))
-        if self.live is not None:
-            for event in result.events:
-                if event.id in result.new_event_ids:
-                    self.live.add_event(event)
+    # -------------------------------------------------------------------------------------- main loop
 
-    async def run_once(self) -> None:
-        result = await self._sweep()
-        await self.dispatcher.drain_due()
-        if not result.ok:
-            self.exit_code = EXIT_FATAL
+    async def main_loop(self) -> None:
+        """``--once``: one sweep, then deliver what is due. Otherwise sweep every interval (without drift) while
+        the dispatcher delivers, until a stop is requested; a reload is done between sweeps."""
+        if self.opts.once:
+            result = await self.sweep()
+            await self.dispatcher.drain_due()
+            if not result.ok:
+                self.exit_code = EXIT_FATAL
+            return
+        self.dispatcher.start()
+        while not self.stop_event.is_set():
+            started = self.clock.monotonic()
+            if not await self._sweep_unless_stopped():
+                break
+            self.dispatcher.wake()
+            await self._reload_if_requested()
+            await self._idle_until(plan.next_sweep_at(started, self.cfg.watch.interval, self.clock.monotonic()))
+            await self._reload_if_requested()
 
-    async def _sweep(self) -> SweepResult:
+    async def _sweep_unless_stopped(self) -> bool:
+        """One sweep, abandoned (cancelled) when a stop is requested meanwhile. False when stopped."""
+        sweep_task = asyncio.create_task(self.sweep())
+        stop_task = asyncio.create_task(self.stop_event.wait())
+        done, _ = await asyncio.wait({sweep_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_task.cancel()
+        if sweep_task not in done:
+            sweep_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweep_task
+            return False
+        sweep_task.result()  # re-raises AuthError and StoreError
+        return True
+
+    async def _idle_until(self, deadline: float) -> None:
+        """Wait until the clock's monotonic ``deadline``, or until a stop or reload is requested."""
+        self._wakeup.clear()
+        if self.stop_event.is_set() or self.reload_event.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await self.clock.wait_for(self._wakeup.wait(), deadline - self.clock.monotonic())
+
+    async def _reload_if_requested(self) -> None:
+        if self.reload_event.is_set() and not self.stop_event.is_set():
+            await self.reload()
+
+    async def sweep(self) -> SweepResult:
+        """One sweep, housekeeping, then every observer hears of it. An unexpected error is logged and counts
+        as a failed sweep (the daemon stays up); AuthError and StoreError end the daemon."""
         started = self.clock.monotonic()
         if self.role is not None and not await self.role.ready_to_sweep(self.sweeper):
             self._progress()  # standby: another instance sweeps this scope; this one delivers
-            await self._refresh_outbox_metrics()
+            await self._report(None)
             return SweepResult(ok=True)
         try:
             result = await self.sweeper.sweep()
@@ -334,7 +312,8 @@ class Daemon:
             self.role.lost()
             return SweepResult(ok=True)
         except AuthError:
-            self.metrics.sweep_done(False, self.clock.monotonic() - started)
+            await self._report(SweepResult(ok=False, error="authentication failed",
+                                           seconds=self.clock.monotonic() - started))
             raise
         except (asyncio.CancelledError, StoreError):
             raise
@@ -342,26 +321,8 @@ class Daemon:
             log.exception("sweep.crashed", error=f"{type(exc).__name__}: {exc}")
             result = SweepResult(ok=False, error=f"internal error: {type(exc).__name__}",
                                  seconds=self.clock.monotonic() - started)
-        self.last_result = result
-        self.metrics.sweep_done(result.ok, result.seconds)
-        self._count_rate_limit_waits()
-        if result.ok:
-            self.health.sweep_ok(self.clock.now_ms())
-        else:
-            self.health.sweep_failed(result.error or "the sweep failed")
-        if self.feeder is not None:
-            # The watchdog watches the loop, not the API: an API outage must not get us restarted by systemd
-            # (that is what /readyz, STATUS= and the metrics report).
-            self.feeder.progress(self.clock.monotonic())
-        counts: dict[str, int] = {}
-        for t in self.sweeper.tracked.values():
-            counts[t.status] = counts.get(t.status, 0) + 1
-        self.metrics.set_tracked(counts)
         await self._prune_history()
-        await self._refresh_outbox_metrics()
-        self.notifier.status(self._status_line())
-        if self.live is not None:
-            self.live.update(self._live_runs(), self.clock.now_ms())
+        await self._report(result)
         return result
 
     async def _prune_history(self) -> None:
@@ -370,68 +331,65 @@ class Daemon:
         keep_delivered / 4 and at least hourly."""
         keep = self.cfg.delivery.keep_delivered
         now = self.clock.monotonic()
-        if self.last_prune is not None and now - self.last_prune < min(PRUNE_EVERY_MAX_S, keep / 4):
+        if self._last_prune is not None and now - self._last_prune < min(PRUNE_EVERY_MAX_S, keep / 4):
             return
-        self.last_prune = now
+        self._last_prune = now
         removed = await self.store.prune(now_ms=self.clock.now_ms(), keep_done_ms=int(keep * 1000))
         if removed:
             log.info("store.pruned", rows=removed, keep_delivered=keep)
 
-    async def _refresh_outbox_metrics(self) -> None:
+    async def _report(self, result: SweepResult | None) -> None:
+        """Tell every observer about a finished sweep (None: a standby instance's turn of the loop, no sweep of
+        its own), with the outbox as it is now."""
         depth = await self.store.pending_counts()
         oldest = await self.store.oldest_pending_ms()
-        age = None if oldest is None else max(0.0, (self.clock.now_ms() - oldest) / 1000.0)
-        self.metrics.set_outbox(depth, age)
-        self._outbox_depth = sum(depth.values())
+        now_ms = self.clock.now_ms()
+        waited = self.client.stats.rate_limit_wait_seconds + self.client.stats.throttle_wait_seconds
+        self.last_report = dataclasses.replace(
+            self.snapshot(), sweep=result, outbox=depth, api_wait_s=max(0.0, waited - self._api_waited_s),
+            oldest_pending_age_s=None if oldest is None else max(0.0, (now_ms - oldest) / 1000.0))
+        self._api_waited_s = waited
+        self.observers.on_sweep(self.last_report)
 
-    def _status_line(self) -> str:
-        tracked = 0 if self.sweeper is None else sum(1 for t in self.sweeper.tracked.values() if not t.terminal)
-        api = "ok" if self.last_result is None or self.last_result.ok else "failing"
-        return f"tracking {tracked} active runs; {self._outbox_depth} deliveries pending; API {api}"
+    def snapshot(self) -> Report:
+        """The daemon's picture now: the tracked runs and configuration in force, the last sweep's outcome."""
+        base = dict(now_ms=self.clock.now_ms(), monotonic=self.clock.monotonic(),
+                    runs=self.sweeper.tracked if self.sweeper is not None else {},
+                    sinks=tuple(self.sinks), interval=self.cfg.watch.interval)
+        if self.last_report is None:
+            return Report(**base)
+        return dataclasses.replace(self.last_report, api_wait_s=0.0, **base)
 
-    async def run_until_stopped(self) -> None:
-        self.dispatcher.start()
-        interval = self.cfg.watch.interval
-        while not self.stop_event.is_set():
-            started = self.clock.monotonic()
-            sweep_task = asyncio.create_task(self._sweep())
-            stop_task = asyncio.create_task(self.stop_event.wait())
-            done, _ = await asyncio.wait({sweep_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-            stop_task.cancel()
-            if sweep_task not in done:
-                sweep_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweep_task
-                break
-            sweep_task.result()  # re-raises AuthError
-            self.dispatcher.wake()
-            if self.reload_event.is_set():
-                await self.reload()
-                interval = self.cfg.watch.interval
-            next_at = plan.next_sweep_at(started, interval, self.clock.monotonic())
-            await self._wait_until(next_at)
-            if self.reload_event.is_set():
-                await self.reload()
-                interval = self.cfg.watch.interval
+    # The status page's feed (server.StatusFeed): runs from memory, sink names and types from the config.
+    def active_runs(self) -> list[Run]:
+        return [] if self.sweeper is None else [t.run for t in self.sweeper.tracked.values() if not t.terminal]
 
-    async def _wait_until(self, monotonic_deadline: float) -> None:
-        delay = monotonic_deadline - self.clock.monotonic()
-        if delay <= 0:
-            return
-        stop = asyncio.create_task(self.stop_event.wait())
-        reload = asyncio.create_task(self.reload_event.wait())
-        try:
-            await asyncio.wait({stop, reload}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            reload.cancel()
+    def sink_types(self) -> dict[str, str]:
+        return {s.name: s.type for s in self._sink_configs(self.cfg)}
 
-    # ------------------------------------------------------------------------------------------- reload
+    # ----------------------------------------------------------------------------------- liveness hooks
+
+    def _progress(self) -> None:
+        """A page, a poll or an API request finished: the loop is not wedged."""
+        if self.feeder is not None:
+            self.feeder.progress(self.clock.monotonic())
+
+    def _on_api_request(self, route: str, outcome: str, seconds: float) -> None:
+        """Every API request that ended (answered, refused or timed out) is headway of the loop."""
+        if self.metrics is not None:
+            self.metrics.api_request(route, outcome, seconds)
+        self._progress()
+
+    def _api_paused(self) -> bool:
+        """Waiting out the API's 429 pause is not a wedge (the watchdog keeps being fed meanwhile)."""
+        return self.client is not None and self.client.limiter.pause_remaining() > 0
+
+    # --------------------------------------------------------------------------------------------- reload
 
     async def reload(self) -> None:
         """SIGHUP: re-read and validate the config, swap it in whole; keep the old one when the new is invalid."""
         self.reload_event.clear()
-        self.notifier.reloading()
+        self.observers.on_state(State.RELOADING, self.snapshot())
         try:
             if self.opts.reload is not None:
                 new = self.opts.reload()
@@ -442,29 +400,29 @@ class Daemon:
             check_start(new)
         except ConfigError as exc:
             log.error("config.reload_rejected", error=str(exc), note="keeping the running configuration")
-            self.notifier.ready(status=self._status_line())
+            self.observers.on_state(State.READY, self.snapshot())
             return
         old = self.cfg
-        try:
-            new_sinks = await self._swap_sinks(old, new)
-        except Exception as exc:
-            log.error("config.reload_rejected", error=f"a sink failed to start: {exc}",
-                      note="keeping the running configuration")
-            self.notifier.ready(status=self._status_line())
-            return
+        if not self.opts.dry_run:
+            try:
+                await self._swap_sinks(old, new)
+            except Exception as exc:
+                log.error("config.reload_rejected", error=f"a sink failed to start: {exc}",
+                          note="keeping the running configuration")
+                self.observers.on_state(State.READY, self.snapshot())
+                return
         if new.api != old.api:
             await self.client.close()
             self.client = self._make_client(new)
             self.sweeper.client = self.client
         self.cfg = new
-        self.sweeper.replace_config(new.watch, list(new.sinks))
-        self.sinks = new_sinks
-        self.health.interval = new.watch.interval
-        self.metrics.set_sinks(self.sinks)
+        self.sweeper.replace_config(new.watch, self._sink_configs(new))
         log.info("config.reloaded", sinks=list(self.sinks), interval=new.watch.interval)
-        self.notifier.ready(status=self._status_line())
+        self.observers.on_state(State.READY, self.snapshot())
 
-    async def _swap_sinks(self, old: Config, new: Config) -> dict[str, Sink]:
+    async def _swap_sinks(self, old: Config, new: Config) -> None:
+        """Unchanged sinks keep their worker; removed or changed ones stop (their in-flight send may finish
+        within the grace period); new or changed ones start enabled."""
         old_by_name = {s.name: s for s in old.sinks}
         keep: dict[str, Sink] = {}
         fresh: dict[str, Sink] = {}
@@ -479,7 +437,6 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await sink.close()
             raise
-        # Stop workers of removed or changed sinks, then start the new set.
         grace = self.cfg.delivery.shutdown_grace
         for name in [n for n in self.sinks if n not in keep]:
             await self.dispatcher.remove(name, grace)
@@ -492,28 +449,23 @@ class Daemon:
             await self.store.set_sink_state(name, disabled_reason=None, now_ms=self.clock.now_ms())
             self.dispatcher.add(sink)
         await self._dead_letter_removed_sinks()
-        return self.sinks
 
     # ------------------------------------------------------------------------------------------- shutdown
 
     async def shutdown(self) -> None:
-        if self.notifier is not None:
-            self.notifier.stopping()
-        if self.health is not None:
-            self.health.stopping = True  # /readyz answers 503 "shutting down" while deliveries drain
+        """STOPPING, stop the side tasks, drain deliveries within the grace period, STOPPED, close."""
+        self.observers.on_state(State.STOPPING, self.snapshot())
         log.info("daemon.stopping")
-        for task in self._aux_tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._aux_tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.dispatcher is not None:
             grace = 0.0 if self.force_exit else self.cfg.delivery.shutdown_grace
             await self.dispatcher.stop(grace)
         for sink in self.sinks.values():
             with contextlib.suppress(Exception):
                 await sink.close()
-        if self.live is not None:
-            self.live.stop()  # after the drain, so the last events are on screen; gives the terminal back
-            self.live = None
+        self.observers.on_state(State.STOPPED, self.snapshot())
         if self.client is not None:
             await self.client.close()
         if self.server is not None:
@@ -525,14 +477,3 @@ class Daemon:
         if self.opts.install_signal_handlers:
             self._remove_signal_handlers()
         log.info("daemon.stopped", exit_code=self.exit_code)
-
-
-def live_runs(tracked: Iterable[TrackedRun], now_ms: int, *, keep_ms: int) -> list[Run]:
-    """Pure: the runs the live view shows — every active run, and runs that ended at most ``keep_ms`` ago."""
-    shown = []
-    for t in tracked:
-        if not t.terminal:
-            shown.append(t.run)
-        elif t.run.completed_at is not None and now_ms - t.run.completed_at <= keep_ms:
-            shown.append(t.run)
-    return shown

@@ -69,17 +69,15 @@ class SinkWorker:
     async def run_forever(self) -> None:
         """Deliver until ``stop()``; sleeps until the next due delivery or a wakeup."""
         while not self.stopping:
+            self.wakeup.clear()  # before looking: a wake() from here on is not lost
             sent = await self.deliver_due()
             if self.stopping:
                 break
             if sent:
                 continue
             delay = await self._idle_delay()
-            self.wakeup.clear()
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await self.clock.wait_for(self.wakeup.wait(), delay)
 
     async def _idle_delay(self) -> float:
         now = self.clock.now_ms()
@@ -233,7 +231,7 @@ class Dispatcher:
         task = self.tasks.pop(name, None)
         if task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(task, timeout=grace)
+                await self.clock.wait_for(task, grace)
 
     def set_config(self, cfg: DeliveryConfig) -> None:
         """A reloaded [delivery] section applies to every worker's next decision."""
@@ -263,7 +261,10 @@ class Dispatcher:
         tasks = list(self.tasks.values())
         if not tasks:
             return 0
-        done, pending = await asyncio.wait(tasks, timeout=grace)
+        with contextlib.suppress(TimeoutError):
+            await self.clock.wait_for(asyncio.wait(tasks), grace)
+        done = [task for task in tasks if task.done()]
+        pending = [task for task in tasks if not task.done()]
         for task in pending:
             task.cancel()
         if pending:

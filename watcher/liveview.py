@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import datetime
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -23,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from watcher.clock import SYSTEM_CLOCK, Clock
-from watcher.model import EventType, Run, RunStatus
+from watcher.model import EventType, Run, RunStatus, TrackedRun
+from watcher.observer import Observer, Report, State
 
 STATUS_STYLES = {
     RunStatus.PENDING: "yellow",
@@ -35,6 +36,7 @@ EVENT_ICONS = {EventType.COMPLETED: "✅", EventType.FAILED: "❌", EventType.ST
 # Active runs first (running before pending), then the rest.
 _STATUS_ORDER = {RunStatus.RUNNING: 0, RunStatus.PENDING: 1}
 MAX_REFRESH_PER_SECOND = 4.0
+LIVE_KEEP_ENDED_MS = 60_000  # a finished run stays on screen this long
 
 
 def clean(text: object, limit: int = 80) -> str:
@@ -216,7 +218,7 @@ class LiveView:
                 refresh_per_second=self._refresh,
                 transient=False,
             )
-            self._live.start()
+            self._live.start(refresh=True)  # the first frame at once, not a refresh period later
 
     def stop(self) -> None:
         if self._live is not None:
@@ -229,3 +231,42 @@ class LiveView:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def live_runs(tracked: Iterable[TrackedRun], now_ms: int, *, keep_ms: int = LIVE_KEEP_ENDED_MS) -> list[Run]:
+    """Pure: the runs the live view shows — every active run, and runs that ended at most ``keep_ms`` ago."""
+    shown = []
+    for t in tracked:
+        if not t.terminal:
+            shown.append(t.run)
+        elif t.run.completed_at is not None and now_ms - t.run.completed_at <= keep_ms:
+            shown.append(t.run)
+    return shown
+
+
+class LiveViewObserver(Observer):
+    """The daemon's observer that draws the live table on the terminal (``run``/``demo`` on a TTY).
+
+    Drawn from READY (the first one) until STOPPED (after the delivery drain, so the last events are on screen;
+    then the terminal is given back). While it runs, rich redirects sys.stdout and sys.stderr through its
+    console, so stdout-sink lines and log lines are printed above the table instead of through it."""
+
+    def __init__(self, view: LiveView | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.view = view or LiveView(clock=clock)
+        self.started = False
+
+    def _show(self, report: Report) -> None:
+        self.view.update(live_runs(report.runs.values(), report.now_ms), report.now_ms)
+
+    def on_state(self, state: State, report: Report) -> None:
+        if state is State.READY and not self.started:
+            self._show(report)
+            self.view.start()
+            self.started = True
+        elif state is State.STOPPED:
+            self.view.stop()
+
+    def on_sweep(self, report: Report) -> None:
+        for event in report.new_events:
+            self.view.add_event(event)
+        self._show(report)

@@ -1,9 +1,10 @@
 """Prometheus metrics for the daemon (prometheus-client, on a registry of our own).
 
 Shell module. Each ``Metrics`` owns a ``CollectorRegistry`` (not the process-global one), so tests and a
-reloaded daemon can make as many as they like. The daemon calls the small methods below; ``server.py``
-exposes ``registry`` at ``/metrics``. Every name starts with ``flora_watcher_`` (listed in
-docs/operations.md).
+reloaded daemon can make as many as they like. It subscribes to the daemon's observer interface
+(``watcher.observer``: ``on_sweep``, ``on_delivery``, ``on_state``), and the API client reports each request
+to ``api_request``; ``server.py`` exposes ``registry`` at ``/metrics``. Every name starts with
+``flora_watcher_`` (listed in docs/operations.md).
 
 Label values are bounded: routes are the API client's route names (not URLs), sinks are configured names,
 outcomes and types are small fixed sets. Run ids never become labels.
@@ -22,6 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from watcher import __version__
 from watcher.model import KNOWN_STATUSES
+from watcher.observer import Observer, Report, State
 
 PREFIX = "flora_watcher"
 
@@ -46,7 +48,7 @@ def asyncio_task_count() -> float:
         return 0.0
 
 
-class Metrics:
+class Metrics(Observer):
     """Every metric the daemon exports. Methods never raise on unknown label values."""
 
     def __init__(self, *, process_metrics: bool = True) -> None:
@@ -102,6 +104,30 @@ class Metrics:
             self._sweeps.labels(outcome=outcome)
         self._tracked_labels: set[str] = set(KNOWN_STATUSES)
         self._outbox_labels: set[str] = set()
+
+    # --------------------------------------------------------------------------------------- observer
+
+    def on_sweep(self, report: Report) -> None:
+        if report.sweep is not None:
+            self.sweep_done(report.sweep.ok, report.sweep.seconds)
+            for event in report.new_events:
+                self.event(event.type)
+                completed = event.data.get("completed_at")
+                if completed and not event.data.get("late"):
+                    self.detection_latency(max(0.0, (event.created_at - completed) / 1000.0))
+        self.rate_limit_wait(report.api_wait_s)
+        counts: dict[str, int] = {}
+        for t in report.runs.values():
+            counts[t.status] = counts.get(t.status, 0) + 1
+        self.set_tracked(counts)
+        self.set_outbox(report.outbox, report.oldest_pending_age_s)
+
+    def on_delivery(self, sink: str, outcome: str) -> None:
+        self.delivery(sink, outcome)
+
+    def on_state(self, state: State, report: Report) -> None:
+        if state is State.READY:
+            self.set_sinks(report.sinks)
 
     # ------------------------------------------------------------------------------------------ sweeps
 

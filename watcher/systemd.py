@@ -8,6 +8,10 @@ The watchdog is fed only while the sweep loop makes progress: the daemon calls `
 time a sweep finishes (successfully or not — an API outage is not a wedged process), and ``feeder.run()``
 pings systemd every half ``WatchdogSec`` as long as the last progress is recent enough. A loop stuck on a
 hung await stops the pings, and systemd restarts the service.
+
+``SystemdObserver`` is how the daemon talks to all of this: it subscribes to the daemon's observer interface
+(``watcher.observer``) and turns lifecycle states into ``READY=1``/``RELOADING=1``/``STOPPING=1``, every sweep
+into a ``STATUS=`` line and a watchdog feed.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 
 from watcher.clock import SYSTEM_CLOCK, Clock
+from watcher.observer import Observer, Report, State
 
 log = structlog.get_logger("watcher.systemd")
 
@@ -164,6 +169,7 @@ class WatchdogFeeder:
         self.period = period
         self.last_progress: float | None = started
         self.missed = 0  # pings withheld since the last one sent
+        self.stopped = False  # after STOPPING=1 nothing may claim the service is alive
 
     def progress(self, now: float) -> None:
         """The sweep loop finished an iteration at ``now`` (monotonic seconds)."""
@@ -174,6 +180,8 @@ class WatchdogFeeder:
 
     def tick(self, notifier: Notifier, now: float) -> bool:
         """One decision: send ``WATCHDOG=1`` if the loop is healthy. Returns whether a ping was sent."""
+        if self.stopped:
+            return False
         if self.due(now):
             if self.missed:
                 log.info("systemd.watchdog_resumed", withheld=self.missed)
@@ -185,10 +193,59 @@ class WatchdogFeeder:
         self.missed += 1
         return False
 
-    async def run(self, notifier: Notifier, interval: float, clock: Clock = SYSTEM_CLOCK) -> None:
-        """Decide every ``interval`` seconds (``watchdog_interval()``) until cancelled. Run it as a task."""
+    async def run(self, notifier: Notifier, interval: float, clock: Clock = SYSTEM_CLOCK,
+                  busy: Callable[[], bool] | None = None) -> None:
+        """Decide every ``interval`` seconds (``watchdog_interval()``) until cancelled. Run it as a task.
+
+        ``busy()``, when given, says the loop is legitimately waiting (e.g. out a 429 pause of the API): that
+        counts as progress."""
         if not interval > 0:
             raise ValueError("WatchdogFeeder.run: interval must be positive")
         while True:
+            if busy is not None and busy():
+                self.progress(clock.monotonic())
             self.tick(notifier, clock.monotonic())
             await clock.sleep(interval)
+
+
+def wedge_period(ping_interval: float, sweep_interval: float, api_timeout: float) -> float:
+    """How long the sweep loop may report no progress before it counts as wedged.
+
+    Progress = an API request answered or timed out, a page, a poll or a sweep finished. Every await of a sweep
+    is bounded (api.timeout per request, a short backoff between retries, the store's busy timeout), so a
+    healthy loop reports progress at least every api.timeout + a few seconds, even while the API is down;
+    waiting out a 429 pause counts too. An API outage is not a wedge: restarting would not fix the API (that is
+    what /readyz, STATUS= and the metrics report). A wedge is an await that never returns, or a blocked loop.
+    """
+    return max(ping_interval * 2, sweep_interval * 3, api_timeout * 2 + 5.0)
+
+
+def status_line(report: Report) -> str:
+    """The ``STATUS=`` text: ``tracking 3 active runs; 0 deliveries pending; API ok``."""
+    api = "ok" if report.api_ok else "failing"
+    return f"tracking {report.active} active runs; {report.pending} deliveries pending; API {api}"
+
+
+class SystemdObserver(Observer):
+    """The daemon's observer for the service manager: lifecycle notifications, ``STATUS=`` after every
+    sweep, and (``feeder`` given) a watchdog fed by every finished sweep."""
+
+    def __init__(self, notifier: Notifier, feeder: WatchdogFeeder | None = None) -> None:
+        self.notifier = notifier
+        self.feeder = feeder
+
+    def on_state(self, state: State, report: Report) -> None:
+        if state is State.READY:
+            self.notifier.ready(status=status_line(report))
+        elif state is State.RELOADING:
+            self.notifier.reloading()
+        elif state is State.STOPPING:
+            if self.feeder is not None:
+                self.feeder.stopped = True
+            self.notifier.stopping()
+
+    def on_sweep(self, report: Report) -> None:
+        if self.feeder is not None:
+            # The watchdog watches the loop, not the API: a failed sweep is progress too.
+            self.feeder.progress(report.monotonic)
+        self.notifier.status(status_line(report))

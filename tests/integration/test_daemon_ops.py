@@ -29,7 +29,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from watcher import __version__
-from watcher.daemon import live_runs
+from watcher.liveview import live_runs
 from watcher.model import Run, TrackedRun, event_id
 from watcher.simulator import run_simulator
 from watcher.store import Store, store_path
@@ -310,43 +310,57 @@ async def test_an_api_that_stalls_every_request_is_an_outage_not_a_wedge(sim, no
     assert await watcher.stop() == 0
 
 
-WEDGE_THE_THIRD_SWEEP = """
-import asyncio, sys
-from watcher import sweep
+async def test_a_wedged_sweep_loop_stops_the_watchdog_pings(sim, notify, tmp_path: Path, monkeypatch) -> None:
+    """The third sweep hangs forever (one await that never returns: the bug a watchdog exists for). The pings
+    go on for the wedge period, then stop while the daemon still runs (systemd would restart it), with
+    `systemd.watchdog_withheld` in the log; a stop request still ends it cleanly.
 
-_sweep = sweep.Sweeper.sweep
+    In-process on a manual clock: the wedge period (2 x api.timeout + 5 s) passes in clock steps, not in real
+    seconds. (test_sd_notify_ready_status_watchdog_and_stopping drives a real process's pings.)"""
+    from structlog.testing import capture_logs
 
-async def wedged(self):
-    if self.sweeps >= 2:
-        await asyncio.Event().wait()  # an await that never returns: the bug a watchdog exists for
-    return await _sweep(self)
+    from tests.fakes import FakeClock, Recorder, advance_until
+    from watcher.config import load
+    from watcher.daemon import Daemon, Options
+    from watcher.sweep import Sweeper
 
-sweep.Sweeper.sweep = wedged
-from watcher.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+    real_sweep = Sweeper.sweep
 
+    async def wedged(self):
+        if self.sweeps >= 2:
+            await asyncio.Event().wait()
+        return await real_sweep(self)
 
-async def test_a_wedged_sweep_loop_stops_the_watchdog_pings(sim, notify, spawn, tmp_path: Path) -> None:
-    """The third sweep hangs forever (the real program, with one await that never returns). The pings go on
-    for the wedge period, then stop while the process is still running (systemd would restart it), with
-    `systemd.watchdog_withheld` in the log. SIGTERM still stops it cleanly."""
+    monkeypatch.setattr(Sweeper, "sweep", wedged)
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(config_text(sim.base_url, tmp_path, api_timeout=API_TIMEOUT,
                                sinks=[{"name": "journal", "type": "file", "path": str(tmp_path / "e.jsonl")}]))
-    watcher = await spawn(cfg, notify=notify, code=WEDGE_THE_THIRD_SWEEP)
-    await notify.wait_for("WATCHDOG", "1", count=3)
-    await watcher.wait_log("sweep.finished", count=2)
-    withheld = await watcher.wait_log("systemd.watchdog_withheld", timeout=WEDGED_AFTER + 5)
-    assert withheld["period_s"] == pytest.approx(WEDGED_AFTER)
-    assert withheld["stalled_s"] >= WEDGED_AFTER - 0.5
-    silent_since = time.monotonic()
-    await asyncio.sleep(6 * PING_EVERY)
-    assert all(t < silent_since for t in notify.times("WATCHDOG")), "pinged while wedged"
-    assert watcher.proc.returncode is None
-    assert len(watcher.logs("sweep.finished")) == 2
-    assert await watcher.stop() == 0
+    clock = FakeClock(manual=True)
+    recorder = Recorder()
+    daemon = Daemon(load(str(cfg)), Options(install_signal_handlers=False), clock=clock, observers=[recorder],
+                    env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)})
+    task = asyncio.create_task(daemon.run())
+    try:
+        await recorder.sweeps(1)
+        await advance_until(clock, lambda: len(recorder.reports) >= 2, "the second sweep", step=PING_EVERY,
+                            limit=5)
+        last_progress = daemon.feeder.last_progress
+        with capture_logs() as logs:
+            await advance_until(clock, lambda: daemon.feeder.missed >= 6, "six withheld pings", step=PING_EVERY,
+                                limit=WEDGED_AFTER + 10 * PING_EVERY)
+        withheld = [e for e in logs if e["event"] == "systemd.watchdog_withheld"]
+        assert len(withheld) == 1  # logged once, not at every withheld ping
+        assert withheld[0]["period_s"] == pytest.approx(WEDGED_AFTER)
+        assert withheld[0]["stalled_s"] >= WEDGED_AFTER
+        # Pinged right up to the wedge period, and not after it.
+        assert WEDGED_AFTER - PING_EVERY <= clock.t - 6 * PING_EVERY - last_progress <= WEDGED_AFTER + 1e-6
+        await until(lambda: notify.index("WATCHDOG"), 5, "the pings to arrive")
+        assert len(recorder.reports) == 2 and not task.done()
+    finally:
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
     assert notify.index("STOPPING", "1")
+    assert notify.index("WATCHDOG")[-1] < notify.index("STOPPING", "1")[0]
 
 
 # --------------------------------------------------------------------------------------------- SIGHUP
@@ -580,10 +594,12 @@ async def test_on_a_terminal_run_draws_the_live_view_and_prints_events_above_it(
 
     asyncio.get_running_loop().add_reader(master, read)
     try:
-        run = create_run(sim, running_ms=1_000)  # still running at the watcher's first sweep: it is reported
+        # The table is drawn once the state store is open (the first start is on record), so a run created
+        # after it is new to the watcher however long the first sweep takes on a busy machine.
+        await until(lambda: b"flora-watcher \xe2\x80\x94 " in output, 20, "the live table")
+        run = create_run(sim)
         line = f"run.completed · CCTV Cam · {run}".encode()
-        await until(lambda: line in output and b"flora-watcher \xe2\x80\x94 " in output, 4,
-                    "the live table and the event line")
+        await until(lambda: line in output, 20, "the event line")
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), STOP_TIMEOUT) == 0
         await asyncio.wait_for(closed.wait(), 2)

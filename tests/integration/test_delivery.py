@@ -1,16 +1,19 @@
-"""The delivery core end to end: outbox in a real state store, real sinks, real receivers on loopback."""
+"""The delivery core end to end: outbox in a real state store, real sinks, real receivers on loopback.
+
+Time is a manual ``FakeClock``: a retry's backoff or a receiver's Retry-After passes when the test moves the
+clock (``advance_until``), so no test waits it out, and the delays asserted are exact.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.fakes import FakeClock, advance_until, until
 from tests.sinks.helpers import Receiver, make_event
-from watcher.clock import SYSTEM_CLOCK
 from watcher.config import DeliveryConfig, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.secret import Secret
@@ -30,46 +33,47 @@ async def receiver():
 
 
 @pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(manual=True)
+
+
+@pytest.fixture
 async def store(tmp_path: Path):
     s = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
     yield s
     await s.aclose()
 
 
-async def started(*configs: SinkConfig) -> dict:
+async def started(*configs: SinkConfig, clock: FakeClock) -> dict:
     sinks = {}
     for cfg in configs:
-        sink = build_sink(cfg)
+        sink = build_sink(cfg, clock=clock)
         await sink.start()
         sinks[cfg.name] = sink
     return sinks
-
-
-async def wait_for(predicate, timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def webhook(receiver: Receiver, name: str = "ops") -> SinkConfig:
     return SinkConfig(name=name, type="webhook", url=Secret(receiver.url()), secrets=(Secret(SECRET),))
 
 
-async def test_retryable_failures_then_success_deliver_once_more_with_the_same_webhook_id(receiver, store) -> None:
+async def test_retryable_failures_then_success_deliver_once_more_with_the_same_webhook_id(receiver, store,
+                                                                                        clock) -> None:
     receiver.answer(500, "boom")
     receiver.answer(429, "slow down", headers={"Retry-After": "2"})
     receiver.answer(200, "ok")
     event = make_event()
-    await store.commit_sweep(upserts=[], deletes=[], events=[(event, ["ops"])], meta={}, now_ms=SYSTEM_CLOCK.now_ms())
-    sinks = await started(webhook(receiver))
-    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=SYSTEM_CLOCK)
+    await store.commit_sweep(upserts=[], deletes=[], events=[(event, ["ops"])], meta={}, now_ms=clock.now_ms())
+    sinks = await started(webhook(receiver), clock=clock)
+    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=clock)
     dispatcher.start()
     try:
-        await wait_for(lambda: len(receiver.requests) >= 3)
-        await asyncio.sleep(0.3)  # nothing more after the 200
+        await advance_until(clock, lambda: len(receiver.requests) >= 3, "three attempts", step=0.1, limit=10)
+        await until(lambda: dispatcher.workers["ops"].health.delivered == 1, "the 200 recorded")
+        clock.advance(60)  # a minute later, the worker has looked again: nothing more after the 200
+        await until(lambda: (clock.next_deadline() or 0) > clock.t, "the worker idle again")
     finally:
-        await dispatcher.stop(1.0)
+        await dispatcher.stop(0)
         for sink in sinks.values():
             await sink.close()
     assert len(receiver.requests) == 3
@@ -80,38 +84,39 @@ async def test_retryable_failures_then_success_deliver_once_more_with_the_same_w
     assert await store.list_deliveries(failed=True) == []
 
 
-async def test_retry_after_is_honoured(receiver, store) -> None:
+async def test_retry_after_is_honoured(receiver, store, clock) -> None:
     receiver.answer(429, "slow down", headers={"Retry-After": "2"})
     event = make_event()
-    await store.commit_sweep(upserts=[], deletes=[], events=[(event, ["ops"])], meta={}, now_ms=SYSTEM_CLOCK.now_ms())
-    sinks = await started(webhook(receiver))
-    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=SYSTEM_CLOCK)
+    await store.commit_sweep(upserts=[], deletes=[], events=[(event, ["ops"])], meta={}, now_ms=clock.now_ms())
+    sinks = await started(webhook(receiver), clock=clock)
+    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=clock)
     times: list[float] = []
     sink = sinks["ops"]
     original = sink.send
 
     async def timed(event, **kw):
-        times.append(time.monotonic())
+        times.append(clock.monotonic())
         return await original(event, **kw)
 
     sink.send = timed  # type: ignore[method-assign]
     dispatcher.start()
     try:
-        await wait_for(lambda: len(receiver.requests) >= 2)
+        await advance_until(clock, lambda: len(receiver.requests) >= 2, "the retry", step=0.05, limit=10)
     finally:
-        await dispatcher.stop(1.0)
+        await dispatcher.stop(0)
         for sink in sinks.values():
             await sink.close()
-    assert times[1] - times[0] >= 1.95  # the receiver asked for 2 s; backoff alone would retry within 0.2 s
+    # The receiver asked for 2 s; backoff alone would retry within 0.2 s. The clock moves in 0.05 s steps.
+    assert 2.0 <= times[1] - times[0] <= 2.0 + 0.05 + 1e-9
 
 
-async def test_a_404_is_dead_lettered_and_replay_delivers_it_once_fixed(receiver, store) -> None:
+async def test_a_404_is_dead_lettered_and_replay_delivers_it_once_fixed(receiver, store, clock) -> None:
     receiver.answer(404, "no such hook")
     event = make_event()
-    now = SYSTEM_CLOCK.now_ms()
+    now = clock.now_ms()
     await store.commit_sweep(upserts=[], deletes=[], events=[(event, ["ops"])], meta={}, now_ms=now)
-    sinks = await started(webhook(receiver))
-    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=SYSTEM_CLOCK)
+    sinks = await started(webhook(receiver), clock=clock)
+    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=clock)
     try:
         await dispatcher.drain_due()
         (dead,) = await store.list_deliveries(failed=True)
@@ -119,7 +124,7 @@ async def test_a_404_is_dead_lettered_and_replay_delivers_it_once_fixed(receiver
         await dispatcher.drain_due()
         assert len(receiver.requests) == 1  # a permanent failure is not retried
         # the receiver is fixed (default answer 200); replay re-queues it
-        assert await store.replay([event.id], now_ms=SYSTEM_CLOCK.now_ms()) == 1
+        assert await store.replay([event.id], now_ms=clock.now_ms()) == 1
         await dispatcher.drain_due()
     finally:
         for sink in sinks.values():
@@ -130,13 +135,13 @@ async def test_a_404_is_dead_lettered_and_replay_delivers_it_once_fixed(receiver
     assert sum((await store.pending_counts()).values()) == 0
 
 
-async def test_410_disables_the_sink_and_keeps_its_deliveries_as_dead_letters(receiver, store) -> None:
+async def test_410_disables_the_sink_and_keeps_its_deliveries_as_dead_letters(receiver, store, clock) -> None:
     receiver.answer(410, "gone")
     events = [make_event(run_id=f"run_{i}") for i in range(3)]
     await store.commit_sweep(upserts=[], deletes=[], events=[(e, ["ops"]) for e in events], meta={},
-                             now_ms=SYSTEM_CLOCK.now_ms())
-    sinks = await started(webhook(receiver))
-    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=SYSTEM_CLOCK)
+                             now_ms=clock.now_ms())
+    sinks = await started(webhook(receiver), clock=clock)
+    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=clock)
     try:
         await dispatcher.drain_due()
     finally:
@@ -147,27 +152,31 @@ async def test_410_disables_the_sink_and_keeps_its_deliveries_as_dead_letters(re
     assert (await store.sink_states())["ops"].disabled_reason
 
 
-async def test_a_hanging_receiver_does_not_delay_the_file_sink(receiver, store, tmp_path: Path) -> None:
+async def test_a_hanging_receiver_does_not_delay_the_file_sink(receiver, store, clock, tmp_path: Path) -> None:
     receiver.default.delay = 30.0  # never answers within the test
     events_file = tmp_path / "events.jsonl"
     configs = (
         SinkConfig(name="slow", type="webhook", url=Secret(receiver.url()), timeout=30.0),
         SinkConfig(name="journal", type="file", path=events_file),
     )
-    sinks = await started(*configs)
-    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=SYSTEM_CLOCK)
+    sinks = await started(*configs, clock=clock)
+    dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=clock)
     dispatcher.start()
     try:
         for i in range(3):
             event = make_event(run_id=f"run_{i}")
             await store.commit_sweep(upserts=[], deletes=[], events=[(event, ["slow", "journal"])], meta={},
-                                     now_ms=SYSTEM_CLOCK.now_ms())
+                                     now_ms=clock.now_ms())
             dispatcher.wake()
-        started_at = time.monotonic()
-        await wait_for(lambda: events_file.exists() and len(events_file.read_text().splitlines()) == 3, 3.0)
-        assert time.monotonic() - started_at < 2.0
+        started_at = clock.monotonic()
+        await until(lambda: events_file.exists() and len(events_file.read_text().splitlines()) == 3,
+                    "three lines in the file")
+        assert clock.monotonic() == started_at  # the file sink needed no time to pass at all
+        assert len(receiver.requests) == 1  # while the webhook's first send still hangs
     finally:
-        cancelled = await dispatcher.stop(0.2)  # the hung send is cancelled; it stays pending
+        stopping = asyncio.create_task(dispatcher.stop(0.2))  # the hung send is cancelled; it stays pending
+        await advance_until(clock, stopping.done, "the shutdown grace period", step=0.1, limit=1)
+        cancelled = stopping.result()
         for sink in sinks.values():
             await sink.close()
     assert cancelled == 1

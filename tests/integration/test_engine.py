@@ -1,18 +1,19 @@
 """The real watcher against the simulator on loopback, with a real file sink: what a user would see in the file.
 
 Each ``once()`` is one `flora-watcher run --once` in-process (a fresh process start: one sweep, then deliver what
-is due), so these tests need no sleeps beyond the simulated runs' own short durations.
+is due). The simulator and the watcher share one ``FakeClock``: a simulated run ends when the test moves the
+clock (``finish``), never while a sweep happens to be slow on a busy machine, and no test sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.fakes import FakeClock, Recorder, until
 from watcher.config import ApiConfig, Config, DeliveryConfig, SinkConfig, WatchConfig
 from watcher.daemon import Daemon, Options
 from watcher.model import event_id
@@ -21,10 +22,13 @@ from watcher.simulator import run_simulator
 from watcher.store import Store, store_path
 
 KEY = "sk_test_engine_key_0123456789"
+EPOCH_MS = 1_764_399_000_000
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+@pytest.fixture
+def clock() -> FakeClock:
+    """The one clock of the simulator and the watcher (a sleep moves it forward at once)."""
+    return FakeClock(0.0, epoch_ms=EPOCH_MS)
 
 
 def make_config(base_url: str, state_dir: Path, events_file: Path, **watch) -> Config:
@@ -36,8 +40,11 @@ def make_config(base_url: str, state_dir: Path, events_file: Path, **watch) -> C
     )
 
 
-async def once(cfg: Config) -> int:
-    return await Daemon(cfg, Options(once=True, install_signal_handlers=False)).run()
+async def once(cfg: Config, clock: FakeClock) -> int:
+    """One `run --once`; the clock then moves on a little, as it would between two commands."""
+    code = await Daemon(cfg, Options(once=True, install_signal_handlers=False), clock=clock).run()
+    clock.advance(0.05)
+    return code
 
 
 def read_events(path: Path) -> list[dict]:
@@ -46,18 +53,15 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-async def wait_terminal(sim, run_ids, timeout=5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(sim.run_truth(r)["status"] in ("completed", "failed") for r in run_ids):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("simulated runs did not finish in time")
+def finish(sim, clock: FakeClock, run_ids, seconds: float = 1.0) -> None:
+    """Move the shared clock on until the simulated runs have ended."""
+    clock.advance(seconds)
+    assert all(sim.run_truth(r)["status"] in ("completed", "failed") for r in run_ids)
 
 
 @pytest.fixture
-async def sim():
-    async with run_simulator(api_key=KEY, seed=3) as running:
+async def sim(clock: FakeClock):
+    async with run_simulator(api_key=KEY, seed=3, clock=clock) as running:
         yield running
 
 
@@ -66,17 +70,17 @@ def paths(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "state", tmp_path / "events.jsonl"
 
 
-async def test_completed_and_failed_runs_each_yield_exactly_one_event(sim, paths) -> None:
+async def test_completed_and_failed_runs_each_yield_exactly_one_event(sim, paths, clock: FakeClock) -> None:
     state, events_file = paths
     cfg = make_config(sim.base_url, state, events_file)
     ok = sim.sim.create_run(technique="cctv-cam", pending_ms=50, running_ms=300, outcome="completed")
     bad = sim.sim.create_run(technique="voiceover", pending_ms=50, running_ms=300, outcome="failed",
                              error_code="GPU_PROVIDER_ERROR")
-    assert await once(cfg) == 0  # first start: both active, tracked
+    assert await once(cfg, clock) == 0  # first start: both active, tracked
     assert read_events(events_file) == []
-    await wait_terminal(sim.sim, [ok, bad])
-    assert await once(cfg) == 0
-    assert await once(cfg) == 0  # a third sweep re-reads both terminal runs: nothing new
+    finish(sim.sim, clock, [ok, bad])
+    assert await once(cfg, clock) == 0
+    assert await once(cfg, clock) == 0  # a third sweep re-reads both terminal runs: nothing new
     events = {e["data"]["run_id"]: e for e in read_events(events_file)}
     assert len(read_events(events_file)) == 2
     assert events[ok]["type"] == "run.completed" and events[ok]["data"]["error_code"] is None
@@ -91,82 +95,96 @@ async def test_completed_and_failed_runs_each_yield_exactly_one_event(sim, paths
     assert failed["data"]["completed_at"] == truth["completed_at"]
 
 
-async def test_a_run_that_starts_and_finishes_between_two_sweeps_is_reported(sim, paths) -> None:
+async def test_a_run_that_starts_and_finishes_between_two_sweeps_is_reported(sim, paths, clock: FakeClock) -> None:
     state, events_file = paths
     cfg = make_config(sim.base_url, state, events_file)
-    assert await once(cfg) == 0
+    assert await once(cfg, clock) == 0
     fast = sim.sim.create_run(technique="product-shot", pending_ms=10, running_ms=40, outcome="failed",
                               error_code="safety_blocked")
-    await wait_terminal(sim.sim, [fast])
-    assert await once(cfg) == 0
+    finish(sim.sim, clock, [fast])
+    assert await once(cfg, clock) == 0
     events = read_events(events_file)
     assert [(e["data"]["run_id"], e["type"]) for e in events] == [(fast, "run.failed")]
     assert events[0]["data"]["previous_status"] is None
     assert events[0]["data"]["error_code"] == "safety_blocked"
 
 
-async def test_a_transition_while_the_watcher_was_stopped_is_reported_late(sim, paths) -> None:
+async def test_a_transition_while_the_watcher_was_stopped_is_reported_late(sim, paths, clock: FakeClock) -> None:
     state, events_file = paths
     cfg = make_config(sim.base_url, state, events_file)
     run = sim.sim.create_run(technique="cctv-cam", pending_ms=20, running_ms=200, outcome="completed")
-    assert await once(cfg) == 0
-    await wait_terminal(sim.sim, [run])  # the watcher is not running now
-    assert await once(cfg) == 0
+    assert await once(cfg, clock) == 0
+    finish(sim.sim, clock, [run])  # the watcher is not running now
+    assert await once(cfg, clock) == 0
     (event,) = read_events(events_file)
     assert event["data"]["late"] is True
 
 
-async def test_a_transition_while_the_watcher_runs_is_not_late(sim, paths) -> None:
+async def test_a_transition_while_the_watcher_runs_is_not_late(paths) -> None:
+    """The daemon's own loop, stepped sweep by sweep: the clock moves one interval at a time, and only once the
+    daemon reported its sweep, so the detection delay is exactly what the cadence allows."""
+    clock = FakeClock(0.0, epoch_ms=EPOCH_MS, manual=True)  # time moves only when the test says so
+    async with run_simulator(api_key=KEY, seed=3, clock=clock) as sim:
+        await _stepped_daemon_reports_a_run(sim, paths, clock)
+
+
+async def _stepped_daemon_reports_a_run(sim, paths, clock: FakeClock) -> None:
     state, events_file = paths
     cfg = make_config(sim.base_url, state, events_file)
-    daemon = Daemon(cfg, Options(install_signal_handlers=False))
+    recorder = Recorder()
+    daemon = Daemon(cfg, Options(install_signal_handlers=False), clock=clock, observers=[recorder])
     task = asyncio.create_task(daemon.run())
-    await asyncio.sleep(0.3)
-    run = sim.sim.create_run(technique="cctv-cam", pending_ms=50, running_ms=300, outcome="completed")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not read_events(events_file):
-        await asyncio.sleep(0.05)
-    daemon.request_stop()
-    assert await asyncio.wait_for(task, 10) == 0
+    try:
+        await recorder.sweeps(1)
+        run = sim.sim.create_run(technique="cctv-cam", pending_ms=50, running_ms=300, outcome="completed")
+        for n in range(2, 12):  # the run ends 350 ms after it was created: the fourth sweep after it sees it
+            clock.advance(cfg.watch.interval)
+            report = await recorder.sweeps(n)
+            if report.new_events:
+                break
+        await until(lambda: read_events(events_file), "the event in the file")
+    finally:
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
     (event,) = read_events(events_file)
     assert event["data"]["run_id"] == run
     assert event["data"]["late"] is False
-    # detected within about one interval of the simulator's completion
-    assert event["created_at"] - event["data"]["completed_at"] < 1_500
+    # detected within one interval of the simulator's completion
+    assert 0 <= event["created_at"] - event["data"]["completed_at"] <= cfg.watch.interval * 1000
 
 
-async def test_first_start_over_existing_terminal_runs_reports_nothing(sim, paths) -> None:
+async def test_first_start_over_existing_terminal_runs_reports_nothing(sim, paths, clock: FakeClock) -> None:
     state, events_file = paths
     cfg = make_config(sim.base_url, state, events_file)
-    past = now_ms() - 3_600_000
+    past = clock.now_ms() - 3_600_000
     sim.sim.create_runs(150, pending_ms=10, running_ms=100, created_at=(past, past + 600_000))
-    sim.sim.create_runs(5, pending_ms=10, running_ms=100, created_at=now_ms() - 5_000)
-    assert await once(cfg) == 0
-    assert await once(cfg) == 0
+    sim.sim.create_runs(5, pending_ms=10, running_ms=100, created_at=clock.now_ms() - 5_000)
+    assert await once(cfg, clock) == 0
+    assert await once(cfg, clock) == 0
     assert read_events(events_file) == []
 
 
-async def test_runs_active_at_first_start_are_reported_when_they_finish(sim, paths) -> None:
+async def test_runs_active_at_first_start_are_reported_when_they_finish(sim, paths, clock: FakeClock) -> None:
     """Only runs already *finished* at first start are skipped; running ones are watched."""
     state, events_file = paths
     cfg = make_config(sim.base_url, state, events_file)
     older = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=400, outcome="completed",
-                               created_at=now_ms() - 100)
-    assert await once(cfg) == 0
-    await wait_terminal(sim.sim, [older])
-    assert await once(cfg) == 0
+                               created_at=clock.now_ms() - 100)
+    assert await once(cfg, clock) == 0
+    finish(sim.sim, clock, [older])
+    assert await once(cfg, clock) == 0
     assert [e["data"]["run_id"] for e in read_events(events_file)] == [older]
 
 
-async def test_the_window_settles_finished_runs_in_pages_instead_of_one_poll_each(sim, paths) -> None:
+async def test_the_window_settles_finished_runs_in_pages_instead_of_one_poll_each(sim, paths, clock: FakeClock) -> None:
     """Many runs finishing at once cost a few list pages, not one GET per run."""
     state, events_file = paths
     cfg = make_config(sim.base_url, state, events_file)
     runs = sim.sim.create_runs(250, pending_ms=10, running_ms=(100, 300))
-    assert await once(cfg) == 0
-    await wait_terminal(sim.sim, runs)
+    assert await once(cfg, clock) == 0
+    finish(sim.sim, clock, runs)
     sim.sim.reset_stats()
-    assert await once(cfg) == 0
+    assert await once(cfg, clock) == 0
     stats = sim.sim.stats()["by_route"]
     single = sum(sum(v.values()) for k, v in stats.items() if "/runs/" in k)
     listing = sum(stats.get("GET /api/v1/technique-runs", {}).values())
@@ -175,21 +193,21 @@ async def test_the_window_settles_finished_runs_in_pages_instead_of_one_poll_eac
     assert listing <= 10
 
 
-async def test_a_run_the_listing_no_longer_shows_is_followed_through_its_poll_url(sim, paths) -> None:
+async def test_a_run_the_listing_no_longer_shows_is_followed_through_its_poll_url(sim, paths, clock: FakeClock) -> None:
     state, events_file = paths
     cfg = make_config(sim.base_url, state, events_file, project_id=("prj_watched",))
     # A run started two minutes ago that is about to finish ...
     run = sim.sim.create_run(technique="cctv-cam", project_id="prj_watched", pending_ms=10,
-                             running_ms=120_000 + 300, outcome="completed", created_at=now_ms() - 120_000)
+                             running_ms=120_000 + 300, outcome="completed", created_at=clock.now_ms() - 120_000)
     # ... under 3,000 newer runs that are still running: reaching it again would take ~20 more list pages once
     # the window is past the newest runs; one GET through its poll_url is cheaper.
-    t = now_ms()
+    t = clock.now_ms()
     sim.sim.create_runs(3000, project_id="prj_watched", pending_ms=10, running_ms=600_000,
                         created_at=(t - 110_000, t - 40_000))
-    assert await once(cfg) == 0
-    await wait_terminal(sim.sim, [run])
+    assert await once(cfg, clock) == 0
+    finish(sim.sim, clock, [run])
     sim.sim.reset_stats()
-    assert await once(cfg) == 0
+    assert await once(cfg, clock) == 0
     (event,) = read_events(events_file)
     assert event["data"]["run_id"] == run
     by_route = sim.sim.stats()["by_route"]
@@ -199,15 +217,15 @@ async def test_a_run_the_listing_no_longer_shows_is_followed_through_its_poll_ur
     assert event["data"]["project_id"] == "prj_watched"
 
 
-async def test_dry_run_prints_what_would_be_sent_and_changes_nothing(sim, paths, capsys) -> None:
+async def test_dry_run_prints_what_would_be_sent_and_changes_nothing(sim, paths, capsys, clock: FakeClock) -> None:
     state, events_file = paths
     cfg = make_config(sim.base_url, state, events_file)
-    assert await Daemon(cfg, Options(once=True, dry_run=True, install_signal_handlers=False)).run() == 0
+    assert await Daemon(cfg, Options(once=True, dry_run=True, install_signal_handlers=False), clock=clock).run() == 0
     assert not state.exists()  # a dry run on a fresh machine creates nothing
     run = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=200, outcome="failed",
                              error_code="GPU_PROVIDER_ERROR")
-    assert await once(cfg) == 0  # the real watcher tracks the run
-    await wait_terminal(sim.sim, [run])
+    assert await once(cfg, clock) == 0  # the real watcher tracks the run
+    finish(sim.sim, clock, [run])
     def snapshot() -> tuple:
         store = Store.open(store_path(state))
         try:
@@ -217,38 +235,38 @@ async def test_dry_run_prints_what_would_be_sent_and_changes_nothing(sim, paths,
 
     before = snapshot()
     capsys.readouterr()
-    assert await Daemon(cfg, Options(once=True, dry_run=True, install_signal_handlers=False)).run() == 0
+    assert await Daemon(cfg, Options(once=True, dry_run=True, install_signal_handlers=False), clock=clock).run() == 0
     printed = capsys.readouterr().out
     assert "[dry-run]" in printed and run in printed and "GPU_PROVIDER_ERROR" in printed
     assert snapshot() == before  # the state was not touched ...
     assert read_events(events_file) == []  # ... and nothing was sent
-    assert await once(cfg) == 0  # so the real run still reports it, once
+    assert await once(cfg, clock) == 0  # so the real run still reports it, once
     assert [e["data"]["run_id"] for e in read_events(events_file)] == [run]
 
 
-async def test_an_unreachable_api_keeps_tracked_runs_and_reports_later(sim, paths, tmp_path) -> None:
+async def test_an_unreachable_api_keeps_tracked_runs_and_reports_later(sim, paths, tmp_path, clock: FakeClock) -> None:
     state, events_file = paths
     cfg = make_config(sim.base_url, state, events_file)
     run = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=200, outcome="completed")
-    assert await once(cfg) == 0
+    assert await once(cfg, clock) == 0
     broken = make_config("http://127.0.0.1:9/api/v1", state, events_file)  # nothing listens on port 9
-    assert await once(broken) == 1  # the sweep failed: --once says so
+    assert await once(broken, clock) == 1  # the sweep failed: --once says so
     store = Store.open(store_path(state))
     try:
         assert run in store.load_tracked()
     finally:
         store.close()
-    await wait_terminal(sim.sim, [run])
-    assert await once(cfg) == 0
+    finish(sim.sim, clock, [run])
+    assert await once(cfg, clock) == 0
     assert [e["data"]["run_id"] for e in read_events(events_file)] == [run]
 
 
-async def test_auth_failure_is_fatal_with_exit_1(sim, paths) -> None:
+async def test_auth_failure_is_fatal_with_exit_1(sim, paths, clock: FakeClock) -> None:
     state, events_file = paths
     cfg = make_config(sim.base_url, state, events_file)
     bad = Config(api=ApiConfig(base_url=sim.base_url, api_key=Secret("sk_test_wrong_key_zzzzzz")),
                  watch=cfg.watch, sinks=cfg.sinks)
-    assert await once(bad) == 1
+    assert await once(bad, clock) == 1
 
 
 class ListingDown:
@@ -267,9 +285,8 @@ class ListingDown:
         return await self.real.get_run(*args, **kwargs)
 
 
-async def test_a_failing_list_endpoint_does_not_stall_detection(sim, tmp_path) -> None:
+async def test_a_failing_list_endpoint_does_not_stall_detection(sim, tmp_path, clock: FakeClock) -> None:
     from watcher.api import FloraClient
-    from watcher.clock import SYSTEM_CLOCK
     from watcher.store import AsyncStore
     from watcher.sweep import Sweeper
 
@@ -278,11 +295,11 @@ async def test_a_failing_list_endpoint_does_not_stall_detection(sim, tmp_path) -
     sinks = [SinkConfig(name="journal", type="file", path=tmp_path / "events.jsonl")]
     run = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=300, outcome="failed",
                              error_code="LLM_REFUSAL")
-    async with FloraClient(sim.base_url, Secret(KEY), max_rps=200) as client:
-        sweeper = Sweeper(client, store, watch=watch, sinks=sinks, clock=SYSTEM_CLOCK)
+    async with FloraClient(sim.base_url, Secret(KEY), max_rps=200, clock=clock) as client:
+        sweeper = Sweeper(client, store, watch=watch, sinks=sinks, clock=clock)
         await sweeper.load()
         assert (await sweeper.sweep()).ok
-        await wait_terminal(sim.sim, [run])
+        finish(sim.sim, clock, [run])
         sweeper.client = ListingDown(client)
         result = await sweeper.sweep()
     await store.aclose()

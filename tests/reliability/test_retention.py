@@ -77,7 +77,7 @@ async def test_pending_deliveries_are_never_pruned(tmp_path: Path) -> None:
         daemon = Daemon(cfg, Options(once=True, install_signal_handlers=False))
         await daemon.startup()
         try:
-            await daemon._sweep()
+            await daemon.sweep()
             await daemon.dispatcher.workers["journal"].deliver_due()
         finally:
             await daemon.shutdown()
@@ -85,7 +85,7 @@ async def test_pending_deliveries_are_never_pruned(tmp_path: Path) -> None:
         daemon = Daemon(cfg, Options(once=True, install_signal_handlers=False))
         await daemon.startup()
         try:
-            await daemon._sweep()  # prunes: the journal's deliveries are delivered and older than keep_delivered
+            await daemon.sweep()  # prunes: the journal's deliveries are delivered and older than keep_delivered
         finally:
             await daemon.shutdown()
         with Store.open(store_path(tmp_path / "state")) as store:
