@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -70,20 +71,46 @@ class FakeClock:
             self.advance(seconds)
             await asyncio.sleep(0)
             return
+        timer = self._timer(seconds)
+        try:
+            if timer.done():
+                await asyncio.sleep(0)  # a zero sleep still lets other tasks run
+            await timer
+        finally:
+            timer.cancel()  # a cancelled sleeper leaves no live timer behind
+
+    def _timer(self, seconds: float) -> asyncio.Future[None]:
+        """A future that completes once time reaches now + ``seconds``: the deadline is fixed here, when the
+        wait is asked for, not when some task gets round to it."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         deadline = self.t + max(0.0, seconds)
         if deadline <= self.t:
-            await asyncio.sleep(0)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._timers, (deadline, next(self._seq), fut))
-        try:
-            await fut
-        finally:
-            if not fut.done():
-                fut.cancel()  # a cancelled sleeper leaves no live timer behind
+            fut.set_result(None)
+        else:
+            heapq.heappush(self._timers, (deadline, next(self._seq), fut))
+        return fut
 
     async def wait_for(self, aw: Awaitable[T], seconds: float | None) -> T:
-        return await wait_for_by_sleeping(self, aw, seconds)
+        if not self.manual or seconds is None:
+            return await wait_for_by_sleeping(self, aw, seconds)
+        self.sleeps.append(seconds)
+        timer = self._timer(seconds)
+        task = asyncio.ensure_future(aw)
+        try:
+            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            timer.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if task.cancelled():
+            raise TimeoutError
+        return task.result()
 
 
 async def until(predicate: Callable[[], object], what: str, *, timeout: float = 20.0) -> None:
