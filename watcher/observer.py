@@ -47,7 +47,7 @@ class Report:
     interval: float  # [watch].interval in force, seconds
     outbox: Mapping[str, int] = field(default_factory=dict)  # pending deliveries by sink
     oldest_pending_age_s: float | None = None  # age of the oldest pending delivery
-    sweep: SweepResult | None = None  # the last sweep; None before the first one
+    sweep: SweepResult | None = None  # the last sweep; None before the first one (and on a standby instance)
     api_wait_s: float = 0.0  # seconds the API client waited for its request budget or a 429 during that sweep
 
     @property
