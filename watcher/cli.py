@@ -26,6 +26,9 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("replay", "replay", "re-queue dead-lettered or delivered events"),
     ("status", "status", "tracked runs, outbox depth, last sweep, sink health"),
     ("events", "events", "the transition history from the state store (--follow for new ones)"),
+    ("install-unit", "install_unit", "write the systemd unit (and man page) for this install"),
+    ("completion", "completion", "print a bash or zsh completion script"),
+    ("man", "man", "print the man page (roff)"),
 )
 
 EXIT_OK = 0
