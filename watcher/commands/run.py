@@ -51,8 +51,7 @@ def main(args: argparse.Namespace) -> int:
 def uses_sqlite_state(cfg) -> bool:
     """True unless the config points the state at a shared PostgreSQL store ([store] url), where several
     instances are a deliberate mode and coordinate through the database instead of this lock."""
-    store = getattr(cfg, "store", None)
-    return not (getattr(store, "url", None))
+    return cfg.store.backend == "sqlite"
 
 
 def live_view_wanted(*, once: bool = False, dry_run: bool = False) -> bool:
