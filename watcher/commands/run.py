@@ -2,7 +2,8 @@
 
 Sweeps the FLORA API every [watch].interval seconds and delivers run.completed / run.failed events to the
 configured sinks. SIGTERM or Ctrl-C stops it cleanly (in-flight deliveries finish within
-[delivery].shutdown_grace; nothing pending is lost); SIGHUP reloads the config.
+[delivery].shutdown_grace; nothing pending is lost); SIGHUP reloads the config. When stdout is a pipe whose
+reader goes away (`flora-watcher run | head -1`), it stops the same way.
 """
 
 from __future__ import annotations
@@ -42,10 +43,64 @@ def main(args: argparse.Namespace) -> int:
             print(f"flora-watcher: {exc}", file=sys.stderr)
             return 2
     try:
-        return asyncio.run(Daemon(cfg, opts).run())
+        return asyncio.run(_run(Daemon(cfg, opts)))
     finally:
         if lock is not None:
             lock.release()
+
+
+async def _run(daemon) -> int:
+    """The daemon, stopped cleanly (as by SIGTERM) when stdout is a pipe whose reader has gone
+    (`flora-watcher run | head -1`): nobody reads the stdout sink any more."""
+    closed: list[bool] = []
+
+    def reader_gone() -> None:
+        closed.append(True)
+        daemon.request_stop()
+
+    unwatch = watch_stdout_reader(reader_gone)
+    try:
+        return await daemon.run()
+    finally:
+        unwatch()
+        if closed:  # the flush at exit must not fail; lines written after the reader left stay pending
+            _silence_stdout(sys.stdout.fileno())
+
+
+def watch_stdout_reader(on_gone, fd: int | None = None):
+    """Call ``on_gone()`` once when ``fd`` (default: stdout) is a pipe and its read end closes. Returns a
+    function that stops watching. A no-op for anything but a pipe (a terminal, a file, /dev/null)."""
+    import os
+    import stat
+
+    fd = sys.stdout.fileno() if fd is None else fd
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return lambda: None
+    except (OSError, ValueError):
+        return lambda: None
+    loop = asyncio.get_running_loop()
+
+    def gone() -> None:  # epoll reports EPOLLERR on a pipe's write end once nobody can read it
+        loop.remove_reader(fd)
+        from watcher.logs import get_logger
+
+        get_logger("watcher.run").info("stdout.closed", note="the reader of stdout went away; stopping")
+        on_gone()
+
+    loop.add_reader(fd, gone)
+    return lambda: loop.remove_reader(fd)
+
+
+def _silence_stdout(fd: int) -> None:
+    """Point ``fd`` at /dev/null, so that the last writes and the flush at exit do not fail."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def uses_sqlite_state(cfg) -> bool:
