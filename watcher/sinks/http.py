@@ -18,10 +18,9 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-import aiohttp
 import structlog
 
 from watcher import __version__
@@ -33,6 +32,9 @@ from watcher.policy import body_snippet, classify_http
 from watcher.render import check_template
 from watcher.secret import Secret
 from watcher.sinks.base import BuildContext, SendResult
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = structlog.get_logger("watcher.sinks")
 
@@ -101,6 +103,8 @@ def _strerror(exc: BaseException) -> str:
 
 def _transport_error(exc: BaseException, timeout: float) -> DeliveryError:
     """An aiohttp/OS failure as a DeliveryError whose message holds neither the URL nor the exception text."""
+    import aiohttp
+
     if isinstance(exc, TimeoutError):
         return DeliveryError(f"no answer from the receiver within {timeout:g}s", retryable=True,
                              reason=Reason.TIMEOUT)
@@ -148,6 +152,8 @@ class HttpTransport:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        import aiohttp  # here, not at the top: parsing a config (check-config, status) needs no HTTP client
+
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
@@ -165,6 +171,8 @@ class HttpTransport:
         """POST ``body``; raises ``DeliveryError`` (retryable NETWORK/TIMEOUT, or BAD_CONFIG) when no HTTP
         answer came back. Raised outside the ``except`` so no aiohttp exception (whose text may hold the
         URL) is chained to it."""
+        import aiohttp
+
         await self.start()
         assert self._session is not None
         failure: DeliveryError | None = None
