@@ -42,6 +42,7 @@ log = structlog.get_logger("watcher.daemon")
 
 EXIT_OK = 0
 EXIT_FATAL = 1
+EXIT_CONFIG = 2  # what cli.py exits with for a ConfigError; recorded here so daemon.stopped says it too
 PRUNE_EVERY_MAX_S = 3600.0  # delivered history is pruned at least this often (and every keep_delivered / 4)
 
 
@@ -120,12 +121,14 @@ class Daemon:
             await self.startup()
         except ConfigError as exc:  # a config problem found at start: cli.py exits 2, as check-config would
             log.error("daemon.startup_failed", error=str(exc))
+            self.exit_code = EXIT_CONFIG  # before shutdown(), which logs daemon.stopped with it
             await self.shutdown()
             raise
         except (StoreError, WatcherError) as exc:
             log.error("daemon.startup_failed", error=str(exc))
+            self.exit_code = EXIT_FATAL
             await self.shutdown()
-            return EXIT_FATAL
+            return self.exit_code
         try:
             await self.main_loop()
         except AuthError as exc:

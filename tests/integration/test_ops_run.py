@@ -59,3 +59,22 @@ async def test_run_piped_into_head_stops_after_the_first_line(tmp_path: Path) ->
         err = b"".join(err_lines).decode() + (await proc.stderr.read()).decode()
     assert code == 0
     assert '"stdout.closed"' in err and "Traceback" not in err and "Exception ignored" not in err
+
+
+async def test_a_startup_failure_logs_the_exit_code_the_process_exits_with(tmp_path: Path) -> None:
+    """Bug 2: daemon.stopped said exit_code 0 while the process exited 1."""
+    from structlog.testing import capture_logs
+
+    from watcher.config import parse
+    from watcher.daemon import Daemon, Options
+
+    state = tmp_path / "state"
+    (state / "state.sqlite3").mkdir(parents=True)  # the state file is a directory: the store cannot open
+    cfg = parse(f'[api]\napi_key = "sk_test_x0123456789"\n[watch]\nstate_dir = "{state}"\n'
+                '[[sinks]]\nname = "console"\ntype = "stdout"\n',
+                env={}, read_file=lambda p: "", source=None)
+    with capture_logs() as logs:
+        code = await Daemon(cfg, Options(once=True, install_signal_handlers=False)).run()
+    assert code == 1
+    assert [e for e in logs if e["event"] == "daemon.startup_failed"]
+    assert [e["exit_code"] for e in logs if e["event"] == "daemon.stopped"] == [1]
