@@ -201,7 +201,9 @@ class Daemon:
         if self.opts.live_view and not self.opts.once and not self.opts.dry_run:
             from watcher.liveview import LiveViewObserver
 
-            builtin.append(LiveViewObserver(clock=self.clock))
+            # a stdout sink prints each event above the table already: the table then does not list them again
+            stdout_sink = any(s.type == "stdout" for s in self.cfg.sinks)
+            builtin.append(LiveViewObserver(clock=self.clock, list_events=not stdout_sink))
         self.observers.subscribers[:0] = builtin
 
     def _start_watchdog(self) -> None:

@@ -22,9 +22,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from watcher import logs
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.model import EventType, Run, RunStatus, TrackedRun
 from watcher.observer import Observer, Report, State
+from watcher.render import MARKERS
 
 STATUS_STYLES = {
     RunStatus.PENDING: "yellow",
@@ -32,10 +34,11 @@ STATUS_STYLES = {
     RunStatus.COMPLETED: "green",
     RunStatus.FAILED: "bold red",
 }
-EVENT_ICONS = {EventType.COMPLETED: "✅", EventType.FAILED: "❌", EventType.STARTED: "▶️"}
+EVENT_ICONS = MARKERS  # one marker per event type, the same as the sinks' messages (▶ started, one form)
 # Active runs first (running before pending), then the rest.
 _STATUS_ORDER = {RunStatus.RUNNING: 0, RunStatus.PENDING: 1}
 MAX_REFRESH_PER_SECOND = 4.0
+HIDDEN_WHILE_LIVE = frozenset({"delivery.done"})  # info lines the table stands for (its deliveries count)
 LIVE_KEEP_ENDED_MS = 60_000  # a finished run stays on screen this long
 
 
@@ -143,8 +146,12 @@ class LiveView:
         max_events: int = 8,
         refresh_per_second: float = MAX_REFRESH_PER_SECOND,
         clock: Clock = SYSTEM_CLOCK,
+        list_events: bool = True,
     ) -> None:
         self.console = console or Console()
+        # False when a stdout sink already prints each event above the table: listing it again would show it twice
+        self.list_events = list_events
+        self._deliveries: collections.Counter[str] = collections.Counter()
         self.max_rows = max_rows
         self._runs: tuple[Run, ...] = ()
         self._events: collections.deque[Text] = collections.deque(maxlen=max_events)
@@ -168,14 +175,22 @@ class LiveView:
         self._events.append(event_line(event))
         self._event_count += 1
 
+    def add_delivery(self, outcome: str) -> None:
+        """Count one delivery attempt's outcome (delivered | retry | dead | disabled) for the title line; the
+        info-level delivery log lines are not printed while the view is drawn."""
+        self._deliveries[outcome] += 1
+
     # ------------------------------------------------------------------------------------------ output
 
     def render(self, now_ms: int) -> RenderableType:
         """Everything the view shows at ``now_ms``, as one rich renderable."""
         runs = sorted(self._runs, key=_run_sort_key)
         active = sum(1 for r in runs if r.active)
+        title = f"flora-watcher — {active} active, {_plural(self._event_count, 'event')}"
+        if self._deliveries:
+            title += "; deliveries: " + ", ".join(f"{n} {outcome}" for outcome, n in sorted(self._deliveries.items()))
         table = Table(
-            title=Text(f"flora-watcher — {active} active, {_plural(self._event_count, 'event')}", style="bold"),
+            title=Text(title, style="bold"),
             title_justify="left",
             expand=False,
             header_style="bold dim",
@@ -199,7 +214,7 @@ class LiveView:
             parts.append(Text(f"… and {hidden} more", style="dim"))
         if not runs:
             parts.append(Text("no runs yet", style="dim"))
-        if self._events:
+        if self._events and self.list_events:
             parts.append(Text("Recent events", style="bold"))
             parts.extend(self._events)
         return Group(*parts)
@@ -219,11 +234,13 @@ class LiveView:
                 transient=False,
             )
             self._live.start(refresh=True)  # the first frame at once, not a refresh period later
+            logs.hide_info_events(HIDDEN_WHILE_LIVE)
 
     def stop(self) -> None:
         if self._live is not None:
             self._live.stop()
             self._live = None
+            logs.hide_info_events(())
 
     def __enter__(self) -> LiveView:
         self.start()
@@ -251,8 +268,8 @@ class LiveViewObserver(Observer):
     then the terminal is given back). While it runs, rich redirects sys.stdout and sys.stderr through its
     console, so stdout-sink lines and log lines are printed above the table instead of through it."""
 
-    def __init__(self, view: LiveView | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.view = view or LiveView(clock=clock)
+    def __init__(self, view: LiveView | None = None, *, clock: Clock = SYSTEM_CLOCK, list_events: bool = True) -> None:
+        self.view = view or LiveView(clock=clock, list_events=list_events)
         self.started = False
 
     def _show(self, report: Report) -> None:
@@ -270,3 +287,6 @@ class LiveViewObserver(Observer):
         for event in report.new_events:
             self.view.add_event(event)
         self._show(report)
+
+    def on_delivery(self, sink: str, outcome: str) -> None:
+        self.view.add_delivery(outcome)

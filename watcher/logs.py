@@ -196,6 +196,27 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 _handler: logging.Handler | None = None
+_hidden_info_events: frozenset[str] = frozenset()
+
+
+def hide_info_events(names: Iterable[str]) -> None:
+    """Stop printing info-level lines with these event names (the live view shows them in its table instead);
+    ``()`` prints them again. Warnings and errors with the same names are always printed."""
+    global _hidden_info_events
+    _hidden_info_events = frozenset(names)
+
+
+def _not_hidden(record: logging.LogRecord) -> bool:
+    if not _hidden_info_events or record.levelno != logging.INFO or not isinstance(record.msg, dict):
+        return True
+    return record.msg.get("event") not in _hidden_info_events
+
+
+def _drop_none(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Console lines leave out fields that are None (``status=None`` says nothing); JSON keeps them as null."""
+    for key in [k for k, v in event_dict.items() if v is None]:
+        del event_dict[key]
+    return event_dict
 
 
 def _shared_processors() -> list[Callable[..., Any]]:
@@ -214,7 +235,7 @@ def _renderer(fmt: str, stream: TextIO) -> list[Callable[..., Any]]:
     if fmt == "console":
         colors = is_tty and "NO_COLOR" not in os.environ
         plain = structlog.dev.plain_traceback  # never rich's show_locals
-        return [structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=plain)]
+        return [_drop_none, structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=plain)]
     return [_order_keys, structlog.processors.JSONRenderer()]
 
 
@@ -247,6 +268,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         cache_logger_on_first_use=False,  # so tests can use structlog.testing.capture_logs
     )
     handler: logging.Handler = _StderrHandler() if stream is None else logging.StreamHandler(stream)
+    handler.addFilter(_not_hidden)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
