@@ -1,7 +1,29 @@
 """Delivery: one worker per sink reading that sink's pending deliveries from the outbox.
 
-Shell: the sink transports, ``policy.decide_failure`` decides what happens after a failure (retry at a time,
-dead letter, disable), the store records it. A delivery is marked delivered only after the sink confirmed it.
+Shell: the sink transports, ``policy`` decides what happens after an attempt (retry at a time, dead letter,
+disable; whether the sink's circuit breaker opens or closes), the store records it.
+
+How a worker keeps up without giving up durability:
+
+* It claims due deliveries in batches (``store.due_deliveries``) and sends up to ``concurrency`` of them at
+  once (sink key; webhook and exec default to 8, every other sink sends one at a time). Like TCP's slow
+  start, a worker begins with one request in flight and doubles that with each success up to
+  ``concurrency``, halving it on each retryable failure: a receiver that fails (or answers 410) sees one
+  request, not eight. The store never
+  hands out a delivery while an earlier delivery of the same run to the same sink is still pending, so the
+  events of one run arrive in order.
+* Outcomes go through one ``OutcomeLog`` per dispatcher, a group commit: every outcome recorded while a commit
+  is running joins the next one, so a busy outbox costs one transaction (one fsync) per batch, not three
+  per delivery. The next send does not wait for the previous outcome's commit (at most ``MAX_UNCOMMITTED``
+  wait per worker), but a delivery counts as done only once its outcome is committed, and a claimed delivery
+  is not claimed again before that, so a crash re-sends at most what was in flight or awaiting its commit
+  (same id, same bytes).
+* The circuit breaker (``policy.Breaker``) pauses a sink whose receiver is unreachable or refuses everything:
+  then one probe at a time, at most 5 s apart; the first success resumes the sink and makes all its pending
+  deliveries due at once. A receiver that accepts some events is up: each failing event keeps its own backoff.
+
+Every wait goes through the injected ``Clock``. While sends are in flight a worker waits only for one of them
+to finish (or a wakeup), never on the clock, so a test clock moves only when the worker is really idle.
 Workers are independent, so a slow or failing sink never delays another.
 """
 
@@ -10,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -19,23 +42,84 @@ from watcher.clock import Clock
 from watcher.config import DeliveryConfig
 from watcher.crashpoints import crash_point
 from watcher.errors import DeliveryError, Reason
-from watcher.policy import Circuit, circuit_after, circuit_allows, decide_failure
+from watcher.policy import Breaker, breaker_after, breaker_mode, decide_failure
 from watcher.sinks.base import Sink
+from watcher.store import DEAD, DELIVERED, Delivery, Outcome
 
 log = structlog.get_logger("watcher.dispatcher")
 
-BATCH = 50
-IDLE_RECHECK_S = 2.0
+CLAIM_BATCH = 200  # due deliveries read per claim ...
+REFILL_BELOW = 50  # ... when fewer than this (or than the concurrency) are claimed and waiting
+MAX_UNCOMMITTED = 256  # sent deliveries of one worker whose outcome is not committed yet, at most
+IDLE_RECHECK_S = 2.0  # an idle worker looks at the outbox at least this often (`replay` from another process)
+DEFAULT_CONCURRENCY = 8  # webhook and exec sinks; the others send one at a time
+CONCURRENT_TYPES = frozenset({"webhook", "exec"})
+
+
+def sink_concurrency(sink: Sink) -> int:
+    """Requests a sink may have in flight: its ``concurrency`` key, else 8 for webhook/exec and 1 for the rest
+    (chat platforms pace per webhook; files and stdout are written in order)."""
+    cfg = getattr(sink, "config", None)
+    value = getattr(cfg, "concurrency", None)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    return DEFAULT_CONCURRENCY if getattr(cfg, "type", None) in CONCURRENT_TYPES else 1
 
 
 @dataclass(slots=True)
 class SinkHealth:
-    """In-memory view of one sink for `status`, metrics and the circuit breaker."""
+    """In-memory view of one sink for `status` and metrics."""
 
-    circuit: Circuit
     disabled_reason: str | None = None
     delivered: int = 0
     failed: int = 0
+
+
+class OutcomeLog:
+    """Group commit of delivery outcomes. ``record`` returns once the outcome is committed; outcomes recorded
+    while a commit runs are committed together by the next one."""
+
+    def __init__(self, store) -> None:  # AsyncStore
+        self.store = store
+        self._pending: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.recorded = 0
+
+    async def record(self, outcome: Outcome) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((outcome, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="delivery-outcomes")
+        # Shielded: a cancelled sender (shutdown) does not cancel the commit others wait for too.
+        await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self.store.record_outcomes([outcome for outcome, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except BaseException:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            self.commits += 1
+            self.recorded += len(batch)
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+    async def close(self) -> None:
+        """Wait for the commit in progress (and those queued behind it)."""
+        flusher = self._flusher
+        if flusher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(flusher)
 
 
 class SinkWorker:
@@ -49,6 +133,8 @@ class SinkWorker:
         rand: random.Random,
         disabled_reason: str | None = None,
         on_outcome: Callable[[str, str], None] | None = None,
+        outcomes: OutcomeLog | None = None,
+        concurrency: int | None = None,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -57,64 +143,163 @@ class SinkWorker:
         self.clock = clock
         self.rand = rand
         self.on_outcome = on_outcome
-        self.health = SinkHealth(circuit=Circuit(), disabled_reason=disabled_reason)
+        self.outcomes = outcomes or OutcomeLog(store)
+        self.concurrency = concurrency or sink_concurrency(sink)
+        self.health = SinkHealth(disabled_reason=disabled_reason)
+        self.breaker = Breaker()
+        self.window = 1  # sends allowed in flight now: slow start up to `concurrency`
         self.wakeup = asyncio.Event()
         self.stopping = False
-        self.in_flight = False
+        self.attempted = 0
+        self._queue: deque[Delivery] = deque()  # claimed, not started yet
+        self._claimed: set[int] = set()  # delivery ids queued or in flight
+        self._running: set[asyncio.Task[None]] = set()  # a send, then the commit of its outcome
+        self._sending = 0  # of those, still sending
+        self._claimed_at: int | None = None  # the `now` of the last claim
+        self._error: BaseException | None = None
+        self._disabling = False  # a 410 disabled the sink and the store does not know yet
 
     def _outcome(self, outcome: str) -> None:
         if self.on_outcome is not None:
             self.on_outcome(self.name, outcome)
 
-    async def run_forever(self) -> None:
-        """Deliver until ``stop()``; sleeps until the next due delivery or a wakeup."""
-        while not self.stopping:
-            self.wakeup.clear()  # before looking: a wake() from here on is not lost
-            sent = await self.deliver_due()
-            if self.stopping:
-                break
-            if sent:
-                continue
-            delay = await self._idle_delay()
-            with contextlib.suppress(TimeoutError):
-                await self.clock.wait_for(self.wakeup.wait(), delay)
-
-    async def _idle_delay(self) -> float:
-        now = self.clock.now_ms()
-        nxt = await self.store.next_due_ms(self.name)
-        waits = [IDLE_RECHECK_S]  # also picks up `replay` from another process
-        if nxt is not None:
-            waits.append(max(0.0, (nxt - now) / 1000.0))
-        if self.health.circuit.open_until_ms is not None:
-            waits.append(max(0.0, (self.health.circuit.open_until_ms - now) / 1000.0))
-        return max(0.01, min(waits))
-
     def stop(self) -> None:
         self.stopping = True
         self.wakeup.set()
 
-    async def deliver_due(self, *, limit: int = BATCH) -> int:
-        """Send every delivery of this sink that is due now (up to ``limit``). Returns how many were attempted."""
+    # ------------------------------------------------------------------------------------------ loop
+
+    async def run_forever(self) -> None:
+        """Deliver until ``stop()``; then let the sends in flight finish (``Dispatcher.stop`` bounds that)."""
+        try:
+            while not self.stopping:
+                self._raise_failure()
+                if await self._pump():
+                    continue
+                if self.stopping:
+                    break
+                await self._idle()
+            self._queue.clear()
+            while self._running:
+                await asyncio.wait(set(self._running))
+            self._raise_failure()
+        finally:
+            for task in self._running:
+                task.cancel()
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def deliver_due(self) -> int:
+        """Send everything due now and wait for the outcomes, without waiting for retries (``--once``).
+        Returns how many sends were started."""
+        before = self.attempted
+        while not self.stopping:
+            progressed = await self._pump()
+            if self._running:
+                await self._wait(None)
+                self._raise_failure()
+            elif not progressed:
+                break
+        return self.attempted - before
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    async def _pump(self) -> bool:
+        """Claim what may be sent now and start sends up to the concurrency. True when something started
+        or changed (dead-lettered), so the caller looks again before sleeping."""
+        self.wakeup.clear()
         now = self.clock.now_ms()
-        due = await self.store.due_deliveries(self.name, now, limit)
-        if due and self.health.disabled_reason is not None:
+        if self.health.disabled_reason is not None:
+            return await self._dead_letter_due(now)
+        mode = breaker_mode(self.breaker, now)
+        if mode == "wait":
+            return False
+        if mode == "probe":
+            if self._running:
+                return False  # one request at a time while the receiver is down
+            delivery = await self.store.oldest_pending(self.name)
+            if delivery is None:
+                return False
+            self._claimed.add(delivery.id)
+            self._start(delivery, probe=True)
+            return True
+        if len(self._queue) < max(self.concurrency, REFILL_BELOW):
+            await self._claim(now)
+        started = False
+        while (self._queue and self._sending < self.window and len(self._running) < self.window + MAX_UNCOMMITTED
+               and not self.stopping):
+            if self.breaker.open:
+                break
+            self._start(self._queue.popleft(), probe=False)
+            started = True
+        return started
+
+    async def _claim(self, now: int) -> None:
+        rows = await self.store.due_deliveries(self.name, now, CLAIM_BATCH + len(self._claimed))
+        self._claimed_at = now
+        for delivery in rows:
+            if delivery.id not in self._claimed:
+                self._claimed.add(delivery.id)
+                self._queue.append(delivery)
+
+    def _start(self, delivery: Delivery, *, probe: bool) -> None:
+        self.attempted += 1
+        self._sending += 1
+        task = asyncio.create_task(self._deliver(delivery, probe=probe), name=f"send:{self.name}:{delivery.id}")
+        self._running.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._error is None:
+            self._error = task.exception()
+        self.wakeup.set()
+
+    async def _idle(self) -> None:
+        """Sleep until something may be sent: a send finishing, a wakeup (new events, stop), the next due
+        delivery or probe, or the periodic recheck."""
+        if self._running:
+            await self._wait(None)  # a send or a commit finishing sets the wakeup
+            return
+        now = self.clock.now_ms()
+        waits = [IDLE_RECHECK_S]
+        if self.breaker.open:
+            if self.breaker.next_probe_ms is not None:
+                waits.append((self.breaker.next_probe_ms - now) / 1000.0)
+        elif self.health.disabled_reason is None:
+            nxt = await self.store.next_due_ms(self.name, self._claimed_at)
+            if nxt is not None:
+                waits.append((nxt - now) / 1000.0)
+        await self._wait(max(0.0, min(waits)))
+
+    async def _wait(self, seconds: float | None) -> None:
+        """Until the wakeup is set or, when ``seconds`` is given, that much of the clock's time has passed."""
+        if self.wakeup.is_set():
+            return
+        if seconds is not None and seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await self.clock.wait_for(self.wakeup.wait(), seconds)
+
+    # -------------------------------------------------------------------------------------- disabled
+
+    async def _dead_letter_due(self, now: int) -> bool:
+        due = await self.store.due_deliveries(self.name, now, CLAIM_BATCH)
+        if not due:
+            return False
+        if not self._disabling:
             await self._pick_up_reenable()  # read after `due`: replay re-queues and re-enables in one transaction
-        attempted = 0
+        if self.health.disabled_reason is None:
+            return True
+        error = f"sink disabled: {self.health.disabled_reason}"
         for delivery in due:
-            if self.stopping:
-                break
-            now = self.clock.now_ms()
-            if self.health.disabled_reason is not None:
-                await self.store.mark_dead(
-                    delivery.id, now_ms=now, error=f"sink disabled: {self.health.disabled_reason}", status=None
-                )
-                self._outcome("dead")
-                continue
-            if not circuit_allows(self.health.circuit, now):
-                break
-            attempted += 1
-            await self._attempt(delivery)
-        return attempted
+            await self.outcomes.record(Outcome(delivery.id, self.name, DEAD, now, error=error, attempted=False))
+            self._outcome("dead")
+        return True
 
     async def _pick_up_reenable(self) -> None:
         """`flora-watcher replay` (another process) re-enables a disabled sink in the store; a running daemon
@@ -124,65 +309,140 @@ class SinkWorker:
             self.health.disabled_reason = None
             log.info("sink.reenabled", sink=self.name)
 
-    async def _attempt(self, delivery) -> None:
-        self.in_flight = True
+    # ------------------------------------------------------------------------------------------ send
+
+    def _releaser(self) -> Callable[[], None]:
+        """Ends the send part of one delivery, once: another send may start. Called as soon as the worker's
+        in-memory state (breaker, window, disabled) reflects the answer, before its outcome is committed."""
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._sending -= 1
+                self.wakeup.set()
+
+        return release
+
+    async def _deliver(self, delivery: Delivery, *, probe: bool) -> None:
+        release = self._releaser()
         try:
+            if self.health.disabled_reason is not None:
+                release()
+                now = self.clock.now_ms()
+                await self.outcomes.record(Outcome(delivery.id, self.name, DEAD, now, attempted=False,
+                                                   error=f"sink disabled: {self.health.disabled_reason}"))
+                self._outcome("dead")
+                return
             try:
                 crash_point("before_send")
                 result = await self.sink.send(delivery.event, body=delivery.body)
                 crash_point("after_send")
             except DeliveryError as exc:
-                await self._failed(delivery, exc)
+                await self._failed(delivery, exc, probe=probe, release=release)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug in a sink must not kill the worker or lose the delivery
                 log.exception("delivery.sink_crashed", sink=self.name, event_id=delivery.event_id)
                 await self._failed(delivery, DeliveryError(
-                    f"sink raised {type(exc).__name__}", retryable=True, reason=Reason.IO_ERROR))
+                    f"sink raised {type(exc).__name__}", retryable=True, reason=Reason.IO_ERROR), probe=probe,
+                    release=release)
                 return
             now = self.clock.now_ms()
-            await self.store.mark_delivered(delivery.id, now, result.status)
-            await self.store.record_sink_result(self.name, ok=True, now_ms=now)
-            self.health.circuit = circuit_after(self.health.circuit, ok=True, now_ms=now)
+            was_open = self.breaker.open
+            self.breaker = breaker_after(self.breaker, ok=True, now_ms=now)
+            self.window = min(self.concurrency, self.window * 2)
+            release()
+            await self.outcomes.record(Outcome(delivery.id, self.name, DELIVERED, now, status=result.status,
+                                               health=True))
             self.health.delivered += 1
             self._outcome("delivered")
-            log.info("delivery.done", sink=self.name, event_id=delivery.event_id, attempts=delivery.attempts + 1,
-                     status=result.status)
+            # Debug for a first-try success (thousands a second when busy); info once it took retries.
+            (log.info if delivery.attempts else log.debug)(
+                "delivery.done", sink=self.name, event_id=delivery.event_id, attempts=delivery.attempts + 1,
+                status=result.status)
+            if was_open:
+                await self._resumed(now)
         finally:
-            self.in_flight = False
+            release()
+            self._claimed.discard(delivery.id)
 
-    async def _failed(self, delivery, exc: DeliveryError) -> None:
+    async def _failed(self, delivery: Delivery, exc: DeliveryError, *, probe: bool,
+                      release: Callable[[], None]) -> None:
         now = self.clock.now_ms()
         attempts = delivery.attempts + 1
         verdict = decide_failure(exc, attempts=attempts, created_ms=delivery.created_ms, now_ms=now,
                                  rand=self.rand.random(), cfg=self.cfg)
-        self.health.circuit = circuit_after(self.health.circuit, ok=False, now_ms=now)
+        was_open = self.breaker.open
+        self.breaker = breaker_after(self.breaker, ok=False if exc.retryable else None, now_ms=now, probe=probe,
+                                     retry_after=exc.retry_after)
         self.health.failed += 1
-        await self.store.record_sink_result(self.name, ok=False, now_ms=now, error=exc.message[:300])
+        if exc.retryable:
+            self.window = max(1, self.window // 2)
+        disabled = f"receiver answered {exc.status or 'gone'}: destination gone; fix the sink and replay"
+        if verdict.action == "disable":
+            self.health.disabled_reason = disabled  # before the next send may start
+            self._disabling = True  # not in the store yet: no `replay` to pick up before it is
+        release()
+        error = exc.message[:500]
         fields = dict(sink=self.name, event_id=delivery.event_id, attempts=attempts, reason=str(exc.reason),
                       status=exc.status, error=exc.message[:300])
         if verdict.action == "retry":
-            await self.store.mark_retry(delivery.id, now_ms=now, next_attempt_ms=verdict.next_attempt_ms,
-                                        error=exc.message[:500], status=exc.status)
+            assert verdict.next_attempt_ms is not None
+            await self.outcomes.record(Outcome(delivery.id, self.name, "retry", now, status=exc.status, error=error,
+                                               next_attempt_ms=verdict.next_attempt_ms, health=False))
             self._outcome("retry")
-            log.info("delivery.retry_scheduled", in_s=round((verdict.next_attempt_ms - now) / 1000, 2), **fields)
+            log.info("delivery.retry_scheduled", in_s=round((verdict.next_attempt_ms - now) / 1000, 2),
+                     probe=probe or None, **fields)
         elif verdict.action == "disable":
-            await self.store.mark_dead(delivery.id, now_ms=now, error=exc.message[:500], status=exc.status)
-            reason = f"receiver answered {exc.status or 'gone'}: destination gone; fix the sink and replay"
-            self.health.disabled_reason = reason
-            await self.store.set_sink_state(self.name, disabled_reason=reason, now_ms=now)
+            await self.outcomes.record(Outcome(delivery.id, self.name, DEAD, now, status=exc.status, error=error,
+                                               health=False))
+            await self.store.set_sink_state(self.name, disabled_reason=disabled, now_ms=now)
+            self._disabling = False
             self._outcome("disabled")
             log.error("sink.disabled", **fields, hint="the receiver says this destination is gone (410)")
         else:
-            await self.store.mark_dead(delivery.id, now_ms=now, error=exc.message[:500], status=exc.status)
+            await self.outcomes.record(Outcome(delivery.id, self.name, DEAD, now, status=exc.status, error=error,
+                                               health=False))
             self._outcome("dead")
             log.warning("delivery.dead_lettered", verdict=verdict.reason, **fields,
                         hint="inspect with `flora-watcher deliveries --failed`, re-send with `flora-watcher replay`")
+        if self.breaker.open and not was_open:
+            await self._paused(now, exc)
+        elif self.breaker.open and probe:
+            await self.store.set_sink_pause(self.name, since_ms=self.breaker.opened_ms,
+                                            next_probe_ms=self.breaker.next_probe_ms)
+            log.debug("sink.probe_failed", sink=self.name, next_probe_in_s=self._probe_in_s(now),
+                      error=exc.message[:300])
+
+    def _probe_in_s(self, now: int) -> float | None:
+        nxt = self.breaker.next_probe_ms
+        return None if nxt is None else round((nxt - now) / 1000, 2)
+
+    async def _paused(self, now: int, exc: DeliveryError) -> None:
+        """The breaker opened: drop what was claimed but not started (it stays pending) and say so."""
+        for delivery in self._queue:
+            self._claimed.discard(delivery.id)
+        self._queue.clear()
+        await self.store.set_sink_pause(self.name, since_ms=now, next_probe_ms=self.breaker.next_probe_ms)
+        log.warning("sink.paused", sink=self.name, failures=self.breaker.failures,
+                    failing_for_s=round((now - (self.breaker.streak_start_ms or now)) / 1000, 2),
+                    reason=str(exc.reason), status=exc.status, error=exc.message[:300],
+                    next_probe_in_s=self._probe_in_s(now),
+                    hint="the receiver is unreachable or refuses everything; one probe at a time until it answers")
+
+    async def _resumed(self, now: int) -> None:
+        """The first success after a pause: every pending delivery of this sink is due now."""
+        made_due = await self.store.make_due(self.name, now)
+        await self.store.set_sink_pause(self.name, since_ms=None, next_probe_ms=None)
+        log.info("sink.resumed", sink=self.name, made_due=made_due)
+        self.wakeup.set()
 
 
 class Dispatcher:
-    """Owns one ``SinkWorker`` per sink and their tasks."""
+    """Owns one ``SinkWorker`` per sink, their tasks and the shared group commit of outcomes."""
 
     def __init__(
         self,
@@ -200,13 +460,16 @@ class Dispatcher:
         self.clock = clock
         self.rand = rand or random.Random()
         self.on_outcome = on_outcome
+        self.outcomes = OutcomeLog(store)
         self.workers: dict[str, SinkWorker] = {
-            name: SinkWorker(sink, store, cfg=cfg, clock=clock, rand=self.rand,
-                             disabled_reason=(disabled or {}).get(name), on_outcome=on_outcome)
-            for name, sink in sinks.items()
+            name: self._worker(sink, (disabled or {}).get(name)) for name, sink in sinks.items()
         }
         self.tasks: dict[str, asyncio.Task] = {}
         self._started = False
+
+    def _worker(self, sink: Sink, disabled_reason: str | None) -> SinkWorker:
+        return SinkWorker(sink, self.store, cfg=self.cfg, clock=self.clock, rand=self.rand,
+                          disabled_reason=disabled_reason, on_outcome=self.on_outcome, outcomes=self.outcomes)
 
     def start(self) -> None:
         self._started = True
@@ -215,14 +478,13 @@ class Dispatcher:
 
     def add(self, sink: Sink, *, disabled_reason: str | None = None) -> None:
         """A new worker for ``sink`` (a reload added or changed it); started at once if the dispatcher runs."""
-        worker = SinkWorker(sink, self.store, cfg=self.cfg, clock=self.clock, rand=self.rand,
-                            disabled_reason=disabled_reason, on_outcome=self.on_outcome)
+        worker = self._worker(sink, disabled_reason)
         self.workers[sink.name] = worker
         if self._started:
             self.tasks[sink.name] = asyncio.create_task(worker.run_forever(), name=f"sink:{sink.name}")
 
     async def remove(self, name: str, grace: float) -> None:
-        """Stop one sink's worker: an in-flight send may finish within ``grace``; its deliveries stay in the
+        """Stop one sink's worker: sends in flight may finish within ``grace``; its deliveries stay in the
         outbox (a worker of the same name picks them up, or they are dead-lettered if the sink is gone)."""
         worker = self.workers.pop(name, None)
         if worker is None:
@@ -232,6 +494,7 @@ class Dispatcher:
         if task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await self.clock.wait_for(task, grace)
+        await self.outcomes.close()
 
     def set_config(self, cfg: DeliveryConfig) -> None:
         """A reloaded [delivery] section applies to every worker's next decision."""
@@ -245,21 +508,17 @@ class Dispatcher:
 
     async def drain_due(self) -> None:
         """Deliver everything due now on every sink, concurrently, without waiting for retries (``--once``)."""
-
-        async def drain(worker: SinkWorker) -> None:
-            while await worker.deliver_due():
-                pass
-
-        await asyncio.gather(*(drain(w) for w in self.workers.values()))
+        await asyncio.gather(*(w.deliver_due() for w in self.workers.values()))
 
     async def stop(self, grace: float) -> int:
-        """Stop the workers: an in-flight send may finish within ``grace`` seconds and its outcome is recorded;
+        """Stop the workers: sends in flight may finish within ``grace`` seconds and their outcomes are recorded;
         after that the rest is cancelled (it stays pending and is sent after the next start). Returns how many
         workers had to be cancelled."""
         for worker in self.workers.values():
             worker.stop()
         tasks = list(self.tasks.values())
         if not tasks:
+            await self.outcomes.close()
             return 0
         with contextlib.suppress(TimeoutError):
             await self.clock.wait_for(asyncio.wait(tasks), grace)
@@ -271,6 +530,7 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
             log.warning("delivery.drain_timeout", cancelled=len(pending),
                         note="their deliveries stay pending and are sent after the next start")
+        await self.outcomes.close()
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.error("delivery.worker_crashed", error=repr(task.exception()))

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from watcher.errors import DeliveryError, Reason
@@ -214,40 +214,78 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 # ----------------------------------------------------------------------------------- circuit breaker
 
+BREAKER_THRESHOLD = 5  # failed attempts in a row, with no success between them, ...
+BREAKER_OPEN_AFTER_MS = 1_000  # ... spread over at least this long, open the breaker
+PROBE_FIRST_MS = 1_000  # while open: the first probe this long after opening, doubling ...
+PROBE_MAX_MS = 5_000  # ... up to this; never longer apart (unless the receiver's Retry-After asks for more)
+
 
 @dataclass(frozen=True, slots=True)
-class Circuit:
-    """A sink's circuit: ``failures`` in a row; open (no sends) until ``open_until_ms`` when set."""
+class Breaker:
+    """A sink's circuit breaker.
+
+    Closed (``open`` False): every due delivery may be sent; ``failures`` counts failed attempts in a row
+    since the last success, the first of them at ``streak_start_ms``. Open: the receiver is unreachable or
+    refuses everything; nothing is sent but one probe at a time, the next at ``next_probe_ms``
+    (``probes`` failed probes so far).
+    """
 
     failures: int = 0
-    open_until_ms: int | None = None
+    streak_start_ms: int | None = None
+    open: bool = False
+    opened_ms: int | None = None
+    probes: int = 0
+    next_probe_ms: int | None = None
 
 
-def circuit_after(
-    c: Circuit,
+def probe_delay_ms(probes: int, *, first_ms: int = PROBE_FIRST_MS, max_ms: int = PROBE_MAX_MS) -> int:
+    """Wait before the next probe after ``probes`` failed ones: ``first_ms`` doubling up to ``max_ms``."""
+    return min(max_ms, first_ms * 2 ** min(max(probes, 0), 30))
+
+
+def breaker_after(
+    b: Breaker,
     *,
-    ok: bool,
+    ok: bool | None,
     now_ms: int,
-    threshold: int = 5,
-    cooldown_ms: int = 30_000,
-    max_cooldown_ms: int = 600_000,
-) -> Circuit:
-    """The circuit after one attempt. A success closes it. The ``threshold``-th failure in a row opens it
-    for ``cooldown_ms``; every further failure (the half-open try included) reopens it for twice as long,
-    up to ``max_cooldown_ms``."""
-    if ok:
-        return Circuit()
-    failures = c.failures + 1
-    if failures < threshold:
-        return Circuit(failures=failures)
-    cooldown = min(max_cooldown_ms, cooldown_ms * 2 ** min(failures - threshold, 62))
-    return Circuit(failures=failures, open_until_ms=now_ms + cooldown)
+    probe: bool = False,
+    retry_after: float | None = None,
+    threshold: int = BREAKER_THRESHOLD,
+    open_after_ms: int = BREAKER_OPEN_AFTER_MS,
+) -> Breaker:
+    """The breaker after one attempt's outcome.
 
-
-def circuit_allows(c: Circuit, now_ms: int) -> bool:
-    """Whether a send may go out now: always while closed; once the cooldown has passed (half-open).
-
-    Half-open means one try: the sink's single worker sends once and reports the outcome through
-    ``circuit_after``, which closes the circuit or reopens it for longer.
+    ``ok`` True: the receiver accepted an event, so it is up: the breaker closes (the caller, seeing it was
+    open, makes every pending delivery due at once). ``ok`` None: an answer that says nothing about the
+    receiver's health (a permanent 4xx for one event): no change. ``ok`` False: a retryable failure
+    (unreachable, timeout, 5xx, 408/425/429). While closed it extends the streak; the breaker opens once
+    the streak holds ``threshold`` failures and has lasted ``open_after_ms`` with no success at all — so a
+    receiver that accepts some events and fails others stays closed and each event follows its own backoff.
+    While open, only a failed ``probe`` moves the next probe further away (1 s, 2 s, 4 s, then every 5 s);
+    answers to requests sent before it opened change nothing. A receiver's ``retry_after`` is honoured: no
+    probe before it.
     """
-    return c.open_until_ms is None or now_ms >= c.open_until_ms
+    if ok is None:
+        return b
+    if ok:
+        return Breaker()
+    wait_ms = 0 if retry_after is None or not math.isfinite(retry_after) else math.ceil(retry_after * 1000)
+    if b.open:
+        if not probe:
+            return b
+        probes = b.probes + 1
+        return replace(b, probes=probes, next_probe_ms=now_ms + max(probe_delay_ms(probes), wait_ms))
+    failures = b.failures + 1
+    start = b.streak_start_ms if b.streak_start_ms is not None else now_ms
+    if failures >= threshold and now_ms - start >= open_after_ms:
+        return Breaker(failures=failures, streak_start_ms=start, open=True, opened_ms=now_ms, probes=0,
+                       next_probe_ms=now_ms + max(probe_delay_ms(0), wait_ms))
+    return Breaker(failures=failures, streak_start_ms=start)
+
+
+def breaker_mode(b: Breaker, now_ms: int) -> Literal["send", "probe", "wait"]:
+    """``send``: closed, send what is due. ``probe``: open and a probe is due (send one delivery, alone).
+    ``wait``: open, nothing to send before ``next_probe_ms``."""
+    if not b.open:
+        return "send"
+    return "probe" if b.next_probe_ms is None or now_ms >= b.next_probe_ms else "wait"

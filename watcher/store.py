@@ -26,8 +26,18 @@ INTERFACE (implemented below; the engine depends on exactly this):
 
     # --- deliveries (the outbox)
     due_deliveries(sink: str, now_ms: int, limit: int = 100) -> list[Delivery]
-                                                         # pending, next_attempt_ms <= now, oldest first
-    next_due_ms(sink: str) -> int | None                 # earliest next_attempt_ms of a pending delivery
+                                                         # pending, next_attempt_ms <= now, oldest first;
+                                                         # never one whose run has an earlier pending delivery
+                                                         # to the same sink (the events of a run stay in order)
+    oldest_pending(sink: str) -> Delivery | None         # the breaker's probe: the oldest pending delivery
+    next_due_ms(sink: str, after_ms: int | None = None) -> int | None
+                                                         # earliest next_attempt_ms of a pending delivery
+                                                         # (only those later than after_ms, when given)
+    record_outcomes(outcomes: Sequence[Outcome]) -> None # the dispatcher's group commit: many deliveries'
+                                                         # outcomes and their sinks' health, ONE transaction
+    make_due(sink: str, now_ms: int) -> int              # every pending delivery of sink due now (receiver back)
+    set_sink_pause(sink, *, since_ms: int | None, next_probe_ms: int | None) / sink_pauses()
+                                                         # the circuit breaker's pause, for `status`/`deliveries`
     mark_delivered(delivery_id: int, now_ms: int, status: int | None = None) -> None
     mark_retry(delivery_id: int, *, now_ms: int, next_attempt_ms: int, error: str, status: int | None) -> None
     mark_dead(delivery_id: int, *, now_ms: int, error: str, status: int | None) -> None
@@ -166,6 +176,7 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+PAUSE_PREFIX = "sink_paused."  # meta keys of paused sinks (set_sink_pause)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -185,6 +196,7 @@ class Delivery:
     created_ms: int
     next_attempt_ms: int
     body: bytes
+    run_id: str = ""
 
     @functools.cached_property
     def event(self) -> Event:
@@ -226,6 +238,27 @@ class SinkState:
     @property
     def disabled(self) -> bool:
         return self.disabled_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One delivery's outcome for ``record_outcomes``.
+
+    ``state``: ``delivered`` (whatever state the row was in: delivered is the truth), ``retry`` (try again at
+    ``next_attempt_ms``; only a pending row changes) or ``dead`` (only a pending row changes). ``attempted``:
+    the outcome follows a send (counted in ``attempts``). ``health``: True/False counts as a success/failure
+    of the sink in its health record; None leaves it alone.
+    """
+
+    delivery_id: int
+    sink: str
+    state: str
+    now_ms: int
+    status: int | None = None
+    error: str | None = None
+    next_attempt_ms: int | None = None
+    attempted: bool = True
+    health: bool | None = None
 
 
 # ------------------------------------------------------------------------------------ pure helpers
@@ -549,21 +582,112 @@ class Store:
 
     @_translated
     def due_deliveries(self, sink: str, now_ms: int, limit: int = 100) -> list[Delivery]:
-        """Pending deliveries of ``sink`` due at ``now_ms``: earliest next_attempt_ms first, then by id."""
+        """Pending deliveries of ``sink`` due at ``now_ms``: earliest next_attempt_ms first, then by id.
+
+        A delivery whose run has an earlier pending delivery to the same sink is left out (until that one is
+        delivered or dead), so the events of one run reach a sink in order, also while an earlier one is in
+        flight or waiting for a retry."""
         rows = self._conn.execute(
-            "SELECT d.id, d.event_id, d.sink, d.attempts, d.created_ms, d.next_attempt_ms, e.body"
-            " FROM deliveries d JOIN events e ON e.id = d.event_id"
-            " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_ms <= ?"
+            _DELIVERY_COLUMNS
+            + " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_ms <= ?"
+            # CROSS JOIN: look the run's events up first (events_by_run), then their deliveries to this sink
+            " AND NOT EXISTS (SELECT 1 FROM events e2 CROSS JOIN deliveries d2"
+            " WHERE e2.run_id = e.run_id AND d2.event_id = e2.id AND d2.sink = d.sink AND d2.state = 'pending'"
+            " AND d2.id < d.id)"
             " ORDER BY d.next_attempt_ms, d.id LIMIT ?",
             (sink, now_ms, limit),
         ).fetchall()
-        return [Delivery(*row[:6], bytes(row[6])) for row in rows]
+        return [_delivery(row) for row in rows]
 
     @_translated
-    def next_due_ms(self, sink: str) -> int | None:
+    def oldest_pending(self, sink: str) -> Delivery | None:
+        """The pending delivery of ``sink`` that was queued first, due or not (the circuit breaker's probe)."""
+        row = self._conn.execute(
+            _DELIVERY_COLUMNS + " WHERE d.sink = ? AND d.state = 'pending' ORDER BY d.id LIMIT 1", (sink,)
+        ).fetchone()
+        return None if row is None else _delivery(row)
+
+    @_translated
+    def next_due_ms(self, sink: str, after_ms: int | None = None) -> int | None:
+        """The earliest next_attempt_ms of a pending delivery of ``sink`` (later than ``after_ms`` if given)."""
+        if after_ms is None:
+            return self._scalar(
+                "SELECT MIN(next_attempt_ms) FROM deliveries WHERE sink = ? AND state = 'pending'", (sink,)
+            )
         return self._scalar(
-            "SELECT MIN(next_attempt_ms) FROM deliveries WHERE sink = ? AND state = 'pending'", (sink,)
+            "SELECT MIN(next_attempt_ms) FROM deliveries WHERE sink = ? AND state = 'pending'"
+            " AND next_attempt_ms > ?",
+            (sink, after_ms),
         )
+
+    @_translated
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Record many deliveries' outcomes, and their sinks' health, in one transaction (one fsync): the
+        dispatcher's group commit. Each outcome means what ``mark_delivered``/``mark_retry``/``mark_dead`` do."""
+        if not outcomes:
+            return
+        delivered, retry, dead = [], [], []
+        for o in outcomes:
+            if o.state == DELIVERED:
+                delivered.append((int(o.attempted), o.now_ms, o.now_ms, o.status, o.delivery_id))
+            elif o.state == "retry":
+                if o.next_attempt_ms is None:
+                    raise ValueError("a retry outcome needs next_attempt_ms")
+                retry.append((int(o.attempted), o.now_ms, o.next_attempt_ms, _cut(o.error), o.status,
+                              o.delivery_id))
+            elif o.state == DEAD:
+                dead.append((int(o.attempted), o.now_ms, int(o.attempted), o.now_ms, _cut(o.error), o.status,
+                             o.delivery_id))
+            else:
+                raise ValueError(f"unknown outcome state {o.state!r}")
+        with self._transaction() as conn:
+            conn.executemany(
+                "UPDATE deliveries SET state = 'delivered', attempts = attempts + ?, last_attempt_ms = ?,"
+                " delivered_ms = ?, dead_ms = NULL, last_status = ?, last_error = NULL WHERE id = ?",
+                delivered,
+            )
+            conn.executemany(
+                "UPDATE deliveries SET attempts = attempts + ?, last_attempt_ms = ?, next_attempt_ms = ?,"
+                " last_error = ?, last_status = ? WHERE id = ? AND state = 'pending'",
+                retry,
+            )
+            conn.executemany(
+                "UPDATE deliveries SET state = 'dead', attempts = attempts + ?, dead_ms = ?,"
+                " last_attempt_ms = CASE WHEN ? THEN ? ELSE last_attempt_ms END,"
+                " last_error = ?, last_status = COALESCE(?, last_status) WHERE id = ? AND state = 'pending'",
+                dead,
+            )
+            for sink, health in _health_by_sink(outcomes).items():
+                _record_health(conn, sink, **health)
+
+    @_translated
+    def make_due(self, sink: str, now_ms: int) -> int:
+        """Every pending delivery of ``sink`` becomes due at ``now_ms`` (its receiver is back). Returns how many
+        were waiting."""
+        with self._transaction() as conn:
+            return conn.execute(
+                "UPDATE deliveries SET next_attempt_ms = ? WHERE sink = ? AND state = 'pending'"
+                " AND next_attempt_ms > ?",
+                (now_ms, sink, now_ms),
+            ).rowcount
+
+    @_translated
+    def set_sink_pause(self, sink: str, *, since_ms: int | None, next_probe_ms: int | None) -> None:
+        """The circuit breaker paused ``sink`` at ``since_ms`` and probes it next at ``next_probe_ms``; None
+        clears the pause. Kept in meta (``sink_paused.<name>`` = ``"<since_ms>,<next_probe_ms>"``)."""
+        key = PAUSE_PREFIX + sink
+        with self._transaction() as conn:
+            if since_ms is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                _upsert_meta(conn, {key: f"{since_ms},{next_probe_ms if next_probe_ms is not None else ''}"})
+
+    @_translated
+    def sink_pauses(self) -> dict[str, tuple[int, int | None]]:
+        """Paused sinks: name → (paused since ms, next probe ms or None)."""
+        return parse_pauses(self._conn.execute(
+            "SELECT key, value FROM meta WHERE key >= ? AND key < ?", (PAUSE_PREFIX, PAUSE_PREFIX + "\U0010ffff")
+        ))
 
     @_translated
     def mark_delivered(self, delivery_id: int, now_ms: int, status: int | None = None) -> bool:
@@ -696,20 +820,9 @@ class Store:
         """Health bookkeeping after a send: last success/failure, consecutive failures."""
         with self._transaction() as conn:
             if ok:
-                conn.execute(
-                    "INSERT INTO sinks(name, last_success_ms, consecutive_failures) VALUES (?, ?, 0)"
-                    " ON CONFLICT(name) DO UPDATE SET last_success_ms = excluded.last_success_ms,"
-                    " consecutive_failures = 0",
-                    (sink, now_ms),
-                )
+                _record_health(conn, sink, success_ms=now_ms, failures=0, reset=True)
             else:
-                conn.execute(
-                    "INSERT INTO sinks(name, last_failure_ms, last_error, consecutive_failures)"
-                    " VALUES (?, ?, ?, 1)"
-                    " ON CONFLICT(name) DO UPDATE SET last_failure_ms = excluded.last_failure_ms,"
-                    " last_error = excluded.last_error, consecutive_failures = consecutive_failures + 1",
-                    (sink, now_ms, _cut(error)),
-                )
+                _record_health(conn, sink, failure_ms=now_ms, error=error, failures=1, reset=False)
 
     # -------------------------------------------------------------------------------------- events
 
@@ -798,6 +911,9 @@ class Store:
                 last_error=health.last_error,
                 consecutive_failures=health.consecutive_failures,
             )
+        for name, (since, probe) in self.sink_pauses().items():
+            entry = sinks.setdefault(name, _empty_sink_summary())
+            entry.update(paused_since_ms=since, next_probe_ms=probe)
         page_size = self._scalar("PRAGMA page_size")
         page_count = self._scalar("PRAGMA page_count")
         return {
@@ -859,6 +975,62 @@ def _upsert_meta(conn: sqlite3.Connection, items: dict[str, str]) -> None:
     )
 
 
+_DELIVERY_COLUMNS = (
+    "SELECT d.id, d.event_id, d.sink, d.attempts, d.created_ms, d.next_attempt_ms, e.body, e.run_id"
+    " FROM deliveries d JOIN events e ON e.id = d.event_id"
+)
+
+
+def parse_pauses(rows: Iterable[Sequence[Any]]) -> dict[str, tuple[int, int | None]]:
+    """``sink_paused.<name>`` meta rows → name → (paused since ms, next probe ms or None)."""
+    pauses: dict[str, tuple[int, int | None]] = {}
+    for key, value in rows:
+        if not str(key).startswith(PAUSE_PREFIX):
+            continue
+        since, _, probe = str(value).partition(",")
+        try:
+            pauses[str(key)[len(PAUSE_PREFIX):]] = (int(since), int(probe) if probe else None)
+        except ValueError:
+            continue
+    return pauses
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(*row[:6], bytes(row[6]), row[7])
+
+
+def _health_by_sink(outcomes: Sequence[Outcome]) -> dict[str, dict[str, Any]]:
+    """Per sink, the net effect of outcomes in order on its health record (``_record_health`` arguments)."""
+    out: dict[str, dict[str, Any]] = {}
+    for o in outcomes:
+        if o.health is None:
+            continue
+        h = out.setdefault(o.sink, {"success_ms": None, "failure_ms": None, "error": None, "failures": 0,
+                                    "reset": False})
+        if o.health:
+            h.update(success_ms=o.now_ms, failures=0, reset=True)
+        else:
+            h.update(failure_ms=o.now_ms, error=o.error, failures=h["failures"] + 1)
+    return out
+
+
+def _record_health(conn: sqlite3.Connection, sink: str, *, success_ms: int | None = None,
+                   failure_ms: int | None = None, error: str | None = None, failures: int, reset: bool) -> None:
+    """Inside a transaction: a sink's last success/failure; ``consecutive_failures`` becomes ``failures``
+    (``reset``: a success came first) or grows by it."""
+    conn.execute(
+        "INSERT INTO sinks(name, last_success_ms, last_failure_ms, last_error, consecutive_failures)"
+        " VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT(name) DO UPDATE SET"
+        " last_success_ms = COALESCE(excluded.last_success_ms, last_success_ms),"
+        " last_failure_ms = COALESCE(excluded.last_failure_ms, last_failure_ms),"
+        " last_error = CASE WHEN excluded.last_failure_ms IS NULL THEN last_error ELSE excluded.last_error END,"
+        " consecutive_failures = CASE WHEN ? THEN excluded.consecutive_failures"
+        " ELSE consecutive_failures + excluded.consecutive_failures END",
+        (sink, success_ms, failure_ms, _cut(error), failures, int(reset)),
+    )
+
+
 def _requeue(conn: sqlite3.Connection, where: str, params: Sequence[Any], now_ms: int) -> int:
     """Inside a transaction: matching deliveries → pending now, attempts 0; re-enable their sinks."""
     sinks = [row[0] for row in conn.execute(f"SELECT DISTINCT sink FROM deliveries WHERE {where}", params)]
@@ -885,6 +1057,8 @@ def _empty_sink_summary() -> dict[str, Any]:
         "last_failure_ms": None,
         "last_error": None,
         "consecutive_failures": 0,
+        "paused_since_ms": None,  # the circuit breaker paused the sink (its receiver is down) ...
+        "next_probe_ms": None,  # ... and tries one delivery at this time
     }
 
 
@@ -1091,8 +1265,23 @@ class AsyncStore:
     async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100) -> list[Delivery]:
         return await self._call(self.store.due_deliveries, sink, now_ms, limit)
 
-    async def next_due_ms(self, sink: str) -> int | None:
-        return await self._call(self.store.next_due_ms, sink)
+    async def oldest_pending(self, sink: str) -> Delivery | None:
+        return await self._call(self.store.oldest_pending, sink)
+
+    async def next_due_ms(self, sink: str, after_ms: int | None = None) -> int | None:
+        return await self._call(self.store.next_due_ms, sink, after_ms)
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        return await self._call(self.store.record_outcomes, outcomes)
+
+    async def make_due(self, sink: str, now_ms: int) -> int:
+        return await self._call(self.store.make_due, sink, now_ms)
+
+    async def set_sink_pause(self, sink: str, *, since_ms: int | None, next_probe_ms: int | None) -> None:
+        return await self._call(self.store.set_sink_pause, sink, since_ms=since_ms, next_probe_ms=next_probe_ms)
+
+    async def sink_pauses(self) -> dict[str, tuple[int, int | None]]:
+        return await self._call(self.store.sink_pauses)
 
     async def mark_delivered(self, delivery_id: int, now_ms: int, status: int | None = None) -> bool:
         return await self._call(self.store.mark_delivered, delivery_id, now_ms, status)

@@ -38,16 +38,20 @@ from watcher.store import (
     DEAD,
     DELIVERED,
     MAX_ERROR_CHARS,
+    PAUSE_PREFIX,
     PENDING,
     Delivery,
     DeliveryRow,
+    Outcome,
     SinkState,
     _empty_sink_summary,
+    _health_by_sink,
     _meta_value,
     _sink_names,
     decode_tracked,
     encode_event,
     encode_tracked,
+    parse_pauses,
 )
 
 try:  # the optional extra: flora-watcher[postgres]
@@ -490,7 +494,8 @@ class PgStore:
 
     async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100) -> list[Delivery]:
         """Claim and return the pending deliveries of ``sink`` due at ``now_ms`` (earliest first) that no other
-        live instance holds: ``FOR UPDATE SKIP LOCKED``, claim until the database's now + ``claim_ms``."""
+        live instance holds: ``FOR UPDATE SKIP LOCKED``, claim until the database's now + ``claim_ms``. Never
+        one whose run has an earlier pending delivery to the same sink (the events of a run stay in order)."""
         me = self.instance_id
         rows = await self._fetchall(
             "due_deliveries",
@@ -500,27 +505,131 @@ class PgStore:
             f" AND (d.claimed_by IS NULL OR d.claimed_by = %(me)s OR d.claim_until_ms < {NOW_MS}"
             "  OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = d.claimed_by"
             f"   AND i.heartbeat_ms >= {NOW_MS} - %(live)s))"
+            " AND NOT EXISTS (SELECT 1 FROM events e1 JOIN events e2 ON e2.run_id = e1.run_id"
+            "  JOIN deliveries d2 ON d2.event_id = e2.id"
+            "  WHERE e1.id = d.event_id AND d2.sink = d.sink AND d2.state = 'pending' AND d2.id < d.id)"
             " ORDER BY d.next_attempt_ms, d.id LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED)"
             f" UPDATE deliveries d SET claimed_by = %(me)s, claim_until_ms = {NOW_MS} + %(claim)s"
             " FROM due, events e WHERE d.id = due.id AND e.id = d.event_id"
-            " RETURNING d.id, d.event_id, d.sink, d.attempts, d.created_ms, d.next_attempt_ms, e.body",
+            " RETURNING d.id, d.event_id, d.sink, d.attempts, d.created_ms, d.next_attempt_ms, e.body, e.run_id",
             {"sink": sink, "now": now_ms, "me": me, "live": self.liveness_ms, "limit": limit,
              "claim": self.claim_ms},
         )
         rows.sort(key=lambda r: (r[5], r[0]))
-        return [Delivery(*row[:6], bytes(row[6])) for row in rows]
+        return [Delivery(*row[:6], bytes(row[6]), row[7]) for row in rows]
 
-    async def next_due_ms(self, sink: str) -> int | None:
+    async def oldest_pending(self, sink: str) -> Delivery | None:
+        """Claim and return the pending delivery of ``sink`` queued first, due or not (the breaker's probe),
+        unless another live instance holds it."""
+        rows = await self._fetchall(
+            "oldest_pending",
+            "WITH first AS ("
+            " SELECT d.id FROM deliveries d WHERE d.sink = %(sink)s AND d.state = 'pending'"
+            f" AND (d.claimed_by IS NULL OR d.claimed_by = %(me)s OR d.claim_until_ms < {NOW_MS}"
+            "  OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = d.claimed_by"
+            f"   AND i.heartbeat_ms >= {NOW_MS} - %(live)s))"
+            " ORDER BY d.id LIMIT 1 FOR UPDATE OF d SKIP LOCKED)"
+            f" UPDATE deliveries d SET claimed_by = %(me)s, claim_until_ms = {NOW_MS} + %(claim)s"
+            " FROM first, events e WHERE d.id = first.id AND e.id = d.event_id"
+            " RETURNING d.id, d.event_id, d.sink, d.attempts, d.created_ms, d.next_attempt_ms, e.body, e.run_id",
+            {"sink": sink, "me": self.instance_id, "live": self.liveness_ms, "claim": self.claim_ms},
+        )
+        return Delivery(*rows[0][:6], bytes(rows[0][6]), rows[0][7]) if rows else None
+
+    async def next_due_ms(self, sink: str, after_ms: int | None = None) -> int | None:
         """Earliest time a pending delivery of ``sink`` can be sent here (a live claim of another instance
-        counts from its expiry)."""
+        counts from its expiry); only times later than ``after_ms`` when given."""
         value = await self._scalar(
             "next_due_ms",
-            "SELECT MIN(CASE WHEN claimed_by IS NOT NULL AND claimed_by <> %s"
+            "SELECT MIN(t) FROM (SELECT CASE WHEN claimed_by IS NOT NULL AND claimed_by <> %s"
             f" AND claim_until_ms >= {NOW_MS} THEN GREATEST(next_attempt_ms, claim_until_ms)"
-            " ELSE next_attempt_ms END) FROM deliveries WHERE sink = %s AND state = 'pending'",
-            (self.instance_id, sink),
+            " ELSE next_attempt_ms END AS t FROM deliveries WHERE sink = %s AND state = 'pending') due"
+            " WHERE %s::bigint IS NULL OR t > %s::bigint",
+            (self.instance_id, sink, after_ms, after_ms),
         )
         return None if value is None else int(value)
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Many deliveries' outcomes and their sinks' health in one transaction (the dispatcher's group commit);
+        each releases its claim."""
+        if not outcomes:
+            return
+        delivered, retry, dead = [], [], []
+        for o in outcomes:
+            if o.state == DELIVERED:
+                delivered.append((int(o.attempted), o.now_ms, o.now_ms, o.status, o.delivery_id))
+            elif o.state == "retry":
+                if o.next_attempt_ms is None:
+                    raise ValueError("a retry outcome needs next_attempt_ms")
+                retry.append((int(o.attempted), o.now_ms, o.next_attempt_ms, _cut(o.error), o.status,
+                              o.delivery_id))
+            elif o.state == DEAD:
+                dead.append((int(o.attempted), o.now_ms, o.attempted, o.now_ms, _cut(o.error), o.status,
+                             o.delivery_id))
+            else:
+                raise ValueError(f"unknown outcome state {o.state!r}")
+        health = _health_by_sink(outcomes)
+
+        async def body(conn: Any) -> None:
+            async with conn.cursor() as cur:
+                if delivered:
+                    await cur.executemany(
+                        "UPDATE deliveries SET state = 'delivered', attempts = attempts + %s, last_attempt_ms = %s,"
+                        " delivered_ms = %s, dead_ms = NULL, last_status = %s, last_error = NULL, claimed_by = NULL,"
+                        " claim_until_ms = NULL WHERE id = %s",
+                        delivered,
+                    )
+                if retry:
+                    await cur.executemany(
+                        "UPDATE deliveries SET attempts = attempts + %s, last_attempt_ms = %s, next_attempt_ms = %s,"
+                        " last_error = %s, last_status = %s, claimed_by = NULL, claim_until_ms = NULL"
+                        " WHERE id = %s AND state = 'pending'",
+                        retry,
+                    )
+                if dead:
+                    await cur.executemany(
+                        "UPDATE deliveries SET state = 'dead', attempts = attempts + %s, dead_ms = %s,"
+                        " last_attempt_ms = CASE WHEN %s THEN %s ELSE last_attempt_ms END, last_error = %s,"
+                        " last_status = COALESCE(%s, last_status), claimed_by = NULL, claim_until_ms = NULL"
+                        " WHERE id = %s AND state = 'pending'",
+                        dead,
+                    )
+                for sink, h in health.items():
+                    await cur.execute(
+                        "INSERT INTO sinks(name, last_success_ms, last_failure_ms, last_error, consecutive_failures)"
+                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET"
+                        " last_success_ms = COALESCE(excluded.last_success_ms, sinks.last_success_ms),"
+                        " last_failure_ms = COALESCE(excluded.last_failure_ms, sinks.last_failure_ms),"
+                        " last_error = CASE WHEN excluded.last_failure_ms IS NULL THEN sinks.last_error"
+                        " ELSE excluded.last_error END,"
+                        " consecutive_failures = CASE WHEN %s THEN excluded.consecutive_failures"
+                        " ELSE sinks.consecutive_failures + excluded.consecutive_failures END",
+                        (sink, h["success_ms"], h["failure_ms"], _cut(h["error"]), h["failures"], h["reset"]),
+                    )
+
+        await self._tx("record_outcomes", body)
+
+    async def make_due(self, sink: str, now_ms: int) -> int:
+        """Every pending delivery of ``sink`` becomes due at ``now_ms`` (its receiver is back)."""
+        return await self._update_one(
+            "make_due",
+            "UPDATE deliveries SET next_attempt_ms = %s WHERE sink = %s AND state = 'pending' AND next_attempt_ms > %s",
+            (now_ms, sink, now_ms),
+        )
+
+    async def set_sink_pause(self, sink: str, *, since_ms: int | None, next_probe_ms: int | None) -> None:
+        """The circuit breaker's pause of ``sink`` (None clears it), kept in meta as the SQLite store does."""
+        key = PAUSE_PREFIX + sink
+        if since_ms is None:
+            await self._update_one("set_sink_pause", "DELETE FROM meta WHERE key = %s", (key,))
+            return
+        value = f"{since_ms},{next_probe_ms if next_probe_ms is not None else ''}"
+        await self._tx("set_sink_pause", lambda conn: _upsert_meta(conn, [(key, value)]))
+
+    async def sink_pauses(self) -> dict[str, tuple[int, int | None]]:
+        rows = await self._fetchall("sink_pauses", "SELECT key, value FROM meta WHERE starts_with(key, %s)",
+                                    (PAUSE_PREFIX,))
+        return parse_pauses(rows)
 
     async def _update_one(self, name: str, sql: str, params: Sequence[Any]) -> int:
         async def body(conn: Any) -> int:
@@ -741,6 +850,8 @@ class PgStore:
             oldest_pending = (await rows("SELECT MIN(created_ms) FROM deliveries WHERE state = 'pending'"))[0][0]
             size = int((await rows("SELECT pg_database_size(current_database())"))[0][0])
             meta = dict(await rows("SELECT key, value FROM meta ORDER BY key"))
+            for name, (since, probe) in parse_pauses(meta.items()).items():
+                sinks.setdefault(name, _empty_sink_summary()).update(paused_since_ms=since, next_probe_ms=probe)
             now = int((await rows(f"SELECT {NOW_MS}"))[0][0])
             instances = [
                 {"id": r[0], "host": r[1], "pid": r[2], "role": r[3], "version": r[4], "started_ms": r[5],

@@ -9,7 +9,7 @@ points) delivers everything and stops on SIGTERM.
 Checks (``CrashReport.problems``): every terminal transition of every run created after the first start
 reached the file sink and the webhook receiver; nothing was reported that did not happen; the file holds each
 event once; a transition always carries the same event id and body; every webhook duplicate is explained by a
-death mid-send (its first copy was the last request the receiver accepted before the process died); the state
+death while it was in flight (its first copy arrived just before the process died); the state
 store passes ``PRAGMA integrity_check`` and its outbox is empty.
 """
 
@@ -84,10 +84,14 @@ class CrashReport:
         }
 
 
-def unexplained_duplicates(hook: Receiver, deaths: Sequence[float], tolerance: float = 0.1) -> list[str]:
-    """Event ids the receiver accepted twice where the first copy was NOT the last request to arrive before a
-    death: the sink worker sends one delivery at a time and records it before the next, so a copy is only
-    legitimately re-sent when the process died between sending it and recording the receiver's 2xx.
+def unexplained_duplicates(hook: Receiver, deaths: Sequence[float], tolerance: float = 0.1,
+                           window: float = 2.0, in_flight: int = 8 + 256) -> list[str]:
+    """Event ids the receiver accepted twice where the first copy can NOT have been in flight at a death.
+
+    The webhook worker has up to ``concurrency`` (8) sends in flight and up to ``MAX_UNCOMMITTED`` (256) sent
+    deliveries whose outcome awaits the group commit; only those are re-sent after a SIGKILL. So a duplicate is
+    explained when its first copy arrived shortly before a death (within ``window`` seconds: a commit takes
+    milliseconds) and at most ``in_flight`` other requests were accepted between it and the death.
     ``tolerance``: a request written just before the SIGKILL may be read by the receiver a little after it (a
     restarted watcher needs far longer than that before it sends anything)."""
     accepted = sorted((r.at, r.headers.get("webhook-id", "")) for r in hook.accepted())
@@ -98,8 +102,11 @@ def unexplained_duplicates(hook: Receiver, deaths: Sequence[float], tolerance: f
             continue
         first = next(at for at, i in accepted if i == event_id)
         death = next((d + tolerance for d in deaths if d + tolerance >= first), None)
-        later = [at for at, _ in accepted if first < at <= (death if death is not None else float("inf"))]
-        if death is None or later:
+        if death is None or death - first > window + tolerance:
+            out.append(event_id)
+            continue
+        later = [at for at, _ in accepted if first < at <= death]
+        if len(later) > in_flight:
             out.append(event_id)
     return out
 

@@ -12,16 +12,17 @@ from hypothesis import strategies as st
 from watcher.config import DeliveryConfig
 from watcher.errors import DeliveryError, Reason
 from watcher.policy import (
-    Circuit,
+    Breaker,
     Verdict,
     body_snippet,
-    circuit_after,
-    circuit_allows,
+    breaker_after,
+    breaker_mode,
     classify_http,
     decide_failure,
     full_jitter,
     parse_retry_after,
     poll_delay,
+    probe_delay_ms,
 )
 
 NOW = 1_764_400_000_000
@@ -274,47 +275,65 @@ def test_verdict_bounds(attempts, rand, retry_after, age_ms):
 # ------------------------------------------------------------------------------------- circuit breaker
 
 
-def fail(c: Circuit, now_ms: int, **kw) -> Circuit:
-    return circuit_after(c, ok=False, now_ms=now_ms, **kw)
+def fail(b: Breaker, now_ms: int, **kw) -> Breaker:
+    return breaker_after(b, ok=False, now_ms=now_ms, **kw)
 
 
-def test_circuit_opens_after_threshold_and_half_opens_after_cooldown():
-    c = Circuit()
-    assert circuit_allows(c, NOW)
-    for _ in range(4):
-        c = fail(c, NOW)
-        assert circuit_allows(c, NOW)
-    c = fail(c, NOW)
-    assert c == Circuit(failures=5, open_until_ms=NOW + 30_000)
-    assert not circuit_allows(c, NOW + 29_999)
-    assert circuit_allows(c, NOW + 30_000)  # half-open: one try
+def test_the_breaker_opens_only_after_a_streak_of_failures_lasting_a_second():
+    b = Breaker()
+    assert breaker_mode(b, NOW) == "send"
+    for _ in range(20):  # a burst of failures within a moment: individual events failing, not yet "down"
+        b = fail(b, NOW + 500)
+    assert not b.open and breaker_mode(b, NOW + 500) == "send"
+    b = fail(Breaker(), NOW)
+    for i in range(1, 4):
+        b = fail(b, NOW + i * 400)
+    assert not b.open  # 4 failures over 1.2 s: not enough
+    b = fail(b, NOW + 1_600)
+    assert b.open and b.opened_ms == NOW + 1_600 and b.next_probe_ms == NOW + 2_600
+    assert breaker_mode(b, NOW + 2_599) == "wait"
+    assert breaker_mode(b, NOW + 2_600) == "probe"
 
 
-def test_failing_half_open_try_doubles_the_cooldown_up_to_the_maximum():
-    c = Circuit(failures=5, open_until_ms=NOW)
-    cooldowns = []
-    t = NOW
-    for _ in range(8):
-        c = fail(c, t)
-        assert c.open_until_ms is not None
-        cooldowns.append(c.open_until_ms - t)
-        t = c.open_until_ms
-    assert cooldowns == [60_000, 120_000, 240_000, 480_000, 600_000, 600_000, 600_000, 600_000]
+def test_any_success_resets_the_streak():
+    b = Breaker()
+    for i in range(4):
+        b = fail(b, NOW + i * 1_000)
+    b = breaker_after(b, ok=True, now_ms=NOW + 4_000)
+    assert b == Breaker()
+    b = fail(b, NOW + 5_000)
+    assert not b.open and b.failures == 1 and b.streak_start_ms == NOW + 5_000
 
 
-def test_success_closes_the_circuit():
-    c = Circuit(failures=9, open_until_ms=NOW + 1000)
-    assert circuit_after(c, ok=True, now_ms=NOW + 1000) == Circuit()
-    assert circuit_allows(Circuit(), NOW)
+def test_failed_probes_back_off_to_five_seconds_and_never_further():
+    b = Breaker(failures=5, streak_start_ms=NOW, open=True, opened_ms=NOW, next_probe_ms=NOW + 1_000)
+    gaps = []
+    t = NOW + 1_000
+    for _ in range(7):
+        b = fail(b, t, probe=True)
+        assert b.next_probe_ms is not None
+        gaps.append(b.next_probe_ms - t)
+        t = b.next_probe_ms
+    assert gaps == [2_000, 4_000, 5_000, 5_000, 5_000, 5_000, 5_000]
+    assert probe_delay_ms(10_000) == 5_000  # no overflow after a very long outage
 
 
-def test_circuit_thresholds_are_configurable():
-    c = fail(Circuit(), NOW, threshold=1, cooldown_ms=1000, max_cooldown_ms=1500)
-    assert c == Circuit(failures=1, open_until_ms=NOW + 1000)
-    c = fail(c, NOW + 1000, threshold=1, cooldown_ms=1000, max_cooldown_ms=1500)
-    assert c == Circuit(failures=2, open_until_ms=NOW + 2500)
-    c = fail(Circuit(failures=10_000), NOW)  # no overflow after a very long outage
-    assert c.open_until_ms == NOW + 600_000
+def test_answers_to_requests_sent_before_the_pause_do_not_move_the_probe():
+    b = Breaker(failures=5, streak_start_ms=NOW, open=True, opened_ms=NOW, next_probe_ms=NOW + 1_000)
+    assert fail(b, NOW + 10) == b
+    assert breaker_after(b, ok=None, now_ms=NOW + 10) == b  # a permanent 4xx says nothing about health
+
+
+def test_a_receivers_retry_after_is_honoured_by_the_probe():
+    b = Breaker(failures=5, streak_start_ms=NOW, open=True, opened_ms=NOW, next_probe_ms=NOW)
+    b = fail(b, NOW, probe=True, retry_after=60)
+    assert b.next_probe_ms == NOW + 60_000
+
+
+def test_the_first_success_closes_an_open_breaker():
+    b = Breaker(failures=9, streak_start_ms=NOW, open=True, opened_ms=NOW, probes=3, next_probe_ms=NOW + 5_000)
+    assert breaker_after(b, ok=True, now_ms=NOW + 5_000, probe=True) == Breaker()
+    assert breaker_mode(Breaker(), NOW) == "send"
 
 
 def test_a_429_body_nested_absurdly_deep_is_still_a_retryable_rate_limit() -> None:
