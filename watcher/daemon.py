@@ -30,7 +30,6 @@ from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import Config, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import AuthError, ConfigError, StoreError, WatcherError
-from watcher.model import Run
 from watcher.observer import HealthObserver, Observer, Observers, Report, State
 from watcher.sinks.base import Sink
 from watcher.sinks.dryrun import DryRunSink
@@ -175,7 +174,8 @@ class Daemon:
         if cfg.server.listen and not self.opts.once:
             from watcher.server import StatusPage, start_server
 
-            page = StatusPage(self.store, self, clock=self.clock, health=self.health)
+            page = StatusPage(self.store, sink_types=self.sink_types, clock=self.clock, health=self.health)
+            self.observers.subscribe(page)
             self.server = await start_server(cfg.server.listen, self.metrics, self.health, page)
         self.observers.on_state(State.READY, self.snapshot())
         self._start_watchdog()
@@ -365,11 +365,8 @@ class Daemon:
             return Report(**base)
         return dataclasses.replace(self.last_report, api_wait_s=0.0, **base)
 
-    # The status page's feed (server.StatusFeed): runs from memory, sink names and types from the config.
-    def active_runs(self) -> list[Run]:
-        return [] if self.sweeper is None else [t.run for t in self.sweeper.tracked.values() if not t.terminal]
-
     def sink_types(self) -> dict[str, str]:
+        """Configured sink name → type, for the status page (never a URL or a secret)."""
         return {s.name: s.type for s in self._sink_configs(self.cfg)}
 
     # ----------------------------------------------------------------------------------- liveness hooks

@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from string import Template
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -34,6 +34,7 @@ from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.errors import ConfigError, StoreError, WatcherError
 from watcher.metrics import Metrics
 from watcher.model import Run
+from watcher.observer import Observer, Report, State
 
 log = structlog.get_logger("watcher.server")
 
@@ -149,50 +150,66 @@ STATUS_CACHE_S = 0.5  # one store read serves every open page for this long
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 
-class StatusFeed(Protocol):
-    """What the status page needs from the running watcher besides the store."""
+class StatusPage(Observer):
+    """Builds the ``/api/v1/status`` document, at most every ``STATUS_CACHE_S`` seconds however many pages poll.
 
-    def active_runs(self) -> Iterable[Run]:
-        """The runs the watcher tracks in memory (active ones are shown)."""
-        ...
+    An observer of the daemon (``watcher.observer``): each sweep report hands it the active runs (kept as a
+    list of ``Run`` values, never the daemon's own mapping) and clears the cache, as does every delivery, so
+    the next poll shows what just happened. Until this instance has swept (at startup, or on a standby instance
+    while another one holds the sweeper lease) the active runs come from the store's tracked runs instead.
+    Events, failure counts and sink counters always come from the store; ``sink_types`` gives the configured
+    sinks' names and types (never a URL).
+    """
 
-    def sink_types(self) -> Mapping[str, str]:
-        """Configured sink name → type (never a URL or a secret)."""
-        ...
-
-
-class StatusPage:
-    """Builds the ``/api/v1/status`` document from the feed and the state store, at most every
-    ``STATUS_CACHE_S`` seconds however many pages poll it. ``invalidate()`` after a sweep or a delivery makes
-    the next poll read fresh data."""
-
-    def __init__(self, store: Any, feed: StatusFeed, *, clock: Clock = SYSTEM_CLOCK,
+    def __init__(self, store: Any, *, sink_types: Callable[[], Mapping[str, str]], clock: Clock = SYSTEM_CLOCK,
                  health: HealthSource | None = None, cache_s: float = STATUS_CACHE_S) -> None:
-        self.store = store  # AsyncStore (or anything with the same read methods)
-        self.feed = feed
+        self.store = store  # AsyncStore or PgStore: list_events, failure_counts, delivery_counts, sink_states
+        self.sink_types = sink_types
         self.clock = clock
         self.health = health
         self.cache_s = cache_s
+        self._runs: list[Run] | None = None  # None: read the tracked runs from the store
         self._cached: tuple[float, bytes] | None = None
         self._lock = asyncio.Lock()
 
+    # ------------------------------------------------------------------------------- the observer
+
+    def on_sweep(self, report: Report) -> None:
+        if report.sweep is not None:
+            self._runs = [t.run for t in report.runs.values() if not t.terminal]
+        self.invalidate()
+
+    def on_state(self, state: State, report: Report) -> None:
+        self.invalidate()
+
+    def on_delivery(self, sink: str, outcome: str) -> None:
+        self.invalidate()
+
     def invalidate(self) -> None:
         self._cached = None
+
+    # ------------------------------------------------------------------------------- the document
+
+    async def _active_runs(self) -> list[Run]:
+        if self._runs is not None:
+            return self._runs
+        tracked = await self.store.load_tracked()
+        return [t.run for t in tracked.values() if not t.terminal]
 
     async def document(self) -> dict[str, Any]:
         from watcher.logs import redact
         from watcher.web import status
 
         now = self.clock.now_ms()
+        runs = await self._active_runs()
         stored = await self.store.list_events(limit=status.RECENT_EVENTS)
         failures = await self.store.failure_counts(since_ms=now - status.FAILURE_WINDOW_MS)
         counts = await self.store.delivery_counts()
         states = await self.store.sink_states()
-        sinks = status.sinks(dict(self.feed.sink_types()), counts, states, redact)
+        sinks = status.sinks(dict(self.sink_types()), counts, states, redact)
         return status.build(
-            now_ms=now, version=__version__, runs=list(self.feed.active_runs()),
-            events=[event for _, event in reversed(stored)], failures=failures, sinks_=sinks,
-            ready=self.health.readiness() if self.health is not None else None,
+            now_ms=now, version=__version__, runs=runs, events=[event for _, event in reversed(stored)],
+            failures=failures, sinks_=sinks, ready=self.health.readiness() if self.health is not None else None,
         )
 
     async def body(self) -> bytes:

@@ -849,7 +849,8 @@ class Store:
         printed); ``since_ms``: created at or after; ``types``: only these types; ``limit``: the newest
         ``limit`` of those, still oldest first.
         """
-        where, params = ["rowid > ?"], [after_seq]
+        where: list[str] = ["rowid > ?"]
+        params: list[Any] = [after_seq]
         if since_ms is not None:
             where.append("created_ms >= ?")
             params.append(since_ms)

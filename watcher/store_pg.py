@@ -777,7 +777,8 @@ class PgStore:
         self, *, after_seq: int = 0, since_ms: int | None = None, types: Sequence[str] = (), limit: int | None = None
     ) -> list[tuple[int, Event]]:
         """As ``store.Store.list_events``: oldest first, each with its sequence number (``events.seq``)."""
-        where, params = ["seq > %s"], [after_seq]
+        where: list[str] = ["seq > %s"]
+        params: list[Any] = [after_seq]
         if since_ms is not None:
             where.append("created_ms >= %s")
             params.append(since_ms)

@@ -124,7 +124,7 @@ def recent_event(event: Event) -> dict[str, Any]:
 def failure_groups(counts: Mapping[str | None, int]) -> list[dict[str, Any]]:
     """``store.failure_counts`` → [{error_code, count}], most frequent first."""
     groups = [{"error_code": _text(code), "count": n} for code, n in counts.items() if n]
-    groups.sort(key=lambda g: (-g["count"], g["error_code"] or ""))
+    groups.sort(key=lambda g: (-int(g["count"] or 0), str(g["error_code"] or "")))
     return groups
 
 
