@@ -170,8 +170,11 @@ def test_page_and_json_refuse_a_foreign_host_name(stack: Stack) -> None:
 def test_readable_on_a_phone(stack: Stack, open_page: Any) -> None:
     stack.add_run(name="A technique with a rather long name that has to wrap on a small screen",
                   running_ms=3_600_000)
+    failed = stack.add_run(outcome="failed", error_code="GENERATION_DOWNSTREAM_SERVICE_ERROR", running_ms=500)
+    stack.advance(1_000)
     page, _ = open_page(color_scheme="dark", viewport={"width": 390, "height": 844})
     expect(page.locator("#active-list > li").first).to_be_visible(timeout=WAIT_MS)
+    expect(event_card(page, failed).locator(".error-message")).to_be_visible(timeout=WAIT_MS)
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     font_px = page.evaluate("parseFloat(getComputedStyle(document.querySelector('.error-message')).fontSize)")
     assert font_px >= 14
