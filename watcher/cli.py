@@ -29,6 +29,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("install-unit", "install_unit", "write the systemd unit (and man page) for this install"),
     ("completion", "completion", "print a bash or zsh completion script"),
     ("man", "man", "print the man page (roff)"),
+    ("migrate-state", "migrate_state", "copy the SQLite state into an empty PostgreSQL store"),
 )
 
 EXIT_OK = 0

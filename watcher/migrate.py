@@ -49,7 +49,10 @@ async def migrate_state(sqlite_path: str | os.PathLike[str], url: str) -> dict[s
 
     source = Store.open(sqlite_path, create=False)
     try:
-        rows = {table: source._conn.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
+        # events in the order they were stored: the history (`events`, the status page) keeps its order
+        rows = {table: source._conn.execute(
+                    f"SELECT {', '.join(cols)} FROM {table}" + (" ORDER BY rowid" if table == "events" else "")
+                ).fetchall()
                 for table, cols in TABLES}
     finally:
         source.close()
@@ -91,7 +94,8 @@ async def copy_pg_to_memory(url: str) -> Store:
         return memory
     try:
         for table, cols in TABLES:
-            found = await source._fetchall("copy", f"SELECT {', '.join(cols)} FROM {table}")
+            order = " ORDER BY seq" if table == "events" else ""
+            found = await source._fetchall("copy", f"SELECT {', '.join(cols)} FROM {table}{order}")
             memory._conn.executemany(
                 f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                 [_to_sqlite(table, r) for r in found])

@@ -67,3 +67,67 @@ async def test_dry_run_copy_of_a_postgres_state(tmp_path: Path, pg_url: str, pg_
     empty = await copy_pg_to_memory(pg_cluster.create_database())
     assert empty.load_tracked() == {}
     empty.close()
+
+
+async def test_moving_a_running_watcher_to_postgres_loses_nothing_and_sends_nothing_twice(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """SQLite watcher sees runs start → migrate-state → the PostgreSQL watcher reports each ending once."""
+    import dataclasses
+
+    from tests.fakes import FakeClock
+    from tests.integration.test_engine import EPOCH_MS, KEY, finish, make_config, once, read_events
+    from watcher.config import StoreConfig
+    from watcher.secret import Secret
+    from watcher.simulator import run_simulator
+
+    clock = FakeClock(0.0, epoch_ms=EPOCH_MS)
+    state, events_file = tmp_path / "state", tmp_path / "events.jsonl"
+    async with run_simulator(api_key=KEY, seed=5, clock=clock) as sim:
+        cfg = make_config(sim.base_url, state, events_file)
+        assert await once(cfg, clock) == 0  # the first start
+        done = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=150, outcome="failed")
+        later = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=5_000, outcome="completed")
+        finish(sim.sim, clock, [done], seconds=0.5)
+        assert await once(cfg, clock) == 0
+        assert [e["data"]["run_id"] for e in read_events(events_file)] == [done]
+        # the move: the daemon is stopped; its state goes to PostgreSQL
+        counts = await migrate_state(state / "state.sqlite3", pg_url)
+        assert counts["tracked"] >= 1 and counts["events"] == 1
+        pg_cfg = dataclasses.replace(cfg, store=StoreConfig(url=Secret(pg_url), lease=5))
+        finish(sim.sim, clock, [later], seconds=6)
+        assert await once(pg_cfg, clock) == 0
+        assert await once(pg_cfg, clock) == 0
+        events = read_events(events_file)
+        assert sorted(e["data"]["run_id"] for e in events) == sorted([done, later])
+
+
+def test_migrate_state_command(tmp_path: Path, pg_url: str, monkeypatch, capsys) -> None:
+    from watcher.cli import main
+
+    monkeypatch.setenv("FLORA_API_KEY", "sk_live_CANARYkey0123456789")
+    cfg = tmp_path / "flora-watcher.toml"
+    cfg.write_text(f'[watch]\nstate_dir = "{tmp_path / "state"}"\n')
+    assert main(["migrate-state", "-c", str(cfg), "--to", pg_url]) == 1  # nothing to migrate yet
+    seed(tmp_path / "state" / "state.sqlite3")
+    password_url = pg_url.replace("flora@", "flora:pw-CANARY-42@", 1)
+    assert main(["migrate-state", "-c", str(cfg), "--to", password_url]) == 0
+    out, err = capsys.readouterr()
+    assert "2 tracked" in out and "3 deliveries" in out and "pw-CANARY-42" not in out + err
+    assert main(["migrate-state", "-c", str(cfg), "--to", password_url]) == 1
+    out, err = capsys.readouterr()
+    assert "not empty" in err and "pw-CANARY-42" not in out + err
+    assert main(["migrate-state", "-c", str(cfg), "--to", "mysql://x@y/z"]) == 2
+
+
+async def test_the_history_keeps_its_order_across_the_move(tmp_path: Path, pg_url: str) -> None:
+    path = tmp_path / "state.sqlite3"
+    runs = [f"run_{c}" for c in "zyxwvu"]  # ids in reverse alphabetical order, stored in this order
+    with Store.open(path) as s:
+        for i, run in enumerate(runs):
+            s.commit_sweep(upserts=[], deletes=[], events=[(make_event(run, created_at=T0 + i), [])], meta={},
+                           now_ms=T0)
+        before = [e.id for _, e in s.list_events()]
+    await migrate_state(path, pg_url)
+    async with await PgStore.open(pg_url) as pg:
+        assert [e.id for _, e in await pg.list_events()] == before
