@@ -40,18 +40,21 @@ def test_screenshots_light_and_dark(stack: Stack, open_page: Any, tmp_path: Path
                   project_id="prj_sim2bravo")
     stack.add_run(created_at=now - 75_000, pending_ms=2_000, running_ms=120_000)
     stack.add_run(technique="voiceover", created_at=now - 20_000, pending_ms=600_000, project_id="prj_sim3charlie")
-    stack.add_run(technique="product-shot", running_ms=800)
-    stack.add_run(outcome="failed", error_code="GPU_PROVIDER_ERROR", running_ms=700, project_id="prj_sim2bravo")
-    stack.add_run(technique="caption-writer", running_ms=600, project_id="prj_sim3charlie")
-    stack.add_run(technique="storyboard-animate", running_ms=900, project_id="prj_sim2bravo")
-    stack.add_run(outcome="failed", error_code="GENERATION_PROMPT_MODERATED", running_ms=500)
-    stack.add_run(running_ms=500)
-    stack.add_run(outcome="failed", error_code="GPU_PROVIDER_ERROR", technique="product-shot", running_ms=400)
+    ended = [
+        stack.add_run(technique="product-shot", running_ms=800),
+        stack.add_run(outcome="failed", error_code="GPU_PROVIDER_ERROR", running_ms=700, project_id="prj_sim2bravo"),
+        stack.add_run(technique="caption-writer", running_ms=600, project_id="prj_sim3charlie"),
+        stack.add_run(technique="storyboard-animate", running_ms=900, project_id="prj_sim2bravo"),
+        stack.add_run(outcome="failed", error_code="GENERATION_PROMPT_MODERATED", running_ms=500),
+        stack.add_run(running_ms=500),
+        stack.add_run(outcome="failed", error_code="GPU_PROVIDER_ERROR", technique="product-shot", running_ms=400),
+    ]
     stack.advance(1_000)
     stack.wait_swept()
     for scheme in ("light", "dark"):
         page, _ = open_page(color_scheme=scheme, viewport={"width": 1100, "height": 900})
-        expect(page.locator("#event-list > li")).to_have_count(7, timeout=WAIT_MS)
+        for run_id in ended:
+            expect(event_card(page, run_id)).to_be_visible(timeout=WAIT_MS)
         expect(page.locator("#sink-list .health-failing")).to_be_visible(timeout=WAIT_MS)
         page.wait_for_function("() => [...document.querySelectorAll('img')].every(i => i.complete && i.naturalWidth)")
         background = page.evaluate("getComputedStyle(document.body).backgroundColor")
