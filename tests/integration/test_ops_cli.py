@@ -183,3 +183,38 @@ def test_global_options_work_before_and_after_the_command(argv, fmt, level) -> N
 
     args = build_parser().parse_args(argv)
     assert (args.log_format, args.log_level) == (fmt, level)
+
+
+# ------------------------------------------------------------------------- a paused sink in deliveries
+
+
+def test_the_next_attempt_shown_is_the_real_one() -> None:
+    from watcher.commands.deliveries import next_attempt_text, real_next_attempt_ms
+
+    now = 1_764_400_000_000
+    assert next_attempt_text(now + 60_000, now, None).startswith("next attempt 2025-")
+    assert next_attempt_text(now - 60_000, now, None) == "due now"  # never a time in the past
+    paused = next_attempt_text(now - 60_000, now, (now - 120_000, now + 5_000))
+    assert paused.startswith("waiting: sink paused since") and "next probe" in paused
+    assert real_next_attempt_ms(now - 60_000, (now - 120_000, now + 5_000)) == now + 5_000
+    assert real_next_attempt_ms(now + 60_000, (now - 120_000, now + 5_000)) == now + 60_000
+    assert real_next_attempt_ms(now - 60_000, None) == now - 60_000
+
+
+def test_deliveries_of_a_paused_sink_say_so(config: Path, tmp_path: Path, capsys) -> None:
+    if not hasattr(Store, "set_sink_pause"):
+        pytest.skip("this store has no circuit-breaker pause yet")
+    populate(tmp_path / "state")
+    store = Store.open(store_path(tmp_path / "state"))
+    try:
+        store.replay_failed(now_ms=1_000)
+        store.set_sink_pause("journal", since_ms=2_000, next_probe_ms=4_000_000_000_000)
+    finally:
+        store.close()
+    assert main(["deliveries", "-c", str(config)]) == 0
+    assert "waiting: sink paused since" in capsys.readouterr().out
+    assert main(["deliveries", "--json", "-c", str(config)]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (row["next_attempt_ms"], row["sink_paused_since_ms"]) == (4_000_000_000_000, 2_000)
+    assert main(["status", "-c", str(config)]) == 0
+    assert "PAUSED since" in capsys.readouterr().out

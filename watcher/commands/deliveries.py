@@ -44,6 +44,8 @@ def main(args: argparse.Namespace) -> int:
             print("no state yet: the watcher has not run with this state_dir")
             return 0
         rows = store.list_deliveries(failed=args.failed, limit=max(1, args.limit), sink=args.sink)
+        # the circuit breaker's pauses (name → (since_ms, next_probe_ms)), where the store keeps them
+        pauses = store.sink_pauses() if hasattr(store, "sink_pauses") else {}
     finally:
         if store is not None:
             store.close()
@@ -52,7 +54,10 @@ def main(args: argparse.Namespace) -> int:
             print(json.dumps({
                 "id": r.id, "event_id": r.event_id, "type": r.event_type, "run_id": r.run_id, "sink": r.sink,
                 "state": r.state, "attempts": r.attempts, "created_ms": r.created_ms,
-                "next_attempt_ms": r.next_attempt_ms, "last_status": r.last_status,
+                "next_attempt_ms": real_next_attempt_ms(r.next_attempt_ms, pauses.get(r.sink))
+                if r.state == "pending" else r.next_attempt_ms,
+                "sink_paused_since_ms": pauses[r.sink][0] if r.sink in pauses else None,
+                "last_status": r.last_status,
                 "last_error": redact(r.last_error) if r.last_error else None, "dead_ms": r.dead_ms,
             }))
         return 0
@@ -61,8 +66,30 @@ def main(args: argparse.Namespace) -> int:
         return 0
     now = now_ms()
     for r in rows:
-        when = f"dead since {iso(r.dead_ms)}" if args.failed else f"next attempt {iso(r.next_attempt_ms)}"
+        when = f"dead since {iso(r.dead_ms)}" if args.failed else next_attempt_text(
+            r.next_attempt_ms, now, pauses.get(r.sink))
         error = f" — {redact(r.last_error)}" if r.last_error else ""
         print(f"{r.event_id} {r.event_type:<13} {r.run_id} → {r.sink}: {plural(r.attempts, 'attempt')}, "
               f"queued {ago(r.created_ms, now)}, {when}{error}")
     return 0
+
+
+def real_next_attempt_ms(next_attempt_ms: int | None, pause: tuple[int, int | None] | None) -> int | None:
+    """When the delivery can be tried next. While its sink is paused, nothing is sent before the breaker's next
+    probe, whatever the row's own schedule says. Pure."""
+    if pause is None or pause[1] is None or next_attempt_ms is None:
+        return next_attempt_ms
+    return max(next_attempt_ms, pause[1])
+
+
+def next_attempt_text(next_attempt_ms: int | None, now_ms: int, pause: tuple[int, int | None] | None) -> str:
+    """'next attempt 2026-…', 'due now', or, while the sink is paused, when it is probed again. Pure."""
+    from watcher.commands._common import iso
+
+    if pause is not None:
+        since, probe = pause
+        probe_text = f"next probe {iso(probe)}" if probe else "probing"
+        return f"waiting: sink paused since {iso(since)} (receiver down), {probe_text}; sent when it answers again"
+    if next_attempt_ms is None or next_attempt_ms <= now_ms:
+        return "due now"
+    return f"next attempt {iso(next_attempt_ms)}"

@@ -37,6 +37,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     try:
         summary = store.summary()
+        pauses = store.sink_pauses() if hasattr(store, "sink_pauses") else {}  # the breaker's, if any
     finally:
         store.close()
     configured = {s.name: s.type for s in cfg.sinks}
@@ -73,6 +74,10 @@ def main(args: argparse.Namespace) -> int:
         kind = configured.get(name, "not configured")
         if entry.get("disabled_reason"):
             health = f"DISABLED: {redact(entry['disabled_reason'])}"
+        elif name in pauses:
+            since, probe = pauses[name]
+            health = (f"PAUSED since {iso(since)} (receiver down), next probe {iso(probe) if probe else 'soon'}: "
+                      f"{redact(entry.get('last_error') or '')}")
         elif entry.get("consecutive_failures"):
             health = f"failing ({entry['consecutive_failures']} in a row): {redact(entry.get('last_error') or '')}"
         elif entry.get("last_success_ms"):
