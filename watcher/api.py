@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -273,7 +273,7 @@ class FloraClient:
         limit: int = MAX_PAGE_LIMIT,
         max_pages: int = 10_000,
         resource: str = RESOURCE_TECHNIQUE_RUNS,
-    ) -> AsyncIterator[ListPage]:
+    ) -> AsyncGenerator[ListPage, None]:
         """Every page of ``GET /technique-runs`` (newest first) with the given filters; with
         ``resource="generations"``, of ``GET /generations`` (whose runs are generations; it takes no
         ``technique_id``, so that filter is not sent).

@@ -1,94 +1,10 @@
 """The state store: SQLite (standard library), off the event loop. Shell: all SQL lives here.
 
-INTERFACE (implemented below; the engine depends on exactly this):
-
-    store = Store.open(path)            # sync; creates the file (0600) and parent dir, WAL, synchronous=FULL,
-                                        # busy_timeout, foreign keys; migrates the versioned schema; raises
-                                        # errors.StoreError with a clear message (permissions, corrupt file,
-                                        # schema newer than this version)
-    astore = AsyncStore(store)          # every method below as `await astore.method(...)`, run on ONE
-                                        # dedicated worker thread (sqlite connection used only from it)
-
-    # --- meta (small key/value strings: "first_start_ms", "high_watermark_ms", "last_sweep_ms", ...)
-    get_meta(key) -> str | None
-    set_meta(items: dict[str, str]) -> None
-
-    # --- tracked runs
-    load_tracked() -> dict[str, TrackedRun]          # every tracked run (active and recently terminal)
-    # --- the engine's one write per sweep: ALL of it in ONE transaction, committed before anything is sent
-    commit_sweep(*, upserts: Iterable[TrackedRun], deletes: Iterable[str],
-                 events: Iterable[tuple[Event, Sequence[str]]],   # (event, names of the sinks it goes to)
-                 meta: dict[str, str], now_ms: int) -> list[str]
-        # inserts each event unless its id exists (ON CONFLICT(id) DO NOTHING: like INSERT OR IGNORE, but a
-        # broken row still fails the sweep instead of vanishing); for each NEWLY inserted event, one
-        # pending delivery per sink name (next_attempt_ms = now_ms). Returns the ids of newly inserted events.
-        # An event id that already exists adds no delivery (re-detection after a crash sends nothing twice).
-
-    # --- deliveries (the outbox)
-    due_deliveries(sink: str, now_ms: int, limit: int = 100) -> list[Delivery]
-                                                         # pending, next_attempt_ms <= now, oldest first;
-                                                         # never one whose run has an earlier pending delivery
-                                                         # to the same sink (the events of a run stay in order)
-    oldest_pending(sink: str) -> Delivery | None         # the breaker's probe: the oldest pending delivery
-    next_due_ms(sink: str, after_ms: int | None = None) -> int | None
-                                                         # earliest next_attempt_ms of a pending delivery
-                                                         # (only those later than after_ms, when given)
-    record_outcomes(outcomes: Sequence[Outcome]) -> None # the dispatcher's group commit: many deliveries'
-                                                         # outcomes and their sinks' health, ONE transaction
-    make_due(sink: str, now_ms: int) -> int              # every pending delivery of sink due now (receiver back)
-    set_sink_pause(sink, *, since_ms: int | None, next_probe_ms: int | None) / sink_pauses()
-                                                         # the circuit breaker's pause, for `status`/`deliveries`
-    mark_delivered(delivery_id: int, now_ms: int, status: int | None = None) -> None
-    mark_retry(delivery_id: int, *, now_ms: int, next_attempt_ms: int, error: str, status: int | None) -> None
-    mark_dead(delivery_id: int, *, now_ms: int, error: str, status: int | None) -> None
-    dead_letter_sink(sink: str, *, now_ms: int, reason: str) -> int
-                                                         # all pending of a removed/disabled sink → dead
-    pending_counts() -> dict[str, int]                   # sink → pending deliveries
-    oldest_pending_ms() -> int | None                    # created_ms of the oldest pending delivery
-    list_deliveries(*, failed: bool, limit: int = 100) -> list[DeliveryRow]   # pending (or dead letters)
-    replay(event_ids: Sequence[str], *, now_ms: int, sink: str | None = None) -> int
-        # re-queues: every dead or delivered delivery of those events (optionally one sink) → pending,
-        # attempts 0.
-        # Returns how many deliveries were re-queued; unknown ids are simply not counted.
-    replay_failed(*, now_ms: int, sink: str | None = None) -> int   # all dead letters → pending
-
-    # --- sink state (410 disables a sink until replay/config change; health for `status`)
-    set_sink_state(sink: str, *, disabled_reason: str | None, now_ms: int) -> None
-    sink_states() -> dict[str, SinkState]
-    record_sink_result(sink: str, *, ok: bool, now_ms: int, error: str | None = None) -> None
-
-    # --- events
-    get_event(event_id) -> Event | None
-    events_exist(ids: Sequence[str]) -> set[str]
-    list_events(*, after_seq=0, since_ms=None, types=(), limit=None) -> list[tuple[int, Event]]
-        # the history (`flora-watcher events`, the status page): oldest first, each with its sequence number
-    failure_counts(*, since_ms: int) -> dict[str | None, int]   # error_code → run.failed events since then
-    delivery_counts() -> dict[str, dict[str, int]]               # sink → {"pending", "delivered", "dead"}
-
-    # --- status / maintenance
-    summary() -> dict        # tracked by status, pending/dead counts, per-sink counts, meta highlights
-    prune(*, now_ms: int, keep_done_ms: int) -> int      # delete delivered deliveries (and their events if no
-                                                         # delivery remains) older than keep_done_ms
-    integrity_check() -> str                             # PRAGMA integrity_check result ("ok")
-    close()
-
-Durability: WAL + synchronous=FULL, so a commit returned means it survives a crash (SIGKILL, power loss).
-Events are stored as their exact JSON body bytes, so every retry and replay sends the same bytes.
-
-Additions beyond the interface above (all optional for callers):
-
-    Store.open(path, *, create=True, busy_timeout_ms=5000)   # create=False: a missing file is a StoreError
-    AsyncStore.open(path, **kw)          # async: opens the connection on the worker thread itself
-    store_path(state_dir) -> Path        # <state_dir>/state.sqlite3: the file name daemon and CLI agree on
-    encode_event(event) -> bytes         # the exact body bytes stored and sent
-    ensure_meta(key, value) -> str       # set once (e.g. first_start_ms); returns the value that is stored
-    all_meta() -> dict[str, str]
-    mark_* return True when a row changed; mark_dead(..., attempted=False) for a verdict without a send
-    list_deliveries(..., sink=None); prune(..., keep_dead_ms=None) also drops dead letters older than that
-    replay/replay_failed re-enable every sink (clear disabled_reason) that got a delivery re-queued
-
-Threading: a ``Store`` is not thread-safe; use it from one thread at a time (``AsyncStore`` guarantees this).
-Every sqlite3 exception is translated into ``errors.StoreError`` here, naming the file and the reason.
+``Store.open(path)`` opens (creates 0600, migrates) the file with WAL and ``synchronous=FULL``, so a commit
+that returned survives a crash; every sqlite3 error becomes an ``errors.StoreError`` naming the file and the
+reason. A ``Store`` is used from one thread at a time: ``AsyncStore`` runs each call on one dedicated worker
+thread and is what the engine awaits (it implements ``store_api.StateStore``, where the contract of every
+method is written down). ``Store.snapshot(path)`` is an in-memory copy for ``--dry-run``.
 """
 
 from __future__ import annotations
@@ -99,7 +15,7 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -454,10 +370,6 @@ class Store:
             source._conn.close()  # not close(): PRAGMA optimize would write to the file
             source._closed = True
         return cls(target, f"{file} (in-memory copy)")
-
-    @property
-    def schema_version(self) -> int:
-        return SCHEMA_VERSION
 
     @_translated
     def close(self) -> None:
@@ -1183,6 +1095,16 @@ def _migrate(conn: sqlite3.Connection, name: str) -> None:
 # ---------------------------------------------------------------------------------- async facade
 
 
+def _on_worker(fn: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[AsyncStore, P], Coroutine[Any, Any, R]]:
+    """``Store.fn`` as an ``AsyncStore`` coroutine method that runs it on the store's worker thread."""
+
+    @functools.wraps(fn)
+    async def method(self: AsyncStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self._call(fn, self.store, *args, **kwargs)
+
+    return method
+
+
 class AsyncStore:
     """The Store's methods as coroutines, every call run on one dedicated worker thread, in call order.
 
@@ -1233,135 +1155,39 @@ class AsyncStore:
     def path(self) -> str:
         return self.store.path
 
-    # one coroutine per Store method, same signatures
+    # Every public Store method, as a coroutine with the same signature, run on the worker thread. A new
+    # Store method needs one line here (tests/integration/test_store.py checks that none is missing).
+    get_meta = _on_worker(Store.get_meta)
+    all_meta = _on_worker(Store.all_meta)
+    set_meta = _on_worker(Store.set_meta)
+    ensure_meta = _on_worker(Store.ensure_meta)
+    load_tracked = _on_worker(Store.load_tracked)
+    commit_sweep = _on_worker(Store.commit_sweep)
+    due_deliveries = _on_worker(Store.due_deliveries)
+    next_due_ms = _on_worker(Store.next_due_ms)
+    mark_delivered = _on_worker(Store.mark_delivered)
+    mark_retry = _on_worker(Store.mark_retry)
+    mark_dead = _on_worker(Store.mark_dead)
+    dead_letter_sink = _on_worker(Store.dead_letter_sink)
+    pending_counts = _on_worker(Store.pending_counts)
+    oldest_pending_ms = _on_worker(Store.oldest_pending_ms)
+    list_deliveries = _on_worker(Store.list_deliveries)
+    replay = _on_worker(Store.replay)
+    replay_failed = _on_worker(Store.replay_failed)
+    set_sink_state = _on_worker(Store.set_sink_state)
+    sink_states = _on_worker(Store.sink_states)
+    record_sink_result = _on_worker(Store.record_sink_result)
+    get_event = _on_worker(Store.get_event)
+    events_exist = _on_worker(Store.events_exist)
+    summary = _on_worker(Store.summary)
+    prune = _on_worker(Store.prune)
+    integrity_check = _on_worker(Store.integrity_check)
 
-    async def get_meta(self, key: str) -> str | None:
-        return await self._call(self.store.get_meta, key)
-
-    async def all_meta(self) -> dict[str, str]:
-        return await self._call(self.store.all_meta)
-
-    async def set_meta(self, items: dict[str, str]) -> None:
-        return await self._call(self.store.set_meta, items)
-
-    async def ensure_meta(self, key: str, value: str) -> str:
-        return await self._call(self.store.ensure_meta, key, value)
-
-    async def load_tracked(self) -> dict[str, TrackedRun]:
-        return await self._call(self.store.load_tracked)
-
-    async def commit_sweep(
-        self,
-        *,
-        upserts: Iterable[TrackedRun],
-        deletes: Iterable[str],
-        events: Iterable[tuple[Event, Sequence[str]]],
-        meta: dict[str, str],
-        now_ms: int,
-    ) -> list[str]:
-        return await self._call(
-            self.store.commit_sweep, upserts=upserts, deletes=deletes, events=events, meta=meta, now_ms=now_ms
-        )
-
-    async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100) -> list[Delivery]:
-        return await self._call(self.store.due_deliveries, sink, now_ms, limit)
-
-    async def oldest_pending(self, sink: str) -> Delivery | None:
-        return await self._call(self.store.oldest_pending, sink)
-
-    async def next_due_ms(self, sink: str, after_ms: int | None = None) -> int | None:
-        return await self._call(self.store.next_due_ms, sink, after_ms)
-
-    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        return await self._call(self.store.record_outcomes, outcomes)
-
-    async def make_due(self, sink: str, now_ms: int) -> int:
-        return await self._call(self.store.make_due, sink, now_ms)
-
-    async def set_sink_pause(self, sink: str, *, since_ms: int | None, next_probe_ms: int | None) -> None:
-        return await self._call(self.store.set_sink_pause, sink, since_ms=since_ms, next_probe_ms=next_probe_ms)
-
-    async def sink_pauses(self) -> dict[str, tuple[int, int | None]]:
-        return await self._call(self.store.sink_pauses)
-
-    async def mark_delivered(self, delivery_id: int, now_ms: int, status: int | None = None) -> bool:
-        return await self._call(self.store.mark_delivered, delivery_id, now_ms, status)
-
-    async def mark_retry(
-        self, delivery_id: int, *, now_ms: int, next_attempt_ms: int, error: str, status: int | None
-    ) -> bool:
-        return await self._call(
-            self.store.mark_retry,
-            delivery_id,
-            now_ms=now_ms,
-            next_attempt_ms=next_attempt_ms,
-            error=error,
-            status=status,
-        )
-
-    async def mark_dead(
-        self, delivery_id: int, *, now_ms: int, error: str, status: int | None, attempted: bool = True
-    ) -> bool:
-        return await self._call(
-            self.store.mark_dead, delivery_id, now_ms=now_ms, error=error, status=status, attempted=attempted
-        )
-
-    async def dead_letter_sink(self, sink: str, *, now_ms: int, reason: str) -> int:
-        return await self._call(self.store.dead_letter_sink, sink, now_ms=now_ms, reason=reason)
-
-    async def pending_counts(self) -> dict[str, int]:
-        return await self._call(self.store.pending_counts)
-
-    async def oldest_pending_ms(self) -> int | None:
-        return await self._call(self.store.oldest_pending_ms)
-
-    async def list_deliveries(
-        self, *, failed: bool, limit: int = 100, sink: str | None = None
-    ) -> list[DeliveryRow]:
-        return await self._call(self.store.list_deliveries, failed=failed, limit=limit, sink=sink)
-
-    async def replay(self, event_ids: Sequence[str], *, now_ms: int, sink: str | None = None) -> int:
-        return await self._call(self.store.replay, event_ids, now_ms=now_ms, sink=sink)
-
-    async def replay_failed(self, *, now_ms: int, sink: str | None = None) -> int:
-        return await self._call(self.store.replay_failed, now_ms=now_ms, sink=sink)
-
-    async def set_sink_state(self, sink: str, *, disabled_reason: str | None, now_ms: int) -> None:
-        return await self._call(
-            self.store.set_sink_state, sink, disabled_reason=disabled_reason, now_ms=now_ms
-        )
-
-    async def sink_states(self) -> dict[str, SinkState]:
-        return await self._call(self.store.sink_states)
-
-    async def record_sink_result(self, sink: str, *, ok: bool, now_ms: int, error: str | None = None) -> None:
-        return await self._call(self.store.record_sink_result, sink, ok=ok, now_ms=now_ms, error=error)
-
-    async def get_event(self, event_id: str) -> Event | None:
-        return await self._call(self.store.get_event, event_id)
-
-    async def events_exist(self, ids: Sequence[str]) -> set[str]:
-        return await self._call(self.store.events_exist, ids)
-
-    async def list_events(
-        self, *, after_seq: int = 0, since_ms: int | None = None, types: Sequence[str] = (), limit: int | None = None
-    ) -> list[tuple[int, Event]]:
-        return await self._call(self.store.list_events, after_seq=after_seq, since_ms=since_ms, types=types,
-                                limit=limit)
-
-    async def failure_counts(self, *, since_ms: int) -> dict[str | None, int]:
-        return await self._call(self.store.failure_counts, since_ms=since_ms)
-
-    async def delivery_counts(self) -> dict[str, dict[str, int]]:
-        return await self._call(self.store.delivery_counts)
-
-    async def summary(self) -> dict[str, Any]:
-        return await self._call(self.store.summary)
-
-    async def prune(self, *, now_ms: int, keep_done_ms: int, keep_dead_ms: int | None = None) -> int:
-        return await self._call(
-            self.store.prune, now_ms=now_ms, keep_done_ms=keep_done_ms, keep_dead_ms=keep_dead_ms
-        )
-
-    async def integrity_check(self) -> str:
-        return await self._call(self.store.integrity_check)
+    list_events = _on_worker(Store.list_events)
+    failure_counts = _on_worker(Store.failure_counts)
+    delivery_counts = _on_worker(Store.delivery_counts)
+    oldest_pending = _on_worker(Store.oldest_pending)
+    record_outcomes = _on_worker(Store.record_outcomes)
+    make_due = _on_worker(Store.make_due)
+    set_sink_pause = _on_worker(Store.set_sink_pause)
+    sink_pauses = _on_worker(Store.sink_pauses)

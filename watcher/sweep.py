@@ -13,20 +13,24 @@ import contextlib
 import dataclasses
 import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
 from watcher import plan, routing
-from watcher.api import FloraClient
+from watcher.api import FloraClient, ListPage
 from watcher.clock import Clock
 from watcher.config import SinkConfig, WatchConfig
 from watcher.crashpoints import crash_point
 from watcher.errors import ApiError, AuthError, NotFoundError
-from watcher.model import KNOWN_STATUSES, Event, Run, RunStatus, TrackedRun
+from watcher.model import Event, Run, RunStatus, TrackedRun
 from watcher.outage import OutageLog
 from watcher.transitions import Context, detect
+
+if TYPE_CHECKING:
+    from watcher.store_api import StateStore
 
 log = structlog.get_logger("watcher.sweep")
 
@@ -51,8 +55,19 @@ class SweepResult:
     observed: int = 0
     events: list[Event] = field(default_factory=list)
     new_event_ids: list[str] = field(default_factory=list)
-    resync: bool = False
     seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class _Pass:
+    """What one sweep carries from its first request to its commit."""
+
+    now: int  # local clock at the sweep's start (poll schedules, meta stamps)
+    first_sweep: bool  # the first sweep of this process
+    result: SweepResult = field(default_factory=SweepResult)
+    dirty: set[str] = field(default_factory=set)  # run ids whose tracked row must be written (or deleted)
+    seen: set[str] = field(default_factory=set)  # run ids a listing showed: they need no poll
+    windows: dict[str, int | None] = field(default_factory=dict)  # filters key -> newest created_at seen
 
 
 class Sweeper:
@@ -61,7 +76,7 @@ class Sweeper:
     def __init__(
         self,
         client: FloraClient,
-        store,  # AsyncStore
+        store: StateStore,
         *,
         watch: WatchConfig,
         sinks: Sequence[SinkConfig],
@@ -88,19 +103,16 @@ class Sweeper:
         self.last_resync_ms: int | None = None
         self.sweeps = 0
         self.outage = OutageLog(log)  # api.unavailable / still_unavailable / recovered, instead of a line a sweep
-        self._warned_unknown: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
     async def load(self) -> None:
         """Read tracked runs and watermarks; record the very first start once, forever."""
-        first = await self.store.get_meta(META_FIRST_START)
-        if first is None:
-            self.first_start_ms = self.clock.now_ms()
-            await self.store.set_meta({META_FIRST_START: str(self.first_start_ms)})
+        now = str(self.clock.now_ms())
+        first = await self.store.ensure_meta(META_FIRST_START, now)
+        self.first_start_ms = int(first)
+        if first == now:
             log.info("watcher.first_start", note="runs already finished now will not be reported")
-        else:
-            self.first_start_ms = int(first)
         self.tracked = await self.store.load_tracked()
         for f in self.filters:
             raw = await self.store.get_meta(hw_key(f))
@@ -125,21 +137,16 @@ class Sweeper:
         """One full sweep. Raises AuthError (fatal for the daemon); other API errors end the sweep early, and
         what was learned until then is still committed."""
         started = self.clock.monotonic()
-        now = self.clock.now_ms()
-        result = SweepResult()
-        dirty: set[str] = set()
-        seen: set[str] = set()
-        completed_windows: dict[str, int | None] = {}
-        first_sweep = self.sweeps == 0
+        sw = _Pass(now=self.clock.now_ms(), first_sweep=self.sweeps == 0)
+        result = sw.result
         self.client.quiet_failures = self.outage.ongoing
         try:
             try:
-                if self._resync_due(now):
-                    result.resync = True
-                    await self._resync(now, first_sweep, result, dirty, seen)
+                if self._resync_due(sw.now):
+                    await self._resync(sw)
                 for f in self.filters:
-                    completed_windows[f.key] = await self._window(f, now, first_sweep, result, dirty, seen)
-                await self._poll_unsettled(now, first_sweep, result, dirty, seen)
+                    sw.windows[f.key] = await self._window(f, sw)
+                await self._poll_unsettled(sw)
             except AuthError:
                 raise
             except ApiError as exc:
@@ -149,104 +156,98 @@ class Sweeper:
                 # The listing failed: keep following the tracked runs one by one on their own schedule, a few
                 # per sweep (as many as `concurrency`), so a broken list endpoint does not stall detection,
                 # while a down API costs only a handful of requests per sweep.
-                await self._poll_unsettled(now, first_sweep, result, dirty, seen, limit=self.watch.concurrency)
+                await self._poll_unsettled(sw, limit=self.watch.concurrency)
         except AuthError:
-            await self._commit(now, result, dirty, completed_windows, ok=False, error="authentication failed")
+            result.ok, result.error = False, "authentication failed"
+            await self._commit(sw)
             raise
         result.seconds = self.clock.monotonic() - started
-        await self._commit(now, result, dirty, completed_windows, ok=result.ok, error=result.error)
+        await self._commit(sw)
         self.sweeps += 1
         self.outage.sweep_done(ok=result.ok, now_ms=self.clock.now_ms(), error=result.error)
         # A quiet sweep is a debug line; one that found something is worth an info line. A failed sweep is told
         # by the outage lines (first failure, reminders, recovery), not once per sweep.
-        emit = log.info if (result.new_event_ids or first_sweep) else log.debug
+        emit = log.info if (result.new_event_ids or sw.first_sweep) else log.debug
         emit(
             "sweep.finished", ok=result.ok, pages=result.pages, polls=result.polls, observed=result.observed,
             events=len(result.new_event_ids), tracked=len(self.tracked), seconds=round(result.seconds, 3),
         )
         return result
 
-    async def _resync(self, now: int, first_sweep: bool, result: SweepResult, dirty: set[str], seen: set[str]) -> None:
+    async def _resync(self, sw: _Pass) -> None:
         """List the active set (pending, then running) in full, so every active run is tracked."""
         for f in self.filters:
-            ctx = self._context(now, f, first_sweep)
+            ctx = self._context(sw, f)
             for status in (RunStatus.PENDING, RunStatus.RUNNING):
-                pages = self.client.pages(status=status, limit=PAGE_SIZE, **f.as_params())
-                async with contextlib.aclosing(pages):
+                async with contextlib.aclosing(self._pages(f, status)) as pages:
                     async for page in pages:
-                        self._take_page(page.runs, ctx, result, dirty, seen)
-        self.last_resync_ms = now
+                        self._take_page(page.runs, ctx, sw)
+        self.last_resync_ms = sw.now
+
+    def _pages(self, f: plan.Filters, status: str | None = None) -> AsyncGenerator[ListPage, None]:
+        return self.client.pages(status=status, limit=PAGE_SIZE, workspace_id=f.workspace_id,
+                                 project_id=f.project_id, technique_id=f.technique_id)
 
     def _resync_due(self, now: int) -> bool:
         return self.last_resync_ms is None or now - self.last_resync_ms >= self.watch.resync_interval * 1000
 
-    def _context(self, now: int, f: plan.Filters | None, first_sweep: bool) -> Context:
+    def _context(self, sw: _Pass, f: plan.Filters | None) -> Context:
         new_after = plan.new_after_for(self.high_watermarks.get(f.key)) if f is not None else None
         if new_after is None and f is not None and not any(v is not None for v in self.high_watermarks.values()):
             # No window has ever completed (first start, or every sweep so far failed): runs created after the
             # very first start are new; older ones are not reported (no flood on first start).
             new_after = self.first_start_ms
         return Context(
-            now_ms=now,
+            now_ms=sw.now,
             first_start_ms=self.first_start_ms,
             new_after_ms=new_after,
             process_start_ms=self.process_start_ms,
-            first_sweep=first_sweep,
+            first_sweep=sw.first_sweep,
             enabled=self.enabled,
         )
 
-    def _take_page(
-        self, runs: Sequence[Run], ctx: Context, result: SweepResult, dirty: set[str], seen: set[str]
-    ) -> None:
+    def _take_page(self, runs: Sequence[Run], ctx: Context, sw: _Pass) -> None:
         """Observe one listing page: every run on it is settled by the listing."""
-        result.pages += 1
+        sw.result.pages += 1
         self.on_progress()
         page_ctx = self._arrived(ctx)
         for run in runs:
-            self._observe(run, page_ctx, result, dirty, seen, listed=True)
+            self._observe(run, page_ctx, sw, listed=True)
 
     def _arrived(self, ctx: Context) -> Context:
         """``ctx`` stamped with the time a page or poll answer arrived: events carry the moment they were
         observed, not the sweep's start (a long sweep would otherwise date an event before its completion)."""
         return dataclasses.replace(ctx, now_ms=self.clock.now_ms())
 
-    def _observe(
-        self, run: Run, ctx: Context, result: SweepResult, dirty: set[str], seen: set[str], *, listed: bool
-    ) -> bool:
-        """Feed one observation to the transition core. Returns whether the status changed."""
-        result.observed += 1
-        if run.status not in KNOWN_STATUSES and (run.run_id, run.status) not in self._warned_unknown:
-            if len(self._warned_unknown) >= 10_000:  # log each (run, status) once, in bounded memory
-                self._warned_unknown.clear()
-            self._warned_unknown.add((run.run_id, run.status))
-            log.warning("run.unknown_status", run_id=run.run_id, status=run.status[:40])
+    def _observe(self, run: Run, ctx: Context, sw: _Pass, *, listed: bool) -> bool:
+        """Feed one observation to the transition core. Returns whether the status changed. (A status outside
+        the API's enum is logged once by the API client, where it is parsed.)"""
+        sw.result.observed += 1
         prev = self.tracked.get(run.run_id)
         decision = detect(prev, run, ctx)
         if listed:
-            seen.add(run.run_id)
+            sw.seen.add(run.run_id)
         if decision.tracked is None:
             if prev is not None:
                 del self.tracked[run.run_id]
-                dirty.add(run.run_id)
+                sw.dirty.add(run.run_id)
             return decision.changed
         new = plan.settled_by_listing(decision.tracked) if listed else decision.tracked
         self.tracked[run.run_id] = new
         if prev is None or decision.changed or (new.next_poll_ms, new.poll_attempt) != (
             prev.next_poll_ms, prev.poll_attempt
         ):
-            dirty.add(run.run_id)
+            sw.dirty.add(run.run_id)
         for event in decision.events:
-            result.events.append(event)
+            sw.result.events.append(event)
             log.info("run.transition", run_id=run.run_id, type=event.type, late=event.data.get("late"),
                      error_code=event.data.get("error_code"))
         return decision.changed
 
-    async def _window(
-        self, f: plan.Filters, now: int, first_sweep: bool, result: SweepResult, dirty: set[str], seen: set[str]
-    ) -> int | None:
+    async def _window(self, f: plan.Filters, sw: _Pass) -> int | None:
         """Newest-first listing of every status, as deep as the cost model says. Returns the newest created_at
         seen (the new high watermark) when the window reached its floor; raises on API errors."""
-        ctx = self._context(now, f, first_sweep)
+        ctx = self._context(sw, f)
         candidates = sorted(
             (
                 (t.run.created_at, t.run_id)
@@ -259,9 +260,9 @@ class Sweeper:
         oldest: int | None = None
         items = 0
         cursor_idx = 0
-        async with contextlib.aclosing(self.client.pages(limit=PAGE_SIZE, **f.as_params())) as pages:
+        async with contextlib.aclosing(self._pages(f)) as pages:
             async for page in pages:
-                self._take_page(page.runs, ctx, result, dirty, seen)
+                self._take_page(page.runs, ctx, sw)
                 stamps = [run.created_at for run in page.runs if run.created_at is not None]
                 if stamps:
                     newest = max(stamps) if newest is None else max(newest, *stamps)
@@ -269,7 +270,7 @@ class Sweeper:
                 items += len(page.runs)
                 while cursor_idx < len(candidates) and oldest is not None and candidates[cursor_idx][0] >= oldest:
                     cursor_idx += 1
-                unseen = (c for c, rid in itertools.islice(candidates, cursor_idx, None) if rid not in seen)
+                unseen = (c for c, rid in itertools.islice(candidates, cursor_idx, None) if rid not in sw.seen)
                 if not plan.should_continue_window(
                     page_oldest_ms=oldest,
                     next_cursor=page.next_cursor,
@@ -285,16 +286,13 @@ class Sweeper:
             return previous
         return newest if previous is None else max(previous, newest)
 
-    async def _poll_unsettled(
-        self, now: int, first_sweep: bool, result: SweepResult, dirty: set[str], seen: set[str],
-        limit: int | None = None,
-    ) -> None:
+    async def _poll_unsettled(self, sw: _Pass, limit: int | None = None) -> None:
         """Poll, concurrently, every tracked run the listings did not settle and whose poll is due (the
         ``limit`` most overdue when given)."""
-        due = plan.runs_to_poll(self.tracked, seen, now)[:limit]
+        due = plan.runs_to_poll(self.tracked, sw.seen, sw.now)[:limit]
         if not due:
             return
-        ctx = self._context(now, None, first_sweep)
+        ctx = self._context(sw, None)
         semaphore = asyncio.Semaphore(self.watch.concurrency)
         first_s = min(max(self.watch.interval, 1.0), self.watch.poll_max_interval)
 
@@ -305,18 +303,18 @@ class Sweeper:
                 except NotFoundError:
                     log.warning("run.poll_not_found", run_id=t.run_id,
                                 hint="the run may belong to another workspace or key; still tracked")
-                    self._reschedule(t.run_id, changed=False, now=now, first_s=first_s, dirty=dirty)
+                    self._reschedule(t.run_id, sw, changed=False, first_s=first_s)
                     return
                 except AuthError:
                     raise
                 except ApiError as exc:
                     (log.debug if self.outage.ongoing else log.info)("run.poll_failed", run_id=t.run_id, error=str(exc))
-                    self._reschedule(t.run_id, changed=False, now=now, first_s=first_s, dirty=dirty)
+                    self._reschedule(t.run_id, sw, changed=False, first_s=first_s)
                     return
-            result.polls += 1
+            sw.result.polls += 1
             self.on_progress()
-            changed = self._observe(run, self._arrived(ctx), result, dirty, seen, listed=False)
-            self._reschedule(run.run_id, changed=changed, now=now, first_s=first_s, dirty=dirty)
+            changed = self._observe(run, self._arrived(ctx), sw, listed=False)
+            self._reschedule(run.run_id, sw, changed=changed, first_s=first_s)
 
         tasks = [asyncio.ensure_future(poll_one(t)) for t in due]
         try:
@@ -325,48 +323,47 @@ class Sweeper:
             for task in tasks:
                 task.cancel()
 
-    def _reschedule(self, run_id: str, *, changed: bool, now: int, first_s: float, dirty: set[str]) -> None:
+    def _reschedule(self, run_id: str, sw: _Pass, *, changed: bool, first_s: float) -> None:
         t = self.tracked.get(run_id)
         if t is None:
             return
-        new = plan.after_poll(t, changed=changed, now_ms=now, rand=self.rand.random(), first_s=first_s,
+        new = plan.after_poll(t, changed=changed, now_ms=sw.now, rand=self.rand.random(), first_s=first_s,
                               cap_s=self.watch.poll_max_interval)
         if new != t:
             self.tracked[run_id] = new
-            dirty.add(run_id)
+            sw.dirty.add(run_id)
 
     # ---------------------------------------------------------------------------------------------- commit
 
-    async def _commit(
-        self, now: int, result: SweepResult, dirty: set[str], windows: dict[str, int | None], *, ok: bool,
-        error: str | None,
-    ) -> None:
-        for key, hw in windows.items():
+    async def _commit(self, sw: _Pass) -> None:
+        result, dirty = sw.result, sw.dirty
+        for key, hw in sw.windows.items():
             if hw is not None:
                 self.high_watermarks[key] = hw
         # Prune only against the most conservative floor over all filter combinations.
         floors = [plan.new_after_for(self.high_watermarks.get(f.key)) for f in self.filters]
-        floor = None if any(v is None for v in floors) else min(floors)  # type: ignore[type-var]
+        floor = min((v for v in floors if v is not None), default=None) if None not in floors else None
         deletes = plan.prunable(self.tracked, floor)
         for run_id in deletes:
             self.tracked.pop(run_id, None)
             dirty.discard(run_id)
         upserts = [self.tracked[r] for r in dirty if r in self.tracked]
         gone = [r for r in dirty if r not in self.tracked] + deletes
-        routed = [(e, [s.name for s in self.sinks if routing.matches(s, e)]) for e in result.events]
-        meta = {META_LAST_SWEEP: str(now)}
-        if ok:
-            meta[META_LAST_SWEEP_OK] = str(now)
+        routed = [(e, routing.route(self.sinks, e)) for e in result.events]
+        meta = {META_LAST_SWEEP: str(sw.now)}
+        if result.ok:
+            meta[META_LAST_SWEEP_OK] = str(sw.now)
             meta[META_LAST_ERROR] = ""
-        elif error:
-            meta[META_LAST_ERROR] = error[:500]
+        elif result.error:
+            meta[META_LAST_ERROR] = result.error[:500]
         if self.last_resync_ms is not None:
             meta[META_LAST_RESYNC] = str(self.last_resync_ms)
-        for key, hw in self.high_watermarks.items():
+        for f in self.filters:
+            hw = self.high_watermarks.get(f.key)
             if hw is not None:
-                meta[f"high_watermark_ms:{key}"] = str(hw)
+                meta[hw_key(f)] = str(hw)
         result.new_event_ids = await self.store.commit_sweep(
-            upserts=upserts, deletes=gone, events=routed, meta=meta, now_ms=now
+            upserts=upserts, deletes=gone, events=routed, meta=meta, now_ms=sw.now
         )
         if result.new_event_ids:
             crash_point("after_commit")
