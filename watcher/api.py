@@ -26,7 +26,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from yarl import URL
 
-from watcher import __version__
+from watcher import USER_AGENT
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.errors import (
     ApiError,
@@ -49,7 +49,7 @@ log = structlog.get_logger("watcher.api")
 
 T = TypeVar("T")
 
-DEFAULT_USER_AGENT = f"flora-watcher/{__version__}"
+DEFAULT_USER_AGENT = USER_AGENT
 MAX_PAGE_LIMIT = 100
 RETRY_BASE = 0.5  # seconds; full jitter below min(RETRY_BASE * 2**n, RETRY_CAP)
 RETRY_CAP = 8.0

@@ -1,7 +1,12 @@
-"""The command line: argparse over plain functions. The only place that chooses exit codes.
+"""The command line: argparse over plain functions.
 
 Each command lives in ``watcher/commands/<name>.py`` and exposes ``add_arguments(parser)`` and
 ``main(args) -> int``. Command modules keep their heavy imports inside ``main`` so ``--help`` stays fast.
+
+Exit statuses are named once, in ``watcher/exits.py`` (CONTRACT §2). A command returns one of them for its own
+outcome (``watch``: completed, failed, not found ...; ``test-sink``: delivered or not). Every error that escapes
+a command is turned into a status here and only here: a config or usage error is 2, Ctrl-C is 0, a closed
+stdout is 0. Nothing calls ``sys.exit`` but ``__main__``.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from watcher import __version__
-from watcher.errors import ConfigError
+from watcher import __version__, exits
+from watcher.errors import ConfigError, UsageError
 
 # (command, module, one-line help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
@@ -31,10 +36,6 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("man", "man", "print the man page (roff)"),
     ("migrate-state", "migrate_state", "copy the SQLite state into an empty PostgreSQL store"),
 )
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,14 +73,6 @@ def add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> No
     )
 
 
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c", "--config", metavar="FILE",
-        help="config file (default: $FLORA_WATCHER_CONFIG, ./flora-watcher.toml, "
-        "/etc/flora-watcher/flora-watcher.toml)",
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -95,15 +88,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:  # also a config problem `run` finds at start (the daemon re-raises it)
         for problem in exc.problems():  # one line each
             print(f"flora-watcher: config error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return exits.USAGE
+    except UsageError as exc:
+        print(f"flora-watcher {args.command}: {exc}", file=sys.stderr)
+        return exits.USAGE
     except KeyboardInterrupt:
-        return EXIT_OK
+        return exits.OK
     except BrokenPipeError:  # `flora-watcher deliveries | head`: the reader left; that is not an error
         import os
 
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+        return exits.OK
 
 
 if __name__ == "__main__":

@@ -310,12 +310,32 @@ def check_secret_text(value: str, raw: str, key: str) -> None:
         raise ConfigError(key, "contains a line break or NUL character")
 
 
-def _check_listen(value: str, key: str) -> None:
-    host, sep, port = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(key, "expected host:port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"")
+_LISTEN_FORM = 'expected host:port, e.g. "127.0.0.1:9464" or "[::1]:9464"'
+
+
+def parse_listen(listen: str, key: str = "server.listen") -> tuple[str, int]:
+    """``"host:port"`` → (host, port). IPv6 hosts go in brackets (``"[::1]:9464"``); port 0 picks a free port.
+
+    Raises ConfigError (under ``key``) with a one-line reason. The config check and the server use this one
+    parser, so ``check-config`` accepts exactly the addresses the daemon can listen on.
+    """
+    text = listen.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(key, _LISTEN_FORM)
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(key, f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if ":" in host:
+            raise ConfigError(key, f"IPv6 needs brackets, e.g. [::1]:9464 (got {listen!r})")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(key, _LISTEN_FORM)
+    return host, int(port_text)
 
 
 def _url_secret_parts(url: str) -> list[str]:
@@ -631,7 +651,7 @@ def _parse_server(t: Table) -> ServerConfig:
     t.check_keys(SERVER_KEYS)
     listen = t.string("listen")
     if listen is not None:
-        _check_listen(listen, t.key("listen"))
+        parse_listen(listen, t.key("listen"))
     return ServerConfig(listen=listen)
 
 

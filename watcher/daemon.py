@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from watcher import __version__, lease, plan, stores
+from watcher import __version__, exits, lease, plan, stores
 from watcher.api import FloraClient
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import Config, SinkConfig
@@ -39,9 +39,9 @@ from watcher.validate import check_start
 
 log = structlog.get_logger("watcher.daemon")
 
-EXIT_OK = 0
-EXIT_FATAL = 1
-EXIT_CONFIG = 2  # what cli.py exits with for a ConfigError; recorded here so daemon.stopped says it too
+EXIT_OK = exits.OK
+EXIT_FATAL = exits.FAILURE
+EXIT_CONFIG = exits.USAGE  # what cli.py exits with for a ConfigError; recorded here so daemon.stopped says it too
 PRUNE_EVERY_MAX_S = 3600.0  # delivered history is pruned at least this often (and every keep_delivered / 4)
 
 
@@ -230,7 +230,7 @@ class Daemon:
         built: dict[str, Sink] = {}
         try:
             for sc in configs:
-                sink = build_sink(sc, user_agent=f"flora-watcher/{__version__}", clock=self.clock)
+                sink = build_sink(sc, clock=self.clock)
                 await sink.start()
                 built[sc.name] = sink
         except Exception:

@@ -56,6 +56,10 @@ def raise_config_errors(errors: Iterable[ConfigError]) -> None:
         raise ConfigErrors(found)
 
 
+class UsageError(WatcherError):
+    """A command was given arguments it cannot work with (beyond what argparse checks): exit status 2."""
+
+
 # ---------------------------------------------------------------------------------------------------- API
 
 

@@ -26,7 +26,7 @@ from watcher import logs
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.model import EventType, Run, RunStatus, TrackedRun
 from watcher.observer import Observer, Report, State
-from watcher.render import MARKERS
+from watcher.render import MARKERS, format_duration
 
 STATUS_STYLES = {
     RunStatus.PENDING: "yellow",
@@ -48,22 +48,6 @@ def clean(text: object, limit: int = 80) -> str:
                 or unicodedata.category(ch) not in ("Cc", "Cf"))
     s = " ".join(s.split())
     return s if len(s) <= limit else s[: limit - 1] + "…"
-
-
-def format_duration(ms: int | None) -> str:
-    """Human elapsed time: ``4.2s``, ``42s``, ``3m05s``, ``2h03m``; ``—`` when unknown."""
-    if ms is None or ms < 0:
-        return "—"
-    seconds = ms / 1000
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    if seconds < 60:
-        return f"{int(seconds)}s"
-    minutes, sec = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{sec:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def run_elapsed_ms(run: Run, now_ms: int) -> int | None:

@@ -292,8 +292,11 @@ def duration_ms(data: Mapping[str, Any]) -> int | None:
     return end - start
 
 
-def format_duration(ms: int) -> str:
-    """``9.0s``, ``2m 05s``, ``1h 02m``."""
+def format_duration(ms: int | None) -> str:
+    """``9.0s``, ``2m 05s``, ``1h 02m``; ``—`` when unknown. The one duration format: chat messages, the
+    terminal and the live view all show it."""
+    if ms is None or ms < 0:
+        return "—"
     seconds = ms / 1000
     if seconds < 59.95:
         return f"{seconds:.1f}s"

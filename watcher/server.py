@@ -31,40 +31,13 @@ from prometheus_client.exposition import choose_encoder
 
 from watcher import __version__
 from watcher.clock import SYSTEM_CLOCK, Clock
-from watcher.errors import ConfigError, StoreError, WatcherError
+from watcher.config import parse_listen
+from watcher.errors import StoreError, WatcherError
 from watcher.metrics import Metrics
 from watcher.model import Run
 from watcher.observer import Observer, Report, State
 
 log = structlog.get_logger("watcher.server")
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"host:port"`` → (host, port). IPv6 hosts go in brackets (``"[::1]:9464"``); port 0 picks a free port.
-
-    Raises ConfigError (key ``server.listen``) with a one-line reason.
-    """
-    text = listen.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ConfigError("server.listen", f"expected [IPv6]:port, got {listen!r}")
-        port_text = rest[1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ConfigError("server.listen", f"{host!r} is not an IPv6 address") from None
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ConfigError("server.listen", f"expected host:port, got {listen!r}")
-        if ":" in host:
-            raise ConfigError("server.listen", f"IPv6 needs brackets, e.g. [::1]:9464 (got {listen!r})")
-    if not host:
-        raise ConfigError("server.listen", f"a host is required, e.g. 127.0.0.1:9464 (got {listen!r})")
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError("server.listen", f"port must be 0-65535, got {port_text!r}")
-    return host, int(port_text)
 
 
 def readiness(

@@ -371,6 +371,10 @@ class Store:
             source._closed = True
         return cls(target, f"{file} (in-memory copy)")
 
+    @property
+    def schema_version(self) -> int:
+        return SCHEMA_VERSION
+
     @_translated
     def close(self) -> None:
         """Close the connection. Safe to call twice."""

@@ -47,9 +47,9 @@ def test_active_runs_show_status_progress_technique_and_elapsed():
     text = text_of(view)
     assert "2 active" in text
     busy = row(text, "run_busy")
-    assert "running" in busy and "CCTV Cam" in busy and "40%" in busy and "1m05s" in busy
+    assert "running" in busy and "CCTV Cam" in busy and "40%" in busy and "1m 05s" in busy
     assert "3.0s" in row(text, "run_pending")
-    assert "100%" in row(text, "run_done") and "40s" in row(text, "run_done")
+    assert "100%" in row(text, "run_done") and "40.0s" in row(text, "run_done")
     # Active runs come first, running before pending.
     lines = text.splitlines()
     order = [next(i for i, line in enumerate(lines) if r in line)
@@ -61,7 +61,7 @@ def test_elapsed_time_moves_with_now():
     view = LiveView()
     view.update([Run("run_a", "running", started_at=NOW - 5_000)], NOW)
     assert "5.0s" in row(text_of(view, NOW), "run_a")
-    assert "2m05s" in row(text_of(view, NOW + 120_000), "run_a")
+    assert "2m 05s" in row(text_of(view, NOW + 120_000), "run_a")
 
 
 def test_rows_are_capped_with_a_count_of_the_rest():
@@ -118,6 +118,6 @@ def test_live_context_draws_on_a_console():
 
 def test_helpers():
     assert format_duration(None) == "—"
-    assert format_duration(42_000) == "42s"
-    assert format_duration(7_380_000) == "2h03m"
+    assert format_duration(42_000) == "42.0s"
+    assert format_duration(7_380_000) == "2h 03m"
     assert clean("a" * 100, 10) == "a" * 9 + "…"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from watcher.cli import add_config_argument
+from watcher.commands import add_config_argument
 
 KEY_SOURCES = {
     "api_key": "api.api_key",

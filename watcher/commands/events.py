@@ -79,7 +79,7 @@ def _since(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from watcher.cli import add_config_argument
+    from watcher.commands import add_config_argument
 
     add_config_argument(parser)
     parser.add_argument("--since", metavar="WHEN", type=_since,

@@ -13,7 +13,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from watcher.cli import add_config_argument
+    from watcher.commands import add_config_argument
 
     add_config_argument(parser)
     parser.add_argument("event_ids", nargs="*", metavar="EVENT_ID", help="events to send again")
@@ -30,10 +30,10 @@ def main(args: argparse.Namespace) -> int:
         plural,
         unknown_sink_message,
     )
+    from watcher.errors import UsageError
 
     if bool(args.event_ids) == bool(args.failed):
-        print("flora-watcher replay: give EVENT_ID… or --failed (not both)", file=sys.stderr)
-        return 2
+        raise UsageError("give EVENT_ID… or --failed (not both)")
     cfg = load_for_store(args.config)
     store = open_store(cfg)
     try:

@@ -14,6 +14,9 @@ import signal
 import sys
 from typing import Any
 
+from watcher import exits
+from watcher.errors import UsageError
+
 DEFAULT_PORT = 8787
 DEFAULT_KEY = "sk_test_simulator"
 
@@ -122,24 +125,21 @@ def _faults(args: argparse.Namespace) -> Any:
 
 def main(args: argparse.Namespace) -> int:
     if not args.allow_remote and not _is_loopback(args.host):
-        print(f"flora-watcher simulate: refusing to listen on non-loopback host {args.host!r} "
-              "(pass --allow-remote to do it anyway)", file=sys.stderr)
-        return 2
+        raise UsageError(f"refusing to listen on non-loopback host {args.host!r} "
+                         "(pass --allow-remote to do it anyway)")
     if args.runs < 0 or args.rate < 0 or not 0 <= args.port <= 65535:
-        print("flora-watcher simulate: --runs, --rate and --port must not be negative", file=sys.stderr)
-        return 2
+        raise UsageError("--runs, --rate and --port must not be negative")
     try:
         faults = _faults(args)
     except ValueError as exc:
-        print(f"flora-watcher simulate: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     try:
         asyncio.run(_serve(args, faults))
     except OSError as exc:
         print(f"flora-watcher simulate: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
               file=sys.stderr)
-        return 1
-    return 0
+        return exits.FAILURE
+    return exits.OK
 
 
 async def _serve(args: argparse.Namespace, faults: Any) -> None:

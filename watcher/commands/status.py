@@ -12,7 +12,7 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from watcher.cli import add_config_argument
+    from watcher.commands import add_config_argument
 
     add_config_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -19,7 +19,7 @@ TEST_TECHNIQUE = "flora-watcher test"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from watcher.cli import add_config_argument
+    from watcher.commands import add_config_argument
 
     parser.add_argument("name", metavar="NAME", help="the sink's name in the config")
     add_config_argument(parser)

@@ -21,17 +21,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from watcher.cli import add_config_argument
+from watcher import exits
 from watcher.clock import SYSTEM_CLOCK, Clock
+from watcher.commands import add_config_argument
 from watcher.errors import ApiError, AuthError, BadResponseError, NotFoundError, RateLimitedError
 from watcher.model import RunStatus
 
-EXIT_COMPLETED = 0
-EXIT_FAILED = 1
-EXIT_NOT_FOUND = 3
-EXIT_AUTH = 4
-EXIT_TIMEOUT = 124
-EXIT_INTERRUPTED = 130
+EXIT_COMPLETED = exits.OK
+EXIT_FAILED = exits.FAILURE
+EXIT_NOT_FOUND = exits.NOT_FOUND
+EXIT_AUTH = exits.AUTH
+EXIT_TIMEOUT = exits.TIMEOUT
+EXIT_INTERRUPTED = exits.INTERRUPTED
 
 DEFAULT_INTERVAL = 2.0  # seconds: first poll delay, and again after every change
 DEFAULT_MAX_INTERVAL = 10.0  # seconds: the back-off cap while nothing changes
@@ -209,7 +210,8 @@ async def watch_run(
 
 def summary(run, now_ms: int, *, timed_out: bool = False) -> str:
     """One line: id, status, technique, duration; error code and message for a failed run."""
-    from watcher.liveview import clean, format_duration, run_elapsed_ms
+    from watcher.liveview import clean, run_elapsed_ms
+    from watcher.render import format_duration
 
     parts = [f"{clean(run.run_id, 60)} {clean(run.status, 20)}"]
     if run.technique_name or run.technique_id:
@@ -268,7 +270,8 @@ class LineReporter(Reporter):
     """One line per status or progress change (for logs and pipes)."""
 
     def update(self, run) -> None:
-        from watcher.liveview import clean, format_duration, run_elapsed_ms
+        from watcher.liveview import clean, run_elapsed_ms
+        from watcher.render import format_duration
 
         super().update(run)
         text = clean(run.status, 20)
@@ -343,7 +346,7 @@ def _elapsed_column(clock: Clock):
     from rich.progress import ProgressColumn
     from rich.text import Text
 
-    from watcher.liveview import format_duration
+    from watcher.render import format_duration
 
     class ElapsedColumn(ProgressColumn):
         def render(self, task) -> Text:

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import structlog
 
-from watcher import __version__
+from watcher import USER_AGENT
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import SinkConfig, Table, check_url, sink_secrets
 from watcher.errors import ConfigError, DeliveryError, Reason
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("watcher.sinks")
 
 BODY_CAP = 64 * 1024
-DEFAULT_USER_AGENT = f"flora-watcher/{__version__}"
+DEFAULT_USER_AGENT = USER_AGENT
 MAX_PACING_WAIT = 30.0  # seconds a sink may wait for its own rate limit before reporting "retry later"
 
 
