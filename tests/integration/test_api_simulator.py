@@ -9,37 +9,19 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from tests.fakes import FakeClock
 from watcher.api import FloraClient
 from watcher.errors import ApiError, AuthError
 from watcher.secret import Secret
-from watcher.simulator import run_simulator
 
 KEY = "sk_test_simulator_key"
 START_MS = 1_764_400_000_000
 
 
-class ManualClock:
-    """The simulator's clock: runs progress only when the test moves time."""
-
-    def __init__(self) -> None:
-        self.ms = START_MS
-
-    def __call__(self) -> int:
-        return self.ms
-
-    def advance(self, ms: int) -> None:
-        self.ms += ms
-
-
 @pytest.fixture
-def sim_clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def sim(sim_clock: ManualClock):
-    async with run_simulator(api_key=KEY, seed=1, clock=sim_clock) as running:
-        yield running
+def sim_clock() -> FakeClock:
+    """Runs progress only when the test moves time."""
+    return FakeClock(0.0, epoch_ms=START_MS)
 
 
 @pytest.fixture
@@ -66,7 +48,7 @@ async def test_listing_250_plus_runs_across_pages_with_filters(sim, client: Flor
     assert client.stats.outcomes["ok"] == len(pages) + 2 + 4
 
 
-async def test_a_run_followed_to_the_end_through_its_poll_url(sim, sim_clock: ManualClock, client: FloraClient) -> None:
+async def test_a_run_followed_to_the_end_through_its_poll_url(sim, sim_clock: FakeClock, client: FloraClient) -> None:
     run_id = sim.sim.create_run(technique="product-shot", pending_ms=1_000, running_ms=4_000, outcome="completed")
     (listed,) = [r async for r in client.list_runs()]
     assert listed.run_id == run_id and listed.status == "pending"
@@ -78,7 +60,7 @@ async def test_a_run_followed_to_the_end_through_its_poll_url(sim, sim_clock: Ma
         run = await client.get_run(run_id, poll_url=listed.poll_url, technique_id=listed.technique_id)
         if not seen or seen[-1] != run.status:
             seen.append(run.status)
-        sim_clock.advance(700)
+        sim_clock.advance(0.7)
     assert seen == ["pending", "running", "completed"]
     assert run.completed_at is not None and run.completed_at >= run.created_at
     assert len(run.outputs) == 2 and all(o.url for o in run.outputs)

@@ -31,10 +31,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from watcher import __version__
 from watcher.liveview import live_runs
 from watcher.model import Run, TrackedRun, event_id
-from watcher.simulator import run_simulator
 from watcher.store import Store, store_path
 
 KEY = "sk_test_ops_key_0123456789"
+SIM_SEED = 21
 WATCHDOG_USEC = 400_000  # the daemon pings every 0.2 s
 PING_EVERY = WATCHDOG_USEC / 2 / 1e6
 INTERVAL = 0.2  # [watch] interval
@@ -210,12 +210,6 @@ async def notify():
         yield ns
     finally:
         ns.close()
-
-
-@pytest.fixture
-async def sim():
-    async with run_simulator(api_key=KEY, seed=21) as running:
-        yield running
 
 
 @pytest.fixture

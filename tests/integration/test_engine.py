@@ -18,11 +18,11 @@ from watcher.config import ApiConfig, Config, DeliveryConfig, SinkConfig, WatchC
 from watcher.daemon import Daemon, Options
 from watcher.model import event_id
 from watcher.secret import Secret
-from watcher.simulator import run_simulator
 from watcher.store import Store, store_path
 
 KEY = "sk_test_engine_key_0123456789"
 EPOCH_MS = 1_764_399_000_000
+SIM_SEED = 3
 
 
 @pytest.fixture
@@ -60,9 +60,9 @@ def finish(sim, clock: FakeClock, run_ids, seconds: float = 1.0) -> None:
 
 
 @pytest.fixture
-async def sim(clock: FakeClock):
-    async with run_simulator(api_key=KEY, seed=3, clock=clock) as running:
-        yield running
+def sim_clock(clock: FakeClock) -> FakeClock:
+    """The simulator runs on the test's clock (the shared ``sim`` fixture takes it from here)."""
+    return clock
 
 
 @pytest.fixture

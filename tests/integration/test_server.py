@@ -8,30 +8,17 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fakes import FakeClock
 from watcher.errors import ConfigError, WatcherError
 from watcher.metrics import Metrics
 from watcher.server import HealthSource, parse_listen, readiness, start_server
-
-
-class FixedClock:
-    def __init__(self, now_ms: int) -> None:
-        self.t_ms = now_ms
-
-    def now_ms(self) -> int:
-        return self.t_ms
-
-    def monotonic(self) -> float:
-        return self.t_ms / 1000
-
-    async def sleep(self, seconds: float) -> None:
-        self.t_ms += int(seconds * 1000)
 
 
 @pytest.fixture
 async def served():
     """(metrics, health, clock, base url) with a server on an OS-chosen loopback port."""
     metrics = Metrics()
-    clock = FixedClock(1_000_000)
+    clock = FakeClock(1000.0, epoch_ms=0)
     health = HealthSource(interval=5, clock=clock)
     server = await start_server("127.0.0.1:0", metrics, health)
     try:
@@ -128,13 +115,13 @@ async def test_health_and_readiness_follow_the_sweeps(served):
     assert (status, body) == (503, "no successful sweep yet\n")
 
     health.sweep_ok(clock.now_ms())
-    clock.t_ms += 4_000
+    clock.advance(4)
     status, _, body = await get(url + "/readyz")
     assert status == 200
     assert body.startswith("ok")
 
     health.sweep_failed("API unavailable: connection refused")
-    clock.t_ms += 12_000  # 16 s > 3 x 5 s
+    clock.advance(12)  # 16 s > 3 x 5 s
     status, _, body = await get(url + "/readyz")
     assert status == 503
     assert body == "last successful sweep 16s ago (limit 15s): API unavailable: connection refused\n"
@@ -183,7 +170,7 @@ def test_parse_listen_rejects_with_the_key(listen):
 
 def test_health_source_can_read_the_daemon_through_a_function():
     state = {"ok_ms": None}
-    clock = FixedClock(50_000)
+    clock = FakeClock(50.0, epoch_ms=0)
     health = HealthSource(interval=5, clock=clock, last_sweep_ok_ms=lambda: state["ok_ms"])
     assert health.readiness()[0] is False
     state["ok_ms"] = 49_000

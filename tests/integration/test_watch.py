@@ -7,8 +7,6 @@ import io
 import json
 import time
 
-import pytest
-
 from watcher import cli
 from watcher.commands.watch import watch_run
 from watcher.secret import Secret
@@ -16,12 +14,6 @@ from watcher.simulator import Faults, run_simulator
 
 KEY = "sk_test_sim"
 FAST = {"interval": 0.05, "max_interval": 0.2}  # polls in tens of ms instead of seconds
-
-
-@pytest.fixture
-async def sim():
-    async with run_simulator(api_key=KEY, seed=1) as running:
-        yield running
 
 
 async def watch(sim, run_id: str, *, key: str = KEY, **kwargs) -> tuple[int, str, str]:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fakes import FakeClock
 from watcher.simulator import Faults, Simulator
 from watcher.simulator import faults as fl
 from watcher.simulator import scenario as sc
@@ -289,16 +290,8 @@ def test_generator_stops_at_its_stop_time() -> None:
 # ------------------------------------------------------------------------------------------------ Simulator
 
 
-class ManualClock:
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
 def test_simulator_with_a_manual_clock_and_runs_created_in_the_past() -> None:
-    clock = ManualClock()
+    clock = FakeClock(0.0, epoch_ms=T0)
     sim = Simulator(seed=1, clock=clock)
     old = sim.create_run(created_at=T0 - 60_000, pending_ms=1_000, running_ms=2_000, outcome="failed",
                          error_code="GPU_PROVIDER_ERROR")
@@ -306,13 +299,13 @@ def test_simulator_with_a_manual_clock_and_runs_created_in_the_past() -> None:
     assert [t["run_id"] for t in sim.transitions()] == [old]
     assert sim.transitions()[0] == {"run_id": old, "status": "failed", "error_code": "GPU_PROVIDER_ERROR",
                                     "completed_at": T0 - 57_000}
-    clock.now += 3_000
+    clock.advance(3)
     assert sim.run_truth(fresh)["status"] == "completed"
     assert [t["run_id"] for t in sim.transitions(since_ms=T0)] == [fresh]
 
 
 def test_create_run_defaults_to_one_second_pending_and_three_running() -> None:
-    sim = Simulator(clock=ManualClock())
+    sim = Simulator(clock=FakeClock(0.0, epoch_ms=T0))
     truth = sim.run_truth(sim.create_run())
     assert truth["started_at"] - truth["created_at"] == 1_000
     assert truth["completed_at"] - truth["started_at"] == 3_000
@@ -320,14 +313,14 @@ def test_create_run_defaults_to_one_second_pending_and_three_running() -> None:
 
 
 def test_same_seed_same_runs() -> None:
-    a = Simulator(seed=42, clock=ManualClock()).create_runs(5)
-    b = Simulator(seed=42, clock=ManualClock()).create_runs(5)
+    a = Simulator(seed=42, clock=FakeClock(0.0, epoch_ms=T0)).create_runs(5)
+    b = Simulator(seed=42, clock=FakeClock(0.0, epoch_ms=T0)).create_runs(5)
     assert a == b
 
 
 def test_unknown_technique_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown technique"):
-        Simulator(clock=ManualClock()).create_run(technique="nope")
+        Simulator(clock=FakeClock(0.0, epoch_ms=T0)).create_run(technique="nope")
 
 
 # ------------------------------------------------------------------------------------------------ faults
