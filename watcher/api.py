@@ -497,7 +497,7 @@ class FloraClient:
             raise self._redirect_error(url, resp_headers.get("Location"), status, route, request_id)
         code, message = parse_error_body(self._redact_body(body))  # redact before snippets cut the key
         retry_after = parse_retry_after(resp_headers, self._clock.now_ms())
-        exc = error_for_status(
+        error = error_for_status(
             status,
             route=route,
             code=code,
@@ -505,7 +505,7 @@ class FloraClient:
             request_id=request_id,
             retry_after=retry_after,
         )
-        if isinstance(exc, RateLimitedError):
+        if isinstance(error, RateLimitedError):
             pause = self._limiter.on_rate_limited(
                 retry_after, rand=self._rand.random(), retry_after_cap=self._retry_after_cap
             )
@@ -515,9 +515,9 @@ class FloraClient:
                 retry_after=retry_after,
                 pause=round(pause, 3),
                 strikes=self._limiter.strikes,
-                request_id=exc.request_id,
+                request_id=error.request_id,
             )
-        raise exc
+        raise error
 
     def _parse_body(
         self, body: bytes, status: int, route: str, parse: Callable[[object], T], request_id: str | None

@@ -28,7 +28,7 @@ from watcher.model import EventType, Run, RunStatus, TrackedRun
 from watcher.observer import Observer, Report, State
 from watcher.render import MARKERS, format_duration
 
-STATUS_STYLES = {
+STATUS_STYLES: dict[str, str] = {
     RunStatus.PENDING: "yellow",
     RunStatus.RUNNING: "cyan",
     RunStatus.COMPLETED: "green",
@@ -36,7 +36,7 @@ STATUS_STYLES = {
 }
 EVENT_ICONS = MARKERS  # one marker per event type, the same as the sinks' messages (▶ started, one form)
 # Active runs first (running before pending), then the rest.
-_STATUS_ORDER = {RunStatus.RUNNING: 0, RunStatus.PENDING: 1}
+_STATUS_ORDER: dict[str, int] = {RunStatus.RUNNING: 0, RunStatus.PENDING: 1}
 MAX_REFRESH_PER_SECOND = 4.0
 HIDDEN_WHILE_LIVE = frozenset({"delivery.done"})  # info lines the table stands for (its deliveries count)
 LIVE_KEEP_ENDED_MS = 60_000  # a finished run stays on screen this long
@@ -101,7 +101,7 @@ def event_line(event: Any) -> Text:
     line.append(f"{icon} ")
     line.append(when, style="dim")
     line.append(" ")
-    line.append(clean(d.get("type", "?"), 20), style=STATUS_STYLES.get(data.get("status"), ""))
+    line.append(clean(d.get("type", "?"), 20), style=STATUS_STYLES.get(str(data.get("status")), ""))
     line.append(" ")
     line.append(clean(data.get("run_id", "?"), 40), style="bold")
     line.append(f" {_technique_label(data.get('technique'))}")

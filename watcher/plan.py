@@ -82,9 +82,11 @@ def filter_combinations(
     workspace_ids: Sequence[str], project_ids: Sequence[str], technique_ids: Sequence[str]
 ) -> list[Filters]:
     """The listing endpoint takes one value per filter; lists of values become one listing per combination."""
+    unfiltered: list[str | None] = [None]
     return [
         Filters(w, p, t)
-        for w, p, t in itertools.product(workspace_ids or [None], project_ids or [None], technique_ids or [None])
+        for w, p, t in itertools.product(workspace_ids or unfiltered, project_ids or unfiltered,
+                                         technique_ids or unfiltered)
     ]
 
 

@@ -348,8 +348,10 @@ def _outputs(raw: object) -> tuple[tuple[Link, ...], tuple[OutputText, ...]]:
 
 def view(event: Event) -> View:
     data = event.data
-    technique = data.get("technique") if isinstance(data.get("technique"), dict) else {}
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    raw_technique = data.get("technique")
+    technique: dict[str, Any] = raw_technique if isinstance(raw_technique, dict) else {}
+    raw_model = data.get("model")
+    model: dict[str, Any] = raw_model if isinstance(raw_model, dict) else {}
     links, texts = _outputs(data.get("outputs"))
     took = duration_ms(data)
     stuck = _int(data.get("stalled_for")) if event.type == "run.stalled" else None
@@ -573,7 +575,7 @@ def embed_length(embed: Mapping[str, Any]) -> int:
 
 def discord_payload(event: Event, *, template: str | None = None) -> dict[str, Any]:
     """A Discord webhook message: a one-line ``content`` and one embed; mentions never parsed."""
-    no_mentions = {"allowed_mentions": {"parse": []}}
+    no_mentions: dict[str, Any] = {"allowed_mentions": {"parse": []}}
     if template is not None:
         content = cut(render_template(template, event, discord_escape), DISCORD_CONTENT_MAX)
         return {"content": content, **no_mentions}

@@ -19,13 +19,16 @@ import random
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from watcher import exits
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.commands import add_config_argument
 from watcher.errors import ApiError, AuthError, BadResponseError, NotFoundError, RateLimitedError
-from watcher.model import RunStatus
+from watcher.model import Run, RunStatus
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 EXIT_COMPLETED = exits.OK
 EXIT_FAILED = exits.FAILURE
@@ -90,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     code: int
-    run: object | None  # the last Run seen (None when none was)
+    run: Run | None  # the last Run seen (None when none was)
     message: str | None = None  # for stderr, when there is no run to summarise
 
 
@@ -291,8 +294,8 @@ class LiveReporter(Reporter):
         from rich.console import Console
 
         self.console = Console(file=err)
-        self._progress = None
-        self._task = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -323,7 +326,7 @@ class LiveReporter(Reporter):
         from watcher.liveview import STATUS_STYLES, clean
 
         super().update(run)
-        if self._progress is None:
+        if self._progress is None or self._task is None:
             return
         style = STATUS_STYLES.get(run.status, "magenta")
         status = f"[{style}]{escape(clean(run.status, 20))}[/]"  # the column is markup: API text escaped

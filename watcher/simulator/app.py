@@ -135,7 +135,7 @@ class Simulator:
         self._id_rng = random.Random(f"request-ids:{seed}")
         self.faults = faults or Faults()
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
-        self.defaults = {"pending_ms": pending_ms, "running_ms": running_ms, "fail_ratio": fail_ratio}
+        self.defaults: dict[str, Any] = {"pending_ms": pending_ms, "running_ms": running_ms, "fail_ratio": fail_ratio}
         self.scenario = sc.Scenario()
         self._api_requests = 0
         self._requests: Counter[tuple[str, str]] = Counter()
@@ -264,7 +264,7 @@ class Simulator:
         lo, hi = sorted(duration_ms)
         start = now - hi if warm else now
         self.scenario.set_generator(sc.GeneratorSpec(
-            rate=rate, start_ms=start, duration_ms=(lo, hi), pending_ms=tuple(sorted(pending_ms)),
+            rate=rate, start_ms=start, duration_ms=(lo, hi), pending_ms=(min(pending_ms), max(pending_ms)),
             fail_ratio=fail_ratio, techniques=tuple(sc.TECHNIQUES_BY_KEY[s].slug for s in techniques),
             projects=tuple(projects), stop_ms=None if stop_after_ms is None else now + stop_after_ms,
             generation_share=generation_share,
@@ -364,7 +364,7 @@ class Simulator:
         if plan.delay_ms or plan.stall_ms:
             await asyncio.sleep((plan.delay_ms + plan.stall_ms) / 1000)
         if plan.reset:
-            self._fault_counts[plan.name] += 1
+            self._fault_counts[plan.name or "reset"] += 1
             if request.transport is not None:
                 request.transport.abort()
             return _Dropped()
@@ -383,7 +383,8 @@ class Simulator:
         if plan.error_status is not None:
             return error_response(plan.error_status, "internal_error", "An internal error occurred.")
         response = await self._guarded(request, handler)
-        if plan.malformed and isinstance(response, web.Response) and response.status < 300 and response.body:
+        if (plan.malformed and isinstance(response, web.Response) and response.status < 300
+                and isinstance(response.body, bytes | bytearray) and response.body):
             body, content_type = faultlib.malformed_body(plan.malformed, bytes(response.body))
             return web.Response(body=body, status=response.status, content_type=content_type)
         return response

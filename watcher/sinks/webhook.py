@@ -90,7 +90,7 @@ def parse(t: Table) -> WebhookOptions:
         raise ConfigError(t.key("signature"), "needs secret or secret_file to sign with")
     if signature == "standard" and source is not None:
         for i, value in enumerate(secrets):
-            suffix = f"[{i}]" if isinstance(t.data.get(source), list) else ""
+            suffix = f"[{i}]" if isinstance(t.data.get(source or ""), list) else ""
             _check_whsec(value, t.key(f"{source}{suffix}"))
     return WebhookOptions(url=url, signature=signature, secrets=tuple(Secret(s) for s in secrets),
                           headers=_parse_headers(t))
