@@ -26,7 +26,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -307,7 +307,9 @@ class PgStore:
 
         return await self._run(name, body)
 
-    async def _fetchall(self, name: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    async def _fetchall(
+        self, name: str, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
         async def body(conn: Any) -> list[tuple[Any, ...]]:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
@@ -1073,10 +1075,10 @@ class BlockingStore:
     """An async store driven from synchronous code (the CLI's status/deliveries/replay, tests): every method
     of the wrapped store, run to completion on a private event loop."""
 
-    def __init__(self, opener: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(self, opener: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         self._runner = asyncio.Runner()
         try:
-            self.astore = self._runner.run(opener())
+            self.astore: Any = self._runner.run(opener())
         except BaseException:
             self._runner.close()
             raise
