@@ -1003,7 +1003,8 @@ async def probe(url: str, *, connect_timeout: float = 10.0) -> str:
         raise StoreError(f"state store {store.path}: cannot connect: {store._explain(exc)}") from None
     try:
         cur = await conn.execute("SHOW server_version")
-        server = (await cur.fetchone())[0]
+        row = await cur.fetchone()
+        server = row[0] if row else "?"
         version = await _schema_version(conn, store.path)
     except psycopg.Error as exc:
         raise StoreError(f"state store {store.path}: {store._explain(exc)}") from None
