@@ -56,7 +56,7 @@ def _option_lines(parser: argparse.ArgumentParser, skip: frozenset[str] = frozen
                 if action.choices:
                     metavar = " {" + ",".join(map(str, action.choices)) + "}"
                 else:
-                    metavar = " " + (action.metavar or action.dest.upper())
+                    metavar = " " + str(action.metavar or action.dest.upper())
             head = ", ".join(f"\\fB{_escape(o)}\\fR" for o in action.option_strings) + _escape(str(metavar))
         else:
             head = f"\\fI{_escape(str(action.metavar or action.dest))}\\fR"

@@ -18,6 +18,7 @@ from watcher.config import ApiConfig, Config, DeliveryConfig, SinkConfig, WatchC
 from watcher.daemon import Daemon, Options
 from watcher.model import event_id
 from watcher.secret import Secret
+from watcher.simulator import run_simulator
 from watcher.store import Store, store_path
 
 KEY = "sk_test_engine_key_0123456789"
