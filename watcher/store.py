@@ -913,7 +913,7 @@ def parse_pauses(rows: Iterable[Sequence[Any]]) -> dict[str, tuple[int, int | No
 
 
 def _delivery(row: Sequence[Any]) -> Delivery:
-    return Delivery(*row[:6], bytes(row[6]), row[7])
+    return Delivery(row[0], row[1], row[2], row[3], row[4], row[5], bytes(row[6]), row[7])
 
 
 def _health_by_sink(outcomes: Sequence[Outcome]) -> dict[str, dict[str, Any]]:

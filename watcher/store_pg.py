@@ -518,7 +518,7 @@ class PgStore:
              "claim": self.claim_ms},
         )
         rows.sort(key=lambda r: (r[5], r[0]))
-        return [Delivery(*row[:6], bytes(row[6]), row[7]) for row in rows]
+        return [Delivery(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), r[7]) for r in rows]
 
     async def oldest_pending(self, sink: str) -> Delivery | None:
         """Claim and return the pending delivery of ``sink`` queued first, due or not (the breaker's probe),
@@ -536,7 +536,10 @@ class PgStore:
             " RETURNING d.id, d.event_id, d.sink, d.attempts, d.created_ms, d.next_attempt_ms, e.body, e.run_id",
             {"sink": sink, "me": self.instance_id, "live": self.liveness_ms, "claim": self.claim_ms},
         )
-        return Delivery(*rows[0][:6], bytes(rows[0][6]), rows[0][7]) if rows else None
+        if not rows:
+            return None
+        r = rows[0]
+        return Delivery(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), r[7])
 
     async def next_due_ms(self, sink: str, after_ms: int | None = None) -> int | None:
         """Earliest time a pending delivery of ``sink`` can be sent here (a live claim of another instance
