@@ -21,6 +21,7 @@ import random
 import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -33,9 +34,14 @@ from watcher.errors import AuthError, ConfigError, StoreError, WatcherError
 from watcher.observer import HealthObserver, Observer, Observers, Report, State
 from watcher.sinks.base import Sink
 from watcher.sinks.dryrun import DryRunSink
-from watcher.store import AsyncStore
 from watcher.sweep import Sweeper, SweepResult
 from watcher.validate import check_start
+
+if TYPE_CHECKING:
+    from watcher.metrics import Metrics
+    from watcher.server import HealthSource, Server
+    from watcher.store_api import StateStore
+    from watcher.systemd import Notifier, WatchdogFeeder
 
 log = structlog.get_logger("watcher.daemon")
 
@@ -70,17 +76,17 @@ class Daemon:
         self.force_exit = False
         self._wakeup = asyncio.Event()  # set by either request: ends the wait between sweeps early
         # Built by startup(), released by shutdown().
-        self.store: AsyncStore | None = None
+        self.store: StateStore | None = None
         self.role: lease.SweeperRole | None = None  # with a PostgreSQL store: whether this instance sweeps
         self.sinks: dict[str, Sink] = {}
         self.client: FloraClient | None = None
         self.sweeper: Sweeper | None = None
         self.dispatcher: Dispatcher | None = None
-        self.metrics = None  # metrics.Metrics: /metrics, and the API client's request counts
-        self.health = None  # server.HealthSource: what /readyz answers
-        self.notifier = None  # systemd.Notifier (a no-op outside systemd)
-        self.feeder = None  # systemd.WatchdogFeeder when systemd's watchdog watches us
-        self.server = None
+        self.metrics: Metrics | None = None  # /metrics, and the API client's request counts
+        self.health: HealthSource | None = None  # what /readyz answers
+        self.notifier: Notifier | None = None  # a no-op outside systemd
+        self.feeder: WatchdogFeeder | None = None  # when systemd's watchdog watches us
+        self.server: Server | None = None
         self._tasks: list[asyncio.Task] = []
         # What the last sweep left behind.
         self.last_report: Report | None = None
@@ -174,6 +180,7 @@ class Daemon:
         if cfg.server.listen and not self.opts.once:
             from watcher.server import StatusPage, start_server
 
+            assert self.metrics is not None and self.health is not None
             page = StatusPage(self.store, sink_types=self.sink_types, clock=self.clock, health=self.health)
             self.observers.subscribe(page)
             self.server = await start_server(cfg.server.listen, self.metrics, self.health, page)
@@ -188,16 +195,15 @@ class Daemon:
         from watcher.metrics import Metrics
         from watcher.server import HealthSource
 
-        self.metrics = Metrics()
-        self.health = HealthSource(interval=self.cfg.watch.interval, clock=self.clock)
-        self.notifier = systemd.Notifier.from_env(self.env)
+        self.metrics = metrics = Metrics()
+        self.health = health = HealthSource(interval=self.cfg.watch.interval, clock=self.clock)
+        self.notifier = notifier = systemd.Notifier.from_env(self.env)
         ping_every = systemd.watchdog_interval(self.env)
         if ping_every and not self.opts.once:
             self.feeder = systemd.WatchdogFeeder(
                 period=systemd.wedge_period(ping_every, self.cfg.watch.interval, self.cfg.api.timeout),
                 started=self.clock.monotonic())
-        builtin: list[Observer] = [self.metrics, HealthObserver(self.health),
-                                   systemd.SystemdObserver(self.notifier, self.feeder)]
+        builtin: list[Observer] = [metrics, HealthObserver(health), systemd.SystemdObserver(notifier, self.feeder)]
         if self.opts.live_view and not self.opts.once and not self.opts.dry_run:
             from watcher.liveview import LiveViewObserver
 
@@ -211,7 +217,7 @@ class Daemon:
         from watcher import systemd
 
         ping_every = systemd.watchdog_interval(self.env)
-        if self.feeder is not None and ping_every:
+        if self.feeder is not None and self.notifier is not None and ping_every:
             self._tasks.append(asyncio.create_task(
                 self.feeder.run(self.notifier, ping_every, self.clock, busy=self._api_paused)))
 
@@ -223,8 +229,8 @@ class Daemon:
 
     async def _build_sinks(self, configs: Iterable[SinkConfig]) -> dict[str, Sink]:
         if self.opts.dry_run:
-            sink = DryRunSink(events=self.cfg.watch.events)
-            return {sink.name: sink}
+            dry = DryRunSink(events=self.cfg.watch.events)
+            return {dry.name: dry}
         from watcher.sinks import build_sink
 
         built: dict[str, Sink] = {}
@@ -247,6 +253,7 @@ class Daemon:
 
     async def _dead_letter_removed_sinks(self) -> None:
         """Deliveries pending for a sink that is no longer configured become dead letters, never lost."""
+        assert self.store is not None
         pending = await self.store.pending_counts()
         for name, count in pending.items():
             if name not in self.sinks and count:
@@ -260,6 +267,7 @@ class Daemon:
     async def main_loop(self) -> None:
         """``--once``: one sweep, then deliver what is due. Otherwise sweep every interval (without drift) while
         the dispatcher delivers, until a stop is requested; a reload is done between sweeps."""
+        assert self.dispatcher is not None
         if self.opts.once:
             result = await self.sweep()
             await self.dispatcher.drain_due()
@@ -305,6 +313,7 @@ class Daemon:
     async def sweep(self) -> SweepResult:
         """One sweep, housekeeping, then every observer hears of it. An unexpected error is logged and counts
         as a failed sweep (the daemon stays up); AuthError and StoreError end the daemon."""
+        assert self.sweeper is not None
         started = self.clock.monotonic()
         if self.role is not None and not await self.role.ready_to_sweep(self.sweeper):
             self._progress()  # standby: another instance sweeps this scope; this one delivers
@@ -314,7 +323,8 @@ class Daemon:
             result = await self.sweeper.sweep()
         except lease.LeaseLost as exc:  # another instance took over while we swept: we committed nothing
             log.warning("sweeper.fenced_out", error=str(exc))
-            self.role.lost()
+            if self.role is not None:
+                self.role.lost()
             return SweepResult(ok=True)
         except AuthError:
             await self._report(SweepResult(ok=False, error="authentication failed",
@@ -339,6 +349,7 @@ class Daemon:
         if self._last_prune is not None and now - self._last_prune < min(PRUNE_EVERY_MAX_S, keep / 4):
             return
         self._last_prune = now
+        assert self.store is not None
         removed = await self.store.prune(now_ms=self.clock.now_ms(), keep_done_ms=int(keep * 1000))
         if removed:
             log.info("store.pruned", rows=removed, keep_delivered=keep)
@@ -346,6 +357,7 @@ class Daemon:
     async def _report(self, result: SweepResult | None) -> None:
         """Tell every observer about a finished sweep (None: a standby instance's turn of the loop, no sweep of
         its own), with the outbox as it is now."""
+        assert self.store is not None and self.client is not None
         depth = await self.store.pending_counts()
         oldest = await self.store.oldest_pending_ms()
         now_ms = self.clock.now_ms()
@@ -358,7 +370,7 @@ class Daemon:
 
     def snapshot(self) -> Report:
         """The daemon's picture now: the tracked runs and configuration in force, the last sweep's outcome."""
-        base = dict(now_ms=self.clock.now_ms(), monotonic=self.clock.monotonic(),
+        base: dict[str, Any] = dict(now_ms=self.clock.now_ms(), monotonic=self.clock.monotonic(),
                     runs=self.sweeper.tracked if self.sweeper is not None else {},
                     sinks=tuple(self.sinks), interval=self.cfg.watch.interval)
         if self.last_report is None:
@@ -413,6 +425,7 @@ class Daemon:
                           note="keeping the running configuration")
                 self.observers.on_state(State.READY, self.snapshot())
                 return
+        assert self.client is not None and self.sweeper is not None
         if new.api != old.api:
             await self.client.close()
             self.client = self._make_client(new)
@@ -425,6 +438,7 @@ class Daemon:
     async def _swap_sinks(self, old: Config, new: Config) -> None:
         """Unchanged sinks keep their worker; removed or changed ones stop (their in-flight send may finish
         within the grace period); new or changed ones start enabled."""
+        assert self.dispatcher is not None and self.store is not None
         old_by_name = {s.name: s for s in old.sinks}
         keep: dict[str, Sink] = {}
         fresh: dict[str, Sink] = {}
