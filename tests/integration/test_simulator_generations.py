@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from tests.fakes import FakeClock
 from watcher.simulator import RunningSimulator, Simulator, run_simulator
 from watcher.simulator import scenario as sc
 
@@ -17,24 +18,13 @@ T0 = 1_764_400_000_000
 GENERATE = {"project_id": "prj_a1", "workspace_id": "ws_a1", "prompt": "a fox at dusk", "type": "image"}
 
 
-class ManualClock:
-    def __init__(self, now_ms: int = T0) -> None:
-        self.now = now_ms
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int) -> None:
-        self.now += ms
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(0.0, epoch_ms=T0)
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def running(clock: ManualClock) -> AsyncIterator[RunningSimulator]:
+async def running(clock: FakeClock) -> AsyncIterator[RunningSimulator]:
     async with run_simulator(api_key=KEY, seed=7, clock=clock, pending_ms=1_000, running_ms=4_000) as r:
         yield r
 
@@ -87,7 +77,7 @@ async def test_post_generate_returns_a_ticket_and_the_run_moves_on_the_clock(run
     assert poll == f"{running.base_url}/runs/{ticket['run_id']}"
     seen = []
     for step in (0, 1_000, 2_000, 3_000):
-        clock.advance(step)
+        clock.advance(step / 1000)
         _, run = await get_json(http, poll)
         seen.append((run["status"], run["progress"]))
     assert [s for s, _ in seen] == ["pending", "running", "running", running.sim.run_truth(ticket["run_id"])["outcome"]]
@@ -130,7 +120,7 @@ async def test_a_stuck_run_keeps_its_progress_for_stall_ms(running, http, clock)
     run_id = sim.create_run("cctv-cam", pending_ms=0, running_ms=4_000, stall_ms=60_000, outcome="completed")
     progress = []
     for step in (1_000, 1_000, 1_000, 30_000, 29_000, 1_000, 1_000, 1_000):
-        clock.advance(step)
+        clock.advance(step / 1000)
         _, run = await get_json(http, f"{running.base_url}/runs/{run_id}")
         progress.append((run["status"], run["progress"]))
     assert progress[:2] == [("running", 25.0), ("running", 50.0)]
@@ -140,7 +130,7 @@ async def test_a_stuck_run_keeps_its_progress_for_stall_ms(running, http, clock)
 
 async def test_a_run_can_stay_pending_for_as_long_as_asked(running, http, clock) -> None:
     run_id = running.sim.create_generation(pending_ms=3_600_000)
-    clock.advance(3_599_000)
+    clock.advance(3_599)
     _, run = await get_json(http, f"{running.base_url}/runs/{run_id}")
     assert (run["status"], run["progress"]) == ("pending", 0.0)
 
@@ -158,16 +148,16 @@ async def test_admin_creates_generations_and_stuck_runs(running, http) -> None:
 
 
 def test_the_generator_makes_a_share_of_generations() -> None:
-    clock = ManualClock()
+    clock = FakeClock(0.0, epoch_ms=T0)
     sim = Simulator(clock=clock)
     sim.start_generator(10, generation_share=0.3, duration_ms=(10_000, 10_000))
-    clock.advance(100_000)
+    clock.advance(100)
     sim.now_ms()
     counts = sim.stats()["runs_by_kind"]
     gens, techs = sum(counts["generation"].values()), sum(counts["technique"].values())
     assert gens + techs == 1001 and 200 < gens < 400
     # Technique-only load is unchanged by the new knob: the same seed gives the same runs.
-    a, b = Simulator(seed=3, clock=ManualClock()), Simulator(seed=3, clock=ManualClock())
+    a, b = Simulator(seed=3, clock=FakeClock(0.0, epoch_ms=T0)), Simulator(seed=3, clock=FakeClock(0.0, epoch_ms=T0))
     a.start_generator(5)
     b.start_generator(5, generation_share=0.0)
     assert a.now_ms() == b.now_ms() and sorted(a.scenario.runs) == sorted(b.scenario.runs)
