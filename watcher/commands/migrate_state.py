@@ -15,7 +15,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from watcher.cli import add_config_argument
+    from watcher.commands import add_config_argument
 
     add_config_argument(parser)
     parser.add_argument("--to", metavar="URL",
