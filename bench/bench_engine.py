@@ -10,6 +10,9 @@ one core) and peak RSS; plus lost and duplicate events against the simulator's o
     python bench/bench_engine.py                       # 1,000 active runs: watcher, baseline; then 10,000: watcher
     python bench/bench_engine.py --seconds 60 --skip-10k
     python bench/bench_engine.py --write               # also append the figures to bench/RESULTS.md
+    python bench/bench_engine.py --webhook --skip-baseline --skip-1k --seconds 75 --write
+                                                       # 10k with a webhook sink too (issue 10): delivered by
+                                                       # the end, p99 run end → receiver, CPU, RSS
 
 Runs only on loopback; every process it starts is stopped at the end.
 """
@@ -72,6 +75,7 @@ class Result:
     lost: int = 0
     duplicates: int = 0
     by_route: dict = field(default_factory=dict)
+    hook: dict | None = None  # with --webhook: expected, delivered, duplicates, latencies_ms (run end → receiver)
 
     @property
     def per_minute(self) -> float:
@@ -158,7 +162,7 @@ async def tail_events(path: Path, seen: dict[str, float], key, stop: asyncio.Eve
 
 
 async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, active: int, warmup: float,
-                  seconds: float) -> Result:
+                  seconds: float, receiver: str | None = None) -> Result:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("NOTIFY_SOCKET", None)
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
@@ -201,10 +205,62 @@ async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, 
             continue
         result.duplicates += len(arrivals) - 1
         result.latencies_ms.append(arrivals[0][0] - t["completed_at"])
+    if receiver is not None:
+        async with aiohttp.ClientSession() as session, session.get(f"{receiver}/arrivals") as r:
+            got: dict[str, list[int]] = await r.json()
+        lat = [got[run_id][0] - t["completed_at"] for run_id, t in expected.items() if run_id in got]
+        result.hook = {"expected": len(expected), "delivered": len(lat),
+                       "duplicates": sum(len(got[r]) - 1 for r in expected if r in got), "latencies_ms": sorted(lat)}
     return result
 
 
-def watcher_cmd(tmp: Path, base: str, out: Path, *, max_rps: float, interval: float) -> list[str]:
+def hook_line(r: Result) -> str:
+    h = r.hook or {}
+    lat = h.get("latencies_ms") or [float("nan")]
+    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    return (f"webhook @ {r.active:,}: {h.get('delivered')} of {h.get('expected')} ended runs delivered by the end "
+            f"({h.get('duplicates')} duplicates); run end → receiver p50 {p50 / 1000:.2f} s, p99 {p99 / 1000:.2f} s; "
+            f"watcher CPU {r.cpu_s:.1f} s in {r.seconds:.0f} s ({r.cpu_s / r.seconds * 100:.1f} % of a core), "
+            f"peak RSS {r.rss_mb:.0f} MB")
+
+
+def serve_receiver() -> None:
+    """A webhook receiver process: 200 to every POST, the arrival time (ms) of each event by run id; GET
+    /arrivals returns them. Prints its port, serves until stdin closes."""
+    from aiohttp import web
+
+    arrivals: dict[str, list[int]] = {}
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        at = now_ms()
+        try:
+            run_id = json.loads(body)["data"]["run_id"]
+        except (ValueError, KeyError, TypeError):
+            return web.Response(status=400)
+        arrivals.setdefault(run_id, []).append(at)
+        return web.Response(text="ok")
+
+    async def dump(_request: web.Request) -> web.Response:
+        return web.json_response(arrivals)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        app.router.add_get("/arrivals", dump)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        print(site._server.sockets[0].getsockname()[1], flush=True)  # type: ignore[union-attr]
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def watcher_cmd(tmp: Path, base: str, out: Path, *, max_rps: float, interval: float,
+                receiver: str | None = None) -> list[str]:
     cfg = tmp / f"watcher-{out.stem}.toml"
     cfg.write_text(f"""
 [api]
@@ -220,7 +276,13 @@ state_dir = "{tmp / ('state-' + out.stem)}"
 name = "journal"
 type = "file"
 path = "{out}"
-""")
+""" + ("" if receiver is None else f"""
+[[sinks]]
+name = "hook"
+type = "webhook"
+url = "{receiver}/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+"""))
     return [sys.executable, "-m", "watcher", "--log-level", "warning", "--log-format", "json", "run", "-c", str(cfg)]
 
 
@@ -241,27 +303,50 @@ async def main() -> None:
     ap.add_argument("--max-rps-10k", type=float, default=60.0, help="the watcher's API budget at 10k (default 60)")
     ap.add_argument("--skip-10k", action="store_true")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--skip-1k", action="store_true")
+    ap.add_argument("--webhook", action="store_true",
+                    help="the watcher also delivers to a webhook receiver in its own process (issue 10)")
+    ap.add_argument("--serve-receiver", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--write", action="store_true", help="append the results to bench/RESULTS.md")
     args = ap.parse_args()
+    receiver_proc = None
+    receiver = None
+    if args.webhook:
+        receiver_proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), "--serve-receiver",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert receiver_proc.stdout is not None
+        receiver = f"http://127.0.0.1:{int(await receiver_proc.stdout.readline())}"
+    try:
+        await run_all(args, receiver)
+    finally:
+        if receiver_proc is not None and receiver_proc.stdin is not None:
+            receiver_proc.stdin.close()
+            await asyncio.wait_for(receiver_proc.wait(), 10)
+
+
+async def run_all(args: argparse.Namespace, receiver: str | None) -> None:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="flora-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        async with Simulator(free_port()) as sim:
-            await sim.generate(14.0)
-            out = tmp / "watcher-1k.jsonl"
-            print(f"watcher, 1k active runs: {args.warmup:.0f} s warm-up + {args.seconds:.0f} s …", flush=True)
-            results.append(await measure(
-                "flora-watcher", sim, watcher_cmd(tmp, sim.base, out, max_rps=args.max_rps, interval=args.interval),
-                out, watcher_key, active=1000, warmup=args.warmup, seconds=args.seconds))
-            print(results[-1].row(), flush=True)
-            if not args.skip_baseline:
-                out = tmp / "baseline-1k.jsonl"
-                print("per-run poller, 1k active runs …", flush=True)
-                cmd = [sys.executable, str(ROOT / "bench" / "baseline_poller.py"), sim.base, KEY, str(out),
-                       "--interval", str(args.interval)]
-                results.append(await measure("per-run poller", sim, cmd, out, baseline_key, active=1000,
-                                             warmup=args.warmup, seconds=args.seconds))
+        if not args.skip_1k:
+            async with Simulator(free_port()) as sim:
+                await sim.generate(14.0)
+                out = tmp / "watcher-1k.jsonl"
+                print(f"watcher, 1k active runs: {args.warmup:.0f} s warm-up + {args.seconds:.0f} s …", flush=True)
+                results.append(await measure(
+                    "flora-watcher", sim,
+                    watcher_cmd(tmp, sim.base, out, max_rps=args.max_rps, interval=args.interval, receiver=receiver),
+                    out, watcher_key, active=1000, warmup=args.warmup, seconds=args.seconds, receiver=receiver))
                 print(results[-1].row(), flush=True)
+                if not args.skip_baseline:
+                    out = tmp / "baseline-1k.jsonl"
+                    print("per-run poller, 1k active runs …", flush=True)
+                    cmd = [sys.executable, str(ROOT / "bench" / "baseline_poller.py"), sim.base, KEY, str(out),
+                           "--interval", str(args.interval)]
+                    results.append(await measure("per-run poller", sim, cmd, out, baseline_key, active=1000,
+                                                 warmup=args.warmup, seconds=args.seconds))
+                    print(results[-1].row(), flush=True)
         if not args.skip_10k:
             async with Simulator(free_port()) as sim:
                 await sim.generate(140.0)
@@ -269,8 +354,9 @@ async def main() -> None:
                 print("watcher, 10k active runs …", flush=True)
                 results.append(await measure(
                     "flora-watcher", sim,
-                    watcher_cmd(tmp, sim.base, out, max_rps=args.max_rps_10k, interval=args.interval),
-                    out, watcher_key, active=10000, warmup=args.warmup + 10, seconds=args.seconds))
+                    watcher_cmd(tmp, sim.base, out, max_rps=args.max_rps_10k, interval=args.interval,
+                                receiver=receiver),
+                    out, watcher_key, active=10000, warmup=args.warmup + 10, seconds=args.seconds, receiver=receiver))
                 print(results[-1].row(), flush=True)
     baseline = next((r for r in results if r.name == "per-run poller"), None)
     header = ("| contender | active runs | API requests/min | fewer requests | latency p50 | latency p99 | "
@@ -280,7 +366,8 @@ async def main() -> None:
                                            else None) for r in results)])
     routes = "\n".join(f"- {r.name} @ {r.active:,}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(r.by_route.items()))
                        for r in results)
-    print("\n" + table + "\n\nrequests by route during the window:\n" + routes)
+    hooks = "\n".join(f"- {hook_line(r)}" for r in results if r.hook is not None)
+    print("\n" + table + "\n\nrequests by route during the window:\n" + routes + ("\n\n" + hooks if hooks else ""))
     if args.write:
         cmd = "python bench/bench_engine.py " + " ".join(sys.argv[1:])
         section = (
@@ -290,10 +377,15 @@ async def main() -> None:
             f"watcher API budget max_rps {args.max_rps:g} (1k) / {args.max_rps_10k:g} (10k); "
             f"window {args.seconds:.0f} s after {args.warmup:.0f} s warm-up; runs last 20-120 s, 15 % fail.\n\n"
             f"{table}\n\nRequests by route during the window:\n\n{routes}\n"
+            + (f"\nWith a webhook sink (signed, receiver in its own process; latency = the simulator's completed_at "
+               f"to the receiver's arrival):\n\n{hooks}\n" if hooks else "")
         )
         with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write(section)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if "--serve-receiver" in sys.argv:
+        serve_receiver()
+    else:
+        asyncio.run(main())

@@ -42,7 +42,7 @@ from watcher.clock import Clock
 from watcher.config import DeliveryConfig
 from watcher.crashpoints import crash_point
 from watcher.errors import DeliveryError, Reason
-from watcher.policy import Breaker, breaker_after, breaker_mode, decide_failure
+from watcher.policy import Breaker, breaker_after, breaker_mode, decide_failure, group_key, group_ready_ms
 from watcher.sinks.base import Sink
 from watcher.store import DEAD, DELIVERED, Delivery, Outcome
 
@@ -50,6 +50,7 @@ log = structlog.get_logger("watcher.dispatcher")
 
 CLAIM_BATCH = 200  # due deliveries read per claim ...
 REFILL_BELOW = 50  # ... when fewer than this (or than the concurrency) are claimed and waiting
+GROUP_CLAIM = 5_000  # a grouping (chat) sink reads this many due deliveries at once
 MAX_UNCOMMITTED = 256  # sent deliveries of one worker whose outcome is not committed yet, at most
 IDLE_RECHECK_S = 2.0  # an idle worker looks at the outbox at least this often (`replay` from another process)
 DEFAULT_CONCURRENCY = 8  # webhook and exec sinks; the others send one at a time
@@ -60,7 +61,7 @@ def sink_concurrency(sink: Sink) -> int:
     """Requests a sink may have in flight: its ``concurrency`` key, else 8 for webhook/exec and 1 for the rest
     (chat platforms pace per webhook; files and stdout are written in order)."""
     cfg = getattr(sink, "config", None)
-    value = getattr(cfg, "concurrency", None)
+    value = getattr(getattr(cfg, "options", None), "concurrency", None)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
     return DEFAULT_CONCURRENCY if getattr(cfg, "type", None) in CONCURRENT_TYPES else 1
@@ -158,6 +159,13 @@ class SinkWorker:
         self._claimed_at: int | None = None  # the `now` of the last claim
         self._error: BaseException | None = None
         self._disabling = False  # a 410 disabled the sink and the store does not know yet
+        options = getattr(getattr(sink, "config", None), "options", None)
+        wait = getattr(options, "group_wait", None)
+        # Chat sinks group a burst into one message per group (group_wait, group_by).
+        self.group_wait_ms: int | None = (
+            None if wait is None or not hasattr(sink, "send_group") else max(0, round(float(wait) * 1000)))
+        self.group_by: tuple[str, ...] = tuple(getattr(options, "group_by", ()) or ())
+        self._group_due_ms: int | None = None  # when the next held group becomes ready
 
     def _outcome(self, outcome: str) -> None:
         if self.on_outcome is not None:
@@ -224,31 +232,60 @@ class SinkWorker:
             if delivery is None:
                 return False
             self._claimed.add(delivery.id)
-            self._start(delivery, probe=True)
+            self._start([delivery], probe=True)
             return True
-        if len(self._queue) < max(self.concurrency, REFILL_BELOW):
+        if self.group_wait_ms is not None:
+            await self._claim(now, GROUP_CLAIM)  # a whole burst, so it becomes one message per group
+        elif len(self._queue) < max(self.concurrency, REFILL_BELOW):
             await self._claim(now)
+        if self.group_wait_ms is not None:
+            return self._start_groups(now)
         started = False
-        while (self._queue and self._sending < self.window and len(self._running) < self.window + MAX_UNCOMMITTED
-               and not self.stopping):
-            if self.breaker.open:
-                break
-            self._start(self._queue.popleft(), probe=False)
+        while self._queue and self._may_start():
+            self._start([self._queue.popleft()], probe=False)
             started = True
         return started
 
-    async def _claim(self, now: int) -> None:
-        rows = await self.store.due_deliveries(self.name, now, CLAIM_BATCH + len(self._claimed))
+    def _may_start(self) -> bool:
+        return (self._sending < self.window and len(self._running) < self.window + MAX_UNCOMMITTED
+                and not self.stopping and not self.breaker.open)
+
+    def _start_groups(self, now: int) -> bool:
+        """Chat sinks: the queue as groups (``group_by``); a group is sent, as one message, once ``group_wait``
+        has passed since its first event was queued. Remembers when the next held group is ready."""
+        groups: dict[tuple[object, ...], list[Delivery]] = {}
+        for delivery in self._queue:
+            event = delivery.event
+            groups.setdefault(group_key(event.type, event.data, self.group_by), []).append(delivery)
+        assert self.group_wait_ms is not None
+        started: set[int] = set()
+        self._group_due_ms = None
+        for members in groups.values():
+            ready = group_ready_ms([d.created_ms for d in members], self.group_wait_ms)
+            if ready > now:
+                self._group_due_ms = ready if self._group_due_ms is None else min(self._group_due_ms, ready)
+                continue
+            if not self._may_start():
+                break
+            self._start(members, probe=False)
+            started.update(d.id for d in members)
+        if started:
+            self._queue = deque(d for d in self._queue if d.id not in started)
+        return bool(started)
+
+    async def _claim(self, now: int, batch: int = CLAIM_BATCH) -> None:
+        rows = await self.store.due_deliveries(self.name, now, batch + len(self._claimed))
         self._claimed_at = now
         for delivery in rows:
             if delivery.id not in self._claimed:
                 self._claimed.add(delivery.id)
                 self._queue.append(delivery)
 
-    def _start(self, delivery: Delivery, *, probe: bool) -> None:
+    def _start(self, batch: list[Delivery], *, probe: bool) -> None:
+        """Send ``batch`` (one delivery, or a chat sink's group as one message) in a task of its own."""
         self.attempted += 1
         self._sending += 1
-        task = asyncio.create_task(self._deliver(delivery, probe=probe), name=f"send:{self.name}:{delivery.id}")
+        task = asyncio.create_task(self._deliver(batch, probe=probe), name=f"send:{self.name}:{batch[0].id}")
         self._running.add(task)
         task.add_done_callback(self._finished)
 
@@ -273,6 +310,8 @@ class SinkWorker:
             nxt = await self.store.next_due_ms(self.name, self._claimed_at)
             if nxt is not None:
                 waits.append((nxt - now) / 1000.0)
+            if self._queue and self._group_due_ms is not None:
+                waits.append((self._group_due_ms - now) / 1000.0)
         await self._wait(max(0.0, min(waits)))
 
     async def _wait(self, seconds: float | None) -> None:
@@ -325,28 +364,39 @@ class SinkWorker:
 
         return release
 
-    async def _deliver(self, delivery: Delivery, *, probe: bool) -> None:
+    async def _record(self, batch: list[Delivery], state: str, now: int, **fields: object) -> None:
+        """One outcome for every delivery of ``batch`` (a group is marked together), committed together."""
+        await asyncio.gather(*(self.outcomes.record(Outcome(d.id, self.name, state, now, **fields))  # type: ignore[arg-type]
+                               for d in batch))
+
+    async def _send(self, batch: list[Delivery]):
+        if len(batch) == 1:
+            return await self.sink.send(batch[0].event, body=batch[0].body)
+        return await self.sink.send_group([d.event for d in batch])  # type: ignore[attr-defined]
+
+    async def _deliver(self, batch: list[Delivery], *, probe: bool) -> None:
         release = self._releaser()
+        first = batch[0]
         try:
             if self.health.disabled_reason is not None:
                 release()
-                now = self.clock.now_ms()
-                await self.outcomes.record(Outcome(delivery.id, self.name, DEAD, now, attempted=False,
-                                                   error=f"sink disabled: {self.health.disabled_reason}"))
-                self._outcome("dead")
+                await self._record(batch, DEAD, self.clock.now_ms(), attempted=False,
+                                   error=f"sink disabled: {self.health.disabled_reason}")
+                for _ in batch:
+                    self._outcome("dead")
                 return
             try:
                 crash_point("before_send")
-                result = await self.sink.send(delivery.event, body=delivery.body)
+                result = await self._send(batch)
                 crash_point("after_send")
             except DeliveryError as exc:
-                await self._failed(delivery, exc, probe=probe, release=release)
+                await self._failed(batch, exc, probe=probe, release=release)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug in a sink must not kill the worker or lose the delivery
-                log.exception("delivery.sink_crashed", sink=self.name, event_id=delivery.event_id)
-                await self._failed(delivery, DeliveryError(
+                log.exception("delivery.sink_crashed", sink=self.name, event_id=first.event_id)
+                await self._failed(batch, DeliveryError(
                     f"sink raised {type(exc).__name__}", retryable=True, reason=Reason.IO_ERROR), probe=probe,
                     release=release)
                 return
@@ -355,30 +405,34 @@ class SinkWorker:
             self.breaker = breaker_after(self.breaker, ok=True, now_ms=now)
             self.window = min(self.concurrency, self.window * 2)
             release()
-            await self.outcomes.record(Outcome(delivery.id, self.name, DELIVERED, now, status=result.status,
-                                               health=True))
-            self.health.delivered += 1
-            self._outcome("delivered")
+            await self._record(batch, DELIVERED, now, status=result.status, health=True)
+            self.health.delivered += len(batch)
+            for _ in batch:
+                self._outcome("delivered")
+            attempts = max(d.attempts for d in batch) + 1
             # Debug for a first-try success (thousands a second when busy); info once it took retries.
-            (log.info if delivery.attempts else log.debug)(
-                "delivery.done", sink=self.name, event_id=delivery.event_id, attempts=delivery.attempts + 1,
-                status=result.status)
+            (log.info if attempts > 1 or len(batch) > 1 else log.debug)(
+                "delivery.done", sink=self.name, event_id=first.event_id, attempts=attempts, status=result.status,
+                **({"grouped": len(batch)} if len(batch) > 1 else {}))
             if was_open:
                 await self._resumed(now)
         finally:
             release()
-            self._claimed.discard(delivery.id)
+            for d in batch:
+                self._claimed.discard(d.id)
 
-    async def _failed(self, delivery: Delivery, exc: DeliveryError, *, probe: bool,
+    async def _failed(self, batch: list[Delivery], exc: DeliveryError, *, probe: bool,
                       release: Callable[[], None]) -> None:
+        """One verdict for the batch (a group is retried, dead-lettered or disabled together)."""
         now = self.clock.now_ms()
-        attempts = delivery.attempts + 1
-        verdict = decide_failure(exc, attempts=attempts, created_ms=delivery.created_ms, now_ms=now,
+        first = batch[0]
+        attempts = max(d.attempts for d in batch) + 1
+        verdict = decide_failure(exc, attempts=attempts, created_ms=min(d.created_ms for d in batch), now_ms=now,
                                  rand=self.rand.random(), cfg=self.cfg)
         was_open = self.breaker.open
         self.breaker = breaker_after(self.breaker, ok=False if exc.retryable else None, now_ms=now, probe=probe,
                                      retry_after=exc.retry_after)
-        self.health.failed += 1
+        self.health.failed += len(batch)
         if exc.retryable:
             self.window = max(1, self.window // 2)
         disabled = f"receiver answered {exc.status or 'gone'}: destination gone; fix the sink and replay"
@@ -387,26 +441,28 @@ class SinkWorker:
             self._disabling = True  # not in the store yet: no `replay` to pick up before it is
         release()
         error = exc.message[:500]
-        fields = dict(sink=self.name, event_id=delivery.event_id, attempts=attempts, reason=str(exc.reason),
-                      status=exc.status, error=exc.message[:300])
+        fields = dict(sink=self.name, event_id=first.event_id, attempts=attempts, reason=str(exc.reason),
+                      status=exc.status, error=exc.message[:300], **({"grouped": len(batch)} if len(batch) > 1 else {}))
         if verdict.action == "retry":
             assert verdict.next_attempt_ms is not None
-            await self.outcomes.record(Outcome(delivery.id, self.name, "retry", now, status=exc.status, error=error,
-                                               next_attempt_ms=verdict.next_attempt_ms, health=False))
-            self._outcome("retry")
+            await self._record(batch, "retry", now, status=exc.status, error=error,
+                               next_attempt_ms=verdict.next_attempt_ms, health=False)
+            for _ in batch:
+                self._outcome("retry")
             log.info("delivery.retry_scheduled", in_s=round((verdict.next_attempt_ms - now) / 1000, 2),
                      probe=probe or None, **fields)
         elif verdict.action == "disable":
-            await self.outcomes.record(Outcome(delivery.id, self.name, DEAD, now, status=exc.status, error=error,
-                                               health=False))
+            await self._record(batch, DEAD, now, status=exc.status, error=error, health=False)
             await self.store.set_sink_state(self.name, disabled_reason=disabled, now_ms=now)
             self._disabling = False
             self._outcome("disabled")
+            for _ in batch[1:]:
+                self._outcome("dead")
             log.error("sink.disabled", **fields, hint="the receiver says this destination is gone (410)")
         else:
-            await self.outcomes.record(Outcome(delivery.id, self.name, DEAD, now, status=exc.status, error=error,
-                                               health=False))
-            self._outcome("dead")
+            await self._record(batch, DEAD, now, status=exc.status, error=error, health=False)
+            for _ in batch:
+                self._outcome("dead")
             log.warning("delivery.dead_lettered", verdict=verdict.reason, **fields,
                         hint="inspect with `flora-watcher deliveries --failed`, re-send with `flora-watcher replay`")
         if self.breaker.open and not was_open:

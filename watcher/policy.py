@@ -289,3 +289,27 @@ def breaker_mode(b: Breaker, now_ms: int) -> Literal["send", "probe", "wait"]:
     if not b.open:
         return "send"
     return "probe" if b.next_probe_ms is None or now_ms >= b.next_probe_ms else "wait"
+
+
+# ------------------------------------------------------------------------------------------ grouping
+
+
+def group_key(event_type: str, data: Mapping[str, object], group_by: tuple[str, ...]) -> tuple[object, ...]:
+    """What makes events one chat message (``group_by``: ``type``, ``error_code``, ``project_id``,
+    ``technique_id``): their values of those fields. Events with equal keys go together."""
+    values: list[object] = []
+    for name in group_by:
+        if name == "type":
+            values.append(event_type)
+        elif name == "technique_id":
+            technique = data.get("technique")
+            values.append(technique.get("technique_id") if isinstance(technique, Mapping) else None)
+        else:
+            value = data.get(name)
+            values.append(value if isinstance(value, str | int | float | bool) or value is None else repr(value))
+    return tuple(values)
+
+
+def group_ready_ms(created_ms: list[int], group_wait_ms: int) -> int:
+    """When a group is sent: ``group_wait`` after its first event was queued (a retried group at once)."""
+    return min(created_ms) + group_wait_ms

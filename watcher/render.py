@@ -10,7 +10,8 @@ platform it goes to, so it can neither mention anyone nor format the message:
 
 * Slack (mrkdwn): ``&``, ``<``, ``>`` escaped as HTML entities (so ``<!channel>`` and links stay inert);
   ``*``, ``_``, ``~`` and backticks wrapped in zero-width spaces; ``@channel``/``@here``/``@everyone``
-  broken with a zero-width space; ids and error messages in code spans with backticks replaced by U+02CB (a look-alike).
+  broken with a zero-width space; ``:word:`` emoji codes broken after the colon; ``&`` in link URLs as
+  ``&amp;``; ids and error messages in code spans with backticks replaced by U+02CB (a look-alike).
 * Discord (markdown): markdown characters backslash-escaped, ``@everyone``/``@here`` broken with a zero-width
   space, and every payload carries ``allowed_mentions: {"parse": []}``.
 * Teams (Adaptive Card 1.4): API text goes only into ``RichTextBlock`` ``TextRun``s, which render neither
@@ -55,7 +56,8 @@ DISCORD_DESCRIPTION_MAX = 4_096
 DISCORD_FIELD_NAME_MAX = 256
 DISCORD_FIELD_VALUE_MAX = 1_024
 DISCORD_FOOTER_MAX = 2_048
-DISCORD_EMBED_TOTAL_MAX = 6_000
+DISCORD_EMBED_TOTAL_MAX = 6_000  # all embeds of one message together
+DISCORD_EMBEDS_MAX = 10
 TEAMS_PAYLOAD_MAX_BYTES = 28_000  # Workflows webhooks refuse payloads above ~28 KB
 TEAMS_ACTIONS_MAX = 5
 GOOGLE_CHAT_TEXT_MAX = 4_096
@@ -154,11 +156,25 @@ def _wrap_format_chars(text: str) -> str:
     return _FORMAT_CHARS.sub(lambda m: ZWSP + m.group() + ZWSP, text)
 
 
+_EMOJI_CODE = re.compile(r":(?=[A-Za-z0-9_+'-]+:)")
+
+
+def _break_emoji(text: str) -> str:
+    """``:word:`` would become an emoji (or a custom one) in Slack: a zero-width space after the colon."""
+    return _EMOJI_CODE.sub(":" + ZWSP, text)
+
+
 def slack_escape(raw: str) -> str:
     """API text → inert Slack mrkdwn."""
     text = clean(raw).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = _wrap_format_chars(_break_mentions(text))
+    text = _break_emoji(_wrap_format_chars(_break_mentions(text)))
     return re.sub(r"(?m)^&gt;", ZWSP + "&gt;", text)  # no block quote from API text
+
+
+def slack_url(url: str) -> str:
+    """A ``safe_url`` for the inside of a Slack ``<url|label>`` link: ``&`` as ``&amp;`` (Slack's own escaping;
+    ``<`` and ``>`` are already percent-encoded)."""
+    return url.replace("&", "&amp;")
 
 
 def slack_code(raw: str) -> str:
@@ -496,7 +512,7 @@ def text_line(event: Event, *, template: str | None = None) -> str:
 
 
 def _slack_output_lines(v: View) -> list[str]:
-    lines = [f"• <{link.url}|{slack_escape(_label_text(link.label))}>" for link in v.links]
+    lines = [f"• <{slack_url(link.url)}|{slack_escape(_label_text(link.label))}>" for link in v.links]
     lines += [
         f"• {slack_escape(t.label)}: “{fit(one_line(t.text), OUTPUT_TEXT_MAX, slack_escape)}”" for t in v.texts
     ]
@@ -653,7 +669,7 @@ def _teams_message(v: View, body: list[dict[str, Any]]) -> dict[str, Any]:
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
         "version": "1.4",
-        "msteams": {"width": "Full"},
+        "msteams": {"width": "full"},
         "body": body,
     }
     actions = [
@@ -753,6 +769,236 @@ def google_chat_payload(
             middle = "\n```\n" + fit(v.error_message, budget, google_chat_code) + "\n```"
         text = cut(head + middle + tail, GOOGLE_CHAT_TEXT_MAX)
     payload: dict[str, Any] = {"text": text}
+    if thread_key:
+        payload["thread"] = {"threadKey": thread_key}
+    return payload
+
+
+# ------------------------------------------------------------------------------------ grouped messages
+#
+# A burst of events alike (``group_by``) becomes one chat message: a headline ("60 runs failed:
+# INSUFFICIENT_CREDITS"), then one line per run (technique, run id, duration, output link) while it fits the
+# platform's limits, then "… and N more" with the command that lists them all. A group of one is rendered by
+# the single-event payloads above, exactly as before.
+
+VERBS: dict[str, str] = {"run.completed": "completed", "run.failed": "failed", "run.started": "started",
+                         "run.stalled": "stalled"}
+GROUP_LINE_TECHNIQUE_MAX = 60
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """What a grouped message shows. Strings are raw API text (not yet neutralised)."""
+
+    count: int
+    event_type: str | None  # None when the group mixes types
+    marker: str
+    verb: str
+    error_code: str | None  # when every run failed with this same code
+    views: tuple[View, ...]
+    command: str  # the CLI command that lists every event of the group
+
+    @property
+    def headline(self) -> str:
+        """``60 runs failed: INSUFFICIENT_CREDITS`` (raw: the error code is API text)."""
+        text = f"{self.count} runs {self.verb}"
+        return f"{text}: {self.error_code}" if self.error_code else text
+
+
+def _common(values: list[str | None]) -> str | None:
+    return values[0] if values and all(v == values[0] for v in values) else None
+
+
+def events_command(event_type: str | None, error_code: str | None, project_id: str | None) -> str:
+    """``flora-watcher events --type run.failed --error-code X``: lists the events of a group."""
+    import shlex
+
+    parts = ["flora-watcher", "events"]
+    if event_type:
+        parts += ["--type", event_type]
+    if error_code:
+        parts += ["--error-code", shlex.quote(one_line(error_code))]
+    if project_id:
+        parts += ["--project", shlex.quote(one_line(project_id))]
+    return " ".join(parts)
+
+
+def group_view(events: list[Event]) -> GroupView:
+    views = tuple(view(e) for e in events)
+    event_type = _common([v.event_type for v in views])
+    code = _common([v.error_code for v in views]) if event_type == "run.failed" else None
+    return GroupView(
+        count=len(views),
+        event_type=event_type,
+        marker=MARKERS.get(event_type or "", "•"),
+        verb=VERBS.get(event_type or "", "ended"),
+        error_code=code,
+        views=views,
+        command=events_command(event_type, code, _common([v.project_id for v in views])),
+    )
+
+
+def _more(n: int) -> str:
+    return f"… and {n} more"
+
+
+def _fill(lines: list[str], budget: int, reserve: int) -> int:
+    """How many of ``lines`` (joined by newlines) fit in ``budget``, keeping ``reserve`` for a "more" line
+    when not all fit."""
+    used = 0
+    for i, line in enumerate(lines):
+        cost = ulen(line) + (1 if i else 0)
+        left = len(lines) - i - 1
+        if used + cost + (reserve if left else 0) > budget:
+            return i
+        used += cost
+    return len(lines)
+
+
+def _slack_group_line(v: View) -> str:
+    parts = [fit(v.technique or "(technique unknown)", GROUP_LINE_TECHNIQUE_MAX, slack_escape),
+             f"`{slack_code(v.run_id)}`"]
+    if v.duration:
+        parts.append(v.duration)
+    if v.links:
+        parts.append(f"<{slack_url(v.links[0].url)}|output>")
+    return "• " + " · ".join(parts)
+
+
+def slack_group_payload(events: list[Event]) -> dict[str, Any]:
+    """One Slack message for a group: header, the runs in sections of at most 3,000 characters (within Block
+    Kit's 50 blocks), then "… and N more" with the command that lists them."""
+    g = group_view(events)
+    code = f"`{slack_code(g.error_code)}`" if g.error_code else ""
+    headline = f"{g.marker} {g.count} runs {g.verb}" + (f": {code}" if code else "")
+    lines = [_slack_group_line(v) for v in g.views]
+    more_line = "{more}: `" + slack_code(g.command) + "`"
+    sections: list[str] = []
+    shown = 0
+    max_sections = 45
+    while shown < len(lines) and len(sections) < max_sections:
+        n = _fill(lines[shown:], SLACK_BLOCK_TEXT_MAX, 0)
+        if n == 0:  # one line longer than a section (cannot happen with the caps above): cut it
+            sections.append(cut(lines[shown], SLACK_BLOCK_TEXT_MAX))
+            shown += 1
+            continue
+        sections.append("\n".join(lines[shown:shown + n]))
+        shown += n
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "emoji": False,
+                                    "text": cut(f"{g.marker} {one_line(g.headline)}", SLACK_HEADER_MAX)}},
+        *({"type": "section", "text": {"type": "mrkdwn", "text": text}} for text in sections),
+    ]
+    context = f"flora-watcher · {g.count} events"
+    if shown < len(lines):
+        context = more_line.format(more=_more(len(lines) - shown))
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": cut(context, SLACK_FIELD_MAX)}]})
+    return {"text": cut(headline, SLACK_TEXT_MAX), "blocks": blocks}
+
+
+def _discord_group_line(v: View) -> str:
+    parts = [fit(v.technique or "(technique unknown)", GROUP_LINE_TECHNIQUE_MAX, discord_escape),
+             f"`{discord_code(v.run_id)}`"]
+    if v.duration:
+        parts.append(v.duration)
+    if v.links:
+        parts.append(f"[output]({v.links[0].url})")
+    return "• " + " · ".join(parts)
+
+
+def discord_group_payload(events: list[Event]) -> dict[str, Any]:
+    """One Discord message for a group: the headline as ``content`` and embed title, the runs in embed
+    descriptions (4,096 each, up to 10 embeds) within Discord's 6,000 characters for all embeds together,
+    "… and N more" with the command in the last footer; mentions never parsed."""
+    g = group_view(events)
+    code = f"`{discord_code(g.error_code)}`" if g.error_code else ""
+    content = f"{g.marker} **{g.count} runs {g.verb}**" + (f": {code}" if code else "")
+    title = fit(f"{g.marker} {one_line(g.headline)}", DISCORD_TITLE_MAX)
+    lines = [_discord_group_line(v) for v in g.views]
+    longest_footer = f"{_more(len(lines))}: {one_line(g.command)}"
+    room = DISCORD_EMBED_TOTAL_MAX - ulen(title) - ulen(longest_footer)
+    n = _fill(lines, room, 0)
+    descriptions: list[str] = []
+    shown = 0
+    while shown < n and len(descriptions) < DISCORD_EMBEDS_MAX:
+        take = max(1, _fill(lines[shown:n], DISCORD_DESCRIPTION_MAX, 0))
+        descriptions.append(cut("\n".join(lines[shown:shown + take]), DISCORD_DESCRIPTION_MAX))
+        shown += take
+    footer = (f"flora-watcher · {g.count} events" if shown == len(lines)
+              else f"{_more(len(lines) - shown)}: {one_line(g.command)}")
+    color = DISCORD_COLORS.get(g.event_type or "", 0x808080)
+    embeds: list[dict[str, Any]] = [{"description": text, "color": color} for text in descriptions or [""]]
+    embeds[0] = {"title": title, **embeds[0]}
+    if not embeds[0]["description"]:
+        del embeds[0]["description"]
+    embeds[-1]["footer"] = {"text": cut(footer, DISCORD_FOOTER_MAX)}
+    return {"content": cut(content, DISCORD_CONTENT_MAX), "embeds": embeds, "allowed_mentions": {"parse": []}}
+
+
+def _teams_group_line(v: View) -> dict[str, Any]:
+    inlines = [_run(fit(one_line(v.technique or "(technique unknown)"), GROUP_LINE_TECHNIQUE_MAX)), _run(" \u00b7 "),
+               _run(one_line(v.run_id), fontType="Monospace")]
+    if v.duration:
+        inlines.append(_run(f" \u00b7 {v.duration}"))
+    if v.links:
+        inlines += [_run(" \u00b7 "), _run("output", selectAction={"type": "Action.OpenUrl", "url": v.links[0].url})]
+    return {"type": "RichTextBlock", "inlines": inlines}
+
+
+def teams_group_payload(events: list[Event]) -> dict[str, Any]:
+    """One Adaptive Card for a group: the headline, a line per run (API text in ``TextRun``s; the output link
+    as the run's ``selectAction``) while the payload stays within ``TEAMS_PAYLOAD_MAX_BYTES``, then "… and N
+    more" with the command."""
+    g = group_view(events)
+    head = {"type": "TextBlock", "text": f"{g.marker} {one_line(g.headline)}", "weight": "Bolder", "size": "Large",
+            "color": TEAMS_COLORS.get(g.event_type or "", "Default"), "wrap": True}
+    rows = [_teams_group_line(v) for v in g.views]
+
+    def message(shown: int) -> dict[str, Any]:
+        foot = (f"flora-watcher \u00b7 {g.count} events" if shown == len(rows)
+                else f"{_more(len(rows) - shown)}: {one_line(g.command)}")
+        body = [head, *rows[:shown], {"type": "TextBlock", "text": foot, "isSubtle": True, "size": "Small",
+                                      "wrap": True}]
+        card = {"$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard",
+                "version": "1.4", "msteams": {"width": "full"}, "body": body}
+        return {"type": "message", "attachments": [
+            {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card}]}
+
+    def size(payload: dict[str, Any]) -> int:
+        return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+    lo, hi = 0, len(rows)  # the most rows that fit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if size(message(mid)) <= TEAMS_PAYLOAD_MAX_BYTES:
+            lo = mid
+        else:
+            hi = mid - 1
+    return message(lo)
+
+
+def _google_chat_group_line(v: View) -> str:
+    parts = [fit(v.technique or "(technique unknown)", GROUP_LINE_TECHNIQUE_MAX, google_chat_escape),
+             f"`{google_chat_code(v.run_id)}`"]
+    if v.duration:
+        parts.append(v.duration)
+    if v.links:
+        parts.append(f"<{v.links[0].url}|output>")
+    return "• " + " · ".join(parts)
+
+
+def google_chat_group_payload(events: list[Event], *, thread_key: str | None = None) -> dict[str, Any]:
+    """One Google Chat ``text`` message for a group (≤ 4,096): headline, runs, "… and N more" with the command."""
+    g = group_view(events)
+    code = f"`{google_chat_code(g.error_code)}`" if g.error_code else ""
+    head = f"{g.marker} *{g.count} runs {g.verb}*" + (f": {code}" if code else "")
+    lines = [_google_chat_group_line(v) for v in g.views]
+    more = f"{_more(len(lines))}: `{google_chat_code(g.command)}`"
+    n = _fill(lines, GOOGLE_CHAT_TEXT_MAX - ulen(head) - 2, ulen(more) + 1)
+    text = head + "\n" + "\n".join(lines[:n])
+    if n < len(lines):
+        text += "\n" + f"{_more(len(lines) - n)}: `{google_chat_code(g.command)}`"
+    payload: dict[str, Any] = {"text": cut(text, GOOGLE_CHAT_TEXT_MAX)}
     if thread_key:
         payload["thread"] = {"threadKey": thread_key}
     return payload

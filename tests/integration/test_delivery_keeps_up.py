@@ -261,3 +261,115 @@ async def test_outcomes_recorded_while_a_commit_runs_share_the_next_commit() -> 
     await asyncio.gather(first, *rest)
     assert store.commits == [[1], list(range(2, 12))]
     assert (log.commits, log.recorded) == (2, 11)
+
+
+# ------------------------------------------------------------------------------------ grouped chat messages
+
+
+def chat(kind: str, url: str, name: str | None = None, **kw) -> SinkConfig:
+    return SinkConfig(name=name or kind, type=kind, url=Secret(url), **kw)
+
+
+def burst() -> list:
+    """Row 5: 60 runs fail within a second (credits ran out), and 5 complete."""
+    failed = [make_event("run.failed", run_id=f"run_credit{i:03d}", error_code="INSUFFICIENT_CREDITS",
+                         error_message="Not enough credits.") for i in range(60)]
+    completed = [make_event("run.completed", run_id=f"run_fine{i:03d}") for i in range(5)]
+    return failed + completed
+
+
+async def commit_burst(store: AsyncStore, clock: FakeClock, sink: str) -> list:
+    events = burst()
+    # three sweeps within a second, as the watcher would commit them
+    for offset_ms, chunk in ((0, events[:25]), (400, events[25:50]), (800, events[50:])):
+        await store.commit_sweep(upserts=[], deletes=[], events=[(e, [sink]) for e in chunk], meta={},
+                                 now_ms=clock.now_ms() + offset_ms)
+    return events
+
+
+@pytest.mark.parametrize("kind", ["slack", "discord"])
+async def test_a_burst_of_65_becomes_two_messages_naming_every_run(store, kind: str) -> None:
+    """Row 5: each chat sink names every run within 15 s, in at most 10 messages — here exactly two: the 60
+    failures (one error code) and the 5 completions."""
+    clock = FakeClock(START)
+    async with ScriptedReceiver(clock, lambda *_: 200) as receiver:
+        events = await commit_burst(store, clock, kind)
+        sinks = await started_sinks(clock, chat(kind, receiver.url()))
+        dispatcher = Dispatcher(sinks, store, cfg=DeliveryConfig(), clock=clock, rand=random.Random(2))
+        await running(dispatcher, sinks, until_settled=store)
+
+    assert len(receiver.hits) == 2
+    bodies = [hit.body.decode() for hit in receiver.hits]
+    for event in events:
+        assert sum(event.data["run_id"] in body for body in bodies) == 1, f"{event.data['run_id']} not named once"
+    assert "60 runs failed" in bodies[0] and "INSUFFICIENT_CREDITS" in bodies[0]
+    assert "5 runs completed" in bodies[1]
+    assert START + 2.0 <= receiver.hits[0].at  # group_wait: the whole burst, not its first event alone
+    assert receiver.hits[-1].at - START <= 15.0
+    if kind == "discord":
+        assert all(json.loads(b)["allowed_mentions"] == {"parse": []} for b in bodies)
+    assert (await store.summary())["deliveries"]["delivered"] == 65  # each event's own row, marked together
+
+
+async def test_a_group_of_one_is_the_single_event_message(store) -> None:
+    from watcher.render import slack_payload
+
+    clock = FakeClock(START)
+    event = make_event("run.failed", run_id="run_alone")
+    async with ScriptedReceiver(clock, lambda *_: 200) as receiver:
+        await store.commit_sweep(upserts=[], deletes=[], events=[(event, ["slack"])], meta={}, now_ms=clock.now_ms())
+        sinks = await started_sinks(clock, chat("slack", receiver.url()))
+        dispatcher = Dispatcher(sinks, store, cfg=DeliveryConfig(), clock=clock, rand=random.Random(2))
+        await running(dispatcher, sinks, until_settled=store)
+    (hit,) = receiver.hits
+    assert json.loads(hit.body) == slack_payload(event)
+
+
+async def test_a_failed_group_is_retried_whole_and_each_row_is_marked(store) -> None:
+    clock = FakeClock(START)
+    tries = 0
+
+    def decide(_t: float, _id: object, _n: int) -> int:
+        nonlocal tries
+        tries += 1
+        return 503 if tries == 1 else 200
+
+    async with ScriptedReceiver(clock, decide) as receiver:
+        events = [make_event("run.failed", run_id=f"run_g{i}", error_code="X") for i in range(4)]
+        await store.commit_sweep(upserts=[], deletes=[], events=[(e, ["slack"]) for e in events], meta={},
+                                 now_ms=clock.now_ms())
+        sinks = await started_sinks(clock, chat("slack", receiver.url(), group_by=("type",)))
+        dispatcher = Dispatcher(sinks, store, cfg=DeliveryConfig(), clock=clock, rand=random.Random(2))
+        await running(dispatcher, sinks, until_settled=store)
+        rows = await store.summary()
+    assert [h.status for h in receiver.hits] == [503, 200]
+    assert all("4 runs failed" in h.body.decode() for h in receiver.hits)  # the same group both times
+    assert rows["deliveries"]["delivered"] == 4
+
+
+async def test_3000_events_drain_to_webhook_file_slack_and_discord(store, tmp_path: Path) -> None:
+    """Row 1: 3,000 runs finish together; the webhook gets every event, the file every line once, Slack and
+    Discord a few grouped messages (one per type and error code) instead of 3,000."""
+    clock = SYSTEM_CLOCK
+    async with ScriptedReceiver(clock, lambda *_: 200) as receiver:
+        batch = [make_event("run.failed" if i % 3 == 0 else "run.completed", run_id=f"run_d{i:05d}",
+                            error_code="GPU_PROVIDER_ERROR" if i % 3 == 0 else None) for i in range(3000)]
+        names = ["ops", "journal", "slack", "discord"]
+        for start in range(0, 3000, 1000):
+            await store.commit_sweep(upserts=[], deletes=[], events=[(e, names) for e in batch[start:start + 1000]],
+                                     meta={}, now_ms=clock.now_ms())
+        journal = tmp_path / "events.jsonl"
+        sinks = await started_sinks(
+            clock, webhook(receiver.url()), SinkConfig(name="journal", type="file", path=journal),
+            chat("slack", receiver.url() + "/slack", group_wait=0.2), chat("discord", receiver.url() + "/discord",
+                                                                            group_wait=0.2))
+        dispatcher = Dispatcher(sinks, store, cfg=DeliveryConfig(), clock=clock, rand=random.Random(1))
+        await running(dispatcher, sinks, until_settled=store, timeout=120.0)
+        summary = await store.summary()
+
+    assert summary["deliveries"]["delivered"] == 4 * 3000
+    assert sorted(json.loads(line)["id"] for line in journal.read_text().splitlines()) == sorted(e.id for e in batch)
+    webhook_ids = [h.event_id for h in receiver.hits if h.event_id and h.event_id.startswith("evt_")]
+    assert len(webhook_ids) >= 3000 and set(webhook_ids) >= {e.id for e in batch}
+    chat_messages = len(receiver.hits) - len(webhook_ids)
+    assert chat_messages <= 2 * 4, f"{chat_messages} chat messages"  # per sink: failed + completed, maybe split

@@ -3,7 +3,7 @@
 ``X-RateLimit-Remaining`` reached 0, the next send waits ``X-RateLimit-Reset-After``. A 429's ``retry_after``
 (body) is reported to the dispatcher.
 
-Keys: ``url``/``url_file``, ``template`` (``http.CHAT_KEYS``)."""
+Keys: ``url``/``url_file``, ``template``, ``group_wait``, ``group_by`` (``http.CHAT_KEYS``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import SinkConfig
 from watcher.model import Event
-from watcher.render import discord_payload
+from watcher.render import discord_group_payload, discord_payload
 from watcher.sinks.base import SinkType
 from watcher.sinks.http import CHAT_KEYS, MAX_PACING_WAIT, BucketPacer, ChatOptions, ChatSink, parse_chat, with_query
 
@@ -25,6 +25,9 @@ class DiscordSink(ChatSink):
 
     def payload(self, event: Event) -> dict[str, Any]:
         return discord_payload(event, template=self.options.template)
+
+    def group_payload(self, events: list[Event]) -> dict[str, Any]:
+        return discord_group_payload(events)
 
     def target(self, event: Event) -> str:
         """``?wait=true``: Discord answers 200 with the created message once it is really posted, instead of a

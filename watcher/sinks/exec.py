@@ -8,8 +8,9 @@ Outcome: exit 0 → delivered; exit 75 (``EX_TEMPFAIL``) → retry later; any ot
 ``exec_failed`` with the start of stderr; not finished within ``timeout`` → killed, retry later; program not
 found or not executable → permanent ``bad_config``.
 
-Keys: ``command`` (required: argv as an array; no shell). Start-time check: the program exists and is
-executable (``shutil.which``); ``check-config`` runs the same check, and ``run`` refuses to start without it.
+Keys: ``command`` (required: argv as an array; no shell), ``concurrency`` (default 8). Start-time check: the
+program exists and is executable (``shutil.which``); ``check-config`` runs the same check, and ``run``
+refuses to start without it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ HIDDEN_ENV = frozenset({
 @dataclass(frozen=True, slots=True)
 class ExecOptions:
     command: tuple[str, ...] = ()  # argv: the program and its arguments
+    concurrency: int = 8  # programs running at once (the events of one run stay in order)
 
 
 def parse(t: Table) -> ExecOptions:
@@ -56,7 +58,8 @@ def parse(t: Table) -> ExecOptions:
     assert items is not None
     if not items[0][0]:
         raise ConfigError(items[0][2], "the program must not be empty")
-    return ExecOptions(command=tuple(value for value, _, _ in items))
+    return ExecOptions(command=tuple(value for value, _, _ in items),
+                       concurrency=t.integer("concurrency", 8, minimum=1))
 
 
 def program_problem(program: str) -> str | None:
@@ -192,5 +195,5 @@ class ExecSink:
                             reason=Reason.EXEC_FAILED, status=code)
 
 
-SINK = SinkType(name="exec", keys=("command",), options=ExecOptions, parse=parse,
+SINK = SinkType(name="exec", keys=("command", "concurrency"), options=ExecOptions, parse=parse,
                 build=lambda cfg, ctx: ExecSink(cfg), check=check)

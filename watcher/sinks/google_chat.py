@@ -3,7 +3,8 @@ project (``thread``): ``thread.threadKey`` in the body and ``messageReplyOption=
 THREAD`` in the query, so the first message starts the thread and later ones reply in it. Paced to one
 message per second per webhook (Chat's per-space write quota).
 
-Keys: ``url``/``url_file``, ``template`` (``http.CHAT_KEYS``), ``thread`` (run | project | none; default run)."""
+Keys: ``url``/``url_file``, ``template``, ``group_wait``, ``group_by`` (``http.CHAT_KEYS``),
+``thread`` (run | project | none; default run)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import SinkConfig, Table
 from watcher.errors import ConfigError
 from watcher.model import Event
-from watcher.render import google_chat_payload, google_chat_thread_key
+from watcher.render import google_chat_group_payload, google_chat_payload, google_chat_thread_key
 from watcher.sinks.base import SinkType
 from watcher.sinks.http import CHAT_KEYS, ChatOptions, ChatSink, IntervalPacer, parse_chat, with_query
 
@@ -52,6 +53,22 @@ class GoogleChatSink(ChatSink):
     def target(self, event: Event) -> str:
         url = super().target(event)
         return with_reply_option(url) if google_chat_thread_key(event, self.options.thread) else url
+
+    def _group_thread(self, events: list[Event]) -> str | None:
+        """A group replies in its project's thread when ``thread = "project"`` and all share one project;
+        it spans several runs, so never in a run's thread."""
+        if self.options.thread != "project":
+            return None
+        keys = {google_chat_thread_key(e, "project") for e in events}
+        return keys.pop() if len(keys) == 1 else None
+
+    def group_payload(self, events: list[Event]) -> dict[str, Any]:
+        return google_chat_group_payload(events, thread_key=self._group_thread(events))
+
+    def group_target(self, events: list[Event]) -> str:
+        assert self.options.url is not None
+        url = self.options.url.reveal()
+        return with_reply_option(url) if self._group_thread(events) else url
 
 
 SINK = SinkType(name="google_chat", keys=(*CHAT_KEYS, "thread"), options=GoogleChatOptions, parse=parse,

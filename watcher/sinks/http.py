@@ -46,7 +46,10 @@ MAX_PACING_WAIT = 30.0  # seconds a sink may wait for its own rate limit before 
 # ---------------------------------------------------------------------------------------------- config
 
 URL_KEYS = ("url", "url_file")
-CHAT_KEYS = (*URL_KEYS, "template")  # the keys every chat sink (slack, discord, teams, google_chat) accepts
+CHAT_KEYS = (*URL_KEYS, "template", "group_wait", "group_by")  # the keys every chat sink accepts
+GROUP_FIELDS = ("type", "error_code", "project_id", "technique_id")  # what group_by may name
+DEFAULT_GROUP_WAIT = 2.0
+DEFAULT_GROUP_BY = ("type", "error_code")
 
 
 def parse_url(t: Table) -> Secret:
@@ -75,11 +78,30 @@ class ChatOptions:
 
     url: Secret | None = None
     template: str | None = None  # overrides the message text; str.format-style fields from the event
+    group_wait: float = DEFAULT_GROUP_WAIT  # seconds after a group's first event to wait for others (0: no wait)
+    group_by: tuple[str, ...] = DEFAULT_GROUP_BY  # events alike in these fields become one message
+
+
+def parse_group_by(t: Table) -> tuple[str, ...]:
+    """``group_by``: a list of ``GROUP_FIELDS`` (an empty list groups every event of a burst together)."""
+    if not t.has("group_by"):
+        return DEFAULT_GROUP_BY
+    raw = t.data["group_by"]
+    if raw == []:
+        return ()
+    items = t.strings("group_by")
+    assert items is not None
+    for value, _, key in items:
+        if value not in GROUP_FIELDS:
+            raise ConfigError(key, f"unknown group_by field {value!r}; choose from {', '.join(GROUP_FIELDS)}")
+    return tuple(dict.fromkeys(value for value, _, _ in items))
 
 
 def parse_chat(t: Table) -> dict[str, Any]:
     """The ``CHAT_KEYS`` of a chat sink's table, as ``ChatOptions`` fields."""
-    return {"url": parse_url(t), "template": parse_template(t)}
+    return {"url": parse_url(t), "template": parse_template(t),
+            "group_wait": t.number("group_wait", DEFAULT_GROUP_WAIT, inclusive=True),
+            "group_by": parse_group_by(t)}
 
 
 # ------------------------------------------------------------------------------------------- transport
@@ -368,3 +390,20 @@ class ChatSink(HttpSink):
             raise DeliveryError(str(exc), retryable=False, reason=Reason.BAD_CONFIG) from None
         data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return await self.post(self.target(event), data)
+
+    def group_payload(self, events: list[Event]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def group_target(self, events: list[Event]) -> str:
+        return self.target(events[0])
+
+    async def send_group(self, events: list[Event]) -> SendResult:
+        """Deliver a group of events (``group_by``) as one message; a group of one is ``send``'s message."""
+        if len(events) == 1:
+            return await self.send(events[0])
+        try:
+            payload = self.group_payload(events)
+        except ValueError as exc:
+            raise DeliveryError(str(exc), retryable=False, reason=Reason.BAD_CONFIG) from None
+        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return await self.post(self.group_target(events), data)

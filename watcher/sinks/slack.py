@@ -1,7 +1,7 @@
 """Slack incoming webhook: ``text`` + Block Kit blocks (``render.slack_payload``), paced to about one message
 per second per webhook, Slack's documented limit.
 
-Keys: ``url``/``url_file``, ``template`` (``http.CHAT_KEYS``)."""
+Keys: ``url``/``url_file``, ``template``, ``group_wait``, ``group_by`` (``http.CHAT_KEYS``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import SinkConfig
 from watcher.model import Event
-from watcher.render import slack_payload
+from watcher.render import slack_group_payload, slack_payload
 from watcher.sinks.base import SinkType
 from watcher.sinks.http import CHAT_KEYS, ChatOptions, ChatSink, IntervalPacer, parse_chat
 
@@ -25,6 +25,9 @@ class SlackSink(ChatSink):
 
     def payload(self, event: Event) -> dict[str, Any]:
         return slack_payload(event, template=self.options.template)
+
+    def group_payload(self, events: list[Event]) -> dict[str, Any]:
+        return slack_group_payload(events)
 
 
 SINK = SinkType(

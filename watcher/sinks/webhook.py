@@ -1,7 +1,8 @@
 """Generic webhook: ``POST`` of the event's exact JSON, optionally signed (CONTRACT §5).
 
 Keys: ``url``/``url_file`` (required), ``secret``/``secret_file`` (one or a list, while rotating),
-``signature`` ("standard" | "flora"), ``headers`` (a table; values are secrets).
+``signature`` ("standard" | "flora"), ``headers`` (a table; values are secrets), ``concurrency`` (requests
+in flight at once, default 8; the events of one run stay in order).
 
 Headers: ``Content-Type: application/json``, ``User-Agent: flora-watcher/<version>``, the sink's configured
 ``headers`` (values are secrets), and the signature headers of ``signature`` (``signing.py``): Standard
@@ -27,7 +28,8 @@ from watcher.signing import signature_headers, signing_keys
 from watcher.sinks.base import BuildContext, SendResult, SinkType
 from watcher.sinks.http import URL_KEYS, HttpSink, parse_url
 
-KEYS = (*URL_KEYS, "secret", "secret_file", "signature", "headers")
+KEYS = (*URL_KEYS, "secret", "secret_file", "signature", "headers", "concurrency")
+DEFAULT_CONCURRENCY = 8
 SIGNATURES = ("standard", "flora")
 
 # Headers the webhook sink sets itself; a configured header may not replace them.
@@ -45,6 +47,7 @@ class WebhookOptions:
     secrets: tuple[Secret, ...] = ()  # signing secrets (several while rotating); empty = unsigned
     signature: str = "standard"  # "standard" (Standard Webhooks) | "flora"
     headers: dict[str, Secret] = field(default_factory=dict)  # extra request headers (values are secret)
+    concurrency: int = DEFAULT_CONCURRENCY  # requests in flight at once (the events of one run stay in order)
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -93,7 +96,8 @@ def parse(t: Table) -> WebhookOptions:
             suffix = f"[{i}]" if isinstance(t.data.get(source or ""), list) else ""
             _check_whsec(value, t.key(f"{source}{suffix}"))
     return WebhookOptions(url=url, signature=signature, secrets=tuple(Secret(s) for s in secrets),
-                          headers=_parse_headers(t))
+                          headers=_parse_headers(t),
+                          concurrency=t.integer("concurrency", DEFAULT_CONCURRENCY, minimum=1))
 
 
 def describe(cfg: SinkConfig) -> list[str]:
