@@ -180,7 +180,7 @@ def slack_url(url: str) -> str:
 def slack_code(raw: str) -> str:
     """API text for the inside of a Slack code span or code block."""
     text = clean(raw).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _break_mentions(text.replace("`", _CODE_BACKTICK))
+    return _break_emoji(_break_mentions(text.replace("`", _CODE_BACKTICK)))
 
 
 _DISCORD_SPECIAL = re.compile(r"([\\*_~`|<>\[\]()])")
