@@ -33,9 +33,11 @@ from watcher import __version__
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import parse_listen
 from watcher.errors import StoreError, WatcherError
+from watcher.logs import redact
 from watcher.metrics import Metrics
 from watcher.model import Run
 from watcher.observer import Observer, Report, State
+from watcher.web import status as page_data
 
 log = structlog.get_logger("watcher.server")
 
@@ -120,6 +122,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 STATUS_CACHE_S = 0.5  # one store read serves every open page for this long
+FAILURES_CACHE_S = 30.0  # the failure counts (a scan of the last hour's failures) are re-read at least this often
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 
@@ -143,6 +146,7 @@ class StatusPage(Observer):
         self.cache_s = cache_s
         self._runs: list[Run] | None = None  # None: read the tracked runs from the store
         self._cached: tuple[float, bytes] | None = None
+        self._failures: tuple[float, dict[str | None, int]] | None = None  # re-read after a sweep with failures
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------------------- the observer
@@ -150,6 +154,10 @@ class StatusPage(Observer):
     def on_sweep(self, report: Report) -> None:
         if report.sweep is not None:
             self._runs = [t.run for t in report.runs.values() if not t.terminal]
+            if report.sweep.events:  # a new failure (or a retried commit): count again
+                self._failures = None
+        else:  # a standby: another instance stores the events
+            self._failures = None
         self.invalidate()
 
     def on_state(self, state: State, report: Report) -> None:
@@ -170,20 +178,24 @@ class StatusPage(Observer):
         return [t.run for t in tracked.values() if not t.terminal]
 
     async def document(self) -> dict[str, Any]:
-        from watcher.logs import redact
-        from watcher.web import status
-
         now = self.clock.now_ms()
         runs = await self._active_runs()
-        stored = await self.store.list_events(limit=status.RECENT_EVENTS)
-        failures = await self.store.failure_counts(since_ms=now - status.FAILURE_WINDOW_MS)
+        stored = await self.store.list_events(limit=page_data.RECENT_EVENTS)
+        failures = await self._failure_counts(now)
         counts = await self.store.delivery_counts()
         states = await self.store.sink_states()
-        sinks = status.sinks(dict(self.sink_types()), counts, states, redact)
-        return status.build(
+        sinks = page_data.sinks(dict(self.sink_types()), counts, states, redact)
+        return page_data.build(
             now_ms=now, version=__version__, runs=runs, events=[event for _, event in reversed(stored)],
             failures=failures, sinks_=sinks, ready=self.health.readiness() if self.health is not None else None,
         )
+
+    async def _failure_counts(self, now_ms: int) -> dict[str | None, int]:
+        cached = self._failures
+        if cached is None or self.clock.monotonic() - cached[0] >= FAILURES_CACHE_S:
+            counts = await self.store.failure_counts(since_ms=now_ms - page_data.FAILURE_WINDOW_MS)
+            cached = self._failures = (self.clock.monotonic(), counts)
+        return cached[1]
 
     async def body(self) -> bytes:
         """The document as JSON bytes, from the cache while it is fresh."""

@@ -808,11 +808,13 @@ class PgStore:
 
     async def delivery_counts(self) -> dict[str, dict[str, int]]:
         rows = await self._fetchall(
-            "delivery_counts", "SELECT sink, state, COUNT(*) FROM deliveries GROUP BY sink, state ORDER BY sink"
+            "delivery_counts",
+            "SELECT sink, state, COUNT(*) FROM deliveries WHERE state IN ('pending', 'dead')"
+            " GROUP BY sink, state ORDER BY sink",
         )
         counts: dict[str, dict[str, int]] = {}
         for sink, state, n in rows:
-            counts.setdefault(sink, {PENDING: 0, DELIVERED: 0, DEAD: 0})[state] = int(n)
+            counts.setdefault(sink, {PENDING: 0, DEAD: 0})[state] = int(n)
         return counts
 
     # ---------------------------------------------------------------------------- status / upkeep

@@ -54,6 +54,6 @@ def test_list_events_failure_counts_and_delivery_counts(store: Any) -> None:
     (first,) = store.due_deliveries("journal", now_ms=1_000, limit=1)
     store.mark_dead(first.id, now_ms=500, error="nope", status=400)
     assert store.delivery_counts() == {
-        "journal": {"pending": 1, "delivered": 0, "dead": 1},
-        "ops": {"pending": 3, "delivered": 0, "dead": 0},
+        "journal": {"pending": 1, "dead": 1},
+        "ops": {"pending": 3, "dead": 0},
     }

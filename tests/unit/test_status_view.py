@@ -86,3 +86,11 @@ def test_failure_groups_most_frequent_first() -> None:
 def test_a_stalled_run_says_for_how_long() -> None:
     event = Event("evt_3", "run.stalled", NOW, {"run_id": "run_3", "status": "running", "stalled_for": 1_800_000})
     assert status.recent_event(event)["stalled_for"] == 1_800_000
+
+
+def test_the_document_lists_at_most_the_oldest_active_runs_and_counts_them_all() -> None:
+    runs = [Run(f"run_{i:04d}", "running", created_at=NOW - i) for i in range(status.ACTIVE_MAX + 5)]
+    doc = status.build(now_ms=NOW, version="x", runs=runs, events=[], failures={}, sinks_=[])
+    assert doc["active_total"] == status.ACTIVE_MAX + 5
+    assert len(doc["active_runs"]) == status.ACTIVE_MAX
+    assert doc["active_runs"][0]["run_id"] == f"run_{status.ACTIVE_MAX + 4:04d}"  # the oldest first

@@ -175,7 +175,6 @@
     counts.append(
       el("span", "pending", "outbox " + s.pending),
       el("span", s.dead ? "dead has-dead" : "dead", "dead letters " + s.dead),
-      el("span", "delivered", "delivered " + s.delivered),
     );
     if (typeof s.last_success_ms === "number") {
       const ok = el("span", "last-ok", "last delivery ");
@@ -190,7 +189,8 @@
 
   function render(data) {
     const runs = data.active_runs || [];
-    $("active-count").textContent = String(runs.length);
+    const total = typeof data.active_total === "number" ? data.active_total : runs.length;
+    $("active-count").textContent = total > runs.length ? runs.length + " oldest of " + total : String(total);
     show($("active-list"), "active-empty", runs.map(activeRun));
 
     const groups = data.failures_last_hour || [];

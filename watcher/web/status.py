@@ -16,6 +16,7 @@ from watcher.model import Event, Run
 from watcher.render import safe_url
 
 RECENT_EVENTS = 100  # transitions shown under "Recent outcomes"
+ACTIVE_MAX = 200  # active runs listed (the oldest); the total is always given
 FAILURE_WINDOW_MS = 3_600_000  # failures are grouped by error_code over the last hour
 TEXT_MAX = 500  # an error message or a text output is cut to this many characters
 NAME_MAX = 200  # technique names, ids, codes
@@ -92,11 +93,14 @@ def active_run(run: Run, now_ms: int) -> dict[str, Any]:
     }
 
 
-def active_runs(runs: Iterable[Run], now_ms: int) -> list[dict[str, Any]]:
-    """Runs still pending or running, oldest first (the one waiting longest on top)."""
-    shown = [active_run(r, now_ms) for r in runs if r.active]
-    shown.sort(key=lambda r: (-(r["age_ms"] or 0), r["run_id"] or ""))
-    return shown
+def active_runs(runs: Iterable[Run], now_ms: int, limit: int | None = None) -> list[dict[str, Any]]:
+    """Runs still pending or running, oldest first (the one waiting longest on top); at most ``limit``."""
+    def age(run: Run) -> int:
+        since = run.created_at if run.created_at is not None else run.started_at
+        return 0 if since is None else max(0, now_ms - since)
+
+    active = sorted((r for r in runs if r.active), key=lambda r: (-age(r), r.run_id))
+    return [active_run(r, now_ms) for r in active[:limit]]
 
 
 def recent_event(event: Event) -> dict[str, Any]:
@@ -164,7 +168,6 @@ def sinks(
                                   last_success_ms=last_success),
             "pending": by_state.get("pending", 0),
             "dead": by_state.get("dead", 0),
-            "delivered": by_state.get("delivered", 0),
             "consecutive_failures": failures,
             "last_success_ms": last_success,
             "last_failure_ms": getattr(state, "last_failure_ms", None),
@@ -179,11 +182,13 @@ def build(
     failures: Mapping[str | None, int], sinks_: list[dict[str, Any]], ready: tuple[bool, str] | None = None,
 ) -> dict[str, Any]:
     """The whole ``/api/v1/status`` document. ``events``: newest first."""
+    runs = list(runs)
     return {
         "version": version,
         "now": now_ms,
         "ready": None if ready is None else {"ok": ready[0], "reason": ready[1]},
-        "active_runs": active_runs(runs, now_ms),
+        "active_total": sum(1 for r in runs if r.active),
+        "active_runs": active_runs(runs, now_ms, ACTIVE_MAX),
         "recent_events": [recent_event(e) for e in events[:RECENT_EVENTS]],
         "failures_last_hour": failure_groups(failures),
         "sinks": sinks_,
