@@ -130,8 +130,9 @@ class StatusPage(Observer):
     """Builds the ``/api/v1/status`` document, at most every ``STATUS_CACHE_S`` seconds however many pages poll.
 
     An observer of the daemon (``watcher.observer``): each sweep report hands it the active runs (kept as a
-    list of ``Run`` values, never the daemon's own mapping) and clears the cache, as does every delivery, so
-    the next poll shows what just happened. Until this instance has swept (at startup, or on a standby instance
+    list of ``Run`` values, never the daemon's own mapping) and clears the cache, so the next poll shows what
+    the sweep found; deliveries do not clear it (there can be thousands a second), so their counters are at
+    most ``cache_s`` old. Until this instance has swept (at startup, or on a standby instance
     while another one holds the sweeper lease) the active runs come from the store's tracked runs instead.
     Events, failure counts and sink counters always come from the store; ``sink_types`` gives the configured
     sinks' names and types (never a URL).
@@ -161,10 +162,7 @@ class StatusPage(Observer):
         self.invalidate()
 
     def on_state(self, state: State, report: Report) -> None:
-        self.invalidate()
-
-    def on_delivery(self, sink: str, outcome: str) -> None:
-        self.invalidate()
+        self.invalidate()  # a reload may change the sinks
 
     def invalidate(self) -> None:
         self._cached = None

@@ -45,4 +45,10 @@ async def test_runs_from_the_store_until_this_instance_sweeps_then_from_its_repo
                                  now_ms=clock.now_ms())
         assert len((await document())["recent_events"]) == 1  # cached (cache_s=10)
         page.on_delivery("ops", "delivered")
+        assert len((await document())["recent_events"]) == 1  # deliveries do not clear the cache
+        clock.advance(10)
         assert [e["run_id"] for e in (await document())["recent_events"]] == ["run_new", "run_done"]
+        await store.commit_sweep(upserts=[], deletes=[], events=[(make_event("run_next"), ["ops"])], meta={},
+                                 now_ms=clock.now_ms())
+        page.on_sweep(report(clock, memory, swept=True))  # a sweep does
+        assert (await document())["recent_events"][0]["run_id"] == "run_next"
