@@ -34,6 +34,7 @@ class FakeClock:
         self.epoch_ms = epoch_ms
         self.manual = manual
         self.sleeps: list[float] = []
+        self.on_sleep: Callable[[float], None] | None = None  # called with the new time after each sleep (auto)
         self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
@@ -69,6 +70,8 @@ class FakeClock:
         self.sleeps.append(seconds)
         if not self.manual:
             self.advance(seconds)
+            if self.on_sleep is not None:
+                self.on_sleep(self.t)
             await asyncio.sleep(0)
             return
         timer = self._timer(seconds)

@@ -145,8 +145,6 @@ class Reason(enum.StrEnum):
     BAD_CONFIG = "bad_config"
     EXEC_FAILED = "exec_failed"
     IO_ERROR = "io_error"
-    CIRCUIT_OPEN = "circuit_open"
-    SINK_REMOVED = "sink_removed"
     EXPIRED = "expired"
 
 

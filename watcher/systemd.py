@@ -119,10 +119,6 @@ class Notifier:
         """Keep-alive: ``WATCHDOG=1``."""
         return self.send(WATCHDOG=1)
 
-    def extend_timeout(self, seconds: float) -> bool:
-        """Ask for more time to start or stop: ``EXTEND_TIMEOUT_USEC``."""
-        return self.send(EXTEND_TIMEOUT_USEC=max(0, int(seconds * 1_000_000)))
-
 
 def watchdog_interval(env: Mapping[str, str] = os.environ, pid: int | None = None) -> float | None:
     """Seconds between watchdog pings: half of ``$WATCHDOG_USEC``, or None when no watchdog applies to us.

@@ -20,8 +20,8 @@ import pytest
 import structlog
 from aiohttp import web
 
+from tests.fakes import FakeClock
 from watcher.api import FloraClient
-from watcher.clock import SystemClock
 from watcher.errors import (
     ApiError,
     ApiUnavailableError,
@@ -40,13 +40,6 @@ except ImportError:  # pragma: no cover - logs.py is written in parallel; fall b
     watcher_logs = None
 
 CANARY = f"sk_live_CANARY{secrets.token_hex(12)}"
-
-
-class FastClock(SystemClock):
-    """Real time, but retry and pause sleeps return at once so the test stays fast."""
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
 
 
 def envelope(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -114,7 +107,7 @@ class Driver:
         base = kw.pop("base_url", f"{self.origin}/api/v1/{mode}" if mode else f"{self.origin}/api/v1")
         kw.setdefault("max_retries", 1)
         kw.setdefault("timeout", 0.2)
-        return FloraClient(base, Secret(CANARY), clock=FastClock(), **kw)
+        return FloraClient(base, Secret(CANARY), clock=FakeClock(), **kw)
 
 
 Scenario = Callable[[Driver], Awaitable[tuple[FloraClient, Any]]]

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
+from tests.fakes import FakeClock
 from watcher.systemd import (
     Notifier,
     WatchdogFeeder,
@@ -139,31 +140,12 @@ def test_should_ping_only_while_progress_is_recent():
     assert not should_ping(100.0, None, 10.0)
 
 
-class SteppingClock:
-    """A fake clock whose sleep advances time at once; ``on_sleep`` lets a test act between ticks."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self.on_sleep = lambda t: None
-
-    def now_ms(self) -> int:
-        return int(self.t * 1000)
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        self.on_sleep(self.t)
-        await asyncio.sleep(0)
-
-
 async def test_feeder_stops_pinging_when_the_sweep_loop_wedges(notify_socket):
     """Sweeps finish every 5 s until t=30 and then never again: pings go on while progress is at most
     12 s old (through t=40) and then stop, so systemd's watchdog fires."""
     value, sock = notify_socket
     notifier = Notifier.from_env({"NOTIFY_SOCKET": value})
-    clock = SteppingClock()
+    clock = FakeClock(0.0)
     feeder = WatchdogFeeder(period=12.0, started=clock.monotonic())
     done = asyncio.Event()
 
