@@ -93,9 +93,10 @@ class SweeperRole:
             await asyncio.sleep(self.period)
             try:
                 await self.tick()
-            except StoreError as exc:  # the database is briefly away: stop sweeping until it answers again
+            except Exception as exc:  # the database is briefly away (or a bug): stop sweeping until renewed
                 if self.token is not None:
-                    log.warning("sweeper.lease_unknown", error=str(exc), note="not sweeping until renewed")
+                    log.warning("sweeper.lease_unknown", error=f"{type(exc).__name__}: {exc}",
+                                note="not sweeping until the lease is renewed")
                 self.token = None
                 self.store.fence = None
 
