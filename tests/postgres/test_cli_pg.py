@@ -68,6 +68,7 @@ def test_check_config_names_an_unreachable_store_without_its_password(tmp_path: 
     assert main(["check-config", "-c", str(config)]) == 2
     out, err = capsys.readouterr()
     assert "store.url" in err and "cannot connect" in err and PASSWORD not in out + err
+    assert "config OK" not in out
 
 
 def test_status_lists_instances_and_the_sweeper_without_the_password(config: Path, pg_url: str, capsys) -> None:

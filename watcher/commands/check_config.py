@@ -84,9 +84,7 @@ def main(args: argparse.Namespace) -> int:
     # checks as `run` (state_dir, each sink's construction, paths and programs): what passes here starts.
     config = load(args.config)
     check_start(config)
-    print(f"config OK: {config.source if config.source is not None else 'defaults (no file found)'}")
-    for line in summary(config):
-        print(line)
+    store_line = None
     if config.store.url is not None:  # several instances share it: check it answers, and its schema
         import asyncio
 
@@ -94,10 +92,15 @@ def main(args: argparse.Namespace) -> int:
         from watcher.store_pg import probe
 
         try:
-            print(f"  store:      {asyncio.run(probe(config.store.url.reveal()))}")
-        except StoreError as exc:
+            store_line = f"  store:      {asyncio.run(probe(config.store.url.reveal()))}"
+        except StoreError as exc:  # unreachable, refused, not ours: what `run` would stop on (exit 1 there)
             import sys
 
             print(f"flora-watcher: store.url: {exc}", file=sys.stderr)
             return 2
+    print(f"config OK: {config.source if config.source is not None else 'defaults (no file found)'}")
+    for line in summary(config):
+        print(line)
+    if store_line is not None:
+        print(store_line)
     return 0
