@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import random
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ from watcher.clock import Clock
 from watcher.config import SinkConfig, WatchConfig
 from watcher.crashpoints import crash_point
 from watcher.errors import ApiError, AuthError, NotFoundError
-from watcher.model import Event, Run, RunStatus, TrackedRun
+from watcher.model import RESOURCE_TECHNIQUE_RUNS, Event, Run, RunStatus, TrackedRun
 from watcher.outage import OutageLog
 from watcher.transitions import Context, detect
 
@@ -95,8 +96,10 @@ class Sweeper:
         self.process_start_ms = process_start_ms if process_start_ms is not None else clock.now_ms()
         self.on_commit = on_commit
         self.on_progress = on_progress or (lambda: None)  # called per page and per poll: the loop is alive
-        self.filters = plan.filter_combinations(watch.workspace_id, watch.project_id, watch.technique_id)
+        self.filters = self._listings(watch)
         self.enabled = frozenset(watch.events)
+        self.unavailable: set[str] = set()  # resources that refused to be listed (404/403), until the next resync
+        self._refusal_logged: set[str] = set()
         self.tracked: dict[str, TrackedRun] = {}
         self.high_watermarks: dict[str, int | None] = {}
         self.first_start_ms: int = 0
@@ -125,11 +128,38 @@ class Sweeper:
         self.watch = watch
         self.sinks = tuple(sinks)
         self.enabled = frozenset(watch.events)
-        new_filters = plan.filter_combinations(watch.workspace_id, watch.project_id, watch.technique_id)
+        new_filters = self._listings(watch)
         for f in new_filters:
             self.high_watermarks.setdefault(f.key, None)
         self.filters = new_filters
         self.last_resync_ms = None  # list the (new) active set in full on the next sweep
+
+    @staticmethod
+    def _listings(watch: WatchConfig) -> list[plan.Filters]:
+        return plan.listings(watch.workspace_id, watch.project_id, watch.technique_id, watch.resources)
+
+    def _refused(self, f: plan.Filters, exc: ApiError) -> bool:
+        """Whether ``exc`` is a resource other than technique runs refusing to be listed (404, or 403 where the
+        key works for technique runs): then that resource is skipped until the next resync, logged once at
+        warning, and the sweep goes on. Anything else is the caller's to handle."""
+        if f.resource == RESOURCE_TECHNIQUE_RUNS:
+            return False
+        if not (isinstance(exc, NotFoundError) or (isinstance(exc, AuthError) and exc.status == 403)):
+            return False
+        self.unavailable.add(f.resource)
+        emit = log.debug if f.resource in self._refusal_logged else log.warning
+        self._refusal_logged.add(f.resource)
+        emit("api.resource_unavailable", resource=f.resource, status=exc.status, code=exc.code,
+             retry="at the next resync", note="technique runs are still watched")
+        return True
+
+    async def _listing(self, f: plan.Filters, work: Callable[[], Awaitable[None]]) -> None:
+        """``work()``, a listing of ``f``; returns quietly when ``f``'s resource refused (see ``_refused``)."""
+        try:
+            await work()
+        except ApiError as exc:
+            if not self._refused(f, exc):
+                raise
 
     # ----------------------------------------------------------------------------------------------- sweep
 
@@ -145,7 +175,8 @@ class Sweeper:
                 if self._resync_due(sw.now):
                     await self._resync(sw)
                 for f in self.filters:
-                    sw.windows[f.key] = await self._window(f, sw)
+                    if f.resource not in self.unavailable:
+                        await self._listing(f, functools.partial(self._window_into, f, sw))
                 await self._poll_unsettled(sw)
             except AuthError:
                 raise
@@ -175,18 +206,28 @@ class Sweeper:
         return result
 
     async def _resync(self, sw: _Pass) -> None:
-        """List the active set (pending, then running) in full, so every active run is tracked."""
+        """List the active set (pending, then running) in full, so every active run is tracked. Every resource is
+        asked again, also one that refused before."""
+        refused_before, self.unavailable = self.unavailable, set()
         for f in self.filters:
-            ctx = self._context(sw, f)
-            for status in (RunStatus.PENDING, RunStatus.RUNNING):
-                async with contextlib.aclosing(self._pages(f, status)) as pages:
-                    async for page in pages:
-                        self._take_page(page.runs, ctx, sw)
+            if f.resource not in self.unavailable:
+                await self._listing(f, functools.partial(self._resync_one, f, sw))
+        for resource in refused_before - self.unavailable:
+            if resource in {f.resource for f in self.filters}:
+                log.info("api.resource_available", resource=resource)
+                self._refusal_logged.discard(resource)
         self.last_resync_ms = sw.now
+
+    async def _resync_one(self, f: plan.Filters, sw: _Pass) -> None:
+        ctx = self._context(sw, f)
+        for status in (RunStatus.PENDING, RunStatus.RUNNING):
+            async with contextlib.aclosing(self._pages(f, status)) as pages:
+                async for page in pages:
+                    self._take_page(page.runs, ctx, sw)
 
     def _pages(self, f: plan.Filters, status: str | None = None) -> AsyncGenerator[ListPage, None]:
         return self.client.pages(status=status, limit=PAGE_SIZE, workspace_id=f.workspace_id,
-                                 project_id=f.project_id, technique_id=f.technique_id)
+                                 project_id=f.project_id, technique_id=f.technique_id, resource=f.resource)
 
     def _resync_due(self, now: int) -> bool:
         return self.last_resync_ms is None or now - self.last_resync_ms >= self.watch.resync_interval * 1000
@@ -204,6 +245,7 @@ class Sweeper:
             process_start_ms=self.process_start_ms,
             first_sweep=sw.first_sweep,
             enabled=self.enabled,
+            stalled_after_ms=int(self.watch.stalled_after * 1000),
         )
 
     def _take_page(self, runs: Sequence[Run], ctx: Context, sw: _Pass) -> None:
@@ -234,15 +276,20 @@ class Sweeper:
             return decision.changed
         new = plan.settled_by_listing(decision.tracked) if listed else decision.tracked
         self.tracked[run.run_id] = new
-        if prev is None or decision.changed or (new.next_poll_ms, new.poll_attempt) != (
-            prev.next_poll_ms, prev.poll_attempt
-        ):
+        # The stall clock and marker are persisted too: a restart must neither repeat a run.stalled nor forget
+        # that progress moved (that write happens only while stalled_after is on).
+        if prev is None or decision.changed or (
+            new.next_poll_ms, new.poll_attempt, new.stuck_since_ms, new.stalled
+        ) != (prev.next_poll_ms, prev.poll_attempt, prev.stuck_since_ms, prev.stalled):
             sw.dirty.add(run.run_id)
         for event in decision.events:
             sw.result.events.append(event)
             log.info("run.transition", run_id=run.run_id, type=event.type, late=event.data.get("late"),
                      error_code=event.data.get("error_code"))
         return decision.changed
+
+    async def _window_into(self, f: plan.Filters, sw: _Pass) -> None:
+        sw.windows[f.key] = await self._window(f, sw)
 
     async def _window(self, f: plan.Filters, sw: _Pass) -> int | None:
         """Newest-first listing of every status, as deep as the cost model says. Returns the newest created_at
@@ -340,10 +387,8 @@ class Sweeper:
         for key, hw in sw.windows.items():
             if hw is not None:
                 self.high_watermarks[key] = hw
-        # Prune only against the most conservative floor over all filter combinations.
-        floors = [plan.new_after_for(self.high_watermarks.get(f.key)) for f in self.filters]
-        floor = min((v for v in floors if v is not None), default=None) if None not in floors else None
-        deletes = plan.prunable(self.tracked, floor)
+        # Prune only against the most conservative floor over all filter combinations, per run type.
+        deletes = plan.prunable(self.tracked, plan.prune_floors(self.filters, self.high_watermarks))
         for run_id in deletes:
             self.tracked.pop(run_id, None)
             dirty.discard(run_id)

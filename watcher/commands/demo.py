@@ -1,9 +1,10 @@
 """Watch a built-in FLORA simulator: no key, no config.
 
-Starts the FLORA API simulator on loopback, starts a handful of technique runs on it (some of which fail),
-and runs the real watcher against it with a stdout sink, so you can see runs progress and each completion
-or failure reported the moment it happens. Ends by itself once every scripted run has been reported
-(well under a minute), or on Ctrl-C. Nothing is written outside a temporary directory.
+Starts the FLORA API simulator on loopback, starts a handful of technique runs and a generation on it (some
+of which fail, one of which gets stuck for a while), and runs the real watcher against it with a stdout sink,
+so you can see runs progress and each completion, failure or stall reported the moment it happens. Ends by
+itself once every scripted run has been reported (well under a minute), or on Ctrl-C. Nothing is written
+outside a temporary directory.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 DEMO_KEY = "sk_test_demo_simulator_key"
 DEADLINE_S = 55.0
+STALLED_AFTER_S = 3.0  # the demo's [watch] stalled_after: short, so a stuck run shows within seconds
+EVENTS = ("run.completed", "run.failed", "run.started", "run.stalled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +31,18 @@ class ScriptedRun:
     running_ms: int
     outcome: str
     error_code: str | None = None
+    model: str | None = None  # a generation of this model instead of a technique run
+    stall_ms: int = 0  # progress stands still this long halfway through: reported as run.stalled
 
 
 SCRIPT: tuple[ScriptedRun, ...] = (
     ScriptedRun(0.0, "cctv-cam", 800, 4_000, "completed"),
     ScriptedRun(0.5, "product-shot", 1_200, 6_000, "completed"),
     ScriptedRun(1.0, "storyboard-animate", 1_000, 9_000, "failed", "GPU_PROVIDER_ERROR"),
+    ScriptedRun(1.5, "", 700, 5_000, "completed", model="flux-1.1-pro"),  # a generation (POST /generate)
     ScriptedRun(2.0, "voiceover", 500, 3_000, "completed"),
+    # Stuck halfway for 7 s (longer than the demo's stalled_after of 3 s): run.stalled, then its completion.
+    ScriptedRun(2.5, "storyboard-animate", 500, 4_000, "completed", stall_ms=7_000),
     ScriptedRun(3.0, "cctv-cam", 700, 7_000, "failed", "safety_blocked"),
     ScriptedRun(4.0, "product-shot", 600, 5_000, "completed"),
     # Starts and finishes between two sweeps: the watcher still reports it.
@@ -71,14 +79,16 @@ async def _demo(*, interval: float, as_json: bool) -> int:
         async with run_simulator(api_key=DEMO_KEY, seed=7) as sim:
             cfg = Config(
                 api=ApiConfig(base_url=sim.base_url, api_key=Secret(DEMO_KEY), timeout=5.0, max_rps=20.0),
-                watch=WatchConfig(interval=interval, events=("run.completed", "run.failed", "run.started"),
-                                  state_dir=Path(tmp), poll_max_interval=5.0),
+                watch=WatchConfig(interval=interval, events=EVENTS, state_dir=Path(tmp), poll_max_interval=5.0,
+                                  stalled_after=STALLED_AFTER_S),
                 delivery=DeliveryConfig(shutdown_grace=2.0),
                 sinks=(SinkConfig(name="console", type="stdout", format="json" if as_json else "text",
-                                  events=("run.completed", "run.failed", "run.started")),),
+                                  events=EVENTS),),
             )
+            generations = sum(1 for item in SCRIPT if item.model)
             print(f"flora-watcher demo: a FLORA simulator is serving {sim.base_url}; starting "
-                  f"{len(SCRIPT)} technique runs and watching them (sweep every {interval:g} s).",
+                  f"{len(SCRIPT) - generations} technique runs and {generations} generation and watching them "
+                  f"(sweep every {interval:g} s; a run stuck for {STALLED_AFTER_S:g} s is reported as stalled).",
                   file=out, flush=True)
             daemon = Daemon(cfg, Options(install_signal_handlers=False, live_view=live_view_wanted()))
             loop = asyncio.get_running_loop()
@@ -95,19 +105,25 @@ async def _demo(*, interval: float, as_json: bool) -> int:
                     for item in SCRIPT:
                         await asyncio.sleep(max(0.0, t0 + item.at_s - loop.time()))
                         run_id = sim.sim.create_run(
-                            technique=item.technique, pending_ms=item.pending_ms, running_ms=item.running_ms,
-                            outcome=item.outcome, error_code=item.error_code,
+                            technique=item.technique or "cctv-cam", pending_ms=item.pending_ms,
+                            running_ms=item.running_ms, outcome=item.outcome, error_code=item.error_code,
+                            kind="generation" if item.model else "technique", model=item.model,
+                            stall_ms=item.stall_ms,
                         )
                         expected.add(event_id(run_id, TERMINAL_EVENT_FOR_STATUS[item.outcome]))
+                        if item.stall_ms:
+                            expected.add(event_id(run_id, "run.stalled"))
                 except Exception:
                     log.exception("demo.script_failed")
                     daemon.request_stop()
+
+            stalls = sum(1 for item in SCRIPT if item.stall_ms)
 
             async def finish_when_reported() -> None:
                 deadline = loop.time() + DEADLINE_S
                 while loop.time() < deadline:
                     await asyncio.sleep(0.25)
-                    if len(expected) < len(SCRIPT) or daemon.store is None:
+                    if len(expected) < len(SCRIPT) + stalls or daemon.store is None:
                         continue
                     have = await daemon.store.events_exist(sorted(expected))
                     pending = await daemon.store.pending_counts()
@@ -130,8 +146,8 @@ async def _demo(*, interval: float, as_json: bool) -> int:
                     loop.remove_signal_handler(sig)
             failed = sum(1 for item in SCRIPT if item.outcome == "failed")
             if all_reported.is_set():
-                summary = (f"done. {len(SCRIPT)} runs watched, {len(SCRIPT) - failed} completed, {failed} failed; "
-                           f"each reported once.")
+                summary = (f"done. {len(SCRIPT)} runs watched, {len(SCRIPT) - failed} completed, {failed} failed, "
+                           f"{stalls} stalled for a while; each reported once.")
             else:
                 summary = "stopped before every scripted run was reported."
             print(f"flora-watcher demo: {summary} Run `flora-watcher run` with your own key to watch FLORA.",

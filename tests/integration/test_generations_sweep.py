@@ -1,0 +1,172 @@
+"""Issue 13 end to end: the real Sweeper, FloraClient and SQLite store against the simulator, both on one
+FakeClock (no real waiting): generation runs beside technique runs, a /generations that answers 404 or 403,
+and stuck runs (run.stalled), across a restart."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.fakes import FakeClock
+from watcher import routing
+from watcher.api import FloraClient
+from watcher.config import SinkConfig, WatchConfig
+from watcher.model import event_id
+from watcher.secret import Secret
+from watcher.simulator import RunningSimulator, run_simulator
+from watcher.store import AsyncStore, Store
+from watcher.sweep import Sweeper
+
+KEY = "sk_test_sim"
+T0 = 1_764_399_000_000
+SINKS = [
+    SinkConfig(name="all", type="stdout", events=("run.completed", "run.failed", "run.stalled")),
+    SinkConfig(name="gens", type="stdout", events=("run.completed", "run.failed", "run.stalled"),
+               match={"run_type": ("generation",), "model_id": ("kling-*",)}),
+]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(0.0, epoch_ms=T0)
+
+
+@pytest.fixture
+async def sim(clock: FakeClock) -> AsyncIterator[RunningSimulator]:
+    async with run_simulator(api_key=KEY, seed=11, clock=clock) as running:
+        yield running
+
+
+@asynccontextmanager
+async def sweeper_for(sim: RunningSimulator, clock: FakeClock, db: Path | str = ":memory:", **watch_kw):
+    store = AsyncStore(Store.open(db))
+    watch = WatchConfig(interval=10.0, state_dir=Path("/nonexistent"), poll_max_interval=10.0, **watch_kw)
+    client = FloraClient(sim.base_url, Secret(KEY), max_rps=0, clock=clock, rand=random.Random(0))
+    sweeper = Sweeper(client, store, watch=watch, sinks=SINKS, clock=clock, rand=random.Random(0))
+    try:
+        await sweeper.load()
+        yield sweeper
+    finally:
+        await client.close()
+        await store.aclose()
+
+
+async def sweeps(sweeper: Sweeper, clock: FakeClock, count: int, every: float = 10.0) -> list:
+    events = []
+    for _ in range(count):
+        clock.advance(every)
+        result = await sweeper.sweep()
+        assert result.ok, result.error
+        events.extend(result.events)
+    return events
+
+
+def routes(sim: RunningSimulator) -> dict[str, int]:
+    return {k: sum(v.values()) for k, v in sim.sim.stats()["by_route"].items()}
+
+
+async def test_generation_runs_are_watched_beside_technique_runs(sim, clock) -> None:
+    s = sim.sim
+    async with sweeper_for(sim, clock) as sweeper:
+        await sweeps(sweeper, clock, 1)  # the first sweep: nothing to report yet
+        tech = s.create_run("cctv-cam", pending_ms=5_000, running_ms=20_000, outcome="completed")
+        gen = s.create_generation("kling-v2.1", pending_ms=5_000, running_ms=20_000, outcome="failed",
+                                  error_code="GENERATION_PROVIDER_TIMEOUT", project_id="prj_sim2bravo")
+        other = s.create_generation("flux-1.1-pro", pending_ms=1_000, running_ms=20_000, outcome="completed")
+        events = await sweeps(sweeper, clock, 2)
+        fast = s.create_generation("flux-1.1-pro", pending_ms=500, running_ms=2_000, outcome="completed")
+        events += await sweeps(sweeper, clock, 3)  # `fast` starts and ends between two sweeps
+    got = {(e.run_id, e.type): e for e in events}
+    assert sorted(got) == sorted([(tech, "run.completed"), (gen, "run.failed"), (other, "run.completed"),
+                                  (fast, "run.completed")])
+    t, g = got[(tech, "run.completed")].data, got[(gen, "run.failed")].data
+    assert (t["run_type"], t["model"], t["technique"]["name"]) == ("technique", None, "CCTV Cam")
+    assert (g["run_type"], g["model"], g["technique"]) == ("generation", {"model_id": "kling-v2.1"}, None)
+    assert (g["project_id"], g["error_code"], g["previous_status"]) == (
+        "prj_sim2bravo", "GENERATION_PROVIDER_TIMEOUT", "running")
+    assert g["poll_url"] == f"{sim.base_url}/runs/{gen}" and g["late"] is False
+    assert got[(gen, "run.failed")].id == event_id(gen, "run.failed")
+    assert routing.route(SINKS, got[(gen, "run.failed")]) == ["all", "gens"]
+    assert routing.route(SINKS, got[(other, "run.completed")]) == ["all"]
+    assert routing.route(SINKS, got[(tech, "run.completed")]) == ["all"]
+    by_route = routes(sim)
+    assert by_route["GET /api/v1/generations"] >= 6 and by_route["GET /api/v1/technique-runs"] >= 6
+
+
+async def test_technique_runs_only_never_lists_generations(sim, clock) -> None:
+    async with sweeper_for(sim, clock, resources=("technique-runs",)) as sweeper:
+        await sweeps(sweeper, clock, 1)
+        sim.sim.create_generation(pending_ms=0, running_ms=5_000, outcome="completed")
+        tech = sim.sim.create_run(pending_ms=0, running_ms=5_000, outcome="completed")
+        events = await sweeps(sweeper, clock, 2)
+    assert [(e.run_id, e.type) for e in events] == [(tech, "run.completed")]
+    assert "GET /api/v1/generations" not in routes(sim)
+
+
+@pytest.mark.parametrize("status", [404, 403])
+async def test_an_api_without_generations_is_logged_once_and_asked_again_only_at_resync(sim, clock, status) -> None:
+    s = sim.sim
+    s.set_faults(generations_status=status)
+    async with sweeper_for(sim, clock, resync_interval=300.0) as sweeper:
+        with capture_logs() as logs:
+            await sweeps(sweeper, clock, 1)
+            tech = s.create_run(pending_ms=0, running_ms=15_000, outcome="failed", error_code="X")
+            gen = s.create_generation(pending_ms=0, running_ms=15_000, outcome="completed")
+            events = await sweeps(sweeper, clock, 28)  # 280 s: no resync yet
+        assert [(e.run_id, e.type) for e in events] == [(tech, "run.failed")]  # technique runs unaffected
+        refusals = [e for e in logs if e["event"] == "api.resource_unavailable"]
+        assert [e["log_level"] for e in refusals] == ["warning"]  # once, at warning
+        assert refusals[0]["resource"] == "generations" and refusals[0]["status"] == status
+        assert routes(sim)["GET /api/v1/generations"] == 1  # asked once: at the first sweep's resync
+        with capture_logs() as logs:
+            events = await sweeps(sweeper, clock, 3)  # the resync at 300 s asks again: still refused
+        assert routes(sim)["GET /api/v1/generations"] == 2
+        assert [e["log_level"] for e in logs if e["event"] == "api.resource_unavailable"] == ["debug"]
+        s.set_faults(generations_status=None)
+        late = s.create_generation(pending_ms=0, running_ms=400_000, outcome="completed")
+        with capture_logs() as logs:
+            events += await sweeps(sweeper, clock, 42)  # the next resync (610 s) finds it back
+        assert "api.resource_available" in [e["event"] for e in logs]
+    # `gen` ended while generations were refused: not reported (never seen active, and a listing's first read
+    # reports no finished runs: no flood); `late` was seen running at 610 s and ends at 720 s.
+    assert [(e.run_id, e.type) for e in events] == [(late, "run.completed")]
+    assert gen not in {e.run_id for e in events}
+
+
+async def test_a_stuck_run_is_reported_once_then_its_completion_and_never_again_after_a_restart(
+    sim, clock, tmp_path
+) -> None:
+    s = sim.sim
+    db = tmp_path / "state.sqlite3"
+    async with sweeper_for(sim, clock, db, stalled_after=60.0) as sweeper:
+        await sweeps(sweeper, clock, 1)
+        stuck = s.create_run("storyboard-animate", pending_ms=0, running_ms=40_000, stall_ms=200_000,
+                             outcome="completed")
+        waiting = s.create_generation(pending_ms=3_600_000, running_ms=1_000, outcome="completed")
+        moving = s.create_run("voiceover", pending_ms=0, running_ms=400_000, outcome="completed")
+        events = await sweeps(sweeper, clock, 12)  # 120 s: `stuck` froze at ~20 s, `waiting` is still pending
+    stalled = [e for e in events if e.type == "run.stalled"]
+    assert sorted(e.run_id for e in stalled) == sorted([stuck, waiting])
+    assert moving not in {e.run_id for e in events}  # its progress moves every sweep: never stalled
+    by_run = {e.run_id: e for e in stalled}
+    assert 60_000 < by_run[stuck].data["stalled_for"] <= 70_000
+    assert (by_run[stuck].data["status"], by_run[stuck].data["progress"]) == ("running", 50.0)
+    assert by_run[waiting].data["status"] == "pending" and by_run[waiting].data["run_type"] == "generation"
+    assert all(e.id == event_id(e.run_id, "run.stalled") and e.data["late"] is False for e in stalled)
+    # A restart (a new sweeper on the same state) neither repeats the stalled events nor misses the end.
+    async with sweeper_for(sim, clock, db, stalled_after=60.0) as sweeper:
+        events = await sweeps(sweeper, clock, 20)
+    assert [(e.run_id, e.type) for e in events] == [(stuck, "run.completed")]
+
+
+async def test_stalled_after_zero_disables(sim, clock) -> None:
+    async with sweeper_for(sim, clock, stalled_after=0.0) as sweeper:
+        await sweeps(sweeper, clock, 1)
+        sim.sim.create_run(pending_ms=3_600_000, running_ms=1_000)
+        events = await sweeps(sweeper, clock, 30)
+    assert events == []
