@@ -13,6 +13,8 @@ one core) and peak RSS; plus lost and duplicate events against the simulator's o
     python bench/bench_engine.py --webhook --skip-baseline --skip-1k --seconds 75 --write
                                                        # 10k with a webhook sink too (issue 10): delivered by
                                                        # the end, p99 run end → receiver, CPU, RSS
+    python bench/bench_engine.py --resources --generation-share 0.3 --seconds 60 --write
+                                                       # watching both resources vs technique runs only
 
 Runs only on loopback; every process it starts is stopped at the end.
 """
@@ -132,9 +134,9 @@ class Simulator:
             r.raise_for_status()
             return await r.json()
 
-    async def generate(self, rate: float) -> None:
+    async def generate(self, rate: float, generation_share: float = 0.0) -> None:
         await self.post("/generator", {"rate": rate, "duration_s": [20, 120], "pending_ms": [0, 2000],
-                                       "fail_ratio": 0.15, "warm": True})
+                                       "fail_ratio": 0.15, "warm": True, "generation_share": generation_share})
 
 
 async def tail_events(path: Path, seen: dict[str, float], key, stop: asyncio.Event) -> None:
@@ -162,7 +164,8 @@ async def tail_events(path: Path, seen: dict[str, float], key, stop: asyncio.Eve
 
 
 async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, active: int, warmup: float,
-                  seconds: float, receiver: str | None = None) -> Result:
+                  seconds: float, receiver: str | None = None,
+                  kinds: tuple[str, ...] = ("technique", "generation")) -> Result:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("NOTIFY_SOCKET", None)
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
@@ -194,7 +197,8 @@ async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, 
                 proc.kill()
     truth = await sim.get(f"/transitions?since_ms={t0_ms}")
     truth_items = truth["transitions"] if isinstance(truth, dict) else truth
-    expected = {t["run_id"]: t for t in truth_items if t0_ms <= t["completed_at"] < t1_ms}
+    expected = {t["run_id"]: t for t in truth_items
+                if t0_ms <= t["completed_at"] < t1_ms and t.get("kind", "technique") in kinds}
     result = Result(name=name, active=active, seconds=(t1_ms - t0_ms) / 1000, requests=stats["requests_total"],
                     cpu_s=cpu1 - cpu0, rss_mb=rss, expected=len(expected),
                     by_route={k: sum(v.values()) for k, v in stats["by_route"].items()})
@@ -260,8 +264,10 @@ def serve_receiver() -> None:
 
 
 def watcher_cmd(tmp: Path, base: str, out: Path, *, max_rps: float, interval: float,
-                receiver: str | None = None) -> list[str]:
+                receiver: str | None = None, resources: tuple[str, ...] | None = None) -> list[str]:
+    """The watcher's command line and config; ``resources`` None keeps the watcher's default (both)."""
     cfg = tmp / f"watcher-{out.stem}.toml"
+    listed = "" if resources is None else "resources = [" + ", ".join(f'"{r}"' for r in resources) + "]"
     cfg.write_text(f"""
 [api]
 base_url = "{base}"
@@ -270,6 +276,7 @@ max_rps = {max_rps}
 
 [watch]
 interval = {interval}
+{listed}
 state_dir = "{tmp / ('state-' + out.stem)}"
 
 [[sinks]]
@@ -308,7 +315,15 @@ async def main() -> None:
                     help="the watcher also delivers to a webhook receiver in its own process (issue 10)")
     ap.add_argument("--serve-receiver", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--write", action="store_true", help="append the results to bench/RESULTS.md")
+    ap.add_argument("--resources", action="store_true",
+                    help="instead: the watcher on technique runs only vs on both resources, same workload")
+    ap.add_argument("--generation-share", type=float, default=0.3,
+                    help="with --resources: share of the generated runs that are generations (default 0.3)")
+    ap.add_argument("--rate", type=float, default=14.0, help="with --resources: runs created per second (default 14)")
     args = ap.parse_args()
+    if args.resources:
+        await compare_resources(args)
+        return
     receiver_proc = None
     receiver = None
     if args.webhook:
@@ -379,6 +394,54 @@ async def run_all(args: argparse.Namespace, receiver: str | None) -> None:
             f"{table}\n\nRequests by route during the window:\n\n{routes}\n"
             + (f"\nWith a webhook sink (signed, receiver in its own process; latency = the simulator's completed_at "
                f"to the receiver's arrival):\n\n{hooks}\n" if hooks else "")
+        )
+        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write(section)
+
+
+async def compare_resources(args: argparse.Namespace) -> None:
+    """The same workload (technique runs and generations) watched twice: ``resources = ["technique-runs"]``
+    (the watcher before generations), then both resources. Issue 13 asks for at most 2x the requests."""
+    results: list[Result] = []
+    active = int(args.rate * 70)  # mean duration 70 s
+    with tempfile.TemporaryDirectory(prefix="flora-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        async with Simulator(free_port()) as sim:
+            await sim.generate(args.rate, args.generation_share)
+            for name, resources, kinds in (
+                ("technique runs only", ("technique-runs",), ("technique",)),
+                ("technique runs + generations", ("technique-runs", "generations"), ("technique", "generation")),
+            ):
+                out = tmp / f"watcher-{len(resources)}.jsonl"
+                print(f"{name}: {args.warmup:.0f} s warm-up + {args.seconds:.0f} s …", flush=True)
+                results.append(await measure(
+                    name, sim, watcher_cmd(tmp, sim.base, out, max_rps=args.max_rps, interval=args.interval,
+                                           resources=resources),
+                    out, watcher_key, active=active, warmup=args.warmup, seconds=args.seconds, kinds=kinds))
+                print(results[-1].row(), flush=True)
+    only, both = results
+    ratio = both.per_minute / only.per_minute if only.per_minute else float("nan")
+    header = ("| watching | active runs (all kinds) | API requests/min | latency p50 | latency p99 | "
+              "CPU (share of one core) | peak RSS | transitions / lost / duplicate |\n"
+              "|---|---|---|---|---|---|---|---|")
+    rows = [f"| {r.name} | {r.active:,} | {r.per_minute:,.0f} | {r.pct(0.5) / 1000:.2f} s | {r.pct(0.99) / 1000:.2f} s "
+            f"| {r.cpu_s:.1f} s ({r.cpu_s / r.seconds * 100:.1f} %) | {r.rss_mb:.0f} MB "
+            f"| {r.expected} / {r.lost} / {r.duplicates} |" for r in results]
+    table = "\n".join([header, *rows])
+    routes = "\n".join(f"- {r.name}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(r.by_route.items()))
+                       for r in results)
+    print(f"\n{table}\n\nboth / technique only: {ratio:.2f}x requests\n\nrequests by route:\n{routes}")
+    if args.write:
+        cmd = "python bench/bench_engine.py " + " ".join(sys.argv[1:])
+        section = (
+            f"\n## Engine: watching generations too (issue 13, {time.strftime('%Y-%m-%d')})\n\n"
+            f"Command: `{cmd}`  \n"
+            f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, shared with other jobs; "
+            f"interval {args.interval:g} s; max_rps {args.max_rps:g}; {args.rate:g} runs/s, "
+            f"{args.generation_share:.0%} of them generations, 20-120 s, 15 % fail; window {args.seconds:.0f} s "
+            f"after {args.warmup:.0f} s warm-up. Transitions count each contender's own kinds.\n\n"
+            f"{table}\n\nWatching both resources costs **{ratio:.2f}x** the requests of technique runs alone "
+            f"(the issue's bound: 2x).\n\nRequests by route during the window:\n\n{routes}\n"
         )
         with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write(section)

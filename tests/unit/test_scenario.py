@@ -298,7 +298,7 @@ def test_simulator_with_a_manual_clock_and_runs_created_in_the_past() -> None:
     fresh = sim.create_run(pending_ms=1_000, running_ms=2_000, outcome="completed")
     assert [t["run_id"] for t in sim.transitions()] == [old]
     assert sim.transitions()[0] == {"run_id": old, "status": "failed", "error_code": "GPU_PROVIDER_ERROR",
-                                    "completed_at": T0 - 57_000}
+                                    "completed_at": T0 - 57_000, "kind": "technique"}
     clock.advance(3)
     assert sim.run_truth(fresh)["status"] == "completed"
     assert [t["run_id"] for t in sim.transitions(since_ms=T0)] == [fresh]

@@ -269,10 +269,11 @@ class Transition:
     status: str
     error_code: str | None
     completed_at: int
+    kind: str = TECHNIQUE
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "status": self.status, "error_code": self.error_code,
-                "completed_at": self.completed_at}
+                "completed_at": self.completed_at, "kind": self.kind}
 
 
 _START, _FINISH = 1, 2
@@ -330,7 +331,7 @@ class Scenario:
             run = self.runs[run_id]
             self._move(run, RUNNING if phase == _START else run.outcome)
             if phase == _FINISH:
-                self._record(Transition(run_id, run.outcome, run.error_code, run.completed_at))
+                self._record(Transition(run_id, run.outcome, run.error_code, run.completed_at, run.kind))
             applied += 1
         return applied
 
