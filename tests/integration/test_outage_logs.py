@@ -23,7 +23,8 @@ async def test_the_sweep_logs_an_outage_in_a_handful_of_lines() -> None:
     sweep: count the info-and-above lines, then let the API come back."""
     clock = FakeClock(0.0, epoch_ms=T0)
     store = AsyncStore(Store.open(":memory:"))
-    watch = WatchConfig(interval=60.0, state_dir="/nonexistent", poll_max_interval=60.0)
+    # stalled_after=0: the simulated hour would otherwise (rightly) report the unmoving run as stalled
+    watch = WatchConfig(interval=60.0, state_dir="/nonexistent", poll_max_interval=60.0, stalled_after=0.0)
     async with run_simulator(api_key="sk_test_sim") as sim:
         sim.sim.create_run(pending_ms=0, running_ms=10**9)  # stays running: tracked and polled all along
         client = FloraClient(sim.base_url, Secret("sk_test_sim"), max_rps=0, clock=clock, rand=random.Random(0))
