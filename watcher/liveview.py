@@ -71,10 +71,15 @@ def _run_sort_key(run: Run) -> tuple[int, int]:
 
 def _technique_label(technique: Any) -> str:
     if isinstance(technique, dict):
-        return clean(technique.get("name") or technique.get("technique_id") or "—", 30)
+        return clean(technique.get("name") or technique.get("technique_id") or technique.get("model_id") or "—", 30)
     if technique is not None:
         return clean(technique.name or technique.technique_id or "—", 30)
     return "—"
+
+
+def _model_label(run: Run) -> str:
+    """A generation's model id where a technique run shows its technique."""
+    return clean(run.model_id, 30) if run.model_id else "—"
 
 
 def _progress_cell(run: Run) -> RenderableType:
@@ -104,7 +109,7 @@ def event_line(event: Any) -> Text:
     line.append(clean(d.get("type", "?"), 20), style=STATUS_STYLES.get(str(data.get("status")), ""))
     line.append(" ")
     line.append(clean(data.get("run_id", "?"), 40), style="bold")
-    line.append(f" {_technique_label(data.get('technique'))}")
+    line.append(f" {_technique_label(data.get('technique') or data.get('model'))}")  # a generation: its model
     started = data.get("started_at") or data.get("created_at")
     if data.get("completed_at") is not None and started is not None:
         line.append(f" {format_duration(data['completed_at'] - started)}", style="dim")
@@ -187,7 +192,7 @@ class LiveView:
         for run in runs[: self.max_rows]:
             table.add_row(
                 Text(clean(run.run_id, 40)),
-                Text(_technique_label(run.technique)),
+                Text(_technique_label(run.technique) if run.technique else _model_label(run)),
                 Text(clean(run.status, 20), style=STATUS_STYLES.get(run.status, "magenta")),
                 _progress_cell(run),
                 Text(format_duration(run_elapsed_ms(run, now_ms))),
