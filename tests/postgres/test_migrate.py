@@ -131,3 +131,33 @@ async def test_the_history_keeps_its_order_across_the_move(tmp_path: Path, pg_ur
     await migrate_state(path, pg_url)
     async with await PgStore.open(pg_url) as pg:
         assert [e.id for _, e in await pg.list_events()] == before
+
+
+async def test_run_dry_run_on_a_postgres_store_decides_from_a_copy_and_writes_nothing(
+    tmp_path: Path, pg_url: str, capsys
+) -> None:
+    import dataclasses
+
+    from tests.fakes import FakeClock
+    from tests.integration.test_engine import EPOCH_MS, KEY, finish, make_config, once
+    from watcher.config import StoreConfig
+    from watcher.daemon import Daemon, Options
+    from watcher.secret import Secret
+    from watcher.simulator import run_simulator
+
+    clock = FakeClock(0.0, epoch_ms=EPOCH_MS)
+    async with run_simulator(api_key=KEY, seed=6, clock=clock) as sim:
+        cfg = dataclasses.replace(make_config(sim.base_url, tmp_path / "state", tmp_path / "events.jsonl"),
+                                  store=StoreConfig(url=Secret(pg_url), lease=5))
+        assert await once(cfg, clock) == 0  # the first start, on PostgreSQL
+        run = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=150, outcome="failed")
+        finish(sim.sim, clock, [run], seconds=0.5)
+        async with await PgStore.open(pg_url) as pg:
+            before = (await pg.all_meta(), await pg.load_tracked(), await pg.pending_counts())
+        capsys.readouterr()
+        opts = Options(once=True, dry_run=True, install_signal_handlers=False)
+        assert await Daemon(cfg, opts, clock=clock).run() == 0
+        assert run in capsys.readouterr().out  # it would send the failure
+        async with await PgStore.open(pg_url) as pg:
+            assert (await pg.all_meta(), await pg.load_tracked(), await pg.pending_counts()) == before
+            assert await pg.instances() == []  # a dry run does not join the instances either
