@@ -10,7 +10,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from watcher.clock import wait_for_by_sleeping
 from watcher.observer import Observer, Report, State
 
 T = TypeVar("T")
@@ -24,9 +23,11 @@ class FakeClock:
     Two ways for time to pass:
     - default (``manual=False``): a ``sleep(s)`` moves time forward by ``s`` at once and returns, so code that
       sleeps runs straight through (a 60 s Retry-After costs nothing).
-    - ``manual=True``: a ``sleep(s)`` (and ``wait_for``'s timeout) blocks until the test moves time past its
-      deadline with ``advance()``; nothing else moves time. Use it for loops that would otherwise spin (the
-      daemon's sweep loop, the dispatcher's workers) and step them from the test.
+    - ``manual=True``: a ``sleep(s)`` blocks until the test moves time past its deadline with ``advance()``;
+      nothing else moves time. Use it for loops that would otherwise spin (the daemon's sweep loop, the
+      dispatcher's workers) and step them from the test.
+
+    ``wait_for(aw, s)`` times out when time reaches its deadline, however time gets there.
     """
 
     def __init__(self, start: float = 1000.0, *, epoch_ms: int = 1_764_399_000_000, manual: bool = False) -> None:
@@ -94,9 +95,10 @@ class FakeClock:
         return fut
 
     async def wait_for(self, aw: Awaitable[T], seconds: float | None) -> T:
-        if not self.manual or seconds is None:
-            return await wait_for_by_sleeping(self, aw, seconds)
-        self.sleeps.append(seconds)
+        """``aw``, or TimeoutError once the clock reaches now + ``seconds``. A deadline is not a sleep: it never
+        moves time itself, in either mode; it passes when a sleep (default mode) or ``advance()`` moves time."""
+        if seconds is None:
+            return await aw
         timer = self._timer(seconds)
         task = asyncio.ensure_future(aw)
         try:

@@ -40,31 +40,4 @@ class SystemClock:
         return await asyncio.wait_for(aw, None if seconds is None else max(0.0, seconds))
 
 
-async def wait_for_by_sleeping(clock: Clock, aw: Awaitable[T], seconds: float | None) -> T:
-    """``Clock.wait_for`` for a clock that only knows how to sleep: races ``aw`` against ``clock.sleep``.
-
-    Same contract as ``asyncio.wait_for``: the result, or ``aw`` cancelled and TimeoutError raised."""
-    if seconds is None:
-        return await aw
-    task = asyncio.ensure_future(aw)
-    timer = asyncio.ensure_future(clock.sleep(max(0.0, seconds)))
-    try:
-        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        timer.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    else:  # it finished while being cancelled: keep its result, like asyncio.wait_for does
-        return task.result()
-    raise TimeoutError
-
-
 SYSTEM_CLOCK = SystemClock()

@@ -3,15 +3,15 @@ what systemd, a metrics scraper and an operator sending signals see (CONTRACT §
 
 The test plays systemd's part of sd_notify with an abstract AF_UNIX datagram socket (``NOTIFY_SOCKET=@name``,
 ``WATCHDOG_USEC`` small, ``WATCHDOG_PID`` unset), reads the daemon's JSON log lines from a file, and writes the
-config the daemon loads. Intervals are 0.2 s; the two watchdog scenarios wait out the daemon's wedge period
-(``2 x api.timeout + 5`` s here), which is most of this file's run time.
+config the daemon loads. Intervals are 0.2 s. The stalled-API scenario waits out the daemon's wedge period
+(``2 x api.timeout + 5`` s here) in real time, since the API timeouts it needs are real; the wedged-loop scenario
+runs in-process on a manual clock. Nothing asserts how fast a busy machine ran: only what the daemon decided.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import signal
@@ -245,7 +245,7 @@ def create_run(sim, **kwargs: Any) -> str:
 
 async def test_sd_notify_ready_status_watchdog_and_stopping(sim, notify, spawn, tmp_path: Path) -> None:
     """1. READY=1 with a STATUS= line once the config and store are ready; 2. STATUS= after sweeps;
-    3. WATCHDOG=1 every half WATCHDOG_USEC; 4. SIGTERM: STOPPING=1, no ping after it, exit 0."""
+    3. WATCHDOG=1 pings, none withheld; 4. SIGTERM: STOPPING=1, no ping after it, exit 0."""
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(config_text(sim.base_url, tmp_path, sinks=[{"name": "journal", "type": "file",
                                                                 "path": str(tmp_path / "events.jsonl")}]))
@@ -256,9 +256,9 @@ async def test_sd_notify_ready_status_watchdog_and_stopping(sim, notify, spawn, 
     assert notify.messages[ready][1]["STATUS"].startswith("tracking 0 active runs")
     assert ready < notify.index("WATCHDOG")[0]
     assert any(s.endswith("API ok") for s in notify.values("STATUS")[1:]), notify.values("STATUS")
-    pings = notify.times("WATCHDOG")
-    gaps = [b - a for a, b in itertools.pairwise(pings)]
-    assert max(gaps) < PING_EVERY * 2.5, gaps
+    # Pinged every time, never withheld. (The pings' cadence is the feeder's, tested on a stepped clock in
+    # tests/unit/test_systemd.py; measured here it would only measure how busy the machine is.)
+    assert watcher.logs("systemd.watchdog_withheld") == []
     assert await watcher.stop() == 0
     (stopping,) = notify.index("STOPPING", "1")
     assert notify.index("WATCHDOG")[-1] < stopping  # nothing claims to be alive after STOPPING=1
@@ -289,12 +289,9 @@ async def test_an_api_that_stalls_every_request_is_an_outage_not_a_wedge(sim, no
     reason = await asyncio.wait_for(not_ready_because_of_the_api(), 10)
     assert reason.startswith("last successful sweep") and "no answer within 0.3s" in reason, reason
     await until(lambda: any(s.endswith("API failing") for s in notify.values("STATUS")), 5, "STATUS API failing")
-    # Past the wedge period, and still pinging at the regular pace.
-    await asyncio.sleep(max(0.0, stalled_at + WEDGED_AFTER + 1.0 - time.monotonic()))
-    pings = [t for t in notify.times("WATCHDOG") if t > stalled_at]
-    gaps = [b - a for a, b in itertools.pairwise([stalled_at, *pings])]
-    assert time.monotonic() - pings[-1] < PING_EVERY * 3
-    assert max(gaps) < PING_EVERY * 3, gaps
+    # Past the wedge period, and still pinging: the daemon never decided it was wedged.
+    await until(lambda: any(t > stalled_at + WEDGED_AFTER + 0.5 for t in notify.times("WATCHDOG")), 20,
+                "a ping well past the wedge period")
     assert watcher.logs("systemd.watchdog_withheld") == []
     assert (await get(http, base + "/healthz"))[0] == 200
     assert sim.sim.stats()["faults"].get("stall", 0) >= 5
@@ -610,7 +607,9 @@ async def test_on_a_terminal_run_draws_the_live_view_and_prints_events_above_it(
     # table is drawn again below it (a raw write would land right after the table's last border).
     at = text.index(f"✅ run.completed · CCTV Cam · {run}")
     assert text[:at].endswith("\x1b[2K"), repr(text[at - 40:at])
-    assert text[at:].split("\r\n", 2)[1].lstrip("\x1b[0123456789;m").startswith("flora-watcher — ")
+    # The sink's lines (the event, then its outputs, one per line) come out whole, then the table again.
+    after = [line.lstrip("\x1b[0123456789;mK") for line in text[at:].split("\r\n")[1:6]]
+    assert any(line.startswith("flora-watcher — ") for line in after), after
 
 
 def test_the_live_view_shows_active_runs_and_runs_that_ended_within_the_last_minute() -> None:

@@ -647,20 +647,23 @@ def test_a_committed_sweep_survives_sigkill(db_path: Path) -> None:
 
 
 def test_sweep_commit_and_load_are_fast(store: Store) -> None:
-    """Budget: 1,000 upserts + 100 events well under 100 ms; generous bounds here to stay stable on CI."""
+    """Budget: 1,000 upserts + 100 events well under 100 ms; generous bounds here to stay stable on CI.
+
+    Measured in this process's CPU time, not wall time, so a busy machine cannot fail it (with PostgreSQL the
+    server's share is not counted; bench/ measures the whole)."""
     upserts = [make_tracked(f"run_{i:05d}") for i in range(1_000)]
     events = [(make_event(f"run_{i:05d}"), ["ops", "journal"]) for i in range(100)]
-    started = time.perf_counter()
+    started = time.process_time()
     new = store.commit_sweep(upserts=upserts, deletes=[], events=events, meta={"k": "v"}, now_ms=T0)
-    commit_s = time.perf_counter() - started
+    commit_s = time.process_time() - started
     assert len(new) == 100
     store.commit_sweep(
         upserts=[make_tracked(f"run_{i:05d}") for i in range(1_000, 10_000)], deletes=[], events=[], meta={},
         now_ms=T0,
     )  # fmt: skip
-    started = time.perf_counter()
+    started = time.process_time()
     assert len(store.load_tracked()) == 10_000
-    load_s = time.perf_counter() - started
+    load_s = time.process_time() - started
     assert commit_s < 0.5, f"commit_sweep took {commit_s * 1000:.0f} ms"
     assert load_s < 2.0, f"load_tracked took {load_s * 1000:.0f} ms"
 

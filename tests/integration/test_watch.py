@@ -1,12 +1,17 @@
-"""`flora-watcher watch RUN_ID` against the simulator: every exit status of CONTRACT §2, in-process."""
+"""`flora-watcher watch RUN_ID` against the simulator: every exit status of CONTRACT §2, in-process.
+
+The simulator and the command share one ``FakeClock``: the command's polls sleep on it, so the simulated runs
+progress exactly as far as the command waited, and nothing here waits in real time (but the CLI test)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
-import time
 
+import pytest
+
+from tests.fakes import FakeClock
 from watcher import cli
 from watcher.commands.watch import watch_run
 from watcher.secret import Secret
@@ -16,20 +21,31 @@ KEY = "sk_test_sim"
 FAST = {"interval": 0.05, "max_interval": 0.2}  # polls in tens of ms instead of seconds
 
 
-async def watch(sim, run_id: str, *, key: str = KEY, **kwargs) -> tuple[int, str, str]:
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(0.0)
+
+
+@pytest.fixture
+def sim_clock(clock: FakeClock) -> FakeClock:
+    """The shared ``sim`` fixture's simulator runs on the same clock."""
+    return clock
+
+
+async def watch(sim, clock: FakeClock, run_id: str, *, key: str = KEY, **kwargs) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of one watch."""
     out, err = io.StringIO(), io.StringIO()
     code = await watch_run(run_id, base_url=sim.base_url, api_key=Secret(key), out=out, err=err,
-                           **{**FAST, **kwargs})
+                           clock=clock, **{**FAST, **kwargs})
     return code, out.getvalue(), err.getvalue()
 
 
-async def test_completed_run_exits_0_with_a_summary_and_its_outputs(sim):
+async def test_completed_run_exits_0_with_a_summary_and_its_outputs(sim, clock):
     run_id = sim.sim.create_run(technique="cctv-cam", pending_ms=100, running_ms=300, outcome="completed")
-    started = time.monotonic()
-    code, out, err = await watch(sim, run_id)
+    started = clock.t
+    code, out, err = await watch(sim, clock, run_id)
     assert code == 0
-    assert time.monotonic() - started < 3
+    assert clock.t - started < 0.4 + 0.2  # the run's 400 ms, then at most one poll interval
     lines = out.splitlines()
     assert lines[-1].startswith(f"{run_id} completed in ")
     assert any("imageUrl https://" in line for line in lines[:-1])
@@ -40,10 +56,10 @@ async def test_completed_run_exits_0_with_a_summary_and_its_outputs(sim):
     assert progress[-1].startswith(f"{run_id}: completed")
 
 
-async def test_failed_run_exits_1_with_error_code_and_message(sim):
+async def test_failed_run_exits_1_with_error_code_and_message(sim, clock):
     run_id = sim.sim.create_run(technique="cctv-cam", pending_ms=100, running_ms=300, outcome="failed",
                                 error_code="GPU_PROVIDER_ERROR")
-    code, out, _ = await watch(sim, run_id)
+    code, out, _ = await watch(sim, clock, run_id)
     assert code == 1
     last = out.splitlines()[-1]
     assert last.startswith(f"{run_id} failed")
@@ -51,45 +67,46 @@ async def test_failed_run_exits_1_with_error_code_and_message(sim):
     assert "The provider failed" in last
 
 
-async def test_unknown_run_exits_3(sim):
-    code, out, err = await watch(sim, "run_doesnotexist")
+async def test_unknown_run_exits_3(sim, clock):
+    code, out, err = await watch(sim, clock, "run_doesnotexist")
     assert code == 3
     assert out == ""
     assert "run run_doesnotexist not found" in err
 
 
-async def test_refused_key_exits_4_without_printing_it(sim):
+async def test_refused_key_exits_4_without_printing_it(sim, clock):
     run_id = sim.sim.create_run(technique="cctv-cam", pending_ms=100, running_ms=300, outcome="completed")
-    code, out, err = await watch(sim, run_id, key="sk_live_wrongwrongwrong")
+    code, out, err = await watch(sim, clock, run_id, key="sk_live_wrongwrongwrong")
     assert code == 4
     assert out == ""
     assert "refused the key" in err
     assert "sk_live_wrongwrongwrong" not in err
 
 
-async def test_timeout_exits_124_with_the_last_state(sim):
+async def test_timeout_exits_124_with_the_last_state(sim, clock):
     run_id = sim.sim.create_run(technique="cctv-cam", pending_ms=50, running_ms=60_000, outcome="completed")
-    started = time.monotonic()
-    code, out, err = await watch(sim, run_id, give_up_after=0.6)
+    started = clock.t
+    code, out, err = await watch(sim, clock, run_id, give_up_after=0.6)
     assert code == 124
-    assert 0.5 < time.monotonic() - started < 3
+    assert clock.t - started == pytest.approx(0.6)
     assert out.splitlines()[-1].startswith(f"{run_id} running")
     assert "still not finished" in out
     assert "timed out after 0.6s" in err
 
 
 async def test_transient_api_errors_are_retried_until_the_run_ends():
-    async with run_simulator(api_key=KEY, seed=3, faults=Faults(malformed_share=0.5)) as flaky:
+    clock = FakeClock(0.0)
+    async with run_simulator(api_key=KEY, seed=3, faults=Faults(malformed_share=0.5), clock=clock) as flaky:
         run_id = flaky.sim.create_run(technique="cctv-cam", pending_ms=100, running_ms=300, outcome="completed")
-        code, out, err = await watch(flaky, run_id)
+        code, out, err = await watch(flaky, clock, run_id)
     assert code == 0
     assert "API error, retrying" in err
     assert out.splitlines()[-1].startswith(f"{run_id} completed")
 
 
-async def test_json_prints_the_final_run(sim):
+async def test_json_prints_the_final_run(sim, clock):
     run_id = sim.sim.create_run(technique="cctv-cam", pending_ms=50, running_ms=200, outcome="failed")
-    code, out, _ = await watch(sim, run_id, as_json=True)
+    code, out, _ = await watch(sim, clock, run_id, as_json=True)
     assert code == 1
     doc = json.loads(out)
     assert doc["run_id"] == run_id
@@ -97,16 +114,21 @@ async def test_json_prints_the_final_run(sim):
     assert doc["error_code"]
 
 
-async def test_progress_bar_mode_on_a_terminal(sim):
+async def test_progress_bar_mode_on_a_terminal(sim, clock):
     run_id = sim.sim.create_run(technique="cctv-cam", pending_ms=50, running_ms=200, outcome="completed")
-    code, out, _ = await watch(sim, run_id, live=True)
+    code, out, _ = await watch(sim, clock, run_id, live=True)
     assert code == 0
     assert out.splitlines()[-1].startswith(f"{run_id} completed")
 
 
-async def test_the_command_line(sim, tmp_path, monkeypatch):
+async def test_the_command_line(tmp_path, monkeypatch):
     """`flora-watcher watch RUN_ID -c FILE --json` end to end through the CLI (in a worker thread, since
-    the command runs its own event loop)."""
+    the command runs its own event loop), on real time."""
+    async with run_simulator(api_key=KEY, seed=1) as sim:
+        await _the_command_line(sim, tmp_path, monkeypatch)
+
+
+async def _the_command_line(sim, tmp_path, monkeypatch):
     monkeypatch.delenv("FLORA_API_KEY", raising=False)
     config = tmp_path / "flora-watcher.toml"
     config.write_text(f'[api]\nbase_url = "{sim.base_url}"\napi_key = "{KEY}"\n')

@@ -258,6 +258,6 @@ def test_values_under_sensitive_keys_are_masked_at_any_depth():
 def test_redaction_is_linear_on_hostile_input(text):
     import time
 
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: another busy process cannot fail this
     logs.redact(text)
-    assert time.perf_counter() - started < 0.5
+    assert time.process_time() - started < 0.5

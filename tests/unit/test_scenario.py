@@ -161,11 +161,11 @@ def test_listing_10k_runs_is_fast_enough_for_benchmarks() -> None:
         make_run(rng, scenario, created_at=T0 + i * 10, pending=500, running=rng.randint(1_000, 90_000),
                  outcome=None)
     scenario.advance(T0 + 100_000, rng)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: another busy process cannot fail this
     for i in range(200):
         scenario.page(sc.ListQuery(status="running", offset=i * 5, limit=100))
         scenario.page(sc.ListQuery(offset=9_000, limit=100))
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 # ------------------------------------------------------------------------------------------------ queries

@@ -128,8 +128,8 @@ async def follow(
             return Outcome(EXIT_TIMEOUT, last, f"timed out after {give_up_after:g}s")
         wait_floor = 0.0
         try:
-            async with asyncio.timeout(remaining):
-                run = await client.get_run(run_id, poll_url=poll_url, technique_id=technique_id)
+            run = await clock.wait_for(client.get_run(run_id, poll_url=poll_url, technique_id=technique_id),
+                                       remaining)
         except TimeoutError:
             return Outcome(EXIT_TIMEOUT, last, f"timed out after {give_up_after:g}s")
         except NotFoundError:
