@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from watcher.simulator import run_simulator
 
 pytest_plugins = ["tests.postgres.fixtures"]  # pg_cluster, pg_url: a throwaway PostgreSQL
+
+# Property tests are judged by what they find, never by how fast a (busy, shared) machine ran an example: no
+# per-example deadline and no "too slow" health check. The example counts stay each test's own.
+settings.register_profile("flora", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("flora")
 
 
 @pytest.fixture

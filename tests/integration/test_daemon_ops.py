@@ -458,8 +458,9 @@ async def test_sigterm_during_a_hung_delivery_exits_0_in_time_and_loses_nothing(
                 seen.append(await get(http, base + "/readyz"))
             await asyncio.sleep(0.02)
         assert await asyncio.wait_for(watcher.proc.wait(), STOP_TIMEOUT) == 0
-        assert time.monotonic() - stopped_at < grace + 2.5
         assert (503, "shutting down\n") in seen, seen
+        # The daemon gave the hung send its grace period, then cancelled it (the grace period itself is timed on a
+        # manual clock in tests/integration/test_delivery.py; here wall time would only measure the machine).
         assert watcher.logs("delivery.drain_timeout")
         assert receiver.answered == []
         store = Store.open(store_path(tmp_path / "state"))

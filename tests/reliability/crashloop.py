@@ -156,8 +156,10 @@ async def crash_loop(
                 else:  # it should not die on its own without a crash point
                     await died(f"unexpected exit {proc.proc.returncode}")
             else:
-                code = await proc.wait(4.0)
-                if code is None:  # the armed point did not fire in time: a random kill instead
+                # With probability 1 the armed point fires at its first chance (there is always work for it): wait
+                # for it however slow the machine is. Below 1 it may never fire: a random kill after a while.
+                code = await proc.wait(4.0 if probability < 1 else settle_timeout)
+                if code is None:  # the armed point did not fire: a random kill instead
                     await proc.kill()
                     await died("random")
                 else:

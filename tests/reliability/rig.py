@@ -100,11 +100,13 @@ async def rig(
     receiver: dict[str, Any] | None = None,
     log_level: str = "info",
     prepare: Callable[[Rig], None] | None = None,
+    sim_clock: Callable[[], int] | None = None,
     **config: Any,
 ) -> AsyncIterator[Rig]:
-    """The rig, with the watcher started after ``prepare(rig)`` and its first sweep done."""
+    """The rig, with the watcher started after ``prepare(rig)`` and its first sweep done. ``sim_clock`` (Unix ms)
+    lets a test move the simulated runs' time on when it chooses."""
     canaries = Canaries.fresh()
-    sim = Simulator(api_key=canaries.api_key, seed=seed)
+    sim = Simulator(api_key=canaries.api_key, seed=seed, clock=sim_clock)
     async with ForeignOrigin() as foreign, SimServer(sim, foreign_url=foreign.origin) as api, \
             Receiver(signing_secret=canaries.signing_secret, **(receiver or {})) as hook:
         cfg = write_config(

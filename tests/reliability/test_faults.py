@@ -91,20 +91,35 @@ async def test_api_faults_lose_nothing_keep_the_budget_and_pause_on_429(tmp_path
     assert not r.leaks()
 
 
+class SkippableClock:
+    """Real Unix ms plus an offset the test moves: simulated runs end when the test says, not on a timer."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+
+    def __call__(self) -> int:
+        return now_ms() + self.offset_ms
+
+
 async def test_foreign_poll_urls_and_redirects_never_get_the_key(tmp_path: Path) -> None:
     ids: dict[str, str] = {}
+    sim_clock = SkippableClock()
 
     def bury_two_runs(r) -> None:
         # Two runs active at the first start, then buried under thousands of newer running runs, so the watcher
         # must follow them one by one through their poll_url: one on a foreign origin, one that redirects there.
+        # They end only when the test moves the simulator's clock, after the watcher's first sweep saw them
+        # active (however long that sweep took on a busy machine).
         t = now_ms()
         (ids["foreign"],) = r.create(1, poll_url=f"{r.foreign.origin}/api/v1/runs/elsewhere", created_at=t - 120_000,
-                                     pending_ms=10, running_ms=123_000, outcome="completed")
+                                     pending_ms=10, running_ms=180_000, outcome="completed")
         (ids["redirect"],) = r.create(1, poll_url=f"{r.api.origin}/api/v1/redirect-out/x", created_at=t - 120_000,
-                                      pending_ms=10, running_ms=123_000, outcome="failed")
+                                      pending_ms=10, running_ms=180_000, outcome="failed")
         r.sim.create_runs(2500, pending_ms=10, running_ms=600_000, created_at=(t - 110_000, t - 40_000))
 
-    async with rig(tmp_path, seed=22, interval=0.2, log_level="debug", prepare=bury_two_runs) as r:
+    async with rig(tmp_path, seed=22, interval=0.2, log_level="debug", prepare=bury_two_runs,
+                   sim_clock=sim_clock) as r:
+        sim_clock.offset_ms += 61_000  # the two buried runs end now; the 2,500 newer ones run on
         verdict = await r.settle(timeout=20)
         code = await r.proc.terminate()
 
