@@ -27,13 +27,18 @@ class FakeClock:
       nothing else moves time. Use it for loops that would otherwise spin (the daemon's sweep loop, the
       dispatcher's workers) and step them from the test.
 
-    ``wait_for(aw, s)`` times out when time reaches its deadline, however time gets there.
+    ``wait_for(aw, s)``: in the default mode its deadline is a sleep too (time jumps to it unless ``aw`` is
+    ready at once: what an idle sink worker wants, so time goes straight to its next due delivery). With
+    ``deadlines_jump=False`` (for a deadline on real I/O, e.g. a request timeout) and in manual mode a deadline
+    never moves time itself: it passes when a sleep or ``advance()`` moves time past it.
     """
 
-    def __init__(self, start: float = 1000.0, *, epoch_ms: int = 1_764_399_000_000, manual: bool = False) -> None:
+    def __init__(self, start: float = 1000.0, *, epoch_ms: int = 1_764_399_000_000, manual: bool = False,
+                 deadlines_jump: bool = True) -> None:
         self.t = start
         self.epoch_ms = epoch_ms
         self.manual = manual
+        self.deadlines_jump = deadlines_jump and not manual
         self.sleeps: list[float] = []
         self.on_sleep: Callable[[float], None] | None = None  # called with the new time after each sleep (auto)
         self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
@@ -95,11 +100,10 @@ class FakeClock:
         return fut
 
     async def wait_for(self, aw: Awaitable[T], seconds: float | None) -> T:
-        """``aw``, or TimeoutError once the clock reaches now + ``seconds``. A deadline is not a sleep: it never
-        moves time itself, in either mode; it passes when a sleep (default mode) or ``advance()`` moves time."""
+        """``aw``, or TimeoutError (``aw`` cancelled) once the clock reaches now + ``seconds``."""
         if seconds is None:
             return await aw
-        timer = self._timer(seconds)
+        timer = asyncio.ensure_future(self.sleep(seconds)) if self.deadlines_jump else self._timer(seconds)
         task = asyncio.ensure_future(aw)
         try:
             await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)

@@ -23,7 +23,7 @@ FAST = {"interval": 0.05, "max_interval": 0.2}  # polls in tens of ms instead of
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock(0.0)
+    return FakeClock(0.0, deadlines_jump=False)  # a request's timeout passes only as the polls' sleeps move time
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ async def test_timeout_exits_124_with_the_last_state(sim, clock):
 
 
 async def test_transient_api_errors_are_retried_until_the_run_ends():
-    clock = FakeClock(0.0)
+    clock = FakeClock(0.0, deadlines_jump=False)
     async with run_simulator(api_key=KEY, seed=3, faults=Faults(malformed_share=0.5), clock=clock) as flaky:
         run_id = flaky.sim.create_run(technique="cctv-cam", pending_ms=100, running_ms=300, outcome="completed")
         code, out, err = await watch(flaky, clock, run_id)
