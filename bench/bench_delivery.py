@@ -230,7 +230,8 @@ def record(results_path: Path, figures: dict, args: argparse.Namespace, command:
         f"- command: `{command}`\n"
         f"- setup: {figures['events']} events committed to the SQLite outbox, then delivered by the Dispatcher to "
         f"{', '.join(figures['sinks'])}; receiver in a separate process on 127.0.0.1; logging JSON at info; "
-        f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, {os.cpu_count()} CPUs\n"
+        f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, {os.cpu_count()} CPUs; "
+        f"load average {figures['load']:.1f} at the start (other work on the machine shares the CPUs)\n"
         f"- throughput: **{figures['events_per_s']:.0f} events/s** ({figures['deliveries_per_s']:.0f} deliveries/s, "
         f"{figures['wall_s']:.2f} s from start to the last committed outcome)\n"
         f"- CPU: **{figures['cpu_ms_per_event']:.3f} ms per event** ({figures['cpu_s']:.2f} s user+sys, event loop "
@@ -280,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         assert receiver.stdout is not None
         port = int(receiver.stdout.readline())
+        load = os.getloadavg()[0]
         figures = asyncio.run(drain(port, args.events, mix=args.mix, concurrency=args.concurrency))
+        figures["load"] = load
         figures["received"] = asyncio.run(counts(port))
         figures["fsyncs"] = None if args.no_strace else count_fsyncs(args, port)
     finally:

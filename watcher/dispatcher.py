@@ -50,6 +50,7 @@ log = structlog.get_logger("watcher.dispatcher")
 
 CLAIM_BATCH = 200  # due deliveries read per claim ...
 REFILL_BELOW = 50  # ... when fewer than this (or than the concurrency) are claimed and waiting
+BATCH_MAX = 256  # deliveries per send_many call (file sink)
 GROUP_CLAIM = 5_000  # a grouping (chat) sink reads this many due deliveries at once
 MAX_UNCOMMITTED = 256  # sent deliveries of one worker whose outcome is not committed yet, at most
 IDLE_RECHECK_S = 2.0  # an idle worker looks at the outbox at least this often (`replay` from another process)
@@ -166,6 +167,9 @@ class SinkWorker:
             None if wait is None or not hasattr(sink, "send_group") else max(0, round(float(wait) * 1000)))
         self.group_by: tuple[str, ...] = tuple(getattr(options, "group_by", ()) or ())
         self._group_due_ms: int | None = None  # when the next held group becomes ready
+        self._cursor: tuple[int, int] | None = None  # (next_attempt_ms, id) of the last delivery held
+        # A sink that writes many events at once (the file sink's send_many) gets them in batches.
+        self.batch_max = BATCH_MAX if hasattr(sink, "send_many") else 1
 
     def _outcome(self, outcome: str) -> None:
         if self.on_outcome is not None:
@@ -242,7 +246,11 @@ class SinkWorker:
             return self._start_groups(now)
         started = False
         while self._queue and self._may_start():
-            self._start([self._queue.popleft()], probe=False)
+            if self.batch_max > 1:  # a file: many events, one write and one fsync
+                batch = [self._queue.popleft() for _ in range(min(self.batch_max, len(self._queue)))]
+            else:
+                batch = [self._queue.popleft()]
+            self._start(batch, probe=False)
             started = True
         return started
 
@@ -274,12 +282,19 @@ class SinkWorker:
         return bool(started)
 
     async def _claim(self, now: int, batch: int = CLAIM_BATCH) -> None:
-        rows = await self.store.due_deliveries(self.name, now, batch + len(self._claimed))
+        if self.group_wait_ms is not None and self._queue and self._cursor is not None:
+            # A chat sink holding a burst reads only what came after it, not the whole burst again; the
+            # cursor is dropped after every send, so a delivery behind it (run order) is read then.
+            rows = await self.store.due_deliveries(self.name, now, batch, after=self._cursor)
+        else:
+            rows = await self.store.due_deliveries(self.name, now, batch + len(self._claimed))
         self._claimed_at = now
         for delivery in rows:
             if delivery.id not in self._claimed:
                 self._claimed.add(delivery.id)
                 self._queue.append(delivery)
+        if self.group_wait_ms is not None and self._queue:
+            self._cursor = max((d.next_attempt_ms, d.id) for d in self._queue)
 
     def _start(self, batch: list[Delivery], *, probe: bool) -> None:
         """Send ``batch`` (one delivery, or a chat sink's group as one message) in a task of its own."""
@@ -291,6 +306,7 @@ class SinkWorker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
+        self._cursor = None
         if not task.cancelled() and task.exception() is not None and self._error is None:
             self._error = task.exception()
         self.wakeup.set()
@@ -372,6 +388,8 @@ class SinkWorker:
     async def _send(self, batch: list[Delivery]):
         if len(batch) == 1:
             return await self.sink.send(batch[0].event, body=batch[0].body)
+        if self.batch_max > 1:
+            return await self.sink.send_many([d.event for d in batch], [d.body for d in batch])  # type: ignore[attr-defined]
         return await self.sink.send_group([d.event for d in batch])  # type: ignore[attr-defined]
 
     async def _deliver(self, batch: list[Delivery], *, probe: bool) -> None:
@@ -482,6 +500,7 @@ class SinkWorker:
         for delivery in self._queue:
             self._claimed.discard(delivery.id)
         self._queue.clear()
+        self._cursor = None
         await self.store.set_sink_pause(self.name, since_ms=now, next_probe_ms=self.breaker.next_probe_ms)
         log.warning("sink.paused", sink=self.name, failures=self.breaker.failures,
                     failing_for_s=round((now - (self.breaker.streak_start_ms or now)) / 1000, 2),

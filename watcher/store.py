@@ -497,12 +497,14 @@ class Store:
     # ------------------------------------------------------------------------------------- outbox
 
     @_translated
-    def due_deliveries(self, sink: str, now_ms: int, limit: int = 100) -> list[Delivery]:
+    def due_deliveries(self, sink: str, now_ms: int, limit: int = 100,
+                       after: tuple[int, int] | None = None) -> list[Delivery]:
         """Pending deliveries of ``sink`` due at ``now_ms``: earliest next_attempt_ms first, then by id.
 
         A delivery whose run has an earlier pending delivery to the same sink is left out (until that one is
         delivered or dead), so the events of one run reach a sink in order, also while an earlier one is in
-        flight or waiting for a retry."""
+        flight or waiting for a retry. ``after`` = (next_attempt_ms, id) of the last delivery the caller already
+        holds: only later ones (in that order) are returned, so a caller holding many need not read them again."""
         rows = self._conn.execute(
             _DELIVERY_COLUMNS
             + " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_ms <= ?"
@@ -510,8 +512,9 @@ class Store:
             " AND NOT EXISTS (SELECT 1 FROM events e2 CROSS JOIN deliveries d2"
             " WHERE e2.run_id = e.run_id AND d2.event_id = e2.id AND d2.sink = d.sink AND d2.state = 'pending'"
             " AND d2.id < d.id)"
-            " ORDER BY d.next_attempt_ms, d.id LIMIT ?",
-            (sink, now_ms, limit),
+            + ("" if after is None else " AND (d.next_attempt_ms, d.id) > (?, ?)")
+            + " ORDER BY d.next_attempt_ms, d.id LIMIT ?",
+            (sink, now_ms, *(after or ()), limit),
         ).fetchall()
         return [_delivery(row) for row in rows]
 

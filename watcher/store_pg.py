@@ -494,7 +494,8 @@ class PgStore:
 
     # ------------------------------------------------------------------------------------- outbox
 
-    async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100) -> list[Delivery]:
+    async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100,
+                             after: tuple[int, int] | None = None) -> list[Delivery]:
         """Claim and return the pending deliveries of ``sink`` due at ``now_ms`` (earliest first) that no other
         live instance holds: ``FOR UPDATE SKIP LOCKED``, claim until the database's now + ``claim_ms``. Never
         one whose run has an earlier pending delivery to the same sink (the events of a run stay in order)."""
@@ -510,12 +511,13 @@ class PgStore:
             " AND NOT EXISTS (SELECT 1 FROM events e1 JOIN events e2 ON e2.run_id = e1.run_id"
             "  JOIN deliveries d2 ON d2.event_id = e2.id"
             "  WHERE e1.id = d.event_id AND d2.sink = d.sink AND d2.state = 'pending' AND d2.id < d.id)"
-            " ORDER BY d.next_attempt_ms, d.id LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED)"
+            + ("" if after is None else " AND (d.next_attempt_ms, d.id) > (%(after_at)s, %(after_id)s)")
+            + " ORDER BY d.next_attempt_ms, d.id LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED)"
             f" UPDATE deliveries d SET claimed_by = %(me)s, claim_until_ms = {NOW_MS} + %(claim)s"
             " FROM due, events e WHERE d.id = due.id AND e.id = d.event_id"
             " RETURNING d.id, d.event_id, d.sink, d.attempts, d.created_ms, d.next_attempt_ms, e.body, e.run_id",
             {"sink": sink, "now": now_ms, "me": me, "live": self.liveness_ms, "limit": limit,
-             "claim": self.claim_ms},
+             "claim": self.claim_ms, "after_at": after[0] if after else None, "after_id": after[1] if after else None},
         )
         rows.sort(key=lambda r: (r[5], r[0]))
         return [Delivery(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), r[7]) for r in rows]

@@ -373,3 +373,26 @@ async def test_3000_events_drain_to_webhook_file_slack_and_discord(store, tmp_pa
     assert len(webhook_ids) >= 3000 and set(webhook_ids) >= {e.id for e in batch}
     chat_messages = len(receiver.hits) - len(webhook_ids)
     assert chat_messages <= 2 * 4, f"{chat_messages} chat messages"  # per sink: failed + completed, maybe split
+
+
+async def test_the_file_sink_writes_a_batch_with_one_fsync_and_never_twice(tmp_path: Path, monkeypatch) -> None:
+    import os as os_module
+
+    from watcher.sinks.file import FileSink
+
+    path = tmp_path / "events.jsonl"
+    sink = FileSink(SinkConfig(name="journal", type="file", path=path))
+    await sink.start()
+    fsyncs = []
+    real_fsync = os_module.fsync
+    monkeypatch.setattr(os_module, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
+    batch = events(50, prefix="run_file")
+    await sink.send(batch[0])
+    fsyncs.clear()
+    await sink.send_many(batch, [e.body() for e in batch])
+    assert len(fsyncs) == 1  # one fsync for the batch
+    await sink.send_many(batch[:10], [None] * 10)  # all already there: nothing written
+    assert len(fsyncs) == 1
+    await sink.close()
+    lines = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+    assert sorted(lines) == sorted(e.id for e in batch)  # each once

@@ -82,3 +82,13 @@ def test_a_sink_pause_is_kept_for_other_processes_and_shown_in_the_summary(store
     assert (entry["paused_since_ms"], entry["next_probe_ms"]) == (T0, T0 + 5_000)
     store.set_sink_pause("ops", since_ms=None, next_probe_ms=None)
     assert store.sink_pauses() == {}
+
+
+def test_a_claim_after_a_cursor_reads_only_what_came_later(store) -> None:
+    a, b, c = make_event("run_a"), make_event("run_b"), make_event("run_c")
+    commit_events(store, (a, ["chat"]), (b, ["chat"]))
+    held = store.due_deliveries("chat", T0)
+    cursor = max((d.next_attempt_ms, d.id) for d in held)
+    assert store.due_deliveries("chat", T0, after=cursor) == []
+    commit_events(store, (c, ["chat"]))
+    assert ids(store.due_deliveries("chat", T0, after=cursor)) == [c.id]

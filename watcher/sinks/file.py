@@ -86,6 +86,7 @@ class FileSink:
         self._fd: int | None = None
         self._ids: set[str] = set()
         self._needs_newline = False
+        self._rescan = False  # a batch write failed: read the ids back before writing again
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -148,6 +149,41 @@ class FileSink:
             self._needs_newline = False
             self._ids.add(event.id)
         return SendResult(detail=f"appended to {self.path}")
+
+    async def send_many(self, events: list[Event], bodies: list[bytes | None]) -> SendResult:
+        """Append several events (one line each, those not yet in the file) with one ``write`` and one
+        ``fsync``: the dispatcher's batch, so a burst costs one fsync, not one per event. After a failed write
+        the file is scanned again before the next one (lines that made it are not written twice)."""
+        if self._fd is None:
+            await self.start()
+        async with self._lock:
+            if self._rescan:
+                self._ids, self._needs_newline = await asyncio.to_thread(scan_ids, self.path)
+                self._rescan = False
+            lines: list[bytes] = []
+            fresh: list[str] = []
+            for event, body in zip(events, bodies, strict=True):
+                if event.id in self._ids or event.id in fresh:
+                    continue
+                lines.append(body if body is not None and b"\n" not in body else event_body(event))
+                fresh.append(event.id)
+            if not lines:
+                return SendResult(detail=f"already in {self.path}")
+            data = (b"\n" if self._needs_newline else b"") + b"\n".join(lines) + b"\n"
+            failure: DeliveryError | None = None
+            try:
+                await asyncio.to_thread(self._append, data)
+            except OSError as exc:
+                self._needs_newline = True
+                self._rescan = True
+                reason = (exc.strerror or type(exc).__name__).lower()
+                failure = DeliveryError(f"cannot write {self.path}: {reason}", retryable=True,
+                                        reason=Reason.IO_ERROR)
+            if failure is not None:
+                raise failure
+            self._needs_newline = False
+            self._ids.update(fresh)
+        return SendResult(detail=f"appended {len(fresh)} events to {self.path}")
 
     def _append(self, data: bytes) -> None:
         fd = self._fd
