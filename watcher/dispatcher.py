@@ -168,6 +168,7 @@ class SinkWorker:
         self.group_by: tuple[str, ...] = tuple(getattr(options, "group_by", ()) or ())
         self._group_due_ms: int | None = None  # when the next held group becomes ready
         self._cursor: tuple[int, int] | None = None  # (next_attempt_ms, id) of the last delivery held
+        self._flushing = False  # deliver_due (--once): groups go out without waiting
         # A sink that writes many events at once (the file sink's send_many) gets them in batches.
         self.batch_max = BATCH_MAX if hasattr(sink, "send_many") else 1
 
@@ -205,6 +206,13 @@ class SinkWorker:
         """Send everything due now and wait for the outcomes, without waiting for retries (``--once``).
         Returns how many sends were started."""
         before = self.attempted
+        self._flushing = True  # nothing waits for group_wait: what is here now is the whole group
+        try:
+            return await self._deliver_due(before)
+        finally:
+            self._flushing = False
+
+    async def _deliver_due(self, before: int) -> int:
         while not self.stopping:
             progressed = await self._pump()
             if self._running:
@@ -270,7 +278,7 @@ class SinkWorker:
         self._group_due_ms = None
         for members in groups.values():
             ready = group_ready_ms([d.created_ms for d in members], self.group_wait_ms)
-            if ready > now:
+            if ready > now and not self._flushing:
                 self._group_due_ms = ready if self._group_due_ms is None else min(self._group_due_ms, ready)
                 continue
             if not self._may_start():

@@ -396,3 +396,19 @@ async def test_the_file_sink_writes_a_batch_with_one_fsync_and_never_twice(tmp_p
     await sink.close()
     lines = [json.loads(line)["id"] for line in path.read_text().splitlines()]
     assert sorted(lines) == sorted(e.id for e in batch)  # each once
+
+
+async def test_once_sends_held_groups_without_waiting(store) -> None:
+    """``run --once`` (drain_due): what is queued now is the whole group; nothing waits for group_wait."""
+    clock = FakeClock(START)
+    async with ScriptedReceiver(clock, lambda *_: 200) as receiver:
+        await store.commit_sweep(upserts=[], deletes=[], events=[(e, ["slack"]) for e in burst()], meta={},
+                                 now_ms=clock.now_ms())
+        sinks = await started_sinks(clock, chat("slack", receiver.url(), group_wait=30))
+        dispatcher = Dispatcher(sinks, store, cfg=DeliveryConfig(), clock=clock, rand=random.Random(2))
+        await asyncio.wait_for(dispatcher.drain_due(), 30)
+        for sink in sinks.values():
+            await sink.close()
+    assert len(receiver.hits) == 2
+    assert clock.monotonic() - START <= 1.0 + 1e-6  # Slack's one-second pacing only, no 30 s group_wait
+    assert await all_settled(store)
