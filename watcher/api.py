@@ -14,6 +14,7 @@ Rules (CONTRACT §6, flora-api.md §2-§4, §8):
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -51,6 +52,7 @@ T = TypeVar("T")
 
 DEFAULT_USER_AGENT = USER_AGENT
 MAX_PAGE_LIMIT = 100
+DEDUP_PAGES = 10  # a listing drops runs already yielded on this many previous pages
 RETRY_BASE = 0.5  # seconds; full jitter below min(RETRY_BASE * 2**n, RETRY_CAP)
 RETRY_CAP = 8.0
 OUTCOMES = (
@@ -273,14 +275,17 @@ class FloraClient:
         limit: int = MAX_PAGE_LIMIT,
         max_pages: int = 10_000,
         resource: str = RESOURCE_TECHNIQUE_RUNS,
+        cursor: str | None = None,
     ) -> AsyncGenerator[ListPage, None]:
         """Every page of ``GET /technique-runs`` (newest first) with the given filters; with
         ``resource="generations"``, of ``GET /generations`` (whose runs are generations; it takes no
         ``technique_id``, so that filter is not sent).
 
-        Follows ``meta.next_cursor`` until it is absent, null or empty. Runs already yielded earlier in
-        this iteration are dropped (pages shift while runs are created). Stops, and logs
-        ``api.cursor_loop``, when a cursor repeats or after ``max_pages`` pages.
+        Starts at ``cursor`` (a ``next_cursor`` of an earlier listing) when given. Follows ``meta.next_cursor``
+        until it is absent, null or empty. Runs already yielded on the last ``DEDUP_PAGES`` pages are dropped
+        (pages shift while runs are created; remembering every run of a deep listing would cost memory in
+        proportion to it). Stops, and logs ``api.cursor_loop``, when a cursor repeats or after ``max_pages``
+        pages.
         """
         filters = {
             "status": status,
@@ -299,19 +304,20 @@ class FloraClient:
         params = {"limit": str(max(1, min(MAX_PAGE_LIMIT, int(limit))))}
         params.update({k: str(v) for k, v in filters.items() if v is not None})
         url = self._url(resource)
-        seen_runs: set[str] = set()
+        recent: collections.deque[set[str]] = collections.deque(maxlen=DEDUP_PAGES)  # run ids, page by page
         seen_cursors: set[str] = set()
-        cursor: str | None = None
         for number in range(1, max_pages + 1):
             query = dict(params, cursor=cursor) if cursor is not None else params
             page = await self._request("GET", url, route=route, parse=parse, params=query)
             if page.skipped:
                 log.warning("api.page_items_skipped", route=route, page=number, skipped=page.skipped)
             fresh = []
+            ids: set[str] = set()
             for run in page.runs:
-                if run.run_id not in seen_runs:
-                    seen_runs.add(run.run_id)
+                if run.run_id not in ids and not any(run.run_id in earlier for earlier in recent):
+                    ids.add(run.run_id)
                     fresh.append(run)
+            recent.append(ids)
             self._note_statuses(fresh)
             yield replace(page, runs=tuple(fresh))
             next_cursor = page.next_cursor

@@ -5,7 +5,8 @@ kills itself with SIGKILL with probability ``FLORA_WATCHER_CRASH_PROBABILITY`` (
 
 * ``after_commit`` — a sweep's transitions and deliveries are committed, nothing sent yet;
 * ``before_send``  — a delivery was claimed and is about to be sent;
-* ``after_send``   — the receiver confirmed (2xx / fsync / exit 0), the delivery is not yet recorded.
+* ``after_send``   — the receiver confirmed (2xx / fsync / exit 0), the delivery is not yet recorded;
+* ``catchup_batch`` — a batch of a deep window (the catch-up after a downtime) is committed, the window goes on.
 
 Never set these in production: the process dies on purpose.
 """
@@ -23,7 +24,7 @@ except ValueError:
     _PROBABILITY = 1.0
 _RNG = random.Random()
 
-KNOWN_POINTS = ("after_commit", "before_send", "after_send")
+KNOWN_POINTS = ("after_commit", "before_send", "after_send", "catchup_batch")
 
 
 def crash_point(name: str) -> None:

@@ -1,9 +1,15 @@
-"""One sweep: listings and polls through the API client → ``transitions.detect`` → one store commit.
+"""One sweep: listings and polls through the API client → ``transitions.detect`` → store commits.
 
 Shell: it fetches and stores; ``plan.py`` decides how deep to list and whom to poll, ``transitions.py`` decides
-what changed, ``routing.py`` which sinks an event goes to. Everything a sweep learned is committed in one
-transaction (tracked runs, events, one pending delivery per matching sink, watermarks) before the dispatcher
-sends anything.
+what changed, ``routing.py`` which sinks an event goes to. What a sweep learned is committed (tracked runs,
+events, one pending delivery per matching sink, watermarks) in one transaction before the dispatcher sends it.
+
+A window that goes deep (the catch-up after a long downtime: every run created meanwhile) is committed batch by
+batch, every ``CATCHUP_BATCH_PAGES`` pages: each batch's tracked runs, events and deliveries together with where
+the listing stands (``catchup:<filters>`` in meta: the parts of the window still to read, each with its cursor).
+The dispatcher sends a batch while the next one is read; memory is bounded by a batch (finished runs the batch
+reported are forgotten once committed: the event ids in the store are the guard against a duplicate); and a
+crash in the middle resumes where the last batch ended instead of reading everything again.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import json
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,7 +32,7 @@ from watcher.api import FloraClient, ListPage
 from watcher.clock import Clock
 from watcher.config import SinkConfig, WatchConfig
 from watcher.crashpoints import crash_point
-from watcher.errors import ApiError, AuthError, NotFoundError
+from watcher.errors import ApiError, AuthError, ClientRequestError, NotFoundError
 from watcher.model import RESOURCE_TECHNIQUE_RUNS, Event, Run, RunStatus, TrackedRun
 from watcher.outage import OutageLog
 from watcher.transitions import Context, detect
@@ -41,10 +48,83 @@ META_LAST_SWEEP = "last_sweep_ms"
 META_LAST_SWEEP_OK = "last_sweep_ok_ms"
 META_LAST_ERROR = "last_sweep_error"
 META_LAST_RESYNC = "last_resync_ms"
+CATCHUP_BATCH_PAGES = 20  # a deep window commits every this many pages (2,000 runs)
 
 
 def hw_key(filters: plan.Filters) -> str:
     return f"high_watermark_ms:{filters.key}"
+
+
+def catchup_key(filters: plan.Filters) -> str:
+    return f"catchup:{filters.key}"
+
+
+def total_key(filters: plan.Filters) -> str:
+    return f"listing_total:{filters.key}"
+
+
+@dataclass(slots=True)
+class Segment:
+    """A part of a window still to read: runs created after ``floor`` up to ``top``, newest first from
+    ``cursor`` (None: from the newest run). ``read`` runs were read so far; ``expected`` is how many the part
+    holds, when the listing's ``total_estimate`` told (for progress only)."""
+
+    floor: int | None
+    top: int | None = None
+    cursor: str | None = None
+    read: int = 0
+    expected: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: object) -> Segment:
+        if not isinstance(obj, dict):
+            raise ValueError("not an object")
+
+        def opt_int(name: str) -> int | None:
+            value = obj.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} is not an integer")
+            return value
+
+        cursor = obj.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise ValueError("cursor is not a string")
+        return cls(floor=opt_int("floor"), top=opt_int("top"), cursor=cursor, read=opt_int("read") or 0,
+                   expected=opt_int("expected"))
+
+
+def parse_catchup(raw: str | None) -> list[Segment]:
+    """The ``catchup:<filters>`` meta value: the parts of a window still to read, newest first."""
+    if not raw:
+        return []
+    data = json.loads(raw)
+    if not isinstance(data, list):
+        raise ValueError("not a list")
+    return [Segment.from_json(item) for item in data]
+
+
+def catchup_progress(meta: Mapping[str, str]) -> dict[str, int | None] | None:
+    """From the store's meta: how far an unfinished catch-up (a deep window committed batch by batch) got, for
+    ``status``: ``runs_read`` and ``estimated_remaining`` (None when the API gave no ``total_estimate``). None
+    when no catch-up is under way. Pure."""
+    parts: list[Segment] = []
+    for key, value in meta.items():
+        if key.startswith("catchup:") and value:
+            try:
+                parts += parse_catchup(value)
+            except (ValueError, TypeError):
+                continue
+    if not parts:
+        return None
+    known = [max(0, p.expected - p.read) for p in parts if p.expected is not None]
+    return {"runs_read": sum(p.read for p in parts), "estimated_remaining": sum(known) if known else None}
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 @dataclass(slots=True)
@@ -57,6 +137,9 @@ class SweepResult:
     events: list[Event] = field(default_factory=list)
     new_event_ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    new_events: int = 0  # events new to the store, all commits of the sweep (``events`` and ``new_event_ids``
+    # hold the last commit's: a deep window commits batch by batch and forgets what it committed)
+    commits: int = 0
 
 
 @dataclass(slots=True)
@@ -68,7 +151,12 @@ class _Pass:
     result: SweepResult = field(default_factory=SweepResult)
     dirty: set[str] = field(default_factory=set)  # run ids whose tracked row must be written (or deleted)
     seen: set[str] = field(default_factory=set)  # run ids a listing showed: they need no poll
-    windows: dict[str, int | None] = field(default_factory=dict)  # filters key -> newest created_at seen
+    windows: dict[str, int | None] = field(default_factory=dict)  # filters key -> new watermark (window done)
+    tops: dict[str, int] = field(default_factory=dict)  # filters key -> newest created_at listed this sweep
+    segments: dict[str, list[Segment]] = field(default_factory=dict)  # filters key -> parts still to read
+    batch_pages: int = 0  # pages read since the last commit
+    totals: dict[str, int] = field(default_factory=dict)  # filters key -> the listing's total_estimate
+    completed: set[str] = field(default_factory=set)  # filters keys whose window was read to its end
 
 
 class Sweeper:
@@ -106,6 +194,8 @@ class Sweeper:
         self.last_resync_ms: int | None = None
         self.sweeps = 0
         self.outage = OutageLog(log)  # api.unavailable / still_unavailable / recovered, instead of a line a sweep
+        self.catchups: dict[str, list[Segment]] = {}  # filters key -> an unfinished deep window, as committed
+        self.listing_totals: dict[str, int] = {}  # filters key -> total_estimate when its last window completed
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -120,8 +210,25 @@ class Sweeper:
         for f in self.filters:
             raw = await self.store.get_meta(hw_key(f))
             self.high_watermarks[f.key] = int(raw) if raw else None
+            await self._load_catchup(f)
         active = sum(1 for t in self.tracked.values() if not t.terminal)
         log.info("watcher.state_loaded", tracked=len(self.tracked), active=active)
+
+    async def _load_catchup(self, f: plan.Filters) -> None:
+        total = await self.store.get_meta(total_key(f))
+        if total and total.isdigit():
+            self.listing_totals[f.key] = int(total)
+        raw = await self.store.get_meta(catchup_key(f))
+        try:
+            segments = parse_catchup(raw)
+        except (ValueError, TypeError) as exc:
+            log.warning("catchup.unreadable", filters=f.key, error=str(exc)[:200],
+                        action="the window is read again from its newest run")
+            segments = []
+        if segments:
+            self.catchups[f.key] = segments
+            log.info("catchup.resumed", filters=f.key, runs_read=sum(s.read for s in segments),
+                     parts=len(segments))
 
     def replace_config(self, watch: WatchConfig, sinks: Sequence[SinkConfig]) -> None:
         """Swap in a reloaded config (between sweeps)."""
@@ -132,6 +239,7 @@ class Sweeper:
         for f in new_filters:
             self.high_watermarks.setdefault(f.key, None)
         self.filters = new_filters
+        self.catchups = {k: v for k, v in self.catchups.items() if any(f.key == k for f in new_filters)}
         self.last_resync_ms = None  # list the (new) active set in full on the next sweep
 
     @staticmethod
@@ -190,18 +298,18 @@ class Sweeper:
                 await self._poll_unsettled(sw, limit=self.watch.concurrency)
         except AuthError:
             result.ok, result.error = False, "authentication failed"
-            await self._commit(sw)
+            await self._commit(sw, final=True)
             raise
         result.seconds = self.clock.monotonic() - started
-        await self._commit(sw)
+        await self._commit(sw, final=True)
         self.sweeps += 1
         self.outage.sweep_done(ok=result.ok, now_ms=self.clock.now_ms(), error=result.error)
         # A quiet sweep is a debug line; one that found something is worth an info line. A failed sweep is told
         # by the outage lines (first failure, reminders, recovery), not once per sweep.
-        emit = log.info if (result.new_event_ids or sw.first_sweep) else log.debug
+        emit = log.info if (result.new_events or sw.first_sweep) else log.debug
         emit(
             "sweep.finished", ok=result.ok, pages=result.pages, polls=result.polls, observed=result.observed,
-            events=len(result.new_event_ids), tracked=len(self.tracked), seconds=round(result.seconds, 3),
+            events=result.new_events, tracked=len(self.tracked), seconds=round(result.seconds, 3),
         )
         return result
 
@@ -225,9 +333,12 @@ class Sweeper:
                 async for page in pages:
                     self._take_page(page.runs, ctx, sw)
 
-    def _pages(self, f: plan.Filters, status: str | None = None) -> AsyncGenerator[ListPage, None]:
+    def _pages(
+        self, f: plan.Filters, status: str | None = None, cursor: str | None = None
+    ) -> AsyncGenerator[ListPage, None]:
         return self.client.pages(status=status, limit=PAGE_SIZE, workspace_id=f.workspace_id,
-                                 project_id=f.project_id, technique_id=f.technique_id, resource=f.resource)
+                                 project_id=f.project_id, technique_id=f.technique_id, resource=f.resource,
+                                 cursor=cursor)
 
     def _resync_due(self, now: int) -> bool:
         return self.last_resync_ms is None or now - self.last_resync_ms >= self.watch.resync_interval * 1000
@@ -267,8 +378,8 @@ class Sweeper:
         sw.result.observed += 1
         prev = self.tracked.get(run.run_id)
         decision = detect(prev, run, ctx)
-        if listed:
-            sw.seen.add(run.run_id)
+        if listed and decision.tracked is not None and not decision.tracked.terminal:
+            sw.seen.add(run.run_id)  # only active runs are polled: a finished one need not be remembered here
         if decision.tracked is None:
             if prev is not None:
                 del self.tracked[run.run_id]
@@ -292,9 +403,19 @@ class Sweeper:
         sw.windows[f.key] = await self._window(f, sw)
 
     async def _window(self, f: plan.Filters, sw: _Pass) -> int | None:
-        """Newest-first listing of every status, as deep as the cost model says. Returns the newest created_at
-        seen (the new high watermark) when the window reached its floor; raises on API errors."""
+        """Newest-first listing of every status, as deep as the cost model says, committed every
+        ``CATCHUP_BATCH_PAGES`` pages. Returns the new high watermark once every part of the window was read;
+        raises on API errors (what was read is committed, with where to go on).
+
+        An unfinished window of an earlier sweep (or process) is finished first: this sweep lists the runs
+        created since down to that window's newest run, then reads on from where it stopped."""
+        stored = self.catchups.get(f.key, [])
         ctx = self._context(sw, f)
+        if stored:  # the unfinished window's floor decides which runs are new
+            ctx = dataclasses.replace(ctx, new_after_ms=stored[-1].floor)
+        head_floor = plan.new_after_for(stored[0].top) if stored and stored[0].top is not None else ctx.new_after_ms
+        segments = [Segment(floor=head_floor), *stored]
+        sw.segments[f.key] = segments
         candidates = sorted(
             (
                 (t.run.created_at, t.run_id)
@@ -303,17 +424,45 @@ class Sweeper:
             ),
             reverse=True,
         )
+        while segments:
+            segment = segments[0]
+            try:
+                await self._read_segment(f, segment, ctx, candidates, sw)
+            except (ClientRequestError, NotFoundError) as exc:
+                if segment.cursor is None:
+                    raise
+                # The API no longer takes the cursor saved before a restart: read this part again from the
+                # newest run down to its floor (its events are stored already: nothing is sent twice).
+                log.warning("catchup.cursor_rejected", filters=f.key, error=str(exc)[:200],
+                            action="the unfinished part is read again from the newest run")
+                segment.cursor = None
+                continue
+            segments.pop(0)
+        sw.completed.add(f.key)
+        return _max(self.high_watermarks.get(f.key), sw.tops.get(f.key))
+
+    async def _read_segment(
+        self, f: plan.Filters, segment: Segment, ctx: Context, candidates: list[tuple[int, str]], sw: _Pass
+    ) -> None:
         newest: int | None = None
         oldest: int | None = None
         items = 0
         cursor_idx = 0
-        async with contextlib.aclosing(self._pages(f)) as pages:
+        async with contextlib.aclosing(self._pages(f, cursor=segment.cursor)) as pages:
             async for page in pages:
                 self._take_page(page.runs, ctx, sw)
+                if segment.cursor is None and segment.expected is None and page.total_estimate is not None:
+                    before = self.listing_totals.get(f.key)  # how many runs the listing held last time
+                    if before is not None:
+                        segment.expected = max(0, page.total_estimate - before)
+                    sw.totals[f.key] = page.total_estimate
+                segment.read += len(page.runs)
                 stamps = [run.created_at for run in page.runs if run.created_at is not None]
                 if stamps:
                     newest = max(stamps) if newest is None else max(newest, *stamps)
                     oldest = min(stamps) if oldest is None else min(oldest, *stamps)
+                    segment.top = _max(segment.top, newest)
+                    sw.tops[f.key] = max(sw.tops.get(f.key, newest), newest)
                 items += len(page.runs)
                 while cursor_idx < len(candidates) and oldest is not None and candidates[cursor_idx][0] >= oldest:
                     cursor_idx += 1
@@ -321,17 +470,26 @@ class Sweeper:
                 if not plan.should_continue_window(
                     page_oldest_ms=oldest,
                     next_cursor=page.next_cursor,
-                    new_after_ms=ctx.new_after_ms,
+                    new_after_ms=segment.floor,
                     density_per_ms=plan.density(newest, oldest, items),
                     page_size=PAGE_SIZE,
                     unseen_created_desc=unseen,
                     unseen_count=len(candidates) - cursor_idx,
                 ):
-                    break
-        previous = self.high_watermarks.get(f.key)
-        if newest is None:
-            return previous
-        return newest if previous is None else max(previous, newest)
+                    return
+                segment.cursor = page.next_cursor
+                sw.batch_pages += 1
+                if sw.batch_pages >= CATCHUP_BATCH_PAGES:
+                    await self._commit(sw, final=False)
+                    crash_point("catchup_batch")
+                    self._log_catchup(f, sw)
+
+    def _log_catchup(self, f: plan.Filters, sw: _Pass) -> None:
+        segments = sw.segments.get(f.key, [])
+        read = sum(s.read for s in segments)
+        remaining = [max(0, s.expected - s.read) for s in segments if s.expected is not None]
+        log.info("sweep.catchup", filters=f.key, runs_read=read, events_queued=sw.result.new_events,
+                 estimated_remaining=sum(remaining) if remaining else None, pages=sw.result.pages)
 
     async def _poll_unsettled(self, sw: _Pass, limit: int | None = None) -> None:
         """Poll, concurrently, every tracked run the listings did not settle and whose poll is due (the
@@ -382,35 +540,67 @@ class Sweeper:
 
     # ---------------------------------------------------------------------------------------------- commit
 
-    async def _commit(self, sw: _Pass) -> None:
+    async def _commit(self, sw: _Pass, *, final: bool) -> None:
+        """Write what the sweep learned since its last commit in one transaction. ``final``: the sweep is over
+        (watermarks of the completed windows, the sweep's status); otherwise a batch of a deep window."""
         result, dirty = sw.result, sw.dirty
-        for key, hw in sw.windows.items():
-            if hw is not None:
-                self.high_watermarks[key] = hw
-        # Prune only against the most conservative floor over all filter combinations, per run type.
-        deletes = plan.prunable(self.tracked, plan.prune_floors(self.filters, self.high_watermarks))
+        if final:
+            for key, hw in sw.windows.items():
+                if hw is not None:
+                    self.high_watermarks[key] = hw
+        # Forget finished runs below the most conservative floor over all listings of their run type: the floor of
+        # the newest run listed (a re-read of an older finished run cannot look new; its event id is stored anyway).
+        newest = {f.key: _max(self.high_watermarks.get(f.key), sw.tops.get(f.key)) for f in self.filters}
+        deletes = plan.prunable(self.tracked, plan.prune_floors(self.filters, newest))
         for run_id in deletes:
             self.tracked.pop(run_id, None)
             dirty.discard(run_id)
         upserts = [self.tracked[r] for r in dirty if r in self.tracked]
         gone = [r for r in dirty if r not in self.tracked] + deletes
         routed = [(e, routing.route(self.sinks, e)) for e in result.events]
-        meta = {META_LAST_SWEEP: str(sw.now)}
-        if result.ok:
-            meta[META_LAST_SWEEP_OK] = str(sw.now)
-            meta[META_LAST_ERROR] = ""
-        elif result.error:
-            meta[META_LAST_ERROR] = result.error[:500]
-        if self.last_resync_ms is not None:
-            meta[META_LAST_RESYNC] = str(self.last_resync_ms)
+        meta: dict[str, str] = {}
+        catchups: dict[str, list[Segment]] = {}
         for f in self.filters:
-            hw = self.high_watermarks.get(f.key)
-            if hw is not None:
-                meta[hw_key(f)] = str(hw)
+            if f.key not in sw.segments:
+                continue
+            left = [s for s in sw.segments[f.key] if s.top is not None or s.cursor is not None]
+            catchups[f.key] = [dataclasses.replace(s) for s in left]
+            if left or self.catchups.get(f.key):
+                meta[catchup_key(f)] = json.dumps([s.to_json() for s in left], separators=(",", ":")) if left else ""
+        if final:
+            meta[META_LAST_SWEEP] = str(sw.now)
+            if result.ok:
+                meta[META_LAST_SWEEP_OK] = str(sw.now)
+                meta[META_LAST_ERROR] = ""
+            elif result.error:
+                meta[META_LAST_ERROR] = result.error[:500]
+            if self.last_resync_ms is not None:
+                meta[META_LAST_RESYNC] = str(self.last_resync_ms)
+            for f in self.filters:
+                hw = self.high_watermarks.get(f.key)
+                if hw is not None:
+                    meta[hw_key(f)] = str(hw)
+                if f.key in sw.completed and f.key in sw.totals:
+                    meta[total_key(f)] = str(sw.totals[f.key])
         result.new_event_ids = await self.store.commit_sweep(
             upserts=upserts, deletes=gone, events=routed, meta=meta, now_ms=sw.now
         )
+        result.new_events += len(result.new_event_ids)
+        result.commits += 1
+        for key, segments in catchups.items():
+            if segments:
+                self.catchups[key] = segments
+            else:
+                self.catchups.pop(key, None)
+        if final:
+            for f in self.filters:
+                if f.key in sw.completed and f.key in sw.totals:
+                    self.listing_totals[f.key] = sw.totals[f.key]
         if result.new_event_ids:
             crash_point("after_commit")
         if self.on_commit is not None:
             self.on_commit(result)
+        if not final:  # a batch: what it committed is not kept in memory
+            result.events = []
+            dirty.clear()
+            sw.batch_pages = 0

@@ -57,6 +57,12 @@ def main(args: argparse.Namespace) -> int:
     ]
     if meta.get("last_sweep_error"):
         lines.append(f"last error:   {redact(meta['last_sweep_error'])}")
+    progress = _catchup(meta)
+    if progress is not None:
+        remaining = progress["estimated_remaining"]
+        lines.append(f"catch-up:     {plural(progress['runs_read'] or 0, 'run')} read"
+                     + (f", about {remaining} to go" if remaining is not None else "")
+                     + " (each batch's events are queued as it commits)")
     lines.append(f"tracked runs: {tracked_line(tracked['by_status'])}")
     oldest = deliveries.get("oldest_pending_ms")
     lines.append(
@@ -165,7 +171,14 @@ def public_summary(summary: dict[str, Any], configured: dict[str, str]) -> dict[
             **{key: _int(meta.get(key)) for key in PUBLIC_META_MS},
             "last_sweep_error": redact(meta.get("last_sweep_error") or "") or None,
         },
+        "catchup": _catchup(meta),
     }
+
+
+def _catchup(meta: dict[str, Any]) -> dict[str, int | None] | None:
+    from watcher.sweep import catchup_progress
+
+    return catchup_progress(meta)
 
 
 def _int(value: object) -> int | None:

@@ -1,0 +1,110 @@
+"""The catch-up in the sweep itself (in process, against the simulator): a deep window commits batch by batch,
+forgets the finished runs it committed, and a sweep that failed in the middle is resumed, not read again."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watcher import sweep as sweep_mod
+from watcher.api import FloraClient, ListPage
+from watcher.clock import SYSTEM_CLOCK
+from watcher.config import SinkConfig, WatchConfig
+from watcher.errors import ApiUnavailableError
+from watcher.secret import Secret
+from watcher.store import AsyncStore, Store
+from watcher.sweep import Sweeper, catchup_progress
+
+KEY = "sk_test_catchup_sweep_0123456789"
+SIM_SEED = 9
+HW = "high_watermark_ms:*|*|*"
+
+
+class CountingClient:
+    """The real client; counts the window's pages (listings of every status) and can fail after ``fail_after``
+    of them, as an API that goes down in the middle of a catch-up."""
+
+    def __init__(self, client: FloraClient, fail_after: int | None = None) -> None:
+        self.client = client
+        self.fail_after = fail_after
+        self.window_pages = 0
+
+    async def pages(self, **kwargs: Any) -> AsyncGenerator[ListPage, None]:
+        async for page in self.client.pages(**kwargs):
+            if kwargs.get("status") is None:
+                if self.fail_after is not None and self.window_pages >= self.fail_after:
+                    raise ApiUnavailableError("list: the API went away")
+                self.window_pages += 1
+            yield page
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+async def test_a_deep_window_commits_in_batches_and_a_failed_one_resumes(sim, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sweep_mod, "CATCHUP_BATCH_PAGES", 3)
+    store = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
+    watch = WatchConfig(interval=1, state_dir=tmp_path)
+    sinks = [SinkConfig(name="journal", type="file", path=tmp_path / "events.jsonl")]
+    commits: list[int] = []
+    async with FloraClient(sim.base_url, Secret(KEY), max_rps=0) as real:
+
+        def sweeper(client: Any) -> Sweeper:
+            return Sweeper(client, store, watch=watch, sinks=sinks, clock=SYSTEM_CLOCK,
+                           on_commit=lambda r: commits.append(len(r.new_event_ids)))
+
+        first = sweeper(real)
+        await first.load()
+        assert (await first.sweep()).ok  # the first start ever: an empty window
+        # A ten-minute downtime: the watcher's watermark moved back; 1,000 runs created and finished meanwhile.
+        down = sim.sim.now_ms() - 600_000
+        await store.set_meta({"first_start_ms": str(down), HW: str(down)})
+        created = set(sim.sim.create_runs(1_000, pending_ms=(0, 5), running_ms=(5, 20),
+                                          created_at=(down + 1_000, sim.sim.now_ms() - 1_000)))
+
+        # The API goes down after 7 window pages: two batches of 3 pages were committed on the way.
+        commits.clear()
+        failing = CountingClient(real, fail_after=7)
+        second = sweeper(failing)
+        await second.load()
+        result = await second.sweep()
+        assert not result.ok and failing.window_pages == 7
+        assert commits == [300, 300, 100]  # two batches, then what the failed sweep had read
+        assert result.new_events == 700
+        progress = catchup_progress(await store.all_meta())
+        assert progress == {"runs_read": 700, "estimated_remaining": 300}
+        assert await store.get_meta(HW) == str(down)  # the watermark waits for the whole window
+        assert len(second.tracked) < 300  # finished runs of committed batches are forgotten
+
+        # A new process resumes: the runs created since (none) down to where the window began, then the rest.
+        commits.clear()
+        counting = CountingClient(real)
+        third = sweeper(counting)
+        await third.load()
+        result = await third.sweep()
+        assert result.ok and result.new_events == 300
+        assert counting.window_pages <= 3 + 2, counting.window_pages  # 3 pages left, 1-2 at the top again
+        assert catchup_progress(await store.all_meta()) is None
+        assert int(await store.get_meta(HW) or 0) > down
+    summary = await store.summary()
+    await store.aclose()
+    truth = {t["run_id"] for t in sim.sim.transitions()}
+    assert created <= truth and summary["events"] == len(created)  # each finished run reported once
+    assert summary["deliveries"]["pending"] == len(created)
+
+
+def test_catchup_progress_reads_the_meta_and_ignores_what_it_cannot_read() -> None:
+    assert catchup_progress({}) is None
+    assert catchup_progress({"catchup:*|*|*": ""}) is None
+    assert catchup_progress({"catchup:a": '[{"floor": 1, "top": 9, "cursor": "x", "read": 200, "expected": 500}]',
+                             "catchup:b": '[{"floor": 1, "top": 9, "cursor": "x", "read": 50}]',
+                             "catchup:c": "not json"}) == {"runs_read": 250, "estimated_remaining": 300}
+
+
+@pytest.mark.parametrize("raw", ['{"floor": 1}', '[{"floor": "x"}]', '[{"cursor": 5}]', "[1]"])
+def test_an_unreadable_catchup_state_is_refused(raw: str) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        sweep_mod.parse_catchup(raw)
