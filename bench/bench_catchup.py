@@ -1,8 +1,9 @@
 """Catch-up benchmark (issue 15): runs that finished while the watcher was stopped, reported after its restart.
 
 The watcher starts once against an empty simulator (its first start: nothing from before it is reported) and is
-stopped. Then N technique runs are created on the simulator, all finished by the time the watcher starts again,
-spread over the downtime. The watcher is restarted with one file sink; the benchmark waits until the file holds
+stopped; its state is then moved back in time by the length of the downtime (first start and watermark), as if
+it had stopped that long ago. N technique runs are created on the simulator over that downtime (one every 60 ms
+of API time: 60,000 runs in an hour), all finished by the time the watcher starts again. The watcher is restarted with one file sink; the benchmark waits until the file holds
 N events and reports the wall time from the restart, the watcher's peak RSS and CPU seconds, the API requests
 the simulator counted, and lost / duplicate events. The simulator runs in its own process, so CPU and memory
 are the watcher's own.
@@ -24,6 +25,7 @@ import os
 import platform
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 import time
@@ -180,9 +182,13 @@ async def measure(n: int, *, timeout: float) -> Result:
             first = await start_watcher(cfg, log)
             await wait_for_log(log, '"sweep.finished"', 60)
             await stop(first)
-            # N runs created during the downtime, every one finished before the restart.
+            # The downtime: the watcher stopped `span` ms ago; N runs created meanwhile, all finished now.
+            span = max(60_000, n * 60)
+            stopped = int(time.time() * 1000) - span - 10_000
+            with sqlite3.connect(tmp / "state" / "state.sqlite3") as conn:
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'first_start_ms' OR key LIKE 'high_watermark_ms:%'",
+                             (str(stopped),))
             left = n
-            span = max(60_000, n * 5)  # created over the last minutes, newest a few seconds ago
             while left:
                 chunk = min(CREATE_CHUNK, left)
                 await sim.post("/runs", {"count": chunk, "pending_ms": [0, 10], "running_ms": [10, 1000],
