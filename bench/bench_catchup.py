@@ -3,9 +3,10 @@
 The watcher starts once against an empty simulator (its first start: nothing from before it is reported) and is
 stopped; its state is then moved back in time by the length of the downtime (first start and watermark), as if
 it had stopped that long ago. N technique runs are created on the simulator over that downtime (one every 60 ms
-of API time: 60,000 runs in an hour), all finished by the time the watcher starts again. The watcher is restarted with one file sink; the benchmark waits until the file holds
-N events and reports the wall time from the restart, the watcher's peak RSS and CPU seconds, the API requests
-the simulator counted, and lost / duplicate events. The simulator runs in its own process, so CPU and memory
+of API time: 60,000 runs in an hour), all finished by the time the watcher starts again. The watcher is
+restarted with one file sink; the benchmark waits until the file holds N events and reports the wall time from
+the restart, the watcher's peak RSS and CPU seconds, the API requests the simulator counted, and lost /
+duplicate events. The simulator runs in its own process, so CPU and memory
 are the watcher's own.
 
     python bench/bench_catchup.py                      # 60,000 and 200,000 runs
