@@ -162,7 +162,7 @@ class Daemon:
         self.client = self._make_client(cfg)
         self.sweeper = Sweeper(self.client, self.store, watch=cfg.watch, sinks=self._sink_configs(cfg),
                                clock=self.clock, rand=self.rand, process_start_ms=self.clock.now_ms(),
-                               on_progress=self._progress)
+                               on_progress=self._progress, on_commit=self._committed)
         await self.sweeper.load()
         if cfg.store.url is not None and not self.opts.dry_run:  # several instances: one sweeps, all deliver
             self.role = lease.SweeperRole(
@@ -387,6 +387,11 @@ class Daemon:
         """A page, a poll or an API request finished: the loop is not wedged."""
         if self.feeder is not None:
             self.feeder.progress(self.clock.monotonic())
+
+    def _committed(self, result: SweepResult) -> None:
+        """A sweep (or a batch of a catch-up) is committed: its deliveries are due now."""
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
 
     def _on_api_request(self, route: str, outcome: str, seconds: float) -> None:
         """Every API request that ended (answered, refused or timed out) is headway of the loop."""

@@ -110,6 +110,8 @@ class Metrics(Observer):
     def on_sweep(self, report: Report) -> None:
         if report.sweep is not None:
             self.sweep_done(report.sweep.ok, report.sweep.seconds)
+            for event_type, count in report.sweep.batched.items():  # a catch-up's earlier batches
+                self._events.labels(type=event_type).inc(count)
             for event in report.new_events:
                 self.event(event.type)
                 completed = event.data.get("completed_at")

@@ -140,6 +140,7 @@ class SweepResult:
     new_events: int = 0  # events new to the store, all commits of the sweep (``events`` and ``new_event_ids``
     # hold the last commit's: a deep window commits batch by batch and forgets what it committed)
     commits: int = 0
+    batched: dict[str, int] = field(default_factory=dict)  # new events by type in the commits before the last
 
 
 @dataclass(slots=True)
@@ -600,7 +601,11 @@ class Sweeper:
             crash_point("after_commit")
         if self.on_commit is not None:
             self.on_commit(result)
-        if not final:  # a batch: what it committed is not kept in memory
+        if not final:  # a batch: what it committed is not kept in memory, only counted
+            new = set(result.new_event_ids)
+            for event in result.events:
+                if event.id in new:
+                    result.batched[event.type] = result.batched.get(event.type, 0) + 1
             result.events = []
             dirty.clear()
             sw.batch_pages = 0
