@@ -1,9 +1,10 @@
 """The catch-up in the sweep itself (in process, against the simulator): a deep window commits batch by batch,
-forgets the finished runs it committed, and a sweep that failed in the middle is resumed, not read again."""
+forgets the finished runs it committed, and a sweep that failed in the middle is resumed, not read again. On
+both state-store back ends; on PostgreSQL each batch's commit is fenced by the sweeper's lease."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,13 @@ HW = "high_watermark_ms:*|*|*"
 
 class CountingClient:
     """The real client; counts the window's pages (listings of every status) and can fail after ``fail_after``
-    of them, as an API that goes down in the middle of a catch-up."""
+    of them, as an API that goes down in the middle of a catch-up; ``before_page(n)`` runs before the n-th."""
 
-    def __init__(self, client: FloraClient, fail_after: int | None = None) -> None:
+    def __init__(self, client: FloraClient, fail_after: int | None = None,
+                 before_page: Callable[[int], Awaitable[None]] | None = None) -> None:
         self.client = client
         self.fail_after = fail_after
+        self.before_page = before_page
         self.window_pages = 0
 
     async def pages(self, **kwargs: Any) -> AsyncGenerator[ListPage, None]:
@@ -38,15 +41,39 @@ class CountingClient:
                 if self.fail_after is not None and self.window_pages >= self.fail_after:
                     raise ApiUnavailableError("list: the API went away")
                 self.window_pages += 1
+                if self.before_page is not None:
+                    await self.before_page(self.window_pages)
             yield page
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
 
 
-async def test_a_deep_window_commits_in_batches_and_a_failed_one_resumes(sim, tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "sqlite":
+        s: Any = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
+    else:
+        from watcher.store_pg import PgStore
+
+        s = await PgStore.open(request.getfixturevalue("pg_url"))
+    try:
+        yield s
+    finally:
+        await s.aclose()
+
+
+async def downtime(store: Any, sim: Any, runs: int) -> set[str]:
+    """The watcher's state moved back ten minutes; ``runs`` runs created and finished meanwhile."""
+    down = sim.sim.now_ms() - 600_000
+    await store.set_meta({"first_start_ms": str(down), HW: str(down)})
+    return set(sim.sim.create_runs(runs, pending_ms=(0, 5), running_ms=(5, 20),
+                                   created_at=(down + 1_000, sim.sim.now_ms() - 1_000)))
+
+
+async def test_a_deep_window_commits_in_batches_and_a_failed_one_resumes(sim, store, tmp_path: Path,
+                                                                        monkeypatch) -> None:
     monkeypatch.setattr(sweep_mod, "CATCHUP_BATCH_PAGES", 3)
-    store = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
     watch = WatchConfig(interval=1, state_dir=tmp_path)
     sinks = [SinkConfig(name="journal", type="file", path=tmp_path / "events.jsonl")]
     commits: list[int] = []
@@ -90,10 +117,60 @@ async def test_a_deep_window_commits_in_batches_and_a_failed_one_resumes(sim, tm
         assert catchup_progress(await store.all_meta()) is None
         assert int(await store.get_meta(HW) or 0) > down
     summary = await store.summary()
-    await store.aclose()
     truth = {t["run_id"] for t in sim.sim.transitions()}
     assert created <= truth and summary["events"] == len(created)  # each finished run reported once
     assert summary["deliveries"]["pending"] == len(created)
+
+
+async def test_each_batch_commit_is_fenced_by_the_sweeper_lease(sim, pg_url: str, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """PostgreSQL, two instances: the sweeper loses its lease in the middle of a catch-up. Its next batch
+    commits nothing (LeaseLost); the instance that took over resumes after the last batch committed under the
+    lease, without reading it again, and every run is reported once."""
+    import psycopg
+
+    from watcher.lease import LeaseLost
+    from watcher.store_pg import PgStore
+
+    monkeypatch.setattr(sweep_mod, "CATCHUP_BATCH_PAGES", 3)
+    watch = WatchConfig(interval=1, state_dir=tmp_path)
+    sinks = [SinkConfig(name="journal", type="file", path=tmp_path / "events.jsonl")]
+    a = await PgStore.open(pg_url, instance_id="a")
+    b = await PgStore.open(pg_url, instance_id="b")
+    try:
+        assert await a.acquire_lease("scope", 60_000) is not None
+        async with FloraClient(sim.base_url, Secret(KEY), max_rps=0) as real:
+            first = Sweeper(real, a, watch=watch, sinks=sinks, clock=SYSTEM_CLOCK)
+            await first.load()
+            assert (await first.sweep()).ok
+            created = await downtime(a, sim, 1_000)
+
+            async def take_over(page: int) -> None:
+                if page == 5:  # batch 1 (pages 1-3) is committed; b takes the lease before batch 2's commit
+                    with psycopg.connect(pg_url, autocommit=True) as conn:
+                        conn.execute("UPDATE leases SET expires_ms = expires_ms - 120000")
+                    assert await b.acquire_lease("scope", 60_000) is not None
+
+            stale = Sweeper(CountingClient(real, before_page=take_over), a, watch=watch, sinks=sinks,
+                            clock=SYSTEM_CLOCK)
+            await stale.load()
+            with pytest.raises(LeaseLost):
+                await stale.sweep()
+            assert catchup_progress(await b.all_meta()) == {"runs_read": 300, "estimated_remaining": 700}
+            assert (await b.summary())["events"] == 300
+
+            counting = CountingClient(real)
+            taker = Sweeper(counting, b, watch=watch, sinks=sinks, clock=SYSTEM_CLOCK)
+            await taker.load()
+            result = await taker.sweep()
+            assert result.ok and result.new_events == 700
+            assert counting.window_pages <= 7 + 2, counting.window_pages  # 7 pages left, 1-2 at the top again
+            assert catchup_progress(await b.all_meta()) is None
+        summary = await b.summary()
+        assert summary["events"] == len(created) and summary["deliveries"]["pending"] == len(created)
+    finally:
+        await a.aclose()
+        await b.aclose()
 
 
 def test_catchup_progress_reads_the_meta_and_ignores_what_it_cannot_read() -> None:
