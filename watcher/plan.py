@@ -23,8 +23,9 @@ one ``Filters`` per (resource, filter combination), each with its own window and
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from watcher.model import (
     RESOURCE_GENERATIONS,
@@ -234,3 +235,120 @@ def next_sweep_at(previous_start: float, interval: float, now: float) -> float:
     (it starts at once) without a burst of catch-up sweeps."""
     due = previous_start + interval
     return due if due > now else now
+
+# --------------------------------------------------------------------------------------------- catch-up
+# A window that goes deep (the catch-up after a long downtime) is committed batch by batch, with the parts of the
+# window still to read in meta (``catchup:<filters key>``), so a crash in the middle resumes where it was. These
+# are the pure parts: what is stored, and the progress ``status`` and the log report.
+
+CATCHUP_PREFIX = "catchup:"
+
+
+def catchup_key(filters: Filters) -> str:
+    """The meta key of a listing's unfinished catch-up."""
+    return f"{CATCHUP_PREFIX}{filters.key}"
+
+
+def total_key(filters: Filters) -> str:
+    """The meta key of a listing's ``total_estimate`` when its last window was read to its end."""
+    return f"listing_total:{filters.key}"
+
+
+@dataclass(slots=True)
+class Segment:
+    """A part of a window still to read: runs created after ``floor`` up to ``top``, newest first from
+    ``cursor`` (None: from the newest run). ``read`` runs were read so far; ``expected`` is how many the part
+    holds, when the listing's ``total_estimate`` told (for progress only)."""
+
+    floor: int | None
+    top: int | None = None
+    cursor: str | None = None
+    read: int = 0
+    expected: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: object) -> Segment:
+        if not isinstance(obj, dict):
+            raise ValueError("not an object")
+
+        def opt_int(name: str) -> int | None:
+            value = obj.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} is not an integer")
+            return value
+
+        cursor = obj.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise ValueError("cursor is not a string")
+        return cls(floor=opt_int("floor"), top=opt_int("top"), cursor=cursor, read=opt_int("read") or 0,
+                   expected=opt_int("expected"))
+
+
+def parse_catchup(raw: str | None) -> list[Segment]:
+    """The ``catchup:<filters>`` meta value: the parts of a window still to read, newest first."""
+    if not raw:
+        return []
+    data = json.loads(raw)
+    if not isinstance(data, list):
+        raise ValueError("not a list")
+    return [Segment.from_json(item) for item in data]
+
+
+def dump_catchup(segments: Sequence[Segment]) -> str:
+    """The ``catchup:<filters>`` meta value for ``segments`` (empty: no catch-up under way)."""
+    return json.dumps([s.to_json() for s in segments], separators=(",", ":")) if segments else ""
+
+
+def window_parts(stored: Sequence[Segment], new_after_ms: int | None) -> list[Segment]:
+    """The parts a window reads, newest first: the runs created since the unfinished window ``stored`` began
+    (down to its newest run, less the margin), then ``stored`` from where each part stopped. Without an
+    unfinished window: one part down to ``new_after_ms``."""
+    if not stored:
+        return [Segment(floor=new_after_ms)]
+    head = new_after_for(stored[0].top) if stored[0].top is not None else new_after_ms
+    return [Segment(floor=head), *(replace(s) for s in stored)]
+
+
+def left_to_read(segments: Sequence[Segment]) -> list[Segment]:
+    """What a commit stores of a window's parts: those begun (a newest run or a cursor) and not finished. A
+    part not begun yet is the head, which the next window makes again anyway."""
+    return [replace(s) for s in segments if s.top is not None or s.cursor is not None]
+
+
+def expected_new(total_estimate: int | None, total_before: int | None) -> int | None:
+    """How many runs the listing gained since its last complete window, from its ``total_estimate`` (for
+    progress only; None when either is unknown)."""
+    if total_estimate is None or total_before is None:
+        return None
+    return max(0, total_estimate - total_before)
+
+
+def segments_progress(segments: Sequence[Segment]) -> tuple[int, int | None]:
+    """Runs read so far over ``segments``, and how many are estimated to remain (None when unknown)."""
+    known = [max(0, s.expected - s.read) for s in segments if s.expected is not None]
+    return sum(s.read for s in segments), (sum(known) if known else None)
+
+
+def catchup_progress(meta: Mapping[str, str]) -> dict[str, int | None] | None:
+    """From the store's meta: how far an unfinished catch-up (a deep window committed batch by batch) got, for
+    ``status``: ``runs_read`` and ``estimated_remaining`` (None when the API gave no ``total_estimate``). None
+    when no catch-up is under way."""
+    parts: list[Segment] = []
+    for key, value in meta.items():
+        if key.startswith(CATCHUP_PREFIX) and value:
+            try:
+                parts += parse_catchup(value)
+            except (ValueError, TypeError):
+                continue
+    if not parts:
+        return None
+    read, remaining = segments_progress(parts)
+    return {"runs_read": read, "estimated_remaining": remaining}
+
+
+def max_opt(a: int | None, b: int | None) -> int | None:
+    """The larger of two optional values (None when both are None)."""
+    return b if a is None else a if b is None else max(a, b)

@@ -19,9 +19,8 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import json
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -55,78 +54,6 @@ def hw_key(filters: plan.Filters) -> str:
     return f"high_watermark_ms:{filters.key}"
 
 
-def catchup_key(filters: plan.Filters) -> str:
-    return f"catchup:{filters.key}"
-
-
-def total_key(filters: plan.Filters) -> str:
-    return f"listing_total:{filters.key}"
-
-
-@dataclass(slots=True)
-class Segment:
-    """A part of a window still to read: runs created after ``floor`` up to ``top``, newest first from
-    ``cursor`` (None: from the newest run). ``read`` runs were read so far; ``expected`` is how many the part
-    holds, when the listing's ``total_estimate`` told (for progress only)."""
-
-    floor: int | None
-    top: int | None = None
-    cursor: str | None = None
-    read: int = 0
-    expected: int | None = None
-
-    def to_json(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: object) -> Segment:
-        if not isinstance(obj, dict):
-            raise ValueError("not an object")
-
-        def opt_int(name: str) -> int | None:
-            value = obj.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{name} is not an integer")
-            return value
-
-        cursor = obj.get("cursor")
-        if cursor is not None and not isinstance(cursor, str):
-            raise ValueError("cursor is not a string")
-        return cls(floor=opt_int("floor"), top=opt_int("top"), cursor=cursor, read=opt_int("read") or 0,
-                   expected=opt_int("expected"))
-
-
-def parse_catchup(raw: str | None) -> list[Segment]:
-    """The ``catchup:<filters>`` meta value: the parts of a window still to read, newest first."""
-    if not raw:
-        return []
-    data = json.loads(raw)
-    if not isinstance(data, list):
-        raise ValueError("not a list")
-    return [Segment.from_json(item) for item in data]
-
-
-def catchup_progress(meta: Mapping[str, str]) -> dict[str, int | None] | None:
-    """From the store's meta: how far an unfinished catch-up (a deep window committed batch by batch) got, for
-    ``status``: ``runs_read`` and ``estimated_remaining`` (None when the API gave no ``total_estimate``). None
-    when no catch-up is under way. Pure."""
-    parts: list[Segment] = []
-    for key, value in meta.items():
-        if key.startswith("catchup:") and value:
-            try:
-                parts += parse_catchup(value)
-            except (ValueError, TypeError):
-                continue
-    if not parts:
-        return None
-    known = [max(0, p.expected - p.read) for p in parts if p.expected is not None]
-    return {"runs_read": sum(p.read for p in parts), "estimated_remaining": sum(known) if known else None}
-
-
-def _max(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else max(a, b)
-
-
 @dataclass(slots=True)
 class SweepResult:
     ok: bool = True
@@ -154,7 +81,7 @@ class _Pass:
     seen: set[str] = field(default_factory=set)  # run ids a listing showed: they need no poll
     windows: dict[str, int | None] = field(default_factory=dict)  # filters key -> new watermark (window done)
     tops: dict[str, int] = field(default_factory=dict)  # filters key -> newest created_at listed this sweep
-    segments: dict[str, list[Segment]] = field(default_factory=dict)  # filters key -> parts still to read
+    segments: dict[str, list[plan.Segment]] = field(default_factory=dict)  # filters key -> parts still to read
     batch_pages: int = 0  # pages read since the last commit
     totals: dict[str, int] = field(default_factory=dict)  # filters key -> the listing's total_estimate
     completed: set[str] = field(default_factory=set)  # filters keys whose window was read to its end
@@ -195,7 +122,7 @@ class Sweeper:
         self.last_resync_ms: int | None = None
         self.sweeps = 0
         self.outage = OutageLog(log)  # api.unavailable / still_unavailable / recovered, instead of a line a sweep
-        self.catchups: dict[str, list[Segment]] = {}  # filters key -> an unfinished deep window, as committed
+        self.catchups: dict[str, list[plan.Segment]] = {}  # filters key -> an unfinished deep window, as committed
         self.listing_totals: dict[str, int] = {}  # filters key -> total_estimate when its last window completed
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -216,12 +143,12 @@ class Sweeper:
         log.info("watcher.state_loaded", tracked=len(self.tracked), active=active)
 
     async def _load_catchup(self, f: plan.Filters) -> None:
-        total = await self.store.get_meta(total_key(f))
+        total = await self.store.get_meta(plan.total_key(f))
         if total and total.isdigit():
             self.listing_totals[f.key] = int(total)
-        raw = await self.store.get_meta(catchup_key(f))
+        raw = await self.store.get_meta(plan.catchup_key(f))
         try:
-            segments = parse_catchup(raw)
+            segments = plan.parse_catchup(raw)
         except (ValueError, TypeError) as exc:
             log.warning("catchup.unreadable", filters=f.key, error=str(exc)[:200],
                         action="the window is read again from its newest run")
@@ -414,8 +341,7 @@ class Sweeper:
         ctx = self._context(sw, f)
         if stored:  # the unfinished window's floor decides which runs are new
             ctx = dataclasses.replace(ctx, new_after_ms=stored[-1].floor)
-        head_floor = plan.new_after_for(stored[0].top) if stored and stored[0].top is not None else ctx.new_after_ms
-        segments = [Segment(floor=head_floor), *stored]
+        segments = plan.window_parts(stored, ctx.new_after_ms)
         sw.segments[f.key] = segments
         candidates = sorted(
             (
@@ -440,10 +366,10 @@ class Sweeper:
                 continue
             segments.pop(0)
         sw.completed.add(f.key)
-        return _max(self.high_watermarks.get(f.key), sw.tops.get(f.key))
+        return plan.max_opt(self.high_watermarks.get(f.key), sw.tops.get(f.key))
 
     async def _read_segment(
-        self, f: plan.Filters, segment: Segment, ctx: Context, candidates: list[tuple[int, str]], sw: _Pass
+        self, f: plan.Filters, segment: plan.Segment, ctx: Context, candidates: list[tuple[int, str]], sw: _Pass
     ) -> None:
         newest: int | None = None
         oldest: int | None = None
@@ -453,16 +379,15 @@ class Sweeper:
             async for page in pages:
                 self._take_page(page.runs, ctx, sw)
                 if segment.cursor is None and segment.expected is None and page.total_estimate is not None:
-                    before = self.listing_totals.get(f.key)  # how many runs the listing held last time
-                    if before is not None:
-                        segment.expected = max(0, page.total_estimate - before)
+                    # how many runs the listing gained since its last complete window
+                    segment.expected = plan.expected_new(page.total_estimate, self.listing_totals.get(f.key))
                     sw.totals[f.key] = page.total_estimate
                 segment.read += len(page.runs)
                 stamps = [run.created_at for run in page.runs if run.created_at is not None]
                 if stamps:
                     newest = max(stamps) if newest is None else max(newest, *stamps)
                     oldest = min(stamps) if oldest is None else min(oldest, *stamps)
-                    segment.top = _max(segment.top, newest)
+                    segment.top = plan.max_opt(segment.top, newest)
                     sw.tops[f.key] = max(sw.tops.get(f.key, newest), newest)
                 items += len(page.runs)
                 while cursor_idx < len(candidates) and oldest is not None and candidates[cursor_idx][0] >= oldest:
@@ -487,10 +412,9 @@ class Sweeper:
 
     def _log_catchup(self, f: plan.Filters, sw: _Pass) -> None:
         segments = sw.segments.get(f.key, [])
-        read = sum(s.read for s in segments)
-        remaining = [max(0, s.expected - s.read) for s in segments if s.expected is not None]
+        read, remaining = plan.segments_progress(segments)
         log.info("sweep.catchup", filters=f.key, runs_read=read, events_queued=sw.result.new_events,
-                 estimated_remaining=sum(remaining) if remaining else None, pages=sw.result.pages)
+                 estimated_remaining=remaining, pages=sw.result.pages)
 
     async def _poll_unsettled(self, sw: _Pass, limit: int | None = None) -> None:
         """Poll, concurrently, every tracked run the listings did not settle and whose poll is due (the
@@ -551,7 +475,7 @@ class Sweeper:
                     self.high_watermarks[key] = hw
         # Forget finished runs below the most conservative floor over all listings of their run type: the floor of
         # the newest run listed (a re-read of an older finished run cannot look new; its event id is stored anyway).
-        newest = {f.key: _max(self.high_watermarks.get(f.key), sw.tops.get(f.key)) for f in self.filters}
+        newest = {f.key: plan.max_opt(self.high_watermarks.get(f.key), sw.tops.get(f.key)) for f in self.filters}
         deletes = plan.prunable(self.tracked, plan.prune_floors(self.filters, newest))
         for run_id in deletes:
             self.tracked.pop(run_id, None)
@@ -560,14 +484,14 @@ class Sweeper:
         gone = [r for r in dirty if r not in self.tracked] + deletes
         routed = [(e, routing.route(self.sinks, e)) for e in result.events]
         meta: dict[str, str] = {}
-        catchups: dict[str, list[Segment]] = {}
+        catchups: dict[str, list[plan.Segment]] = {}
         for f in self.filters:
             if f.key not in sw.segments:
                 continue
-            left = [s for s in sw.segments[f.key] if s.top is not None or s.cursor is not None]
-            catchups[f.key] = [dataclasses.replace(s) for s in left]
+            left = plan.left_to_read(sw.segments[f.key])
+            catchups[f.key] = left
             if left or self.catchups.get(f.key):
-                meta[catchup_key(f)] = json.dumps([s.to_json() for s in left], separators=(",", ":")) if left else ""
+                meta[plan.catchup_key(f)] = plan.dump_catchup(left)
         if final:
             meta[META_LAST_SWEEP] = str(sw.now)
             if result.ok:
@@ -582,7 +506,7 @@ class Sweeper:
                 if hw is not None:
                     meta[hw_key(f)] = str(hw)
                 if f.key in sw.completed and f.key in sw.totals:
-                    meta[total_key(f)] = str(sw.totals[f.key])
+                    meta[plan.total_key(f)] = str(sw.totals[f.key])
         result.new_event_ids = await self.store.commit_sweep(
             upserts=upserts, deletes=gone, events=routed, meta=meta, now_ms=sw.now
         )

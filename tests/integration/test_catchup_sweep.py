@@ -15,9 +15,10 @@ from watcher.api import FloraClient, ListPage
 from watcher.clock import SYSTEM_CLOCK
 from watcher.config import SinkConfig, WatchConfig
 from watcher.errors import ApiUnavailableError
+from watcher.plan import catchup_progress
 from watcher.secret import Secret
 from watcher.store import AsyncStore, Store
-from watcher.sweep import Sweeper, catchup_progress
+from watcher.sweep import Sweeper
 
 KEY = "sk_test_catchup_sweep_0123456789"
 SIM_SEED = 9
@@ -171,17 +172,3 @@ async def test_each_batch_commit_is_fenced_by_the_sweeper_lease(sim, pg_url: str
     finally:
         await a.aclose()
         await b.aclose()
-
-
-def test_catchup_progress_reads_the_meta_and_ignores_what_it_cannot_read() -> None:
-    assert catchup_progress({}) is None
-    assert catchup_progress({"catchup:*|*|*": ""}) is None
-    assert catchup_progress({"catchup:a": '[{"floor": 1, "top": 9, "cursor": "x", "read": 200, "expected": 500}]',
-                             "catchup:b": '[{"floor": 1, "top": 9, "cursor": "x", "read": 50}]',
-                             "catchup:c": "not json"}) == {"runs_read": 250, "estimated_remaining": 300}
-
-
-@pytest.mark.parametrize("raw", ['{"floor": 1}', '[{"floor": "x"}]', '[{"cursor": 5}]', "[1]"])
-def test_an_unreadable_catchup_state_is_refused(raw: str) -> None:
-    with pytest.raises((ValueError, TypeError)):
-        sweep_mod.parse_catchup(raw)

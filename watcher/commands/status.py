@@ -176,7 +176,7 @@ def public_summary(summary: dict[str, Any], configured: dict[str, str]) -> dict[
 
 
 def _catchup(meta: dict[str, Any]) -> dict[str, int | None] | None:
-    from watcher.sweep import catchup_progress
+    from watcher.plan import catchup_progress
 
     return catchup_progress(meta)
 
