@@ -11,7 +11,7 @@ are the watcher's own.
 
     python bench/bench_catchup.py                      # 60,000 and 200,000 runs
     python bench/bench_catchup.py --runs 20000
-    python bench/bench_catchup.py --write              # also append the figures to bench/RESULTS.md
+    python bench/bench_catchup.py --write              # also write the figures to bench/RESULTS.md (own section)
 
 Runs only on loopback; every process it starts is stopped at the end.
 """
@@ -64,6 +64,9 @@ class Result:
     runs: int
     seconds: float  # restart → the last of the N events in the file
     first_event_s: float | None  # restart → the first event in the file (delivery started while reading)
+    read_s: float | None  # the catch-up sweep's own duration (its sweep.finished line), reading and committing
+    batches: int  # sweep.catchup log lines: batches committed while the catch-up read on
+    load: float  # the machine's 1-minute load average when the watcher was restarted
     cpu_s: float
     rss_mb: float
     requests: dict[str, int]
@@ -198,6 +201,8 @@ async def measure(n: int, *, timeout: float) -> Result:
             await asyncio.sleep(1.5)  # the newest runs finish (created ≥ 3 s ago, ≤ 1.01 s long)
             transitions = await sim.get("/transitions")
             await sim.post("/stats/reset", {})
+            load = os.getloadavg()[0]
+            log_at = log.stat().st_size
             started = time.monotonic()
             proc = await start_watcher(cfg, log)
             rss = cpu = 0.0
@@ -221,6 +226,7 @@ async def measure(n: int, *, timeout: float) -> Result:
             finally:
                 await stop(proc)
             stats = await sim.get("/stats")
+            read_s, batches = catchup_sweep(log, log_at, n)
         ids, late = [], 0
         with out.open() as f:
             for line in f:
@@ -229,8 +235,41 @@ async def measure(n: int, *, timeout: float) -> Result:
                 late += bool(obj["data"].get("late"))
         expected = len(transitions) if isinstance(transitions, list) else len(transitions.get("transitions", []))
         by_route = {route: sum(codes.values()) for route, codes in stats.get("by_route", {}).items()}
-        return Result(runs=n, seconds=seconds, first_event_s=first_event, cpu_s=cpu, rss_mb=rss,
+        return Result(runs=n, seconds=seconds, first_event_s=first_event, read_s=read_s, batches=batches, load=load,
+                      cpu_s=cpu, rss_mb=rss,
                       requests=by_route, lines=len(ids), unique=len(set(ids)), expected=expected, late=late)
+
+
+def catchup_sweep(log: Path, offset: int, n: int) -> tuple[float | None, int]:
+    """From the restarted watcher's log: the duration of the sweep that read the catch-up (the first that
+    observed at least ``n`` runs), and how many batches it logged."""
+    seconds, batches = None, 0
+    with log.open("rb") as f:
+        f.seek(offset)
+        for raw in f:
+            if b'"sweep.catchup"' in raw:
+                batches += 1
+            elif seconds is None and b'"sweep.finished"' in raw:
+                with contextlib.suppress(ValueError):
+                    line = json.loads(raw)
+                    if line.get("observed", 0) >= n:
+                        seconds = float(line["seconds"])
+    return seconds, batches
+
+
+SECTION = "## Catch-up after a downtime (issue 15)"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace this benchmark's section of RESULTS.md (up to the next ``## ``), or append it."""
+    old = path.read_text() if path.exists() else ""
+    start = old.find(SECTION)
+    if start < 0:
+        path.write_text(old.rstrip("\n") + "\n\n" + text)
+        return
+    end = old.find("\n## ", start + len(SECTION))
+    rest = "" if end < 0 else old[end + 1:]
+    path.write_text(old[:start] + text + ("\n" + rest if rest else ""))
 
 
 def report(results: list[Result]) -> str:
@@ -242,15 +281,17 @@ def report(results: list[Result]) -> str:
         f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; one file sink; runs created "
         "while the watcher was stopped, all finished before its restart; simulator in its own process.",
         "",
-        "| runs finished while stopped | all reported after | first event after | peak RSS | CPU | API requests "
-        "| events / late / lost / duplicate |",
-        "|---|---|---|---|---|---|---|",
+        "| runs finished while stopped | all reported after | first event after | catch-up sweep (batches) "
+        "| peak RSS | CPU | API requests | events / late / lost / duplicate | load avg at start |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         reqs = sum(r.requests.values())
         first = "—" if r.first_event_s is None else f"{r.first_event_s:.1f} s"
-        lines.append(f"| {r.runs:,} | {r.seconds:.1f} s | {first} | {r.rss_mb:.0f} MB | {r.cpu_s:.1f} s "
-                     f"| {reqs:,} | {r.lines:,} / {r.late:,} / {r.lost} / {r.duplicates} |")
+        read = "—" if r.read_s is None else f"{r.read_s:.1f} s"
+        lines.append(f"| {r.runs:,} | {r.seconds:.1f} s | {first} | {read} ({r.batches}) | {r.rss_mb:.0f} MB "
+                     f"| {r.cpu_s:.1f} s | {reqs:,} | {r.lines:,} / {r.late:,} / {r.lost} / {r.duplicates} "
+                     f"| {r.load:.1f} |")
     lines.append("")
     for r in results:
         routes = ", ".join(f"{k} {v:,}" for k, v in sorted(r.requests.items()))
@@ -262,21 +303,21 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, action="append", help="runs finished during the downtime (repeatable)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds per size")
-    parser.add_argument("--write", action="store_true", help="append the figures to bench/RESULTS.md")
+    parser.add_argument("--write", action="store_true", help="write the figures to bench/RESULTS.md (own section)")
     args = parser.parse_args()
     sizes = args.runs or [60_000, 200_000]
     results = []
     for n in sizes:
         r = await measure(n, timeout=args.timeout)
-        print(f"{n:>7,} runs: {r.seconds:.1f} s, first event {r.first_event_s}, peak RSS {r.rss_mb:.0f} MB, "
+        print(f"{n:>7,} runs: {r.seconds:.1f} s, first event {r.first_event_s}, catch-up sweep {r.read_s} s "
+              f"({r.batches} batches), load {r.load:.1f}, peak RSS {r.rss_mb:.0f} MB, "
               f"CPU {r.cpu_s:.1f} s, requests {sum(r.requests.values()):,}, events {r.lines:,} "
               f"(late {r.late:,}, lost {r.lost}, duplicates {r.duplicates})", flush=True)
         results.append(r)
     text = report(results)
     print(text)
     if args.write:
-        with (ROOT / "bench" / "RESULTS.md").open("a") as f:
-            f.write("\n" + text)
+        write_section(ROOT / "bench" / "RESULTS.md", text)
 
 
 if __name__ == "__main__":
