@@ -323,8 +323,11 @@ class Sweeper:
             sw.dirty.add(run.run_id)
         for event in decision.events:
             sw.result.events.append(event)
-            log.info("run.transition", run_id=run.run_id, type=event.type, late=event.data.get("late"),
-                     error_code=event.data.get("error_code"))
+            # A catch-up (a sweep that has committed a batch) tells its transitions by the batch, in its
+            # sweep.catchup lines: tens of thousands of lines at info would flood the journal and cost CPU.
+            (log.debug if sw.result.commits else log.info)(
+                "run.transition", run_id=run.run_id, type=event.type, late=event.data.get("late"),
+                error_code=event.data.get("error_code"))
         return decision.changed
 
     async def _window_into(self, f: plan.Filters, sw: _Pass) -> None:
@@ -414,6 +417,7 @@ class Sweeper:
         segments = sw.segments.get(f.key, [])
         read, remaining = plan.segments_progress(segments)
         log.info("sweep.catchup", filters=f.key, runs_read=read, events_queued=sw.result.new_events,
+                 by_type=dict(sw.result.batched),
                  estimated_remaining=remaining, pages=sw.result.pages)
 
     async def _poll_unsettled(self, sw: _Pass, limit: int | None = None) -> None:
