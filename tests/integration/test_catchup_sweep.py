@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from watcher import plan
 from watcher import sweep as sweep_mod
 from watcher.api import FloraClient, ListPage
 from watcher.clock import SYSTEM_CLOCK
@@ -172,3 +173,49 @@ async def test_each_batch_commit_is_fenced_by_the_sweeper_lease(sim, pg_url: str
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_technique_runs_and_generations_catch_up_each_in_its_own_listing(sim, tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    """Both resources are watched (the default): each listing has its own catch-up state; a failure in the
+    middle of the generations' catch-up leaves the technique runs' window complete and resumes the generations'."""
+    monkeypatch.setattr(sweep_mod, "CATCHUP_BATCH_PAGES", 2)
+    store = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
+    watch = WatchConfig(interval=1, state_dir=tmp_path)
+    assert set(watch.resources) == {"technique-runs", "generations"}
+    sinks = [SinkConfig(name="journal", type="file", path=tmp_path / "events.jsonl")]
+    gen_hw, gen_catchup = "high_watermark_ms:generations:*|*|*", "catchup:generations:*|*|*"
+    try:
+        async with FloraClient(sim.base_url, Secret(KEY), max_rps=0) as real:
+            first = Sweeper(real, store, watch=watch, sinks=sinks, clock=SYSTEM_CLOCK)
+            await first.load()
+            assert (await first.sweep()).ok
+            down = sim.sim.now_ms() - 600_000
+            await store.set_meta({"first_start_ms": str(down), HW: str(down), gen_hw: str(down)})
+            window = {"pending_ms": (0, 5), "running_ms": (5, 20),
+                      "created_at": (down + 1_000, sim.sim.now_ms() - 1_000)}
+            created = set(sim.sim.create_runs(500, **window))
+            created |= set(sim.sim.create_runs(500, kind="generation", **window))
+            # 5 window pages of technique runs, then the generations' listing fails after its 3rd page
+            failing = CountingClient(real, fail_after=8)
+            second = Sweeper(failing, store, watch=watch, sinks=sinks, clock=SYSTEM_CLOCK)
+            await second.load()
+            result = await second.sweep()
+            assert not result.ok and failing.window_pages == 8
+            meta = await store.all_meta()
+            assert not meta.get("catchup:*|*|*") and int(meta[HW]) > down  # the technique runs' window is done
+            assert plan.catchup_progress({gen_catchup: meta[gen_catchup]}) == {"runs_read": 300,
+                                                                               "estimated_remaining": 200}
+            assert meta[gen_hw] == str(down)
+
+            counting = CountingClient(real)
+            third = Sweeper(counting, store, watch=watch, sinks=sinks, clock=SYSTEM_CLOCK)
+            await third.load()
+            result = await third.sweep()
+            assert result.ok and result.new_events == 200
+            assert counting.window_pages <= 1 + 2 + 2, counting.window_pages  # 1 technique, 2 left, 1-2 at the top
+            assert plan.catchup_progress(await store.all_meta()) is None
+        summary = await store.summary()
+        assert summary["events"] == len(created) == 1_000
+    finally:
+        await store.aclose()
