@@ -45,6 +45,7 @@ from watcher.errors import DeliveryError, Reason
 from watcher.policy import Breaker, breaker_after, breaker_mode, decide_failure, group_key, group_ready_ms
 from watcher.sinks.base import Sink
 from watcher.store import DEAD, DELIVERED, Delivery, Outcome
+from watcher.store_api import StateStore
 
 log = structlog.get_logger("watcher.dispatcher")
 
@@ -81,7 +82,7 @@ class OutcomeLog:
     """Group commit of delivery outcomes. ``record`` returns once the outcome is committed; outcomes recorded
     while a commit runs are committed together by the next one."""
 
-    def __init__(self, store) -> None:  # AsyncStore
+    def __init__(self, store: StateStore) -> None:
         self.store = store
         self._pending: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -128,7 +129,7 @@ class SinkWorker:
     def __init__(
         self,
         sink: Sink,
-        store,  # AsyncStore
+        store: StateStore,
         *,
         cfg: DeliveryConfig,
         clock: Clock,
@@ -530,7 +531,7 @@ class Dispatcher:
     def __init__(
         self,
         sinks: Mapping[str, Sink],
-        store,
+        store: StateStore,
         *,
         cfg: DeliveryConfig,
         clock: Clock,

@@ -37,6 +37,7 @@ from watcher.logs import redact
 from watcher.metrics import Metrics
 from watcher.model import Run
 from watcher.observer import Observer, Report, State
+from watcher.store_api import StateStore
 from watcher.web import status as page_data
 
 log = structlog.get_logger("watcher.server")
@@ -138,9 +139,9 @@ class StatusPage(Observer):
     sinks' names and types (never a URL).
     """
 
-    def __init__(self, store: Any, *, sink_types: Callable[[], Mapping[str, str]], clock: Clock = SYSTEM_CLOCK,
+    def __init__(self, store: StateStore, *, sink_types: Callable[[], Mapping[str, str]], clock: Clock = SYSTEM_CLOCK,
                  health: HealthSource | None = None, cache_s: float = STATUS_CACHE_S) -> None:
-        self.store = store  # AsyncStore or PgStore: list_events, failure_counts, delivery_counts, sink_states
+        self.store = store  # list_events, failure_counts, delivery_counts, sink_states
         self.sink_types = sink_types
         self.clock = clock
         self.health = health
