@@ -81,7 +81,7 @@ async def test_a_watcher_killed_during_the_catch_up_resumes_where_it_was(tmp_pat
         assert lines(events_file) == []
         capsys.readouterr()
         assert cli.main(["status", "-c", str(config)]) == 0
-        assert "catch-up:     2000 runs read, about 2500 to go" in capsys.readouterr().out
+        assert "catch-up:     2000 runs read, about 2500 to go; 2000 deliveries queued" in capsys.readouterr().out
 
         # Restarted: the rest of the catch-up. Nothing lost, nothing sent twice, and what the first run
         # committed is not read again.

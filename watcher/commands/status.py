@@ -62,6 +62,7 @@ def main(args: argparse.Namespace) -> int:
         remaining = progress["estimated_remaining"]
         lines.append(f"catch-up:     {plural(progress['runs_read'] or 0, 'run')} read"
                      + (f", about {remaining} to go" if remaining is not None else "")
+                     + f"; {plural(deliveries['pending'], 'delivery', 'deliveries')} queued"
                      + " (each batch's events are queued as it commits)")
     lines.append(f"tracked runs: {tracked_line(tracked['by_status'])}")
     oldest = deliveries.get("oldest_pending_ms")
