@@ -31,7 +31,7 @@ from watcher.api import FloraClient, ListPage
 from watcher.clock import Clock
 from watcher.config import SinkConfig, WatchConfig
 from watcher.crashpoints import crash_point
-from watcher.errors import ApiError, AuthError, ClientRequestError, NotFoundError
+from watcher.errors import ApiError, AuthError, BadResponseError, ClientRequestError, NotFoundError
 from watcher.model import RESOURCE_TECHNIQUE_RUNS, Event, Run, RunStatus, TrackedRun
 from watcher.outage import OutageLog
 from watcher.transitions import Context, detect
@@ -85,6 +85,7 @@ class _Pass:
     batch_pages: int = 0  # pages read since the last commit
     totals: dict[str, int] = field(default_factory=dict)  # filters key -> the listing's total_estimate
     completed: set[str] = field(default_factory=set)  # filters keys whose window was read to its end
+    failed: dict[str, ApiError] = field(default_factory=dict)  # resource -> why its listing failed this sweep
 
 
 class Sweeper:
@@ -189,13 +190,21 @@ class Sweeper:
              retry="at the next resync", note="technique runs are still watched")
         return True
 
-    async def _listing(self, f: plan.Filters, work: Callable[[], Awaitable[None]]) -> None:
-        """``work()``, a listing of ``f``; returns quietly when ``f``'s resource refused (see ``_refused``)."""
+    async def _listing(self, f: plan.Filters, sw: _Pass, work: Callable[[], Awaitable[None]]) -> None:
+        """``work()``, a listing of ``f``. Returns quietly when ``f``'s resource refused (see ``_refused``). A
+        failure of this resource alone (404, another 4xx, a body that is not a listing) is noted in ``sw.failed``
+        and the other resources are still listed; the sweep then counts as failed. Anything else (the API down,
+        rate limited, the key refused) ends the listings at once."""
+        if f.resource in sw.failed:
+            return
         try:
             await work()
         except ApiError as exc:
-            if not self._refused(f, exc):
+            if self._refused(f, exc):
+                return
+            if isinstance(exc, AuthError) or not isinstance(exc, NotFoundError | ClientRequestError | BadResponseError):
                 raise
+            sw.failed[f.resource] = exc
 
     # ----------------------------------------------------------------------------------------------- sweep
 
@@ -212,7 +221,9 @@ class Sweeper:
                     await self._resync(sw)
                 for f in self.filters:
                     if f.resource not in self.unavailable:
-                        await self._listing(f, functools.partial(self._window_into, f, sw))
+                        await self._listing(f, sw, functools.partial(self._window_into, f, sw))
+                if sw.failed:  # one resource could not be listed; the others were
+                    raise next(iter(sw.failed.values()))
                 await self._poll_unsettled(sw)
             except AuthError:
                 raise
@@ -247,12 +258,13 @@ class Sweeper:
         refused_before, self.unavailable = self.unavailable, set()
         for f in self.filters:
             if f.resource not in self.unavailable:
-                await self._listing(f, functools.partial(self._resync_one, f, sw))
+                await self._listing(f, sw, functools.partial(self._resync_one, f, sw))
         for resource in refused_before - self.unavailable:
             if resource in {f.resource for f in self.filters}:
                 log.info("api.resource_available", resource=resource)
                 self._refusal_logged.discard(resource)
-        self.last_resync_ms = sw.now
+        if not sw.failed:  # a resource that failed is resynced again at the next sweep
+            self.last_resync_ms = sw.now
 
     async def _resync_one(self, f: plan.Filters, sw: _Pass) -> None:
         ctx = self._context(sw, f)

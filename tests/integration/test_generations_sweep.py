@@ -138,6 +138,30 @@ async def test_an_api_without_generations_is_logged_once_and_asked_again_only_at
     assert gen not in {e.run_id for e in events}
 
 
+async def test_a_missing_technique_runs_listing_does_not_stop_generations(sim, clock) -> None:
+    """The other way round: /technique-runs answers 404 (a sweep counts as failed), generations are still listed
+    and reported; when it is back, so are technique runs."""
+    s = sim.sim
+    async with sweeper_for(sim, clock) as sweeper:
+        clock.advance(10.0)
+        assert (await sweeper.sweep()).ok
+        tech = s.create_run(pending_ms=0, running_ms=60_000, outcome="completed")
+        gen = s.create_generation(pending_ms=0, running_ms=15_000, outcome="failed", error_code="X")
+        clock.advance(10.0)
+        assert (await sweeper.sweep()).ok  # both seen running
+        s.set_faults(technique_runs_status=404)
+        events = []
+        for _ in range(3):
+            clock.advance(10.0)
+            result = await sweeper.sweep()
+            assert not result.ok and "NotFoundError" in (result.error or "")
+            events.extend(result.events)
+        assert [(e.run_id, e.type) for e in events] == [(gen, "run.failed")]
+        s.set_faults(technique_runs_status=None)
+        events = await sweeps(sweeper, clock, 4)
+    assert [(e.run_id, e.type) for e in events] == [(tech, "run.completed")]
+
+
 async def test_a_stuck_run_is_reported_once_then_its_completion_and_never_again_after_a_restart(
     sim, clock, tmp_path
 ) -> None:

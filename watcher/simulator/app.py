@@ -411,14 +411,13 @@ class Simulator:
     # ---------------------------------------------------------------------------------------- API routes
 
     async def _list_runs(self, request: web.Request) -> web.Response:
+        if self.faults.technique_runs_status is not None:
+            return _listing_refused(self.faults.technique_runs_status)
         return self._list(request, sc.TECHNIQUE, "technique_runs")
 
     async def _list_generations(self, request: web.Request) -> web.Response:
-        denied = self.faults.generations_status
-        if denied is not None:  # an API (or a key) without the generations resource
-            code, message = {403: ("forbidden", "This API key may not list generations.")}.get(
-                denied, _HTTP_ERRORS.get(denied, ("unknown_error", "The request failed.")))
-            return error_response(denied, code, message)
+        if self.faults.generations_status is not None:  # an API (or a key) without the generations resource
+            return _listing_refused(self.faults.generations_status)
         return self._list(request, sc.GENERATION, "generations")
 
     def _list(self, request: web.Request, kind: str, key: str) -> web.Response:
@@ -605,6 +604,12 @@ class Simulator:
         except (ValueError, TypeError) as exc:
             raise sc.InputError(str(exc)) from None
         return _json(status)
+
+
+def _listing_refused(status: int) -> web.Response:
+    code, message = {403: ("forbidden", "This API key may not list these runs.")}.get(
+        status, _HTTP_ERRORS.get(status, ("unknown_error", "The request failed.")))
+    return error_response(status, code, message)
 
 
 class _Dropped(web.Response):

@@ -44,6 +44,7 @@ class Faults:
     reset_share: float = 0.0  # the connection is dropped without a response
     charged_cost_delay_ms: int = 0  # charged_cost stays absent this long after a run turns terminal
     generations_status: int | None = None  # GET /generations answers this error (e.g. 404, 403) instead
+    technique_runs_status: int | None = None  # GET /technique-runs answers this error instead
 
     def __post_init__(self) -> None:
         for name in ("rate_limit_share", "malformed_share", "stall_share", "reset_share"):
@@ -57,8 +58,10 @@ class Faults:
             raise ValueError("retry_after must not be negative")
         if self.retry_after_mode not in RETRY_AFTER_MODES:
             raise ValueError(f"retry_after_mode must be one of {', '.join(RETRY_AFTER_MODES)}")
-        if self.generations_status is not None and not 400 <= self.generations_status <= 599:
-            raise ValueError("generations_status must be an HTTP error status (400-599) or null")
+        for name in ("generations_status", "technique_runs_status"):
+            value = getattr(self, name)
+            if value is not None and not 400 <= value <= 599:
+                raise ValueError(f"{name} must be an HTTP error status (400-599) or null")
         if self.error_burst is not None:
             every, count = self.error_burst
             if not 0 <= count <= every or every < 1:
