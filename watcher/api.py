@@ -240,6 +240,11 @@ class FloraClient:
                 cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
             )
+            # aiohttp resends an idempotent request once, by itself, when a kept-alive connection drops; that
+            # resend would bypass the request budget (ratelimit) and our retry policy, which already retry a
+            # dropped connection. aiohttp has no public switch for it (3.9+: ``_retry_connection``).
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
         return self._session
 
     # -------------------------------------------------------------------------------- URLs
