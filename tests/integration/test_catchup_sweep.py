@@ -79,11 +79,13 @@ async def test_a_deep_window_commits_in_batches_and_a_failed_one_resumes(sim, st
     watch = WatchConfig(interval=1, state_dir=tmp_path)
     sinks = [SinkConfig(name="journal", type="file", path=tmp_path / "events.jsonl")]
     commits: list[int] = []
+    pages_done: list[int] = []  # the daemon feeds the watchdog here (on_progress) and wakes its sinks on_commit
     async with FloraClient(sim.base_url, Secret(KEY), max_rps=0) as real:
 
         def sweeper(client: Any) -> Sweeper:
             return Sweeper(client, store, watch=watch, sinks=sinks, clock=SYSTEM_CLOCK,
-                           on_commit=lambda r: commits.append(len(r.new_event_ids)))
+                           on_commit=lambda r: commits.append(len(r.new_event_ids)),
+                           on_progress=lambda: pages_done.append(len(commits)))
 
         first = sweeper(real)
         await first.load()
@@ -96,12 +98,15 @@ async def test_a_deep_window_commits_in_batches_and_a_failed_one_resumes(sim, st
 
         # The API goes down after 7 window pages: two batches of 3 pages were committed on the way.
         commits.clear()
+        pages_done.clear()
         failing = CountingClient(real, fail_after=7)
         second = sweeper(failing)
         await second.load()
         result = await second.sweep()
         assert not result.ok and failing.window_pages == 7
         assert commits == [300, 300, 100]  # two batches, then what the failed sweep had read
+        # progress was reported page by page all along, not only when the sweep ended
+        assert pages_done.count(0) >= 3 and pages_done.count(1) == 3 and pages_done.count(2) >= 1
         assert result.new_events == 700
         progress = catchup_progress(await store.all_meta())
         assert progress == {"runs_read": 700, "estimated_remaining": 300}
