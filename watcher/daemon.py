@@ -167,7 +167,7 @@ class Daemon:
         if cfg.store.url is not None and not self.opts.dry_run:  # several instances: one sweeps, all deliver
             self.role = lease.SweeperRole(
                 self.store, scope=lease.scope_of(cfg.api.base_url, cfg.watch.workspace_id, cfg.watch.project_id,
-                                                 cfg.watch.technique_id),
+                                                 cfg.watch.technique_id, cfg.watch.resources),
                 lease_s=cfg.store.lease, interval_s=cfg.watch.interval, version=__version__)
             await self.role.start()
         disabled: dict[str, str | None] = {}

@@ -28,8 +28,10 @@ class LeaseLost(StoreError):
     """The sweeper's lease moved to another instance (or expired and was taken): its sweep committed nothing."""
 
 
-def scope_of(base_url: str, workspace_id: Any = None, project_id: Any = None, technique_id: Any = None) -> str:
-    """Pure: the watch scope instances elect one sweeper for — API origin + path + filters, in a stable form."""
+def scope_of(base_url: str, workspace_id: Any = None, project_id: Any = None, technique_id: Any = None,
+             resources: Any = None) -> str:
+    """Pure: the watch scope instances elect one sweeper for — API origin + path + filters + the listings watched
+    (``[watch] resources``), in a stable form: instances that watch different resources sweep independently."""
     split = urlsplit(base_url)
     origin = f"{split.scheme}://{(split.hostname or '').lower()}{f':{split.port}' if split.port else ''}"
 
@@ -39,7 +41,8 @@ def scope_of(base_url: str, workspace_id: Any = None, project_id: Any = None, te
         items = [value] if isinstance(value, str) else list(value)
         return ",".join(sorted(items))
 
-    return f"{origin}{split.path.rstrip('/')}|ws={norm(workspace_id)}|prj={norm(project_id)}|tech={norm(technique_id)}"
+    scope = f"{origin}{split.path.rstrip('/')}|ws={norm(workspace_id)}|prj={norm(project_id)}|tech={norm(technique_id)}"
+    return scope if resources is None else f"{scope}|res={norm(resources)}"
 
 
 def tick_seconds(lease_s: float, interval_s: float) -> float:

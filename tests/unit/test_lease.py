@@ -13,6 +13,13 @@ def test_the_scope_is_the_api_origin_path_and_filters_in_a_stable_form() -> None
     assert scope_of("https://app.flora.ai/api/v1", None, "prj_1") != scope_of("https://app.flora.ai/api/v1")
 
 
+def test_instances_watching_different_resources_elect_their_own_sweeper() -> None:
+    both = scope_of("https://app.flora.ai/api/v1", resources=("technique-runs", "generations"))
+    assert both == "https://app.flora.ai/api/v1|ws=*|prj=*|tech=*|res=generations,technique-runs"
+    assert scope_of("https://app.flora.ai/api/v1", resources=["generations", "technique-runs"]) == both
+    assert scope_of("https://app.flora.ai/api/v1", resources=("technique-runs",)) != both
+
+
 def test_instances_renew_at_least_three_times_per_lease_and_once_per_interval() -> None:
     assert tick_seconds(10, 5) == 10 / 3
     assert tick_seconds(10, 0.2) == 0.2
