@@ -221,7 +221,7 @@ def prunable(
     floors = new_after_ms if isinstance(new_after_ms, Mapping) else None
     out = []
     for t in tracked.values():
-        if not is_terminal(t.status):
+        if not is_terminal(t.run.status):  # (t.run.status, not the t.status property: this visits every run)
             continue
         floor = floors.get(t.run.run_type) if floors is not None else new_after_ms
         assert not isinstance(floor, Mapping)

@@ -190,8 +190,12 @@ def encode_event(event: Event) -> bytes:
     return event.body()
 
 
+# One encoder for every tracked row (json.dumps with options builds a new encoder per call; same output).
+_TRACKED_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_tracked(tracked: TrackedRun) -> str:
-    return json.dumps(
+    return _TRACKED_ENCODER.encode(
         {
             "run": tracked.run.to_dict(),
             "first_seen_ms": tracked.first_seen_ms,
@@ -201,8 +205,6 @@ def encode_tracked(tracked: TrackedRun) -> str:
             "stuck_since_ms": tracked.stuck_since_ms,
             "stalled": tracked.stalled,
         },
-        separators=(",", ":"),
-        ensure_ascii=False,
     )
 
 
