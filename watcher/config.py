@@ -560,6 +560,23 @@ def _check_api_key(value: str, key: str) -> None:
         raise ConfigError(key, "contains whitespace or control characters")
 
 
+def _credential(t: Table, name: str, field: str) -> tuple[str, str] | None:
+    """The systemd credential ``$CREDENTIALS_DIRECTORY/<name>`` (``LoadCredential=``) standing in for ``field``:
+    (value, key path for messages), or None when there is no such credential."""
+    cred_dir = t.ctx.env.get("CREDENTIALS_DIRECTORY")
+    if not cred_dir:
+        return None
+    path = Path(cred_dir) / name
+    key = f"{t.key(field)} (credential {name})"
+    try:
+        t.ctx.read_file(str(path))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {_os_reason(exc)}") from None
+    return t.ctx.read_secret_file(path, key), key
+
+
 def _resolve_api_key(t: Table) -> tuple[Secret | None, str | None]:
     """First found wins: api_key, api_key_file, $CREDENTIALS_DIRECTORY/flora_api_key, $FLORA_API_KEY."""
     values, source = t.secret("api_key", "api_key_file")
@@ -567,20 +584,11 @@ def _resolve_api_key(t: Table) -> tuple[Secret | None, str | None]:
         _check_api_key(values[0], t.key(source))
         return Secret(values[0]), source
     env = t.ctx.env
-    cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        path = Path(cred_dir) / API_KEY_CREDENTIAL
-        key = f"{t.key('api_key')} (credential {API_KEY_CREDENTIAL})"
-        try:
-            t.ctx.read_file(str(path))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise ConfigError(key, f"cannot read {path}: {_os_reason(exc)}") from None
-        else:
-            value = t.ctx.read_secret_file(path, key)
-            _check_api_key(value, key)
-            return Secret(value), "credential"
+    found = _credential(t, API_KEY_CREDENTIAL, "api_key")
+    if found is not None:
+        value, key = found
+        _check_api_key(value, key)
+        return Secret(value), "credential"
     value = env.get("FLORA_API_KEY", "")
     if value:
         _check_api_key(value, f"{t.key('api_key')} (from $FLORA_API_KEY)")
@@ -699,18 +707,9 @@ def _parse_store(t: Table) -> StoreConfig:
     lease = t.number("lease", DEFAULT_LEASE_S)
     values, source = t.secret("url", "url_file")
     url = values[0] if source is not None else None
-    cred_dir = t.ctx.env.get("CREDENTIALS_DIRECTORY")
-    if url is None and cred_dir:
-        path = Path(cred_dir) / STORE_URL_CREDENTIAL
-        key = f"{t.key('url')} (credential {STORE_URL_CREDENTIAL})"
-        try:
-            t.ctx.read_file(str(path))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise ConfigError(key, f"cannot read {path}: {_os_reason(exc)}") from None
-        else:
-            url, source = t.ctx.read_secret_file(path, key), "credential"
+    found = _credential(t, STORE_URL_CREDENTIAL, "url") if url is None else None
+    if found is not None:
+        url, source = found[0], "credential"
     if url is None:
         return StoreConfig(lease=lease)
     _check_store_url(url, t.key("url_file" if source == "url_file" else "url"))

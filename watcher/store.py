@@ -276,6 +276,31 @@ def _cut(text: str | None) -> str | None:
     return None if text is None else text[:MAX_ERROR_CHARS]
 
 
+_Rows = list[tuple[Any, ...]]
+
+
+def outcome_rows(outcomes: Sequence[Outcome]) -> tuple[_Rows, _Rows, _Rows]:
+    """The parameters of ``record_outcomes``' three updates (delivered, retry, dead), shared by both back ends:
+    ``(attempts added, now, delivered_ms, status, id)``, ``(attempts added, now, next_attempt_ms, error, status,
+    id)`` and ``(attempts added, dead_ms, attempted, last_attempt_ms, error, status, id)``."""
+    delivered: list[tuple[Any, ...]] = []
+    retry: list[tuple[Any, ...]] = []
+    dead: list[tuple[Any, ...]] = []
+    for o in outcomes:
+        if o.state == DELIVERED:
+            delivered.append((int(o.attempted), o.now_ms, o.now_ms, o.status, o.delivery_id))
+        elif o.state == "retry":
+            if o.next_attempt_ms is None:
+                raise ValueError("a retry outcome needs next_attempt_ms")
+            retry.append((int(o.attempted), o.now_ms, o.next_attempt_ms, _cut(o.error), o.status, o.delivery_id))
+        elif o.state == DEAD:
+            dead.append((int(o.attempted), o.now_ms, bool(o.attempted), o.now_ms, _cut(o.error), o.status,
+                         o.delivery_id))
+        else:
+            raise ValueError(f"unknown outcome state {o.state!r}")
+    return delivered, retry, dead
+
+
 def _sink_names(sinks: Sequence[str]) -> list[str]:
     if isinstance(sinks, str):
         raise TypeError(f"sink names must be a sequence of strings, not the string {sinks!r}")
@@ -547,20 +572,7 @@ class Store:
         dispatcher's group commit. Each outcome means what ``mark_delivered``/``mark_retry``/``mark_dead`` do."""
         if not outcomes:
             return
-        delivered, retry, dead = [], [], []
-        for o in outcomes:
-            if o.state == DELIVERED:
-                delivered.append((int(o.attempted), o.now_ms, o.now_ms, o.status, o.delivery_id))
-            elif o.state == "retry":
-                if o.next_attempt_ms is None:
-                    raise ValueError("a retry outcome needs next_attempt_ms")
-                retry.append((int(o.attempted), o.now_ms, o.next_attempt_ms, _cut(o.error), o.status,
-                              o.delivery_id))
-            elif o.state == DEAD:
-                dead.append((int(o.attempted), o.now_ms, int(o.attempted), o.now_ms, _cut(o.error), o.status,
-                             o.delivery_id))
-            else:
-                raise ValueError(f"unknown outcome state {o.state!r}")
+        delivered, retry, dead = outcome_rows(outcomes)
         with self._transaction() as conn:
             conn.executemany(
                 "UPDATE deliveries SET state = 'delivered', attempts = attempts + ?, last_attempt_ms = ?,"

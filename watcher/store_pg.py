@@ -37,13 +37,13 @@ from watcher.model import Event, TrackedRun
 from watcher.store import (
     DEAD,
     DELIVERED,
-    MAX_ERROR_CHARS,
     PAUSE_PREFIX,
     PENDING,
     Delivery,
     DeliveryRow,
     Outcome,
     SinkState,
+    _cut,
     _empty_sink_summary,
     _health_by_sink,
     _meta_value,
@@ -51,6 +51,7 @@ from watcher.store import (
     decode_tracked,
     encode_event,
     encode_tracked,
+    outcome_rows,
     parse_pauses,
 )
 
@@ -203,10 +204,6 @@ def _password(url: str) -> str | None:
         return urlsplit(url).password
     except ValueError:
         return None
-
-
-def _cut(text: str | None) -> str | None:
-    return None if text is None else text[:MAX_ERROR_CHARS]
 
 
 def default_instance_id() -> str:
@@ -561,20 +558,7 @@ class PgStore:
         each releases its claim."""
         if not outcomes:
             return
-        delivered, retry, dead = [], [], []
-        for o in outcomes:
-            if o.state == DELIVERED:
-                delivered.append((int(o.attempted), o.now_ms, o.now_ms, o.status, o.delivery_id))
-            elif o.state == "retry":
-                if o.next_attempt_ms is None:
-                    raise ValueError("a retry outcome needs next_attempt_ms")
-                retry.append((int(o.attempted), o.now_ms, o.next_attempt_ms, _cut(o.error), o.status,
-                              o.delivery_id))
-            elif o.state == DEAD:
-                dead.append((int(o.attempted), o.now_ms, o.attempted, o.now_ms, _cut(o.error), o.status,
-                             o.delivery_id))
-            else:
-                raise ValueError(f"unknown outcome state {o.state!r}")
+        delivered, retry, dead = outcome_rows(outcomes)
         health = _health_by_sink(outcomes)
 
         async def body(conn: Any) -> None:
