@@ -179,12 +179,38 @@ class Run:
             model=Model(model.get("model_id")) if isinstance(model, dict) else None,
         )
 
+    def with_progress(self, progress: float | None) -> Run:
+        """This run with another ``progress`` (what a listing that moved only the progress shows)."""
+        return Run(
+            self.run_id, self.status, progress, self.created_at, self.started_at, self.completed_at,
+            self.workspace_id, self.project_id, self.technique, self.charged_cost, self.error_code,
+            self.error_message, self.outputs, self.poll_url, self.run_type, self.model,
+        )
+
     def merged_with(self, older: Run) -> Run:
         """This observation, with identity fields the newer one lacks taken from an older observation.
 
         Single-run GETs do not carry ``technique``, ``project_id``, ``workspace_id`` or ``model``, nor which
-        resource the run belongs to; list items do.
+        resource the run belongs to; list items do. Returns this observation itself when the older one adds
+        nothing (the usual case for a list item: a sweep merges ~17,000 of them at 10,000 active runs).
         """
+        if (
+            (self.progress is not None or older.progress is None)
+            and (self.created_at is not None or older.created_at is None)
+            and (self.started_at is not None or older.started_at is None)
+            and (self.completed_at is not None or older.completed_at is None)
+            and (self.workspace_id or older.workspace_id == self.workspace_id)
+            and (self.project_id or older.project_id == self.project_id)
+            and (self.technique or older.technique == self.technique)
+            and (self.charged_cost is not None or older.charged_cost is None)
+            and (self.error_code is not None or older.error_code is None)
+            and (self.error_message is not None or older.error_message is None)
+            and (self.outputs or older.outputs == self.outputs)
+            and (self.poll_url or older.poll_url == self.poll_url)
+            and (older.run_type != RunType.GENERATION or self.run_type == older.run_type)
+            and (self.model or older.model == self.model)
+        ):
+            return self
         return Run(
             run_id=self.run_id,
             status=self.status,

@@ -110,6 +110,11 @@ def listings(
     return out
 
 
+# Finished runs kept for the next listing (``prunable(keep_listed=True)``): at most one per active run, and at
+# least this many.
+MIN_FINISHED_KEPT = 1_000
+
+
 def prune_floors(filters: Sequence[Filters], high_watermarks: Mapping[str, int | None]) -> dict[str, int | None]:
     """Per run type, the most conservative new-run floor over that type's listings (None when one of them has
     no watermark yet). A resource that is not listed (or not available) never holds back another's pruning."""
@@ -208,6 +213,27 @@ def settled_by_listing(t: TrackedRun) -> TrackedRun:
     return replace(t, next_poll_ms=None, poll_attempt=0)
 
 
+# A run whose progress moved only restarts its stall clock (``TrackedRun.stuck_since_ms``). That is written to the
+# state store lazily: at most this late (and never later than a tenth of ``stalled_after``), and at once on a
+# clean stop. After a crash, a run whose progress moved in that last stretch before the crash is treated like one
+# whose progress moved while the watcher was down: the store still holds its older progress with its older clock,
+# the first observation differs from it, and the clock restarts then. So a run.stalled can come later after a
+# crash, never early, and never twice. (Writing every moved progress of every sweep cost ~2,000 row writes a
+# second at 10,000 running runs.)
+STALL_CLOCK_MAX_LAG_MS = 60_000
+
+
+def stall_clock_lag_ms(stalled_after_ms: int) -> int:
+    """How late a moved stall clock may reach the state store (see ``STALL_CLOCK_MAX_LAG_MS``)."""
+    return max(0, min(STALL_CLOCK_MAX_LAG_MS, stalled_after_ms // 10))
+
+
+def unsaved_due(unsaved: Mapping[str, int], now_ms: int, lag_ms: int) -> list[str]:
+    """The runs of ``unsaved`` (run id → when its stall clock first moved unwritten) to write now."""
+    cutoff = now_ms - lag_ms
+    return [run_id for run_id, since in unsaved.items() if since <= cutoff]
+
+
 def prunable(
     tracked: Mapping[str, TrackedRun], new_after_ms: int | Mapping[str, int | None] | None
 ) -> list[str]:
@@ -216,7 +242,7 @@ def prunable(
     A terminal run is kept only while a re-read of it could still look new (created after ``new_after_ms``);
     below that, ``transitions.detect`` ignores an unknown terminal run anyway, and the event store's ids are the
     last guard against a duplicate. ``new_after_ms`` may be one floor for every run or a floor per run type
-    (``prune_floors``); a run type missing from it counts as None.
+    (``prune_floors``); a run type missing from it counts as None. (``prune`` keeps some of them longer.)
     """
     floors = new_after_ms if isinstance(new_after_ms, Mapping) else None
     out = []
@@ -227,6 +253,88 @@ def prunable(
         assert not isinstance(floor, Mapping)
         if floor is None or t.run.created_at is None or t.run.created_at <= floor:
             out.append(t.run_id)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What ``prune`` decided: the runs to forget, and what it saw of the active runs (for ``prune_batch``)."""
+
+    deletes: list[str]
+    oldest_active: dict[str, int]  # run type -> created_at of its oldest active run
+    active: int  # active (non-terminal) runs
+
+
+def prune(
+    tracked: Mapping[str, TrackedRun], floors: Mapping[str, int | None], *, min_keep: int = MIN_FINISHED_KEPT
+) -> Pruned:
+    """``prunable``, keeping also the finished runs the next sweep's listing will show again: those created
+    since the oldest active run of their run type (a window reads down to its oldest active run). A run kept is
+    recognised as finished at a glance; a run forgotten is tracked again, written and forgotten again at every
+    sweep (~7,000 runs a sweep at 10,000 active runs). Of those, at most as many as there are active runs, and
+    at least ``min_keep``, are kept (the newest): a catch-up with one old stuck run does not keep everything it
+    reads."""
+    out: list[str] = []
+    oldest_active: dict[str, int] = {}
+    active = 0
+    listed: list[tuple[int, str]] = []  # (created_at, run_id) of finished runs past their floor, maybe kept
+    finished: list[tuple[int, str, str]] = []
+    for t in tracked.values():
+        run = t.run
+        created = run.created_at
+        if not is_terminal(run.status):  # (run.status, not the t.status property: this visits every run)
+            active += 1
+            if created is not None:
+                oldest = oldest_active.get(run.run_type)
+                if oldest is None or created < oldest:
+                    oldest_active[run.run_type] = created
+            continue
+        floor = floors.get(run.run_type)
+        if created is None:
+            out.append(run.run_id)
+        elif floor is None or created <= floor:
+            finished.append((created, run.run_id, run.run_type))
+    for created, run_id, run_type in finished:
+        oldest = oldest_active.get(run_type)
+        if oldest is not None and created >= oldest:
+            listed.append((created, run_id))
+        else:
+            out.append(run_id)
+    excess = len(listed) - max(min_keep, active)
+    if excess > 0:
+        listed.sort()
+        out.extend(run_id for _, run_id in listed[:excess])
+    return Pruned(out, oldest_active, active)
+
+
+def prune_batch(
+    tracked: Mapping[str, TrackedRun],
+    among: Iterable[str],
+    floors: Mapping[str, int | None],
+    last: Pruned,
+    *,
+    min_keep: int = MIN_FINISHED_KEPT,
+) -> list[str]:
+    """``prune`` for a batch of a deep window, looking only at the runs of ``among`` (those the batch wrote) and
+    at the active runs as ``last`` (the last full ``prune``) saw them, so a batch costs what it read, not what is
+    tracked. Memory stays bounded: a finished run is kept only while the tracked runs number at most twice the
+    active ones plus ``min_keep``."""
+    out = []
+    room = 2 * last.active + min_keep - len(tracked)
+    for run_id in among:
+        t = tracked.get(run_id)
+        if t is None or not is_terminal(t.run.status):
+            continue
+        run = t.run
+        created = run.created_at
+        floor = floors.get(run.run_type)
+        if created is not None and floor is not None and created > floor:
+            continue  # could still look new
+        oldest = last.oldest_active.get(run.run_type)
+        if created is not None and oldest is not None and created >= oldest and room > 0:
+            room -= 1
+            continue
+        out.append(run_id)
     return out
 
 

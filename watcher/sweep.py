@@ -33,6 +33,7 @@ from watcher.config import SinkConfig, WatchConfig
 from watcher.crashpoints import crash_point
 from watcher.errors import ApiError, AuthError, BadResponseError, ClientRequestError, NotFoundError
 from watcher.model import RESOURCE_TECHNIQUE_RUNS, Event, Run, RunStatus, TrackedRun
+from watcher.normalize import RunMemo
 from watcher.outage import OutageLog
 from watcher.transitions import Context, detect
 
@@ -125,6 +126,11 @@ class Sweeper:
         self.outage = OutageLog(log)  # api.unavailable / still_unavailable / recovered, instead of a line a sweep
         self.catchups: dict[str, list[plan.Segment]] = {}  # filters key -> an unfinished deep window, as committed
         self.listing_totals: dict[str, int] = {}  # filters key -> total_estimate when its last window completed
+        self._pruned: plan.Pruned | None = None  # the last full prune (what a deep window's batches go by)
+        self.memo = RunMemo()  # the last list item of each tracked run: a run shown unchanged is not parsed again
+        # Runs whose stall clock moved (progress moved) since their row was last written: run id -> when it first
+        # moved unwritten. Written within ``plan.stall_clock_lag_ms`` and by ``flush`` on a clean stop.
+        self.unsaved: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -136,6 +142,7 @@ class Sweeper:
         if first == now:
             log.info("watcher.first_start", note="runs already finished now will not be reported")
         self.tracked = await self.store.load_tracked()
+        self.unsaved = {}
         for f in self.filters:
             raw = await self.store.get_meta(hw_key(f))
             self.high_watermarks[f.key] = int(raw) if raw else None
@@ -278,7 +285,7 @@ class Sweeper:
     ) -> AsyncGenerator[ListPage, None]:
         return self.client.pages(status=status, limit=PAGE_SIZE, workspace_id=f.workspace_id,
                                  project_id=f.project_id, technique_id=f.technique_id, resource=f.resource,
-                                 cursor=cursor)
+                                 cursor=cursor, memo=self.memo)
 
     def _resync_due(self, now: int) -> bool:
         return self.last_resync_ms is None or now - self.last_resync_ms >= self.watch.resync_interval * 1000
@@ -326,13 +333,17 @@ class Sweeper:
                 sw.dirty.add(run.run_id)
             return decision.changed
         new = plan.settled_by_listing(decision.tracked) if listed else decision.tracked
+        if new is prev and not decision.events:  # seen again, unchanged: the common case of a sweep
+            return False
         self.tracked[run.run_id] = new
-        # The stall clock and marker are persisted too: a restart must neither repeat a run.stalled nor forget
-        # that progress moved (that write happens only while stalled_after is on).
-        if prev is None or decision.changed or (
-            new.next_poll_ms, new.poll_attempt, new.stuck_since_ms, new.stalled
-        ) != (prev.next_poll_ms, prev.poll_attempt, prev.stuck_since_ms, prev.stalled):
+        # The stall clock and marker are persisted too: a restart must never repeat a run.stalled (written at
+        # once) and should not forget that progress moved (written lazily: see plan.STALL_CLOCK_MAX_LAG_MS).
+        if prev is None or decision.changed or (new.next_poll_ms, new.poll_attempt, new.stalled) != (
+            prev.next_poll_ms, prev.poll_attempt, prev.stalled
+        ):
             sw.dirty.add(run.run_id)
+        elif new.stuck_since_ms != prev.stuck_since_ms and run.run_id not in self.unsaved:
+            self.unsaved[run.run_id] = sw.now
         for event in decision.events:
             sw.result.events.append(event)
             # A catch-up (a sweep that has committed a batch) tells its transitions by the batch, in its
@@ -481,6 +492,15 @@ class Sweeper:
 
     # ---------------------------------------------------------------------------------------------- commit
 
+    async def flush(self) -> int:
+        """Write the stall clocks still unwritten (a clean stop): a restart then times every stall exactly.
+        Returns how many runs were written."""
+        rows = [self.tracked[r] for r in self.unsaved if r in self.tracked]
+        if rows:
+            await self.store.commit_sweep(upserts=rows, deletes=[], events=[], meta={}, now_ms=self.clock.now_ms())
+        self.unsaved = {}
+        return len(rows)
+
     async def _commit(self, sw: _Pass, *, final: bool) -> None:
         """Write what the sweep learned since its last commit in one transaction. ``final``: the sweep is over
         (watermarks of the completed windows, the sweep's status); otherwise a batch of a deep window."""
@@ -491,13 +511,29 @@ class Sweeper:
                     self.high_watermarks[key] = hw
         # Forget finished runs below the most conservative floor over all listings of their run type: the floor of
         # the newest run listed (a re-read of an older finished run cannot look new; its event id is stored anyway).
+        # A batch of a deep window looks only at what it wrote; the sweep's last commit at every tracked run.
         newest = {f.key: plan.max_opt(self.high_watermarks.get(f.key), sw.tops.get(f.key)) for f in self.filters}
-        deletes = plan.prunable(self.tracked, plan.prune_floors(self.filters, newest))
+        floors = plan.prune_floors(self.filters, newest)
+        if final or self._pruned is None:
+            self._pruned = plan.prune(self.tracked, floors)
+            deletes = self._pruned.deletes
+        else:
+            deletes = plan.prune_batch(self.tracked, dirty, floors, self._pruned)
         for run_id in deletes:
             self.tracked.pop(run_id, None)
             dirty.discard(run_id)
+            self.memo.forget(run_id)
+        unsaved = self.unsaved
+        if final:
+            lag_ms = plan.stall_clock_lag_ms(int(self.watch.stalled_after * 1000))
+            dirty.update(plan.unsaved_due(unsaved, sw.now, lag_ms))
         upserts = [self.tracked[r] for r in dirty if r in self.tracked]
         gone = [r for r in dirty if r not in self.tracked] + deletes
+        if unsaved:
+            for run_id in itertools.chain(dirty, deletes):
+                unsaved.pop(run_id, None)
+        if final and len(self.memo) > len(self.tracked):  # runs listed and dropped without a prune
+            self.memo.retain(self.tracked)
         routed = [(e, routing.route(self.sinks, e)) for e in result.events]
         meta: dict[str, str] = {}
         catchups: dict[str, list[plan.Segment]] = {}

@@ -71,6 +71,8 @@ class Decision:
 
 
 class Phase(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code, looked up twice per run
+
     NONE = "none"  # not tracked
     PENDING = "pending"
     RUNNING = "running"
@@ -173,9 +175,12 @@ def _observe(prev: TrackedRun | None, observed: Run, ctx: Context) -> Decision:
     reason = "unknown_status" if phase_of(observed.status) is Phase.UNKNOWN else "unchanged"
     if observed.status != prev.status:  # one unknown status replacing another
         return Decision(_moved(prev, run, ctx), (), True, reason)
-    tracked = replace(prev, run=run)
-    if ctx.stalled_after_ms > 0 and run.progress != prev.run.progress:
-        tracked = replace(tracked, stuck_since_ms=ctx.now_ms)  # progress moved: the stall clock restarts
+    if ctx.stalled_after_ms > 0 and run.progress != prev.run.progress:  # progress moved: the stall clock restarts
+        tracked = _with_run(prev, run, ctx.now_ms)
+    elif run is prev.run:  # the same observation again (``normalize.RunMemo``): nothing to copy
+        tracked = prev
+    else:
+        tracked = _with_run(prev, run, prev.stuck_since_ms)
     tracked, events = stall_check(tracked, ctx)
     return Decision(tracked, events, False, "stalled" if events else reason)
 
@@ -286,6 +291,13 @@ def stall_check(t: TrackedRun, ctx: Context) -> tuple[TrackedRun, tuple[Event, .
 
 def _new_tracked(run: Run, ctx: Context) -> TrackedRun:
     return TrackedRun(run=run, first_seen_ms=ctx.now_ms, last_change_ms=ctx.now_ms, stuck_since_ms=ctx.now_ms)
+
+
+def _with_run(prev: TrackedRun, run: Run, stuck_since_ms: int | None) -> TrackedRun:
+    """``replace(prev, run=run, stuck_since_ms=stuck_since_ms)``, without ``replace``'s cost: every listed run of
+    every sweep comes through here."""
+    return TrackedRun(run, prev.first_seen_ms, prev.last_change_ms, prev.poll_attempt, prev.next_poll_ms,
+                      stuck_since_ms, prev.stalled)
 
 
 def _moved(prev: TrackedRun, run: Run, ctx: Context) -> TrackedRun:

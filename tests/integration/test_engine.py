@@ -49,9 +49,11 @@ async def once(cfg: Config, clock: FakeClock) -> int:
 
 
 def read_events(path: Path) -> list[dict]:
+    """The complete lines of the events file (the last one may still be being written)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
 def finish(sim, clock: FakeClock, run_ids, seconds: float = 1.0) -> None:
@@ -308,3 +310,32 @@ async def test_a_failing_list_endpoint_does_not_stall_detection(sim, tmp_path, c
     assert result.polls == 1
     assert [(e.run_id, e.type) for e in result.events] == [(run, "run.failed")]
     assert result.events[0].data["error_code"] == "LLM_REFUSAL"
+
+
+async def test_a_clean_stop_writes_the_stall_clocks_the_sweeps_left_unwritten(paths) -> None:
+    """A running run's progress moves at every sweep; the sweeps write that (its stall clock) lazily, and the
+    daemon's clean stop writes what is still unwritten, so a restart times the stall from the last move."""
+    clock = FakeClock(0.0, epoch_ms=EPOCH_MS, manual=True)
+    state, events_file = paths
+    async with run_simulator(api_key=KEY, seed=3, clock=clock) as sim:
+        cfg = make_config(sim.base_url, state, events_file, stalled_after=60.0)  # written within 6 s
+        recorder = Recorder()
+        daemon = Daemon(cfg, Options(install_signal_handlers=False), clock=clock, observers=[recorder])
+        task = asyncio.create_task(daemon.run())
+        try:
+            await recorder.sweeps(1)
+            run = sim.sim.create_run(technique="cctv-cam", pending_ms=0, running_ms=600_000, outcome="completed")
+            for n in range(2, 6):
+                clock.advance(1.0)
+                await recorder.sweeps(n)
+            assert daemon.sweeper is not None and run in daemon.sweeper.unsaved  # moved, not yet written
+            in_memory = daemon.sweeper.tracked[run]
+        finally:
+            daemon.request_stop()
+            assert await asyncio.wait_for(task, 20) == 0
+    store = Store.open(store_path(state))
+    try:
+        stored = store.load_tracked()[run]
+    finally:
+        store.close()
+    assert (stored.stuck_since_ms, stored.run.progress) == (in_memory.stuck_since_ms, in_memory.run.progress)

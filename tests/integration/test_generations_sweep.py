@@ -194,3 +194,94 @@ async def test_stalled_after_zero_disables(sim, clock) -> None:
         sim.sim.create_run(pending_ms=3_600_000, running_ms=1_000)
         events = await sweeps(sweeper, clock, 30)
     assert events == []
+
+
+async def stuck_run_across_a_restart(sim, clock, db, *, clean: bool) -> tuple[str, list, list]:
+    """A run whose progress moves for ~200 s and then stands still for 300 s; the watcher stops (cleanly, or as
+    by a crash) right after the sweep that saw the progress move the last time, and starts again 30 s later."""
+    s = sim.sim
+    async with sweeper_for(sim, clock, db, stalled_after=100.0) as sweeper:
+        await sweeps(sweeper, clock, 1)
+        run = s.create_run("voiceover", pending_ms=0, running_ms=400_000, stall_ms=300_000, outcome="completed")
+        before = await sweeps(sweeper, clock, 20)  # 200 s: this last sweep saw the progress move the last time
+        if clean:
+            await sweeper.flush()
+    clock.advance(30)
+    async with sweeper_for(sim, clock, db, stalled_after=100.0) as sweeper:
+        after = await sweeps(sweeper, clock, 60)
+    return run, before, after
+
+
+async def test_a_clean_stop_keeps_the_stall_clock_exact(sim, clock, tmp_path) -> None:
+    run, before, after = await stuck_run_across_a_restart(sim, clock, tmp_path / "state.sqlite3", clean=True)
+    stalled = [e for e in before + after if e.type == "run.stalled"]
+    assert [e.run_id for e in stalled] == [run]
+    # 100 s after the sweep that last saw the progress move (one interval of 10 s late at most), not from the
+    # restart: the restarted watcher went on with the stall clock written at the stop.
+    assert 100_000 < stalled[0].data["stalled_for"] <= 110_000
+    assert [e.type for e in after if e.run_id == run] == ["run.stalled", "run.completed"]
+    restart_ms = T0 + 240_000  # 10 s + 20 sweeps of 10 s + 30 s down
+    assert stalled[0].created_at < restart_ms + 100_000
+
+
+async def test_after_a_crash_a_stall_may_come_later_but_never_early_nor_twice(sim, clock, tmp_path) -> None:
+    run, before, after = await stuck_run_across_a_restart(sim, clock, tmp_path / "state.sqlite3", clean=False)
+    stalled = [e for e in before + after if e.type == "run.stalled"]
+    assert [e.run_id for e in stalled] == [run]
+    # The last move was not written yet (a move is written within a tenth of stalled_after): the restarted
+    # watcher saw a progress other than the stored one and restarted the clock then, as for a move while it
+    # was down. Later than after a clean stop, never early, once.
+    assert 100_000 < stalled[0].data["stalled_for"] <= 110_000
+    assert [e.type for e in after if e.run_id == run] == ["run.stalled", "run.completed"]
+    restart_ms = T0 + 240_000
+    assert stalled[0].created_at > restart_ms + 100_000  # timed from the first sight after the restart
+
+
+async def test_moving_progress_is_written_within_the_lag_not_every_sweep(sim, clock, tmp_path) -> None:
+    """Every sweep sees a running run's progress move; its row is written at most once per tenth of
+    stalled_after (here 60 s: the most), not at every sweep."""
+    s = sim.sim
+    async with sweeper_for(sim, clock, tmp_path / "state.sqlite3", stalled_after=600.0) as sweeper:
+        await sweeps(sweeper, clock, 1)
+        s.create_runs(20, pending_ms=0, running_ms=3_000_000, outcome="completed")
+        await sweeps(sweeper, clock, 1)  # tracked: written once
+        written: list[int] = []
+        commit = sweeper.store.commit_sweep
+
+        async def counting(**kw):
+            written.append(len(kw["upserts"]))
+            return await commit(**kw)
+
+        sweeper.store.commit_sweep = counting  # type: ignore[method-assign]
+        await sweeps(sweeper, clock, 12)  # 120 s, every sweep a new progress for each of the 20 runs
+        assert sum(written) == 20  # once each in these 120 s (a move waits up to 60 s), not at every sweep
+        assert len(sweeper.unsaved) == 20
+        assert await sweeper.flush() == 20
+        assert sweeper.unsaved == {}
+
+
+async def test_finished_runs_the_listing_shows_again_are_not_written_again(sim, clock) -> None:
+    """Runs that finished while older runs are still active are shown by every sweep's listing (it reads down
+    to the oldest active run): they stay remembered as finished, so a sweep neither parses them again nor
+    writes (or deletes) their rows again."""
+    s = sim.sim
+    async with sweeper_for(sim, clock, stalled_after=0.0) as sweeper:  # (no stall clock writes in the count)
+        await sweeps(sweeper, clock, 1)
+        s.create_runs(5, pending_ms=0, running_ms=3_000_000, outcome="completed")
+        clock.advance(1)
+        short = s.create_runs(30, pending_ms=0, running_ms=5_000, outcome="completed")
+        events = await sweeps(sweeper, clock, 3)
+        assert sorted(e.run_id for e in events) == sorted(short)
+        writes: list[tuple[int, int]] = []
+        commit = sweeper.store.commit_sweep
+
+        async def counting(**kw):
+            writes.append((len(kw["upserts"]), len(kw["deletes"])))
+            return await commit(**kw)
+
+        sweeper.store.commit_sweep = counting  # type: ignore[method-assign]
+        hits = sweeper.memo.hits
+        assert await sweeps(sweeper, clock, 5) == []
+        assert writes == [(0, 0)] * 5
+        assert sweeper.memo.hits - hits >= 5 * 30  # the finished runs came from memory every sweep
+        assert all(r in sweeper.tracked and sweeper.tracked[r].terminal for r in short)

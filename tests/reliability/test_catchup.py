@@ -23,9 +23,11 @@ LIST = "GET /api/v1/technique-runs"
 
 
 def lines(path: Path) -> list[dict]:
+    """The complete lines of the events file (the watcher may be appending the last one as we read)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
 def meta(state: Path) -> dict[str, str]:

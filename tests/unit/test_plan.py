@@ -133,3 +133,53 @@ def test_cadence_does_not_drift_and_does_not_burst() -> None:
 def test_new_run_floor_has_a_margin_below_the_watermark() -> None:
     assert plan.new_after_for(None) is None
     assert plan.new_after_for(100_000) == 100_000 - plan.NEW_RUN_MARGIN_MS
+
+
+def test_prune_keeps_the_finished_runs_the_next_listing_shows_again() -> None:
+    runs = {
+        "active_old": tracked("active_old", "running", 2_000),
+        "active_new": tracked("active_new", "pending", 8_000),
+        "done_before_any_active": tracked("done_before_any_active", "completed", 1_000),
+        "done_in_window": tracked("done_in_window", "failed", 3_000),
+        "done_recent": tracked("done_recent", "completed", 9_500),  # above the floor: could still look new
+        "undated": tracked("undated", "completed", None),
+    }
+    pruned = plan.prune(runs, {"technique": 9_000})
+    assert sorted(pruned.deletes) == ["done_before_any_active", "undated"]
+    assert (pruned.oldest_active, pruned.active) == ({"technique": 2_000}, 2)
+    # Nothing active: every finished run below the floor goes, as with prunable.
+    finished = {k: v for k, v in runs.items() if not k.startswith("active")}
+    assert sorted(plan.prune(finished, {"technique": 9_000}).deletes) == sorted(
+        plan.prunable(finished, {"technique": 9_000}))
+
+
+def test_prune_keeps_at_most_one_finished_run_per_active_run_and_at_least_min_keep() -> None:
+    runs = {"active": tracked("active", "running", 0)}
+    runs.update({f"d{i}": tracked(f"d{i}", "completed", 10 + i) for i in range(10)})
+    pruned = plan.prune(runs, {"technique": 100_000}, min_keep=3)
+    assert sorted(pruned.deletes) == [f"d{i}" for i in range(7)]  # the 3 newest stay
+    assert plan.prune(runs, {"technique": 100_000}, min_keep=20).deletes == []
+
+
+def test_prune_batch_looks_only_at_the_batch_and_bounds_memory() -> None:
+    runs = {"active": tracked("active", "running", 100)}
+    runs.update({f"d{i}": tracked(f"d{i}", "completed", 200 + i) for i in range(6)})
+    runs["below"] = tracked("below", "completed", 50)  # older than every active run
+    last = plan.prune(runs, {"technique": 10_000}, min_keep=2)  # what the last full prune saw: 1 active run
+    batch = ["d0", "d1", "d2", "d3", "below", "active", "gone"]
+    # Room for 2 * 1 + 2 - 8 tracked = none: the batch's finished runs go, the others are not looked at.
+    assert plan.prune_batch(runs, batch, {"technique": 10_000}, last, min_keep=2) == ["d0", "d1", "d2", "d3",
+                                                                                      "below"]
+    # With room, the batch's finished runs in the listing's reach stay; one below every active run goes.
+    assert plan.prune_batch(runs, batch, {"technique": 10_000}, last, min_keep=10) == ["below"]
+    # A run that could still look new is never forgotten.
+    assert plan.prune_batch(runs, batch, {"technique": 150}, last, min_keep=0) == ["below"]
+
+
+def test_stall_clock_lag_and_the_unsaved_runs_due() -> None:
+    assert plan.stall_clock_lag_ms(1_800_000) == plan.STALL_CLOCK_MAX_LAG_MS == 60_000
+    assert plan.stall_clock_lag_ms(100_000) == 10_000
+    assert plan.stall_clock_lag_ms(0) == 0
+    unsaved = {"a": 1_000, "b": 5_000, "c": 9_000}
+    assert plan.unsaved_due(unsaved, 10_000, 5_000) == ["a", "b"]
+    assert plan.unsaved_due(unsaved, 10_000, 0) == ["a", "b", "c"]
