@@ -307,10 +307,14 @@ class RunMemo:
                     self.hits += 1
                     return old_run
             elif len(item) == len(old_item) and "progress" in item and "progress" in old_item:
-                probe = item.copy()
-                probe["progress"] = old_item["progress"]
-                if probe == old_item and bool not in map(type, item.values()):  # (old_item has none)
-                    run = old_run.with_progress(_progress(item["progress"]))
+                progress = item["progress"]
+                item["progress"] = old_item["progress"]  # (our own parsed JSON: compared as if unmoved, then back)
+                try:
+                    moved_only = item == old_item
+                finally:
+                    item["progress"] = progress
+                if moved_only and bool not in map(type, item.values()):  # (old_item has none)
+                    run = old_run.with_progress(_progress(progress))
                     self._items[run_id] = (item, default_run_type, run)
                     self.hits += 1
                     return run

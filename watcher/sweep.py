@@ -35,7 +35,7 @@ from watcher.errors import ApiError, AuthError, BadResponseError, ClientRequestE
 from watcher.model import RESOURCE_TECHNIQUE_RUNS, Event, Run, RunStatus, TrackedRun
 from watcher.normalize import RunMemo
 from watcher.outage import OutageLog
-from watcher.transitions import Context, detect
+from watcher.transitions import Context, detect, final
 
 if TYPE_CHECKING:
     from watcher.store_api import StateStore
@@ -324,6 +324,8 @@ class Sweeper:
         the API's enum is logged once by the API client, where it is parsed.)"""
         sw.result.observed += 1
         prev = self.tracked.get(run.run_id)
+        if final(prev):  # a finished run shown again: nothing can come of it
+            return False
         decision = detect(prev, run, ctx)
         if listed and decision.tracked is not None and not decision.tracked.terminal:
             sw.seen.add(run.run_id)  # only active runs are polled: a finished one need not be remembered here

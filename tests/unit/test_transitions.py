@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watcher.model import ALL_EVENT_TYPES, Event, Output, Run, Technique, TrackedRun, event_id
-from watcher.transitions import TABLE, Context, Decision, Phase, build_event, detect, phase_of
+from watcher.transitions import TABLE, Context, Decision, Phase, build_event, detect, final, phase_of
 
 FIRST_START = 1_000_000
 NEW_AFTER = 5_000_000
@@ -535,3 +535,21 @@ def test_nothing_enabled_nothing_emitted_but_state_still_moves(history):
     assert all(d.events == () for *_, d in steps)
     if any(obs.terminal for _, obs, _, _ in steps):
         assert steps[-1][3].tracked is not None and steps[-1][3].tracked.terminal
+
+
+@given(
+    prev_status=st.sampled_from(["pending", "running", "completed", "failed", "weird"]),
+    observed_status=st.sampled_from(["pending", "running", "completed", "failed", "weird"]),
+    progress=st.none() | st.floats(0, 100),
+    first_sweep=st.booleans(),
+    stalled_after_ms=st.sampled_from([0, 1, 60_000]),
+)
+def test_final_means_detect_keeps_the_run_and_emits_nothing(prev_status, observed_status, progress, first_sweep,
+                                                           stalled_after_ms) -> None:
+    prev = tracked(prev_status)
+    decision = detect(prev, run(observed_status, progress=progress),
+                      ctx(first_sweep=first_sweep, stalled_after_ms=stalled_after_ms))
+    assert final(prev) == (prev_status in ("completed", "failed"))
+    if final(prev):
+        assert decision.tracked is prev and decision.events == () and not decision.changed
+    assert not final(None)
