@@ -521,18 +521,19 @@ class Sweeper:
             deletes = self._pruned.deletes
         else:
             deletes = plan.prune_batch(self.tracked, dirty, floors, self._pruned)
+        unsaved = self.unsaved
         for run_id in deletes:
             self.tracked.pop(run_id, None)
             dirty.discard(run_id)
             self.memo.forget(run_id)
-        unsaved = self.unsaved
+            unsaved.pop(run_id, None)
         if final:
             lag_ms = plan.stall_clock_lag_ms(int(self.watch.stalled_after * 1000))
             dirty.update(plan.unsaved_due(unsaved, sw.now, lag_ms))
         upserts = [self.tracked[r] for r in dirty if r in self.tracked]
         gone = [r for r in dirty if r not in self.tracked] + deletes
         if unsaved:
-            for run_id in itertools.chain(dirty, deletes):
+            for run_id in dirty:
                 unsaved.pop(run_id, None)
         if final and len(self.memo) > len(self.tracked):  # runs listed and dropped without a prune
             self.memo.retain(self.tracked)
