@@ -110,8 +110,7 @@ def listings(
     return out
 
 
-# Finished runs kept for the next listing (``prunable(keep_listed=True)``): at most one per active run, and at
-# least this many.
+# Finished runs kept for the next listing (``prune``): at most one per active run, and at least this many.
 MIN_FINISHED_KEPT = 1_000
 
 

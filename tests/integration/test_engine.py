@@ -8,7 +8,9 @@ clock (``finish``), never while a sweep happens to be slow on a busy machine, an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -131,13 +133,24 @@ async def test_a_transition_while_the_watcher_runs_is_not_late(paths) -> None:
         await _stepped_daemon_reports_a_run(sim, paths, clock)
 
 
-async def _stepped_daemon_reports_a_run(sim, paths, clock: FakeClock) -> None:
-    state, events_file = paths
-    cfg = make_config(sim.base_url, state, events_file)
+@contextlib.asynccontextmanager
+async def stepped_daemon(cfg: Config, clock: FakeClock) -> AsyncIterator[tuple[Daemon, Recorder]]:
+    """The daemon's own loop, running until the block ends (then stopped cleanly, exit 0), with a recorder of its
+    sweeps; the block steps it by moving ``clock``."""
     recorder = Recorder()
     daemon = Daemon(cfg, Options(install_signal_handlers=False), clock=clock, observers=[recorder])
     task = asyncio.create_task(daemon.run())
     try:
+        yield daemon, recorder
+    finally:
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+
+
+async def _stepped_daemon_reports_a_run(sim, paths, clock: FakeClock) -> None:
+    state, events_file = paths
+    cfg = make_config(sim.base_url, state, events_file)
+    async with stepped_daemon(cfg, clock) as (_, recorder):
         await recorder.sweeps(1)
         run = sim.sim.create_run(technique="cctv-cam", pending_ms=50, running_ms=300, outcome="completed")
         for n in range(2, 12):  # the run ends 350 ms after it was created: the fourth sweep after it sees it
@@ -146,9 +159,6 @@ async def _stepped_daemon_reports_a_run(sim, paths, clock: FakeClock) -> None:
             if report.new_events:
                 break
         await until(lambda: read_events(events_file), "the event in the file")
-    finally:
-        daemon.request_stop()
-        assert await asyncio.wait_for(task, 20) == 0
     (event,) = read_events(events_file)
     assert event["data"]["run_id"] == run
     assert event["data"]["late"] is False
@@ -319,10 +329,7 @@ async def test_a_clean_stop_writes_the_stall_clocks_the_sweeps_left_unwritten(pa
     state, events_file = paths
     async with run_simulator(api_key=KEY, seed=3, clock=clock) as sim:
         cfg = make_config(sim.base_url, state, events_file, stalled_after=60.0)  # written within 6 s
-        recorder = Recorder()
-        daemon = Daemon(cfg, Options(install_signal_handlers=False), clock=clock, observers=[recorder])
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with stepped_daemon(cfg, clock) as (daemon, recorder):
             await recorder.sweeps(1)
             run = sim.sim.create_run(technique="cctv-cam", pending_ms=0, running_ms=600_000, outcome="completed")
             for n in range(2, 6):
@@ -330,9 +337,6 @@ async def test_a_clean_stop_writes_the_stall_clocks_the_sweeps_left_unwritten(pa
                 await recorder.sweeps(n)
             assert daemon.sweeper is not None and run in daemon.sweeper.unsaved  # moved, not yet written
             in_memory = daemon.sweeper.tracked[run]
-        finally:
-            daemon.request_stop()
-            assert await asyncio.wait_for(task, 20) == 0
     store = Store.open(store_path(state))
     try:
         stored = store.load_tracked()[run]

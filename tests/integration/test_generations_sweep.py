@@ -16,7 +16,7 @@ from tests.fakes import FakeClock
 from watcher import routing
 from watcher.api import FloraClient
 from watcher.config import SinkConfig, WatchConfig
-from watcher.model import event_id
+from watcher.model import Event, event_id
 from watcher.secret import Secret
 from watcher.simulator import RunningSimulator, run_simulator
 from watcher.store import AsyncStore, Store
@@ -196,9 +196,14 @@ async def test_stalled_after_zero_disables(sim, clock) -> None:
     assert events == []
 
 
-async def stuck_run_across_a_restart(sim, clock, db, *, clean: bool) -> tuple[str, list, list]:
+RESTART_MS = T0 + 240_000  # in stuck_run_across_a_restart: 10 s + 20 sweeps of 10 s + 30 s down
+
+
+async def stuck_run_across_a_restart(sim, clock, db, *, clean: bool) -> Event:
     """A run whose progress moves for ~200 s and then stands still for 300 s; the watcher stops (cleanly, or as
-    by a crash) right after the sweep that saw the progress move the last time, and starts again 30 s later."""
+    by a crash) right after the sweep that saw the progress move the last time, and starts again 30 s later.
+    Either way the run gets one run.stalled, 100 s (at most one interval more) after the move its clock counts
+    from, and then its completion; returns that run.stalled."""
     s = sim.sim
     async with sweeper_for(sim, clock, db, stalled_after=100.0) as sweeper:
         await sweeps(sweeper, clock, 1)
@@ -209,32 +214,26 @@ async def stuck_run_across_a_restart(sim, clock, db, *, clean: bool) -> tuple[st
     clock.advance(30)
     async with sweeper_for(sim, clock, db, stalled_after=100.0) as sweeper:
         after = await sweeps(sweeper, clock, 60)
-    return run, before, after
+    stalled = [e for e in before + after if e.type == "run.stalled"]
+    assert [e.run_id for e in stalled] == [run]
+    assert 100_000 < stalled[0].data["stalled_for"] <= 110_000
+    assert [e.type for e in after if e.run_id == run] == ["run.stalled", "run.completed"]
+    return stalled[0]
 
 
 async def test_a_clean_stop_keeps_the_stall_clock_exact(sim, clock, tmp_path) -> None:
-    run, before, after = await stuck_run_across_a_restart(sim, clock, tmp_path / "state.sqlite3", clean=True)
-    stalled = [e for e in before + after if e.type == "run.stalled"]
-    assert [e.run_id for e in stalled] == [run]
-    # 100 s after the sweep that last saw the progress move (one interval of 10 s late at most), not from the
-    # restart: the restarted watcher went on with the stall clock written at the stop.
-    assert 100_000 < stalled[0].data["stalled_for"] <= 110_000
-    assert [e.type for e in after if e.run_id == run] == ["run.stalled", "run.completed"]
-    restart_ms = T0 + 240_000  # 10 s + 20 sweeps of 10 s + 30 s down
-    assert stalled[0].created_at < restart_ms + 100_000
+    stalled = await stuck_run_across_a_restart(sim, clock, tmp_path / "state.sqlite3", clean=True)
+    # Timed from the sweep that last saw the progress move, not from the restart: the restarted watcher went on
+    # with the stall clock written at the stop.
+    assert stalled.created_at < RESTART_MS + 100_000
 
 
 async def test_after_a_crash_a_stall_may_come_later_but_never_early_nor_twice(sim, clock, tmp_path) -> None:
-    run, before, after = await stuck_run_across_a_restart(sim, clock, tmp_path / "state.sqlite3", clean=False)
-    stalled = [e for e in before + after if e.type == "run.stalled"]
-    assert [e.run_id for e in stalled] == [run]
+    stalled = await stuck_run_across_a_restart(sim, clock, tmp_path / "state.sqlite3", clean=False)
     # The last move was not written yet (a move is written within a tenth of stalled_after): the restarted
     # watcher saw a progress other than the stored one and restarted the clock then, as for a move while it
     # was down. Later than after a clean stop, never early, once.
-    assert 100_000 < stalled[0].data["stalled_for"] <= 110_000
-    assert [e.type for e in after if e.run_id == run] == ["run.stalled", "run.completed"]
-    restart_ms = T0 + 240_000
-    assert stalled[0].created_at > restart_ms + 100_000  # timed from the first sight after the restart
+    assert stalled.created_at > RESTART_MS + 100_000  # timed from the first sight after the restart
 
 
 async def test_moving_progress_is_written_within_the_lag_not_every_sweep(sim, clock, tmp_path) -> None:
