@@ -70,6 +70,7 @@ class Instance:
     name: str
     proc: WatcherProcess
     deaths: list[float] = field(default_factory=list)  # time.monotonic() of each SIGKILL
+    starts: list[float] = field(default_factory=list)  # time.monotonic() before each process start
 
     async def kill(self) -> None:
         self.deaths.append(time.monotonic())
@@ -78,6 +79,7 @@ class Instance:
     async def start(self) -> None:
         """Start the process and wait until it runs (its lease role ticks), so a takeover can count on it."""
         offset = self.proc.log_size()
+        self.starts.append(time.monotonic())
         await self.proc.start()
         await self.proc.wait_for_log('"daemon.started"', timeout=60, after=offset)
 
@@ -147,8 +149,20 @@ class Fleet:
         v.id_conflicts += [("webhook-id", r.headers.get("webhook-id", "")) for r in accepted
                            if r.event is not None and r.headers.get("webhook-id") != r.event["id"]]
         v.bad_signatures = sum(r.signature_ok is False for r in self.hook.received)
-        v.unexplained = unexplained_duplicates(self.hook, {n: i.deaths for n, i in self.instances.items()})
+        v.unexplained = unexplained_duplicates(self.hook, {n: i.deaths for n, i in self.instances.items()},
+                                               starts={n: i.starts for n, i in self.instances.items()})
+        v.unexplained = [f"{what} [{self.log_lines(what.split()[0])}]" for what in v.unexplained]
         return v
+
+    def log_lines(self, needle: str, limit: int = 12) -> str:
+        """The instances' log lines that mention ``needle`` (an event id): what each sender saw of it."""
+        out = []
+        for name, inst in self.instances.items():
+            for path in (inst.proc.stderr_path, inst.proc.stdout_path):
+                if path.exists():
+                    out += [f"{name}: {line.strip()[:300]}" for line in path.read_text(errors="replace").splitlines()
+                            if needle in line]
+        return " | ".join(out[:limit]) or "no log line names it"
 
 
 @dataclass
@@ -163,19 +177,39 @@ class Verdict(_Verdict):
         return out
 
 
-def unexplained_duplicates(hook: Receiver, deaths: dict[str, list[float]], window: float = 3.0) -> list[str]:
-    """Event ids accepted twice where the instance that sent the first copy did not die within ``window``
-    seconds after it (the sink's timeout plus slack: sends in flight at a SIGKILL are the only legitimate
-    re-sends; a live instance records every outcome, and a live claim keeps the other instance off)."""
+def unexplained_duplicates(hook: Receiver, deaths: dict[str, list[float]], window: float = 3.0,
+                           starts: dict[str, list[float]] | None = None) -> list[str]:
+    """Event ids accepted twice where no kill of the instance that sent the first copy explains the second.
+
+    Sends in flight at a SIGKILL are the only legitimate re-sends (a live instance records every outcome, and
+    a live claim keeps the other instance off). The first copy is explained by a kill of its sender
+
+    * within ``window`` seconds after the receiver took it (the sink's timeout plus slack: sent, outcome not
+      yet committed), or
+    * before the receiver took it, when that instance was not started again in between: a request a killed
+      process wrote is still read from the socket afterwards (the receiver shares its event loop with the
+      test, so its timestamp can trail the kill), and only the killed process can have sent it.
+    """
     accepted = sorted((r.at, r.path.rsplit("/", 1)[-1], r.headers.get("webhook-id", "")) for r in hook.accepted())
     counts = Counter(i for _, _, i in accepted)
+    starts = starts or {}
     out = []
     for event_id, n in counts.items():
         if n < 2:
             continue
         first_at, sender, _ = next(a for a in accepted if a[2] == event_id)
-        if not any(first_at - 0.1 <= d <= first_at + window for d in deaths.get(sender, [])):
-            out.append(event_id)
+
+        def explains(death: float, sender: str = sender, first_at: float = first_at) -> bool:
+            if death >= first_at:
+                return death <= first_at + window
+            restarted = [s for s in starts.get(sender, []) if s >= death]
+            return not restarted or first_at < min(restarted)
+
+        if not any(explains(d) for d in deaths.get(sender, [])):
+            copies = ", ".join(f"{who}@{at:.2f}" for at, who, i in accepted if i == event_id)
+            kills = "; ".join(f"{who} killed at {', '.join(f'{d:.2f}' for d in ds)}"
+                              for who, ds in deaths.items() if ds)
+            out.append(f"{event_id} ({copies}; {kills or 'no kills'})")
     return out
 
 

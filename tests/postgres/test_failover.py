@@ -60,3 +60,24 @@ async def test_kill_9_of_the_sweeper_and_the_other_loses_nothing_and_takes_over_
         print(f"list requests in {window:g}s: one instance {alone}, two {both}; takeovers {takeovers}")
         for inst in f.instances.values():
             assert await inst.proc.terminate() == 0
+
+
+def test_a_duplicate_is_explained_only_by_a_kill_of_the_first_sender_around_its_send() -> None:
+    from types import SimpleNamespace
+
+    from tests.postgres.multi import unexplained_duplicates
+
+    def got(at: float, who: str, event_id: str) -> SimpleNamespace:
+        return SimpleNamespace(at=at, path=f"/hooks/{who}", headers={"webhook-id": event_id})
+
+    hook = SimpleNamespace(accepted=lambda: [
+        got(10.0, "a", "evt_1"), got(14.0, "b", "evt_1"),  # a killed 1 s after: the send in flight
+        got(20.5, "a", "evt_2"), got(24.0, "b", "evt_2"),  # read after a's kill at 20.0, before its restart
+        got(30.0, "b", "evt_3"), got(31.0, "a", "evt_3"),  # b was never killed: unexplained
+        got(42.0, "a", "evt_4"), got(45.0, "b", "evt_4"),  # a restarted at 41 after its kill at 40: unexplained
+        got(50.0, "a", "evt_5"),  # once: fine
+    ])
+    found = unexplained_duplicates(hook, {"a": [11.0, 20.0, 40.0], "b": []},  # type: ignore[arg-type]
+                                   starts={"a": [0.0, 12.0, 21.0, 41.0], "b": [0.0]})
+    assert [f.split()[0] for f in found] == ["evt_3", "evt_4"]
+    assert "b@30.00, a@31.00" in found[0]
