@@ -151,8 +151,20 @@ class Fleet:
         v.bad_signatures = sum(r.signature_ok is False for r in self.hook.received)
         v.unexplained = unexplained_duplicates(self.hook, {n: i.deaths for n, i in self.instances.items()},
                                                starts={n: i.starts for n, i in self.instances.items()})
+        # The sender saw that attempt fail (a timeout while the receiver had taken it: a busy machine) and
+        # retried: a re-send that at-least-once promises, not a lost claim.
+        v.unexplained = [what for what in v.unexplained
+                         if not self.retried(what.split("(")[1].split("@")[0], what.split()[0])]
         v.unexplained = [f"{what} [{self.log_lines(what.split()[0])}]" for what in v.unexplained]
         return v
+
+    def retried(self, name: str, event_id: str) -> bool:
+        """Whether instance ``name`` logged a retry of ``event_id`` (its attempt failed as the sender saw it)."""
+        inst = self.instances.get(name)
+        if inst is None or not inst.proc.stderr_path.exists():
+            return False
+        return any(event_id in line and '"delivery.retry_scheduled"' in line
+                   for line in inst.proc.stderr_path.read_text(errors="replace").splitlines())
 
     def log_lines(self, needle: str, limit: int = 12) -> str:
         """The instances' log lines that mention ``needle`` (an event id): what each sender saw of it."""
