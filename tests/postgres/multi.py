@@ -13,6 +13,7 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,11 +151,8 @@ class Fleet:
                            if r.event is not None and r.headers.get("webhook-id") != r.event["id"]]
         v.bad_signatures = sum(r.signature_ok is False for r in self.hook.received)
         v.unexplained = unexplained_duplicates(self.hook, {n: i.deaths for n, i in self.instances.items()},
-                                               starts={n: i.starts for n, i in self.instances.items()})
-        # The sender saw that attempt fail (a timeout while the receiver had taken it: a busy machine) and
-        # retried: a re-send that at-least-once promises, not a lost claim.
-        v.unexplained = [what for what in v.unexplained
-                         if not self.retried(what.split("(")[1].split("@")[0], what.split()[0])]
+                                               starts={n: i.starts for n, i in self.instances.items()},
+                                               retried=self.retried)
         v.unexplained = [f"{what} [{self.log_lines(what.split()[0])}]" for what in v.unexplained]
         return v
 
@@ -190,7 +188,8 @@ class Verdict(_Verdict):
 
 
 def unexplained_duplicates(hook: Receiver, deaths: dict[str, list[float]], window: float = 3.0,
-                           starts: dict[str, list[float]] | None = None) -> list[str]:
+                           starts: dict[str, list[float]] | None = None,
+                           retried: Callable[[str, str], bool] | None = None) -> list[str]:
     """Event ids accepted twice where no kill of the instance that sent the first copy explains the second.
 
     Sends in flight at a SIGKILL are the only legitimate re-sends (a live instance records every outcome, and
@@ -201,6 +200,10 @@ def unexplained_duplicates(hook: Receiver, deaths: dict[str, list[float]], windo
     * before the receiver took it, when that instance was not started again in between: a request a killed
       process wrote is still read from the socket afterwards (the receiver shares its event loop with the
       test, so its timestamp can trail the kill), and only the killed process can have sent it.
+
+    And a first copy whose sender logged a retry of that event (``retried(sender, event_id)``: the attempt
+    failed as the sender saw it, e.g. a timeout on a busy machine while the receiver had taken it) is the
+    re-send at-least-once promises, not a lost claim.
     """
     accepted = sorted((r.at, r.path.rsplit("/", 1)[-1], r.headers.get("webhook-id", "")) for r in hook.accepted())
     counts = Counter(i for _, _, i in accepted)
@@ -217,7 +220,7 @@ def unexplained_duplicates(hook: Receiver, deaths: dict[str, list[float]], windo
             restarted = [s for s in starts.get(sender, []) if s >= death]
             return not restarted or first_at < min(restarted)
 
-        if not any(explains(d) for d in deaths.get(sender, [])):
+        if not any(explains(d) for d in deaths.get(sender, [])) and not (retried and retried(sender, event_id)):
             copies = ", ".join(f"{who}@{at:.2f}" for at, who, i in accepted if i == event_id)
             kills = "; ".join(f"{who} killed at {', '.join(f'{d:.2f}' for d in ds)}"
                               for who, ds in deaths.items() if ds)

@@ -81,3 +81,8 @@ def test_a_duplicate_is_explained_only_by_a_kill_of_the_first_sender_around_its_
                                    starts={"a": [0.0, 12.0, 21.0, 41.0], "b": [0.0]})
     assert [f.split()[0] for f in found] == ["evt_3", "evt_4"]
     assert "b@30.00, a@31.00" in found[0]
+    # b logged a retry of evt_3: its attempt failed as it saw it, so a's copy is the promised re-send
+    found = unexplained_duplicates(hook, {"a": [11.0, 20.0, 40.0], "b": []},  # type: ignore[arg-type]
+                                   starts={"a": [0.0, 12.0, 21.0, 41.0], "b": [0.0]},
+                                   retried=lambda who, event_id: (who, event_id) == ("b", "evt_3"))
+    assert [f.split()[0] for f in found] == ["evt_4"]
