@@ -134,7 +134,11 @@ def _with(cfg, **changes):
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if k in fields})
 
 
-async def drain(port: int, n: int, *, mix: bool, concurrency: int) -> dict:
+async def drain(port: int, n: int, *, mix: bool, concurrency: int, rate: float = 0.0, chunk: int = 75) -> dict:
+    """Deliver ``n`` events. Without ``rate``, all are committed first (a burst, drained at once); with it,
+    ``chunk`` events are committed every ``chunk / rate`` seconds while the dispatcher runs (as a sweep's batch
+    commits bring them at 10,000 active runs: ~140 a second, ~75 at a time), so CPU per event is that of the
+    steady trickle, committing the events included."""
     from watcher import logs
     from watcher.clock import SYSTEM_CLOCK
     from watcher.config import DeliveryConfig
@@ -150,9 +154,10 @@ async def drain(port: int, n: int, *, mix: bool, concurrency: int) -> dict:
         names = [c.name for c in configs]
         events = make_events(n)
         now = SYSTEM_CLOCK.now_ms()
-        for start in range(0, n, 1000):  # as sweeps commit them: events and deliveries before any send
-            await store.commit_sweep(upserts=[], deletes=[], events=[(e, names) for e in events[start:start + 1000]],
-                                     meta={}, now_ms=now)
+        if not rate:
+            for start in range(0, n, 1000):  # as sweeps commit them: events and deliveries before any send
+                await store.commit_sweep(upserts=[], deletes=[],
+                                         events=[(e, names) for e in events[start:start + 1000]], meta={}, now_ms=now)
         sinks = {}
         for cfg in configs:
             sinks[cfg.name] = build_sink(cfg)
@@ -175,7 +180,19 @@ async def drain(port: int, n: int, *, mix: bool, concurrency: int) -> dict:
         before = resource.getrusage(resource.RUSAGE_SELF)
         wall = time.perf_counter()
         dispatcher.start()
+
+        async def produce() -> None:
+            started = time.perf_counter()
+            for i, start in enumerate(range(0, n, chunk)):
+                await asyncio.sleep(max(0.0, started + i * chunk / rate - time.perf_counter()))
+                batch = [(e, names) for e in events[start:start + chunk]]
+                await store.commit_sweep(upserts=[], deletes=[], events=batch, meta={}, now_ms=SYSTEM_CLOCK.now_ms())
+                dispatcher.wake()
+
+        producer = asyncio.create_task(produce()) if rate else None
         await asyncio.wait_for(done.wait(), timeout=600)
+        if producer is not None:
+            await producer
         await dispatcher.outcomes.close()  # the last outcomes are committed
         wall = time.perf_counter() - wall
         after = resource.getrusage(resource.RUSAGE_SELF)
@@ -202,7 +219,8 @@ def count_fsyncs(args: argparse.Namespace, port: int) -> tuple[int, float] | Non
     with tempfile.NamedTemporaryFile(prefix="flora-strace-", suffix=".txt") as out:
         cmd = [strace, "-f", "-qq", "-c", "-e", "trace=fsync,fdatasync", "-o", out.name, sys.executable,
                str(Path(__file__).resolve()), "--events", str(args.events), "--concurrency", str(args.concurrency),
-               "--drain-only", "--port", str(port)] + (["--mix"] if args.mix else [])
+               "--drain-only", "--port", str(port), "--rate", str(args.rate), "--chunk", str(args.chunk)] + (
+                   ["--mix"] if args.mix else [])
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             print(f"strace run failed ({result.returncode}): {result.stderr.strip()[:300]}", file=sys.stderr)
@@ -228,7 +246,9 @@ def record(results_path: Path, figures: dict, args: argparse.Namespace, command:
     entry = (
         f"\n### {when} — flora-watcher {__version__}\n\n"
         f"- command: `{command}`\n"
-        f"- setup: {figures['events']} events committed to the SQLite outbox, then delivered by the Dispatcher to "
+        f"- setup: {figures['events']} events committed to the SQLite outbox, "
+        + (f"{args.chunk} every {args.chunk / args.rate:.2f} s ({args.rate:g}/s) while " if args.rate else "then ")
+        + "delivered by the Dispatcher to "
         f"{', '.join(figures['sinks'])}; receiver in a separate process on 127.0.0.1; logging JSON at info; "
         f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, {os.cpu_count()} CPUs; "
         f"load average {figures['load']:.1f} at the start (other work on the machine shares the CPUs)\n"
@@ -263,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--no-record", action="store_true", help="print the figures only")
     parser.add_argument("--no-strace", action="store_true", help="do not count fsyncs")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="commit the events at this many a second while delivering (the engine's steady "
+                             "trickle; 140 is 10,000 active runs) instead of all before the start")
+    parser.add_argument("--chunk", type=int, default=75, help="with --rate: events per commit (default 75)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--drain-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -273,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         serve()
         return 0
     if args.drain_only:
-        asyncio.run(drain(args.port, args.events, mix=args.mix, concurrency=args.concurrency))
+        asyncio.run(drain(args.port, args.events, mix=args.mix, concurrency=args.concurrency, rate=args.rate,
+                          chunk=args.chunk))
         return 0
     command = shlex.join(["python", "bench/bench_delivery.py", *(sys.argv[1:] if argv is None else argv)])
     receiver = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"],
@@ -282,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         assert receiver.stdout is not None
         port = int(receiver.stdout.readline())
         load = os.getloadavg()[0]
-        figures = asyncio.run(drain(port, args.events, mix=args.mix, concurrency=args.concurrency))
+        figures = asyncio.run(drain(port, args.events, mix=args.mix, concurrency=args.concurrency, rate=args.rate,
+                                    chunk=args.chunk))
         figures["load"] = load
         figures["received"] = asyncio.run(counts(port))
         figures["fsyncs"] = None if args.no_strace else count_fsyncs(args, port)
