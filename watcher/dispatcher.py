@@ -296,7 +296,10 @@ class SinkWorker:
             # cursor is dropped after every send, so a delivery behind it (run order) is read then.
             rows = await self.store.due_deliveries(self.name, now, batch, after=self._cursor)
         else:
-            rows = await self.store.due_deliveries(self.name, now, batch + len(self._claimed))
+            # What this worker holds is not read again (the SQLite store leaves it out; PostgreSQL renews
+            # our claims on it and counts it in the limit: the worker skips it below either way).
+            held = tuple(self._claimed)  # a copy: the store reads it on its own thread
+            rows = await self.store.due_deliveries(self.name, now, batch + len(held), exclude=held)
         self._claimed_at = now
         for delivery in rows:
             if delivery.id not in self._claimed:

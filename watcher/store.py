@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -524,24 +524,29 @@ class Store:
     # ------------------------------------------------------------------------------------- outbox
 
     @_translated
-    def due_deliveries(self, sink: str, now_ms: int, limit: int = 100,
-                       after: tuple[int, int] | None = None) -> list[Delivery]:
+    def due_deliveries(self, sink: str, now_ms: int, limit: int = 100, after: tuple[int, int] | None = None,
+                       exclude: Collection[int] = ()) -> list[Delivery]:
         """Pending deliveries of ``sink`` due at ``now_ms``: earliest next_attempt_ms first, then by id.
 
         A delivery whose run has an earlier pending delivery to the same sink is left out (until that one is
         delivered or dead), so the events of one run reach a sink in order, also while an earlier one is in
         flight or waiting for a retry. ``after`` = (next_attempt_ms, id) of the last delivery the caller already
-        holds: only later ones (in that order) are returned, so a caller holding many need not read them again."""
+        holds: only later ones (in that order) are returned, so a caller holding many need not read them again.
+        ``exclude``: ids of deliveries the caller holds (in flight or queued); they are not read again, and
+        ``limit`` counts only the others. (A hint: the PostgreSQL store returns its own claims again, renewing
+        them, and counts them in ``limit``; a caller skips what it holds either way.)"""
+        held = [] if not exclude else [json.dumps(sorted(exclude))]
         rows = self._conn.execute(
             _DELIVERY_COLUMNS
             + " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_ms <= ?"
+            + ("" if not held else " AND d.id NOT IN (SELECT value FROM json_each(?))")
             # CROSS JOIN: look the run's events up first (events_by_run), then their deliveries to this sink
-            " AND NOT EXISTS (SELECT 1 FROM events e2 CROSS JOIN deliveries d2"
+            + " AND NOT EXISTS (SELECT 1 FROM events e2 CROSS JOIN deliveries d2"
             " WHERE e2.run_id = e.run_id AND d2.event_id = e2.id AND d2.sink = d.sink AND d2.state = 'pending'"
             " AND d2.id < d.id)"
             + ("" if after is None else " AND (d.next_attempt_ms, d.id) > (?, ?)")
             + " ORDER BY d.next_attempt_ms, d.id LIMIT ?",
-            (sink, now_ms, *(after or ()), limit),
+            (sink, now_ms, *held, *(after or ()), limit),
         ).fetchall()
         return [_delivery(row) for row in rows]
 

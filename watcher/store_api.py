@@ -15,7 +15,7 @@ Guarantees every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 from watcher.model import Event, TrackedRun
@@ -47,8 +47,8 @@ class StateStore(Protocol):
     ) -> list[str]: ...
 
     # --- the outbox
-    async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100,
-                             after: tuple[int, int] | None = None) -> list[Delivery]: ...
+    async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100, after: tuple[int, int] | None = None,
+                             exclude: Collection[int] = ()) -> list[Delivery]: ...  # exclude: a hint (see Store)
     async def oldest_pending(self, sink: str) -> Delivery | None: ...  # queued first, due or not (a probe)
     async def next_due_ms(self, sink: str, after_ms: int | None = None) -> int | None: ...
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None: ...  # many outcomes, one transaction

@@ -26,7 +26,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -491,11 +491,13 @@ class PgStore:
 
     # ------------------------------------------------------------------------------------- outbox
 
-    async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100,
-                             after: tuple[int, int] | None = None) -> list[Delivery]:
+    async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100, after: tuple[int, int] | None = None,
+                             exclude: Collection[int] = ()) -> list[Delivery]:
         """Claim and return the pending deliveries of ``sink`` due at ``now_ms`` (earliest first) that no other
         live instance holds: ``FOR UPDATE SKIP LOCKED``, claim until the database's now + ``claim_ms``. Never
-        one whose run has an earlier pending delivery to the same sink (the events of a run stay in order)."""
+        one whose run has an earlier pending delivery to the same sink (the events of a run stay in order).
+        ``exclude`` (what the caller holds) is not applied: our own claims come back, renewed, so a delivery
+        queued here for long is not taken by another instance."""
         me = self.instance_id
         rows = await self._fetchall(
             "due_deliveries",

@@ -405,6 +405,25 @@ def test_due_deliveries_are_filtered_by_sink_and_time_and_ordered(store: Store) 
     assert store.next_due_ms("nobody") is None
 
 
+def test_due_deliveries_leave_out_what_the_caller_holds_and_keep_run_order(store: Store) -> None:
+    a, b, c = make_event("run_a"), make_event("run_b"), make_event("run_c")
+    a2 = make_event("run_a", "run.stalled")  # a second event of the same run
+    commit_events(store, (a, ["ops"]), (b, ["ops"]), (c, ["ops"]), now_ms=T0)
+    commit_events(store, (a2, ["ops"]), now_ms=T0 + 1)
+    da, db, dc = store.due_deliveries("ops", T0 + 5)  # a2 waits behind a (same run)
+    held = (da.id, db.id)  # the worker holds a and b (in flight)
+    again = [d.event_id for d in store.due_deliveries("ops", T0 + 5, exclude=held)]
+    if isinstance(store, Store):  # SQLite reads only c again, and the limit counts only new rows
+        assert again == [c.id]
+        assert [d.event_id for d in store.due_deliveries("ops", T0 + 5, limit=1, exclude={da.id})] == [b.id]
+    else:  # PostgreSQL hands our own claims back (renewing them): the worker skips what it holds
+        assert again == [a.id, b.id, c.id]
+    # a, still pending while held, keeps a2 back; once delivered, a2 is due
+    assert a2.id not in {d.event_id for d in store.due_deliveries("ops", T0 + 5, exclude=(*held, dc.id))}
+    store.mark_delivered(da.id, T0 + 6)
+    assert a2.id in {d.event_id for d in store.due_deliveries("ops", T0 + 6, exclude=(db.id, dc.id))}
+
+
 def test_mark_retry_delivered_and_dead_change_state(store: Store) -> None:
     commit_events(store, (make_event("run_a"), ["ops"]), (make_event("run_b"), ["ops"]))
     da, db = store.due_deliveries("ops", T0)
