@@ -22,8 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import structlog
+
 from watcher.errors import StoreError
 from watcher.model import Event, Run, TrackedRun
+
+log = structlog.get_logger("watcher.store")
 
 STORE_FILENAME = "state.sqlite3"
 APPLICATION_ID = 0x466C5761  # "FlWa": marks the file as a flora-watcher state store (PRAGMA application_id)
@@ -404,12 +408,19 @@ class Store:
 
     @_translated
     def close(self) -> None:
-        """Close the connection. Safe to call twice."""
+        """Close the connection. Safe to call twice.
+
+        Runs ``PRAGMA optimize`` first, as SQLite advises, but only when the file is free right now: it may
+        write (statistics), and a CLI command closing its store while the daemon writes must neither wait
+        out the busy timeout nor fail for it (``deliveries`` once did: "close failed … database is locked")."""
         if self._closed:
             return
         self._closed = True
         try:
+            self._conn.execute("PRAGMA busy_timeout = 0")
             self._conn.execute("PRAGMA optimize")
+        except sqlite3.Error as exc:  # locked, read-only, full: an optimisation skipped, nothing lost
+            log.debug("store.optimize_skipped", path=self.path, error=explain(exc))
         finally:
             self._conn.close()
 

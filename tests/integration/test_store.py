@@ -238,6 +238,25 @@ def test_memory_store_for_tests() -> None:
         assert store.pending_counts() == {"ops": 1}
 
 
+def test_closing_while_another_process_writes_neither_waits_nor_fails(db_path: Path) -> None:
+    # `flora-watcher deliveries` closing its store while the daemon holds the write lock: PRAGMA optimize
+    # (which may write) is skipped instead of waiting out the busy timeout and failing the command.
+    with Store.open(db_path) as s:  # enough rows that PRAGMA optimize wants to ANALYZE what the reader used
+        commit_events(s, *((make_event(f"run_{i}"), ["ops", "journal"]) for i in range(2_000)))
+    reader = Store.open(db_path, busy_timeout_ms=3_000)
+    assert len(reader.list_deliveries(failed=False, limit=10)) == 10
+    writer = sqlite3.connect(db_path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        reader.close()
+        assert time.monotonic() - started < 1.0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    reader.close()  # twice: fine
+
+
 def test_a_closed_store_raises_store_error(db_path: Path) -> None:
     store = Store.open(db_path)
     store.close()
