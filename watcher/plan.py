@@ -233,6 +233,12 @@ def unsaved_due(unsaved: Mapping[str, int], now_ms: int, lag_ms: int) -> list[st
     return [run_id for run_id, since in unsaved.items() if since <= cutoff]
 
 
+def past_floor(run: Run, floor: int | None) -> bool:
+    """A finished run a re-read can no longer make look new: no floor yet, no creation time, or created at or
+    before the floor (the one rule ``prunable``, ``prune`` and ``prune_batch`` forget finished runs by)."""
+    return floor is None or run.created_at is None or run.created_at <= floor
+
+
 def prunable(
     tracked: Mapping[str, TrackedRun], new_after_ms: int | Mapping[str, int | None] | None
 ) -> list[str]:
@@ -250,7 +256,7 @@ def prunable(
             continue
         floor = floors.get(t.run.run_type) if floors is not None else new_after_ms
         assert not isinstance(floor, Mapping)
-        if floor is None or t.run.created_at is None or t.run.created_at <= floor:
+        if past_floor(t.run, floor):
             out.append(t.run_id)
     return out
 
@@ -288,10 +294,11 @@ def prune(
                 if oldest is None or created < oldest:
                     oldest_active[run.run_type] = created
             continue
-        floor = floors.get(run.run_type)
+        if not past_floor(run, floors.get(run.run_type)):
+            continue
         if created is None:
             out.append(run.run_id)
-        elif floor is None or created <= floor:
+        else:
             finished.append((created, run.run_id, run.run_type))
     for created, run_id, run_type in finished:
         oldest = oldest_active.get(run_type)
@@ -325,10 +332,9 @@ def prune_batch(
         if t is None or not is_terminal(t.run.status):
             continue
         run = t.run
-        created = run.created_at
-        floor = floors.get(run.run_type)
-        if created is not None and floor is not None and created > floor:
+        if not past_floor(run, floors.get(run.run_type)):
             continue  # could still look new
+        created = run.created_at
         oldest = last.oldest_active.get(run.run_type)
         if created is not None and oldest is not None and created >= oldest and room > 0:
             room -= 1

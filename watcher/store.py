@@ -546,7 +546,7 @@ class Store:
         ``exclude``: ids of deliveries the caller holds (in flight or queued); they are not read again, and
         ``limit`` counts only the others. (A hint: the PostgreSQL store returns its own claims again, renewing
         them, and counts them in ``limit``; a caller skips what it holds either way.)"""
-        held = [] if not exclude else [json.dumps(sorted(exclude))]
+        held = [] if not exclude else [json.dumps(list(exclude))]
         rows = self._conn.execute(
             _DELIVERY_COLUMNS
             + " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_ms <= ?"

@@ -35,7 +35,8 @@ from watcher.errors import ApiError, AuthError, BadResponseError, ClientRequestE
 from watcher.model import RESOURCE_TECHNIQUE_RUNS, Event, Run, RunStatus, TrackedRun
 from watcher.normalize import RunMemo
 from watcher.outage import OutageLog
-from watcher.transitions import Context, detect, final
+from watcher.transitions import Context, detect
+from watcher.transitions import final as finished  # (``_commit`` has a ``final`` flag of its own)
 
 if TYPE_CHECKING:
     from watcher.store_api import StateStore
@@ -324,7 +325,7 @@ class Sweeper:
         the API's enum is logged once by the API client, where it is parsed.)"""
         sw.result.observed += 1
         prev = self.tracked.get(run.run_id)
-        if final(prev):  # a finished run shown again: nothing can come of it
+        if finished(prev):  # a finished run shown again: nothing can come of it
             return False
         decision = detect(prev, run, ctx)
         if listed and decision.tracked is not None and not decision.tracked.terminal:
