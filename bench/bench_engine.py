@@ -13,6 +13,12 @@ one core) and peak RSS; plus lost and duplicate events against the simulator's o
     python bench/bench_engine.py --webhook --skip-baseline --skip-1k --seconds 75 --write
                                                        # 10k with a webhook sink too (issue 10): delivered by
                                                        # the end, p99 run end → receiver, CPU, RSS
+    python bench/bench_engine.py --webhook-only --skip-baseline --skip-1k --seconds 75
+                                                       # the same with the webhook as the only sink (the
+                                                       # issue's setup): every column read at the receiver
+    python bench/bench_engine.py --webhook-only --skip-baseline --skip-1k --watcher-src /tmp/base
+                                                       # the watcher from another checkout (an A/B against an
+                                                       # older build); simulator and receiver from this one
     python bench/bench_engine.py --resources --generation-share 0.3 --seconds 60 --write
                                                        # watching both resources vs technique runs only
 
@@ -164,12 +170,17 @@ async def tail_events(path: Path, seen: dict[str, float], key, stop: asyncio.Eve
 
 
 async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, active: int, warmup: float,
-                  seconds: float, receiver: str | None = None,
-                  kinds: tuple[str, ...] = ("technique", "generation")) -> Result:
+                  seconds: float, receiver: str | None = None, file_sink: bool = True,
+                  kinds: tuple[str, ...] = ("technique", "generation"), src: str | None = None) -> Result:
+    """One contender's window. Without ``file_sink`` the watcher's only sink is the webhook ``receiver``, and
+    latency, lost and duplicates are read from the receiver's arrivals. ``src``: run the contender with its
+    package from that checkout (``PYTHONPATH`` and working directory)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("NOTIFY_SOCKET", None)
+    if src is not None:
+        env["PYTHONPATH"] = src
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.DEVNULL, env=env)
+                                                stderr=asyncio.subprocess.DEVNULL, env=env, cwd=src)
     seen: dict[str, list] = {}
     stop = asyncio.Event()
     tailer = asyncio.create_task(tail_events(out, seen, key, stop))
@@ -202,6 +213,15 @@ async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, 
     result = Result(name=name, active=active, seconds=(t1_ms - t0_ms) / 1000, requests=stats["requests_total"],
                     cpu_s=cpu1 - cpu0, rss_mb=rss, expected=len(expected),
                     by_route={k: sum(v.values()) for k, v in stats["by_route"].items()})
+    if receiver is not None:
+        async with aiohttp.ClientSession() as session, session.get(f"{receiver}/arrivals") as r:
+            got: dict[str, list[int]] = await r.json()
+        if not file_sink:
+            for run_id, t in expected.items():
+                seen[run_id] = [(at, t["completed_at"]) for at in got.get(run_id, ())]
+        lat = [got[run_id][0] - t["completed_at"] for run_id, t in expected.items() if run_id in got]
+        result.hook = {"expected": len(expected), "delivered": len(lat),
+                       "duplicates": sum(len(got[r]) - 1 for r in expected if r in got), "latencies_ms": sorted(lat)}
     for run_id, t in expected.items():
         arrivals = seen.get(run_id)
         if not arrivals:
@@ -209,12 +229,6 @@ async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, 
             continue
         result.duplicates += len(arrivals) - 1
         result.latencies_ms.append(arrivals[0][0] - t["completed_at"])
-    if receiver is not None:
-        async with aiohttp.ClientSession() as session, session.get(f"{receiver}/arrivals") as r:
-            got: dict[str, list[int]] = await r.json()
-        lat = [got[run_id][0] - t["completed_at"] for run_id, t in expected.items() if run_id in got]
-        result.hook = {"expected": len(expected), "delivered": len(lat),
-                       "duplicates": sum(len(got[r]) - 1 for r in expected if r in got), "latencies_ms": sorted(lat)}
     return result
 
 
@@ -264,7 +278,8 @@ def serve_receiver() -> None:
 
 
 def watcher_cmd(tmp: Path, base: str, out: Path, *, max_rps: float, interval: float,
-                receiver: str | None = None, resources: tuple[str, ...] | None = None) -> list[str]:
+                receiver: str | None = None, resources: tuple[str, ...] | None = None,
+                file_sink: bool = True) -> list[str]:
     """The watcher's command line and config; ``resources`` None keeps the watcher's default (both)."""
     cfg = tmp / f"watcher-{out.stem}.toml"
     listed = "" if resources is None else "resources = [" + ", ".join(f'"{r}"' for r in resources) + "]"
@@ -278,12 +293,12 @@ max_rps = {max_rps}
 interval = {interval}
 {listed}
 state_dir = "{tmp / ('state-' + out.stem)}"
-
+""" + ("" if not file_sink else f"""
 [[sinks]]
 name = "journal"
 type = "file"
 path = "{out}"
-""" + ("" if receiver is None else f"""
+""") + ("" if receiver is None else f"""
 [[sinks]]
 name = "hook"
 type = "webhook"
@@ -313,6 +328,12 @@ async def main() -> None:
     ap.add_argument("--skip-1k", action="store_true")
     ap.add_argument("--webhook", action="store_true",
                     help="the watcher also delivers to a webhook receiver in its own process (issue 10)")
+    ap.add_argument("--webhook-only", action="store_true",
+                    help="like --webhook, with the webhook as the watcher's only sink (no file sink): the issue's "
+                         "setup; latency, lost and duplicates are read at the receiver")
+    ap.add_argument("--watcher-src", metavar="DIR",
+                    help="run the watcher from the checkout DIR (PYTHONPATH and working directory), for an A/B "
+                         "against another build; the simulator and the receiver stay this checkout's")
     ap.add_argument("--serve-receiver", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--write", action="store_true", help="append the results to bench/RESULTS.md")
     ap.add_argument("--resources", action="store_true",
@@ -326,6 +347,9 @@ async def main() -> None:
         return
     receiver_proc = None
     receiver = None
+    args.webhook = args.webhook or args.webhook_only
+    if args.watcher_src is not None:
+        args.watcher_src = str(Path(args.watcher_src).resolve())
     if args.webhook:
         receiver_proc = await asyncio.create_subprocess_exec(
             sys.executable, str(Path(__file__).resolve()), "--serve-receiver",
@@ -351,8 +375,10 @@ async def run_all(args: argparse.Namespace, receiver: str | None) -> None:
                 print(f"watcher, 1k active runs: {args.warmup:.0f} s warm-up + {args.seconds:.0f} s …", flush=True)
                 results.append(await measure(
                     "flora-watcher", sim,
-                    watcher_cmd(tmp, sim.base, out, max_rps=args.max_rps, interval=args.interval, receiver=receiver),
-                    out, watcher_key, active=1000, warmup=args.warmup, seconds=args.seconds, receiver=receiver))
+                    watcher_cmd(tmp, sim.base, out, max_rps=args.max_rps, interval=args.interval, receiver=receiver,
+                                file_sink=not args.webhook_only),
+                    out, watcher_key, active=1000, warmup=args.warmup, seconds=args.seconds, receiver=receiver,
+                    file_sink=not args.webhook_only, src=args.watcher_src))
                 print(results[-1].row(), flush=True)
                 if not args.skip_baseline:
                     out = tmp / "baseline-1k.jsonl"
@@ -370,8 +396,9 @@ async def run_all(args: argparse.Namespace, receiver: str | None) -> None:
                 results.append(await measure(
                     "flora-watcher", sim,
                     watcher_cmd(tmp, sim.base, out, max_rps=args.max_rps_10k, interval=args.interval,
-                                receiver=receiver),
-                    out, watcher_key, active=10000, warmup=args.warmup + 10, seconds=args.seconds, receiver=receiver))
+                                receiver=receiver, file_sink=not args.webhook_only),
+                    out, watcher_key, active=10000, warmup=args.warmup + 10, seconds=args.seconds, receiver=receiver,
+                    file_sink=not args.webhook_only, src=args.watcher_src))
                 print(results[-1].row(), flush=True)
     baseline = next((r for r in results if r.name == "per-run poller"), None)
     header = ("| contender | active runs | API requests/min | fewer requests | latency p50 | latency p99 | "
