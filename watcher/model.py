@@ -116,7 +116,7 @@ class Run:
 
     @property
     def terminal(self) -> bool:
-        return is_terminal(self.status)
+        return self.status in TERMINAL_STATUSES  # (``is_terminal``, inlined)
 
     @property
     def active(self) -> bool:
@@ -300,7 +300,7 @@ class TrackedRun:
 
     @property
     def terminal(self) -> bool:
-        return self.run.terminal
+        return self.run.status in TERMINAL_STATUSES  # (``Run.terminal``, inlined: read for every run of a sweep)
 
     @property
     def stuck_since(self) -> int:
