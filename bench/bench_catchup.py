@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
 import socket
 import sqlite3
@@ -33,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import _meta
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -272,14 +272,14 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(old[:start] + text + ("\n" + rest if rest else ""))
 
 
-def report(results: list[Result]) -> str:
+def report(results: list[Result], meta: _meta.Meta) -> str:
     head = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
         f"## Catch-up after a downtime (issue 15) — {head}",
         "",
-        "Command: `python bench/bench_catchup.py --write`  ",
-        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; one file sink; runs created "
-        "while the watcher was stopped, all finished before its restart; simulator in its own process.",
+        meta.markdown(),
+        "- setup: one file sink; runs created while the watcher was stopped, all finished before its restart; "
+        "simulator in its own process.",
         "",
         "| runs finished while stopped | all reported after | first event after | catch-up sweep (batches) "
         "| peak RSS | CPU | API requests | events / late / lost / duplicate | load avg at start |",
@@ -306,6 +306,7 @@ async def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the figures to bench/RESULTS.md (own section)")
     args = parser.parse_args()
     sizes = args.runs or [60_000, 200_000]
+    meta = _meta.start("bench/bench_catchup.py", sys.argv[1:])
     results = []
     for n in sizes:
         r = await measure(n, timeout=args.timeout)
@@ -314,7 +315,8 @@ async def main() -> None:
               f"CPU {r.cpu_s:.1f} s, requests {sum(r.requests.values()):,}, events {r.lines:,} "
               f"(late {r.late:,}, lost {r.lost}, duplicates {r.duplicates})", flush=True)
         results.append(r)
-    text = report(results)
+    meta.finish()
+    text = report(results, meta)
     print(text)
     if args.write:
         write_section(ROOT / "bench" / "RESULTS.md", text)

@@ -19,11 +19,9 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import re
 import resource
-import shlex
 import shutil
 import subprocess
 import sys
@@ -31,6 +29,8 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+import _meta
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -234,7 +234,7 @@ def count_fsyncs(args: argparse.Namespace, port: int) -> tuple[int, float] | Non
 # ------------------------------------------------------------------------------------------- results
 
 
-def record(results_path: Path, figures: dict, args: argparse.Namespace, command: str) -> str:
+def record(results_path: Path, figures: dict, args: argparse.Namespace, meta: _meta.Meta) -> str:
     import aiohttp
 
     from watcher import __version__
@@ -245,13 +245,12 @@ def record(results_path: Path, figures: dict, args: argparse.Namespace, command:
                   f"run)" if fsyncs else "fsyncs not counted (strace missing)")
     entry = (
         f"\n### {when} — flora-watcher {__version__}\n\n"
-        f"- command: `{command}`\n"
+        f"{meta.markdown()}\n"
         f"- setup: {figures['events']} events committed to the SQLite outbox, "
         + (f"{args.chunk} every {args.chunk / args.rate:.2f} s ({args.rate:g}/s) while " if args.rate else "then ")
         + "delivered by the Dispatcher to "
         f"{', '.join(figures['sinks'])}; receiver in a separate process on 127.0.0.1; logging JSON at info; "
-        f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, {os.cpu_count()} CPUs; "
-        f"load average {figures['load']:.1f} at the start (other work on the machine shares the CPUs)\n"
+        f"aiohttp {aiohttp.__version__}\n"
         f"- throughput: **{figures['events_per_s']:.0f} events/s** ({figures['deliveries_per_s']:.0f} deliveries/s, "
         f"{figures['wall_s']:.2f} s from start to the last committed outcome)\n"
         f"- CPU: **{figures['cpu_ms_per_event']:.3f} ms per event** ({figures['cpu_s']:.2f} s user+sys, event loop "
@@ -300,16 +299,14 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(drain(args.port, args.events, mix=args.mix, concurrency=args.concurrency, rate=args.rate,
                           chunk=args.chunk))
         return 0
-    command = shlex.join(["python", "bench/bench_delivery.py", *(sys.argv[1:] if argv is None else argv)])
+    meta = _meta.start("bench/bench_delivery.py", sys.argv[1:] if argv is None else argv)
     receiver = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert receiver.stdout is not None
         port = int(receiver.stdout.readline())
-        load = os.getloadavg()[0]
         figures = asyncio.run(drain(port, args.events, mix=args.mix, concurrency=args.concurrency, rate=args.rate,
                                     chunk=args.chunk))
-        figures["load"] = load
         figures["received"] = asyncio.run(counts(port))
         figures["fsyncs"] = None if args.no_strace else count_fsyncs(args, port)
     finally:
@@ -320,9 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             receiver.kill()
             receiver.wait()
+    meta.finish()
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}, indent=2))
     if not args.no_record:
-        print(record(args.results, figures, args, command))
+        print(record(args.results, figures, args, meta))
     return 0 if figures["pending_after"] == 0 else 1
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _meta
 
 from watcher.model import Output, Run, Technique, TrackedRun
 from watcher.server import StatusPage
@@ -94,16 +96,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--write", action="store_true", help="append the result to bench/RESULTS.md")
     args = parser.parse_args()
+    meta = _meta.start("bench/bench_status.py", sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "state.sqlite3"
         fill(path, args.events, args.tracked, Clock().now_ms())
         m = asyncio.run(measure(path, args.rounds))
+    meta.finish()
     fail, deliv, enc = m["after_failure"], m["after_delivery"], m["encode"]
     assert isinstance(fail, list) and isinstance(deliv, list) and isinstance(enc, list)
     lines = [
         f"- setup: {args.events} events ({args.events // 5} failures, all in the last hour), "
-        f"{args.events * len(SINKS)} deliveries, {args.tracked} active runs; SQLite; "
-        f"Python {platform.python_version()}, 2 CPUs (shared with other work)",
+        f"{args.events * len(SINKS)} deliveries, {args.tracked} active runs; SQLite; {args.rounds} rounds",
         f"- one answer after a sweep that stored a failure (failure counts re-read): p50 **{_p(fail, 0.5):.1f} ms**, "
         f"p95 {_p(fail, 0.95):.1f} ms",
         f"- one answer otherwise (after a delivery, a quiet sweep, or 0.5 s): p50 **{_p(deliv, 0.5):.1f} ms**, "
@@ -116,8 +119,7 @@ def main() -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         with results.open("a") as f:
             f.write(f"\n## Status page: the cost of one /api/v1/status answer\n\n### {stamp}\n\n"
-                    f"- command: `python bench/bench_status.py --events {args.events} --tracked {args.tracked}`\n"
-                    + "\n".join(lines) + "\n")
+                    f"{meta.markdown()}\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,15 +15,15 @@ import asyncio
 import base64
 import json
 import os
-import platform
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+import _meta
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -147,7 +147,7 @@ async def received(url: str) -> int:
 # ------------------------------------------------------------------------------------------- results
 
 
-def record(results_path: Path, figures: dict, args: argparse.Namespace, command: str) -> str:
+def record(results_path: Path, figures: dict, args: argparse.Namespace, meta: _meta.Meta) -> str:
     import aiohttp
 
     from watcher import __version__
@@ -155,10 +155,9 @@ def record(results_path: Path, figures: dict, args: argparse.Namespace, command:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     entry = (
         f"\n### {when} — flora-watcher {__version__}\n\n"
-        f"- command: `{command}`\n"
+        f"{meta.markdown()}\n"
         f"- setup: {figures['events']} events, concurrency {args.concurrency}, signature `{args.signature}`, "
-        f"receiver in a separate process on 127.0.0.1; Python {platform.python_version()}, "
-        f"aiohttp {aiohttp.__version__}, {os.cpu_count()} CPUs, {platform.machine()}\n"
+        f"receiver in a separate process on 127.0.0.1; aiohttp {aiohttp.__version__}\n"
         f"- throughput: **{figures['events_per_s']:.0f} events/s** ({figures['wall_s']:.2f} s wall)\n"
         f"- sender CPU: **{figures['cpu_ms_per_event']:.3f} ms per event** ({figures['cpu_s']:.2f} s user+sys "
         f"for the run)\n"
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve()
         return 0
-    command = shlex.join(["python", "bench/bench_webhook.py", *(sys.argv[1:] if argv is None else argv)])
+    meta = _meta.start("bench/bench_webhook.py", sys.argv[1:] if argv is None else argv)
     receiver = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -207,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             receiver.kill()
             receiver.wait()
+    meta.finish()
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}, indent=2))
     if not args.no_record:
-        print(record(args.results, figures, args, command))
+        print(record(args.results, figures, args, meta))
     return 0 if figures["failures"] == 0 and figures["received"] == figures["events"] else 1
 
 
