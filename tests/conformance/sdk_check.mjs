@@ -1,7 +1,10 @@
 // Holds the simulator against FLORA's official TypeScript SDK (@flora-ai/flora).
 //
-// Env: FLORA_SDK_DIR (a directory whose node_modules holds @flora-ai/flora), FLORA_BASE_URL (the
-// simulator's /api/v1 base), FLORA_API_KEY, SIM_ADMIN_URL (the simulator's /_sim base).
+// `node sdk_check.mjs` (the API): env FLORA_SDK_DIR (a directory whose node_modules holds @flora-ai/flora),
+// FLORA_BASE_URL (the simulator's /api/v1 base), FLORA_API_KEY, SIM_ADMIN_URL (the simulator's /_sim base).
+// `node sdk_check.mjs webhooks CASES.json` (signed callbacks): each case {name, body_b64, headers, secret,
+// now_ms} goes through `client.webhooks.unwrap(rawBody, headers, secret)`; the report says, per case, the
+// parsed event or the error's class and message.
 // Prints one JSON object with what the SDK saw; the pytest side decides pass or fail.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -15,9 +18,28 @@ const baseURL = process.env.FLORA_BASE_URL;
 const apiKey = process.env.FLORA_API_KEY;
 const admin = process.env.SIM_ADMIN_URL;
 
-const client = new FLORA({ baseURL, apiKey, maxRetries: 0, timeout: 10_000 });
 const pkg = path.join(sdkDir, 'node_modules', '@flora-ai', 'flora', 'package.json');
-const report = { sdk_version: JSON.parse(readFileSync(pkg, 'utf8')).version };
+const sdkVersion = JSON.parse(readFileSync(pkg, 'utf8')).version;
+
+if (process.argv[2] === 'webhooks') {
+  const cases = JSON.parse(readFileSync(process.argv[3], 'utf8'));
+  const webhooks = new FLORA({ apiKey: 'sk_unused', baseURL: 'http://127.0.0.1:9' }).webhooks;
+  const results = {};
+  for (const c of cases) {
+    const body = new Uint8Array(Buffer.from(c.body_b64, 'base64'));  // the exact raw bytes
+    try {
+      const event = await webhooks.unwrap(body, c.headers, c.secret, { now: () => c.now_ms });
+      results[c.name] = { ok: true, event };
+    } catch (err) {
+      results[c.name] = { ok: false, error: err?.constructor?.name ?? String(err), message: String(err?.message) };
+    }
+  }
+  console.log(JSON.stringify({ sdk_version: sdkVersion, results }));
+  process.exit(0);
+}
+
+const client = new FLORA({ baseURL, apiKey, maxRetries: 0, timeout: 10_000 });
+const report = { sdk_version: sdkVersion };
 
 async function errorName(promise) {
   try {

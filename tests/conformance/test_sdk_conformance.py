@@ -7,6 +7,7 @@ PATH (CI: ``npm install --prefix "$FLORA_SDK_DIR" @flora-ai/flora``); skipped ot
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -67,3 +68,96 @@ async def test_the_official_typescript_sdk_speaks_to_the_simulator() -> None:
     assert report["rate_limit_error"] == "RateLimitError"
     assert stats["by_route"]["GET /api/v1/technique-runs"]["429"] == 3  # first try + maxRetries 2
     assert report["rate_limit_ms"] < 5_000  # it waited retry-after-ms (50 ms), not its own backoff
+
+
+# ------------------------------------------------------------------------------------------------ webhooks
+
+WEBHOOK_SECRET = "whsec_conformance_Zm9vYmFy"
+
+
+async def _unwrap_with_the_sdk(cases: list[dict], tmp_path: Path) -> dict:
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps(cases))
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(SCRIPT), "webhooks", str(path), env={**os.environ, "FLORA_SDK_DIR": SDK_DIR or ""},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return json.loads(out.decode().strip().splitlines()[-1])["results"]
+
+
+def _case(name: str, body: bytes, headers: dict[str, str], secret: str, now_ms: int) -> dict:
+    return {"name": name, "body_b64": base64.b64encode(body).decode(), "headers": headers, "secret": secret,
+            "now_ms": now_ms}
+
+
+def _tampered(name: str, body: bytes, headers: dict[str, str], secret: str, now_ms: int) -> list[dict]:
+    """The genuine request and what must not pass: another byte in the body, another secret, a v1 off by one
+    digit, a shifted t, an old t."""
+    sig = headers["Flora-Signature"]
+    t = int(sig.split(",")[0].removeprefix("t="))
+    v1 = sig.split("v1=")[1].split(",")[0]
+    flipped = v1[:-1] + ("0" if v1[-1] != "0" else "1")
+    return [
+        _case(name, body, headers, secret, now_ms),
+        _case(f"{name}/body", body.replace(b'"', b"'", 1), headers, secret, now_ms),
+        _case(f"{name}/body+space", body + b" ", headers, secret, now_ms),
+        _case(f"{name}/secret", body, headers, secret + "x", now_ms),
+        _case(f"{name}/v1", body, {**headers, "Flora-Signature": sig.replace(v1, flipped)}, secret, now_ms),
+        _case(f"{name}/t", body, {**headers, "Flora-Signature": sig.replace(f"t={t}", f"t={t + 1}")}, secret,
+              now_ms),
+        _case(f"{name}/stale", body, headers, secret, now_ms + 3_600_000),
+    ]
+
+
+async def test_the_sdk_unwraps_the_simulators_callbacks_and_our_flora_signed_webhooks(tmp_path: Path) -> None:
+    from tests.sinks.helpers import Receiver, make_event
+    from watcher.clock import SYSTEM_CLOCK
+    from watcher.config import SinkConfig
+    from watcher.secret import Secret
+    from watcher.sinks.webhook import WebhookSink
+
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        async with run_simulator(api_key=KEY, seed=9, signing_secret=WEBHOOK_SECRET) as running:
+            sim = running.sim
+            technique = sim.create_run(callback_url=receiver.url(), pending_ms=0, running_ms=20, outcome="failed",
+                                       error_code="GPU_PROVIDER_ERROR")
+            generation = sim.create_generation(callback_url=receiver.url(), pending_ms=0, running_ms=20,
+                                               outcome="completed")
+            deadline = asyncio.get_running_loop().time() + 20
+            while len(receiver.requests) < 2:
+                assert asyncio.get_running_loop().time() < deadline, "no callbacks from the simulator"
+                await asyncio.sleep(0.01)
+            now_ms = sim.now_ms()
+        sink = WebhookSink(SinkConfig(name="ops", type="webhook", url=Secret(receiver.url("/sink")),
+                                      secrets=(Secret(WEBHOOK_SECRET), Secret("whsec_rotated")),
+                                      signature="flora"), clock=SYSTEM_CLOCK)
+        await sink.start()
+        await sink.send(make_event("run.completed"))
+        await sink.close()
+    finally:
+        await receiver.stop()
+
+    by_run = {json.loads(r.body)["data"]["run_id"]: r for r in receiver.requests[:2]}
+    ours = receiver.requests[2]
+    cases: list[dict] = []
+    for name, req in (("technique", by_run[technique]), ("generation", by_run[generation]), ("sink", ours)):
+        headers = {k: v for k, v in req.headers.items() if k.lower().startswith("flora-")}
+        cases += _tampered(name, req.body, headers, WEBHOOK_SECRET, now_ms)
+    sink_headers = {k: v for k, v in ours.headers.items() if k.lower().startswith("flora-")}
+    cases.append(_case("sink/rotated", ours.body, sink_headers, "whsec_rotated", now_ms))
+    results = await _unwrap_with_the_sdk(cases, tmp_path)
+
+    accepted = {name for name, r in results.items() if r["ok"]}
+    assert accepted == {"technique", "generation", "sink", "sink/rotated"}, results
+    assert all(r["error"] == "WebhookVerificationError" for r in results.values() if not r["ok"]), results
+    failed = results["technique"]["event"]
+    assert failed["id"].startswith("whd_") and failed["type"] == "run.failed"
+    assert failed["data"] == {"run_id": technique, "run_type": "technique", "workspace_id": "ws_sim4f10ra",
+                              "status": "failed", "error_code": "GPU_PROVIDER_ERROR",
+                              "error_message": failed["data"]["error_message"]}
+    assert results["generation"]["event"]["data"]["run_type"] == "generation"
+    assert results["sink"]["event"]["type"] == "run.completed"

@@ -184,7 +184,7 @@ async def test_post_creates_a_run_that_finishes(running, http) -> None:
     ("/techniques/cctv-cam/runs", b"{not json", 400, "invalid_json"),
     ("/techniques/cctv-cam/runs", {**CREATE_BODY, "priority": 1}, 400, "input_validation_error"),
     ("/techniques/cctv-cam/runs", {"mode": "async"}, 400, "input_validation_error"),
-    ("/techniques/cctv-cam/runs", {**CREATE_BODY, "callback_url": "http://127.0.0.1/hook"}, 400,
+    ("/techniques/cctv-cam/runs", {**CREATE_BODY, "callback_url": "https://10.0.0.1/hook"}, 400,
      "input_validation_error"),
 ])
 async def test_bad_creates_are_refused(running, http, path, body, status, code) -> None:

@@ -2,7 +2,12 @@
 
 Prints the API base URL and the key, then serves until SIGINT or SIGTERM. Runs progress on their own clocks;
 --rate keeps a steady stream of new ones. The admin API lives under /_sim (stats, runs, transitions, faults,
-generator) and needs no key.
+generator, callbacks) and needs no key.
+
+Runs started with a ``callback_url`` (``POST /techniques/{slug}/runs``, ``POST /generate``) get FLORA's signed
+run callback when they end, signed with --signing-secret and retried after 10 s, 1 min and 5 min. Unlike FLORA,
+the simulator also calls loopback URLs (``http://127.0.0.1:PORT/...``), so a local watcher's ingress can take
+them without TLS.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from watcher.errors import UsageError
 
 DEFAULT_PORT = 8787
 DEFAULT_KEY = "sk_test_simulator"
+DEFAULT_SIGNING_SECRET = "whsec_test_simulator"  # = watcher.simulator.callbacks.DEFAULT_SIGNING_SECRET
 
 
 def _range_seconds(text: str) -> tuple[float, float]:
@@ -98,6 +104,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--nulls", action="store_true", help="send fields that do not apply as null instead of omitting them")
     add("--charged-cost-delay-ms", type=int, default=0, metavar="MS",
         help="charged_cost stays absent this long after a run ends (default: 0)")
+    add("--signing-secret", action="append", metavar="WHSEC",
+        help=f"secret that signs run callbacks; give it twice to sign with both, as during a rotation "
+             f"(default: {DEFAULT_SIGNING_SECRET})")
+    add("--callback-delay-ms", type=float, default=0.0, metavar="MS",
+        help="send each run callback this long after the run ends (default: 0)")
+    add("--callback-early-ms", type=float, default=0.0, metavar="MS",
+        help="send each run callback this long before the API shows the run ended (default: 0)")
+    add("--callback-drop-share", type=_share, default=0.0, metavar="F", help="share of run callbacks never sent")
+    add("--callback-duplicate-share", type=_share, default=0.0, metavar="F",
+        help="share of callback attempts sent twice")
 
 
 def _is_loopback(host: str) -> bool:
@@ -120,6 +136,8 @@ def _faults(args: argparse.Namespace) -> Any:
         seconds_timestamps=args.seconds_timestamps, nulls=args.nulls, stall_share=args.stall_share,
         stall_ms=args.stall_ms, reset_share=args.reset_share,
         charged_cost_delay_ms=args.charged_cost_delay_ms,
+        callback_delay_ms=args.callback_delay_ms, callback_early_ms=args.callback_early_ms,
+        callback_drop_share=args.callback_drop_share, callback_duplicate_share=args.callback_duplicate_share,
     )
 
 
@@ -129,6 +147,8 @@ def main(args: argparse.Namespace) -> int:
                          "(pass --allow-remote to do it anyway)")
     if args.runs < 0 or args.rate < 0 or not 0 <= args.port <= 65535:
         raise UsageError("--runs, --rate and --port must not be negative")
+    if any(not secret.strip() for secret in args.signing_secret or ()):
+        raise UsageError("--signing-secret must not be empty")
     try:
         faults = _faults(args)
     except ValueError as exc:
@@ -150,11 +170,13 @@ async def _serve(args: argparse.Namespace, faults: Any) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     lo_ms, hi_ms = (int(s * 1000) for s in args.duration)
+    secrets = args.signing_secret or [DEFAULT_SIGNING_SECRET]
     try:
         async with run_simulator(
             api_key=args.api_key, seed=args.seed, host=args.host, port=args.port, faults=faults,
             public_base_url=args.public_base_url, fail_ratio=args.fail_ratio,
             pending_ms=(0, min(2_000, lo_ms)), running_ms=(max(0, lo_ms - 2_000), hi_ms),
+            signing_secret=secrets,
         ) as running:
             sim = running.sim
             if args.runs:
@@ -165,6 +187,7 @@ async def _serve(args: argparse.Namespace, faults: Any) -> None:
                                     fail_ratio=args.fail_ratio, warm=args.warm)
             print(f"FLORA simulator listening: {running.base_url}", flush=True)
             print(f"API key: {args.api_key}", flush=True)
+            print(f"callback signing secret: {', '.join(secrets)}", flush=True)
             print(f"admin: {running.admin_url}/stats  (Ctrl-C to stop)", flush=True)
             await stop.wait()
     finally:

@@ -10,6 +10,7 @@ Decisions live in ``scenario.py`` (runs, indexes, shapes) and ``faults.py`` (wha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -26,6 +27,7 @@ from aiohttp import web
 
 from watcher.simulator import faults as faultlib
 from watcher.simulator import scenario as sc
+from watcher.simulator.callbacks import ATTEMPT_TIMEOUT_S, DEFAULT_SIGNING_SECRET, CallbackSender
 from watcher.simulator.faults import Faults
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -83,11 +85,20 @@ def _range(value: Any, name: str) -> int | tuple[int, int]:
 
 
 def _valid_callback_url(url: Any) -> bool:
-    """FLORA accepts only public HTTPS callback URLs (no localhost, *.local, *.internal, private IPs)."""
-    if not isinstance(url, str):
+    """FLORA accepts only public HTTPS callback URLs (no localhost, *.local, *.internal, private IPs).
+
+    The simulator alone also takes loopback URLs (http or https: 127.0.0.0/8, ::1, localhost), so tests and
+    the demo can receive callbacks without TLS or a public host; FLORA itself never calls them."""
+    if not isinstance(url, str) or len(url) > 2048:
         return False
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 - a bad port raises ValueError here
+    except ValueError:
+        return False
+    if parts.scheme in ("http", "https") and _is_loopback(host):
+        return True
     if parts.scheme != "https" or not host or host == "localhost" or host.endswith((".local", ".internal")):
         return False
     if host in ("metadata.google.internal", "169.254.169.254"):
@@ -97,6 +108,15 @@ def _valid_callback_url(url: Any) -> bool:
     except ValueError:
         return True
     return ip.is_global
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +133,9 @@ class Simulator:
     run ids, durations, outcomes and fault draws. ``pending_ms``/``running_ms``/``fail_ratio`` are the
     defaults for runs created without them (``create_run`` and ``POST /techniques/{slug}/runs``); each
     duration is a number or a ``(min, max)`` range. ``public_base_url`` (``…/api/v1``) is advertised in
-    ``poll_url`` instead of the request's own origin.
+    ``poll_url`` instead of the request's own origin. Runs created with a ``callback_url`` get FLORA's signed
+    callback when they end (``callbacks.py``), signed with ``signing_secret`` (several: one ``v1`` each, as
+    during a rotation); ``callbacks`` holds their schedule and what became of each attempt.
     """
 
     def __init__(
@@ -127,6 +149,8 @@ class Simulator:
         pending_ms: int | tuple[int, int] = 1_000,
         running_ms: int | tuple[int, int] = 3_000,
         fail_ratio: float = 0.2,
+        signing_secret: str | Sequence[str] = DEFAULT_SIGNING_SECRET,
+        callback_timeout_s: float = ATTEMPT_TIMEOUT_S,
     ) -> None:
         self._api_key = api_key
         self._clock = _as_clock(clock)
@@ -142,6 +166,11 @@ class Simulator:
         self._fault_counts: Counter[str] = Counter()
         self._stats_since = self._clock()
         self._idempotency: dict[str, _Idempotent] = {}
+        secrets = (signing_secret,) if isinstance(signing_secret, str) else tuple(signing_secret)
+        self.callbacks = CallbackSender(
+            self._clock, lambda: self.faults, secrets=secrets, rng=random.Random(f"callbacks:{seed}"),
+            poll_s=None if clock is None else 0.01, timeout_s=callback_timeout_s)
+        self._callback_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Simulator runs={len(self.scenario.runs)} faults={self.faults!r}>"
@@ -169,6 +198,7 @@ class Simulator:
         kind: str = sc.TECHNIQUE,
         model: str | None = None,
         stall_ms: int = 0,
+        callback_url: str | None = None,
     ) -> str:
         """Create one run and return its id.
 
@@ -178,8 +208,11 @@ class Simulator:
         terminal. ``poll_url`` overrides the run's advertised poll URL. ``kind="generation"`` makes a
         generation of ``model`` (a model id from ``scenario.MODELS``; default the first) instead.
         ``stall_ms`` makes a stuck run: its progress stands still that long halfway through running (a long
-        ``pending_ms`` makes one stuck in pending).
+        ``pending_ms`` makes one stuck in pending). ``callback_url``: FLORA's signed callback goes there when
+        the run ends (loopback URLs are allowed here, unlike at FLORA).
         """
+        if callback_url is not None and not _valid_callback_url(callback_url):
+            raise ValueError("callback_url must be a public HTTPS URL (or, in the simulator, a loopback one)")
         if kind == sc.GENERATION:
             info = sc.MODELS_BY_ID.get(model or sc.MODELS[0].technique_id)
             if info is None:
@@ -210,6 +243,8 @@ class Simulator:
         )
         self.scenario.add(run)
         self.scenario.advance(now, self._rng)
+        if callback_url is not None:
+            self.callbacks.schedule(run, callback_url)
         return run.run_id
 
     def create_generation(self, model: str | None = None, **kwargs: Any) -> str:
@@ -302,6 +337,7 @@ class Simulator:
             "faults": dict(sorted(self._fault_counts.items())),
             "runs": self.scenario.counts(),
             "runs_by_kind": {kind: self.scenario.counts(kind) for kind in sc.KINDS},
+            "callbacks": self.callbacks.stats(),
             "since_ms": self._stats_since,
             "now_ms": now,
         }
@@ -325,6 +361,8 @@ class Simulator:
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=1 << 20)
         app.on_response_prepare.append(self._add_request_id)
+        app.on_startup.append(self._start_callbacks)
+        app.on_cleanup.append(self._stop_callbacks)
         r = app.router
         r.add_get(f"{API_PREFIX}/technique-runs", self._list_runs)
         r.add_get(f"{API_PREFIX}/techniques/{{technique}}/runs/{{run_id}}", self._get_technique_run)
@@ -341,7 +379,20 @@ class Simulator:
         r.add_post("/_sim/faults", self._admin_faults)
         r.add_get("/_sim/generator", self._admin_generator)
         r.add_post("/_sim/generator", self._admin_generator)
+        r.add_get("/_sim/callbacks", self._admin_callbacks)
         return app
+
+    async def _start_callbacks(self, app: web.Application) -> None:
+        if self._callback_task is None:
+            self._callback_task = asyncio.create_task(self.callbacks.run(), name="simulator-callbacks")
+
+    async def _stop_callbacks(self, app: web.Application) -> None:
+        task, self._callback_task = self._callback_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.callbacks.close()
 
     async def _add_request_id(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers["request-id"] = f"req_{self._id_rng.getrandbits(96):024x}"
@@ -470,7 +521,7 @@ class Simulator:
                                     code="idempotency_conflict", status=422)
             if seen is not None:
                 return _json(seen.response, 201, {"idempotent-replayed": "true"})
-        run_id = self.create_run(info.slug, created_at=now)
+        run_id = self.create_run(info.slug, created_at=now, callback_url=body.get("callback_url"))
         response = self._render(self.scenario.runs[run_id], request, item=False)
         quote_key = "chargedCost" if self.faults.camel_case else "charged_cost"
         response.setdefault(quote_key, info.price_usd)  # a quote at create time (flora-api.md §6)
@@ -492,7 +543,7 @@ class Simulator:
                                 code="not_found", status=404)
         now = self.now_ms()
         run_id = self.create_generation(model, project_id=body["project_id"], workspace_id=body["workspace_id"],
-                                        created_at=now)
+                                        created_at=now, callback_url=body.get("callback_url"))
         run = self.scenario.runs[run_id]
         ticket = {
             "run_id": run_id,
@@ -529,7 +580,7 @@ class Simulator:
     async def _admin_create_runs(self, request: web.Request) -> web.Response:
         body = await self._admin_body(request)
         passed = ("technique", "project_id", "workspace_id", "outcome", "error_code", "poll_url",
-                  "fail_ratio", "kind", "model", "stall_ms")
+                  "fail_ratio", "kind", "model", "stall_ms", "callback_url")
         allowed = {*passed, "count", "pending_ms", "running_ms", "created_at", "created_at_offset_ms"}
         try:
             _no_unknown(body, allowed)
@@ -557,6 +608,12 @@ class Simulator:
             lo, hi = sorted(int(v) for v in offset)
             return (now + lo, now + hi)
         return now + int(offset)
+
+    async def _admin_callbacks(self, request: web.Request) -> web.Response:
+        """Every callback delivery (``?run_id=`` one run's) with its attempts, and the counters."""
+        run_id = request.query.get("run_id")
+        deliveries = [d.to_dict() for d in self.callbacks.deliveries.values() if run_id in (None, d.run_id)]
+        return _json({"deliveries": deliveries, "stats": self.callbacks.stats(), "now_ms": self.now_ms()})
 
     async def _admin_run(self, request: web.Request) -> web.Response:
         truth = self.run_truth(request.match_info["run_id"])

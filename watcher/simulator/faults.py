@@ -45,13 +45,20 @@ class Faults:
     charged_cost_delay_ms: int = 0  # charged_cost stays absent this long after a run turns terminal
     generations_status: int | None = None  # GET /generations answers this error (e.g. 404, 403) instead
     technique_runs_status: int | None = None  # GET /technique-runs answers this error instead
+    # Run callbacks (callback_url). Delay, early and drop apply to the runs created while they are set.
+    callback_delay_ms: float = 0.0  # the first attempt this long after the run ends
+    callback_early_ms: float = 0.0  # ...or this long before the API shows it ended (a callback that beats it)
+    callback_drop_share: float = 0.0  # share of callbacks never sent (what polling must still catch)
+    callback_duplicate_share: float = 0.0  # share of attempts sent twice (at-least-once delivery)
 
     def __post_init__(self) -> None:
-        for name in ("rate_limit_share", "malformed_share", "stall_share", "reset_share"):
+        for name in ("rate_limit_share", "malformed_share", "stall_share", "reset_share", "callback_drop_share",
+                     "callback_duplicate_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        for name in ("latency_ms", "latency_jitter_ms", "stall_ms", "charged_cost_delay_ms"):
+        for name in ("latency_ms", "latency_jitter_ms", "stall_ms", "charged_cost_delay_ms", "callback_delay_ms",
+                     "callback_early_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.retry_after is not None and self.retry_after < 0:
