@@ -97,10 +97,14 @@ def one_line(text: str) -> str:
 
 
 def _prefix_within(text: str, budget: int) -> str:
-    out = text[: max(0, budget)]
-    while out and ulen(out) > budget:
-        out = out[:-1]
-    return out
+    """The longest prefix of ``text`` within ``budget`` UTF-16 code units (one pass: a character outside the BMP
+    counts twice)."""
+    used = 0
+    for i, c in enumerate(text):
+        used += 2 if ord(c) > 0xFFFF else 1
+        if used > budget:
+            return text[:i]
+    return text
 
 
 def fit(raw: str, limit: int, escape: Callable[[str], str] = lambda s: s, *, marker: str = TRUNCATED) -> str:
