@@ -17,16 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.sinks.helpers import hostile_event, make_event
-from watcher.render import (
-    discord_group_payload,
-    discord_payload,
-    google_chat_group_payload,
-    google_chat_payload,
-    slack_group_payload,
-    slack_payload,
-    teams_group_payload,
-    teams_payload,
-)
+from watcher.sinks.discord import discord_group_payload, discord_payload
+from watcher.sinks.google_chat import google_chat_group_payload, google_chat_payload
+from watcher.sinks.slack import slack_group_payload, slack_payload
+from watcher.sinks.teams import teams_group_payload, teams_payload
 
 HERE = Path(__file__).parent
 LIBS = os.environ.get("CHAT_LIBS_DIR")

@@ -312,7 +312,7 @@ async def test_a_burst_of_65_becomes_two_messages_naming_every_run(store, kind: 
 
 
 async def test_a_group_of_one_is_the_single_event_message(store) -> None:
-    from watcher.render import slack_payload
+    from watcher.sinks.slack import slack_payload
 
     clock = FakeClock(START)
     event = make_event("run.failed", run_id="run_alone")

@@ -10,9 +10,9 @@ from tests.fakes import FakeClock
 from tests.sinks.helpers import Receiver, hostile_event, make_event
 from watcher.config import SinkConfig
 from watcher.errors import DeliveryError, Reason
-from watcher.render import embed_length, ulen
+from watcher.render import ulen
 from watcher.secret import Secret
-from watcher.sinks.discord import DiscordSink
+from watcher.sinks.discord import DiscordSink, embed_length
 
 
 def discord(receiver: Receiver, clock: FakeClock | None = None, **kw) -> DiscordSink:

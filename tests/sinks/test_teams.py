@@ -7,9 +7,8 @@ import json
 from tests.fakes import FakeClock
 from tests.sinks.helpers import HOSTILE_TECHNIQUE, Receiver, hostile_event, make_event
 from watcher.config import SinkConfig
-from watcher.render import TEAMS_PAYLOAD_MAX_BYTES
 from watcher.secret import Secret
-from watcher.sinks.teams import TeamsSink
+from watcher.sinks.teams import TEAMS_PAYLOAD_MAX_BYTES, TeamsSink
 
 
 def teams(receiver: Receiver, **kw) -> TeamsSink:

@@ -10,29 +10,23 @@ from hypothesis import strategies as st
 
 from tests.sinks.helpers import make_event
 from watcher.render import (
-    TEAMS_PAYLOAD_MAX_BYTES,
     TRUNCATED,
     ZWSP,
     check_template,
     cut,
-    discord_escape,
-    discord_payload,
-    embed_length,
     event_body,
     fit,
     format_cost,
     format_duration,
-    google_chat_escape,
-    google_chat_payload,
-    google_chat_thread_key,
     render_template,
     safe_url,
-    slack_escape,
-    slack_payload,
-    teams_payload,
     text_line,
     ulen,
 )
+from watcher.sinks.discord import discord_escape, discord_payload, embed_length
+from watcher.sinks.google_chat import google_chat_escape, google_chat_payload, google_chat_thread_key
+from watcher.sinks.slack import slack_escape, slack_payload
+from watcher.sinks.teams import TEAMS_PAYLOAD_MAX_BYTES, teams_payload
 
 # --------------------------------------------------------------------------------------- text line
 

@@ -10,20 +10,10 @@ from tests.sinks.helpers import make_event
 from watcher.config import parse
 from watcher.errors import ConfigError
 from watcher.policy import group_key, group_ready_ms
-from watcher.render import (
-    DISCORD_EMBED_TOTAL_MAX,
-    GOOGLE_CHAT_TEXT_MAX,
-    SLACK_BLOCK_TEXT_MAX,
-    TEAMS_PAYLOAD_MAX_BYTES,
-    discord_group_payload,
-    embed_length,
-    google_chat_group_payload,
-    slack_escape,
-    slack_group_payload,
-    slack_payload,
-    teams_group_payload,
-    teams_payload,
-)
+from watcher.sinks.discord import DISCORD_EMBED_TOTAL_MAX, discord_group_payload, embed_length
+from watcher.sinks.google_chat import GOOGLE_CHAT_TEXT_MAX, google_chat_group_payload
+from watcher.sinks.slack import SLACK_BLOCK_TEXT_MAX, slack_escape, slack_group_payload, slack_payload
+from watcher.sinks.teams import TEAMS_PAYLOAD_MAX_BYTES, teams_group_payload, teams_payload
 
 URL = "https://media.flora.ai/out.png?sig=a&b=c"
 

@@ -9,6 +9,7 @@ import pytest
 
 from watcher import render
 from watcher.model import Model, Run, Technique
+from watcher.sinks import discord, google_chat, slack, teams
 from watcher.transitions import build_event
 
 STALLED = build_event(
@@ -29,8 +30,8 @@ def test_the_text_line_shows_the_marker_and_how_long_the_run_is_stuck():
     assert render.text_line(STALLED) == "⏳ run.stalled · CCTV Cam · run_s · stuck 31m 00s"
 
 
-@pytest.mark.parametrize("payload", [render.slack_payload, render.discord_payload, render.teams_payload,
-                                     render.google_chat_payload])
+@pytest.mark.parametrize("payload", [slack.slack_payload, discord.discord_payload, teams.teams_payload,
+                                     google_chat.google_chat_payload])
 def test_every_chat_payload_has_the_marker_and_the_stuck_time(payload):
     text = json.dumps(payload(STALLED), ensure_ascii=False)
     assert "⏳" in text and "stuck 31m 00s" in text and "run_s" in text
