@@ -44,8 +44,7 @@ from watcher.crashpoints import crash_point
 from watcher.errors import DeliveryError, Reason
 from watcher.policy import Breaker, breaker_after, breaker_mode, decide_failure, group_key, group_ready_ms
 from watcher.sinks.base import Sink
-from watcher.store import DEAD, DELIVERED, Delivery, Outcome
-from watcher.store_api import StateStore
+from watcher.store_api import DEAD, DELIVERED, RETRY, Delivery, Outcome, StateStore
 
 log = structlog.get_logger("watcher.dispatcher")
 
@@ -475,7 +474,7 @@ class SinkWorker:
                       status=exc.status, error=exc.message[:300], **({"grouped": len(batch)} if len(batch) > 1 else {}))
         if verdict.action == "retry":
             assert verdict.next_attempt_ms is not None
-            await self._record(batch, "retry", now, status=exc.status, error=error,
+            await self._record(batch, RETRY, now, status=exc.status, error=error,
                                next_attempt_ms=verdict.next_attempt_ms, health=False)
             for _ in batch:
                 self._outcome("retry")

@@ -18,7 +18,6 @@ import stat
 from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -26,6 +25,7 @@ import structlog
 
 from watcher.errors import StoreError
 from watcher.model import Event, Run, TrackedRun
+from watcher.store_api import DEAD, DELIVERED, PENDING, RETRY, Delivery, DeliveryRow, Outcome, SinkState
 
 log = structlog.get_logger("watcher.store")
 
@@ -95,90 +95,10 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 PAUSE_PREFIX = "sink_paused."  # meta keys of paused sinks (set_sink_pause)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-# ------------------------------------------------------------------------------------------------ values
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One pending delivery, as the dispatcher sends it. ``body`` is the exact JSON the receiver gets."""
-
-    id: int
-    event_id: str
-    sink: str
-    attempts: int
-    created_ms: int
-    next_attempt_ms: int
-    body: bytes
-    run_id: str = ""
-
-    @functools.cached_property
-    def event(self) -> Event:
-        return Event.from_dict(json.loads(self.body))
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRow:
-    """One line of ``flora-watcher deliveries``: a pending delivery or a dead letter."""
-
-    id: int
-    event_id: str
-    event_type: str
-    run_id: str
-    sink: str
-    state: str
-    attempts: int
-    created_ms: int
-    next_attempt_ms: int
-    last_error: str | None
-    last_status: int | None
-    last_attempt_ms: int | None
-    delivered_ms: int | None
-    dead_ms: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class SinkState:
-    """Health of one sink. ``disabled_reason`` set = the sink is disabled (e.g. its receiver answered 410)."""
-
-    name: str
-    disabled_reason: str | None = None
-    disabled_ms: int | None = None
-    last_success_ms: int | None = None
-    last_failure_ms: int | None = None
-    last_error: str | None = None
-    consecutive_failures: int = 0
-
-    @property
-    def disabled(self) -> bool:
-        return self.disabled_reason is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One delivery's outcome for ``record_outcomes``.
-
-    ``state``: ``delivered`` (whatever state the row was in: delivered is the truth), ``retry`` (try again at
-    ``next_attempt_ms``; only a pending row changes) or ``dead`` (only a pending row changes). ``attempted``:
-    the outcome follows a send (counted in ``attempts``). ``health``: True/False counts as a success/failure
-    of the sink in its health record; None leaves it alone.
-    """
-
-    delivery_id: int
-    sink: str
-    state: str
-    now_ms: int
-    status: int | None = None
-    error: str | None = None
-    next_attempt_ms: int | None = None
-    attempted: bool = True
-    health: bool | None = None
 
 
 # ------------------------------------------------------------------------------------ pure helpers
@@ -293,7 +213,7 @@ def outcome_rows(outcomes: Sequence[Outcome]) -> tuple[_Rows, _Rows, _Rows]:
     for o in outcomes:
         if o.state == DELIVERED:
             delivered.append((int(o.attempted), o.now_ms, o.now_ms, o.status, o.delivery_id))
-        elif o.state == "retry":
+        elif o.state == RETRY:
             if o.next_attempt_ms is None:
                 raise ValueError("a retry outcome needs next_attempt_ms")
             retry.append((int(o.attempted), o.now_ms, o.next_attempt_ms, _cut(o.error), o.status, o.delivery_id))
@@ -585,7 +505,7 @@ class Store:
     @_translated
     def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Record many deliveries' outcomes, and their sinks' health, in one transaction (one fsync): the
-        dispatcher's group commit. Each outcome means what ``mark_delivered``/``mark_retry``/``mark_dead`` do."""
+        dispatcher's group commit (what each outcome means: ``store_api.Outcome``)."""
         if not outcomes:
             return
         delivered, retry, dead = outcome_rows(outcomes)
@@ -637,44 +557,6 @@ class Store:
         return parse_pauses(self._conn.execute(
             "SELECT key, value FROM meta WHERE key >= ? AND key < ?", (PAUSE_PREFIX, PAUSE_PREFIX + "\U0010ffff")
         ))
-
-    @_translated
-    def mark_delivered(self, delivery_id: int, now_ms: int, status: int | None = None) -> bool:
-        """Record a confirmed send (whatever state the row was in: delivered is the truth)."""
-        with self._transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, last_attempt_ms = ?,"
-                " delivered_ms = ?, dead_ms = NULL, last_status = ?, last_error = NULL WHERE id = ?",
-                (now_ms, now_ms, status, delivery_id),
-            )
-            return cursor.rowcount == 1
-
-    @_translated
-    def mark_retry(
-        self, delivery_id: int, *, now_ms: int, next_attempt_ms: int, error: str, status: int | None
-    ) -> bool:
-        """Record a failed attempt to try again at ``next_attempt_ms``. Only a pending delivery changes."""
-        with self._transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE deliveries SET attempts = attempts + 1, last_attempt_ms = ?, next_attempt_ms = ?,"
-                " last_error = ?, last_status = ? WHERE id = ? AND state = 'pending'",
-                (now_ms, next_attempt_ms, _cut(error), status, delivery_id),
-            )
-            return cursor.rowcount == 1
-
-    @_translated
-    def mark_dead(
-        self, delivery_id: int, *, now_ms: int, error: str, status: int | None, attempted: bool = True
-    ) -> bool:
-        """Make a pending delivery a dead letter. ``attempted``: the verdict follows a send (counted)."""
-        with self._transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE deliveries SET state = 'dead', attempts = attempts + ?, dead_ms = ?,"
-                " last_attempt_ms = CASE WHEN ? THEN ? ELSE last_attempt_ms END,"
-                " last_error = ?, last_status = COALESCE(?, last_status) WHERE id = ? AND state = 'pending'",
-                (int(attempted), now_ms, int(attempted), now_ms, _cut(error), status, delivery_id),
-            )
-            return cursor.rowcount == 1
 
     @_translated
     def dead_letter_sink(self, sink: str, *, now_ms: int, reason: str) -> int:
@@ -763,17 +645,6 @@ class Store:
             " consecutive_failures FROM sinks ORDER BY name"
         ).fetchall()
         return {row[0]: SinkState(*row) for row in rows}
-
-    @_translated
-    def record_sink_result(self, sink: str, *, ok: bool, now_ms: int, error: str | None = None) -> None:
-        """Health bookkeeping after a send: last success/failure, consecutive failures."""
-        with self._transaction() as conn:
-            if ok:
-                _record_health(conn, sink, success_ms=now_ms, failures=0, reset=True)
-            else:
-                _record_health(conn, sink, failure_ms=now_ms, error=error, failures=1, reset=False)
-
-    # -------------------------------------------------------------------------------------- events
 
     @_translated
     def get_event(self, event_id: str) -> Event | None:
@@ -1206,9 +1077,6 @@ class AsyncStore:
     commit_sweep = _on_worker(Store.commit_sweep)
     due_deliveries = _on_worker(Store.due_deliveries)
     next_due_ms = _on_worker(Store.next_due_ms)
-    mark_delivered = _on_worker(Store.mark_delivered)
-    mark_retry = _on_worker(Store.mark_retry)
-    mark_dead = _on_worker(Store.mark_dead)
     dead_letter_sink = _on_worker(Store.dead_letter_sink)
     pending_counts = _on_worker(Store.pending_counts)
     oldest_pending_ms = _on_worker(Store.oldest_pending_ms)
@@ -1217,7 +1085,6 @@ class AsyncStore:
     replay_failed = _on_worker(Store.replay_failed)
     set_sink_state = _on_worker(Store.set_sink_state)
     sink_states = _on_worker(Store.sink_states)
-    record_sink_result = _on_worker(Store.record_sink_result)
     get_event = _on_worker(Store.get_event)
     events_exist = _on_worker(Store.events_exist)
     summary = _on_worker(Store.summary)

@@ -1,8 +1,10 @@
 """The state store as the engine sees it: one ``typing.Protocol`` that every store implementation satisfies.
 
-The sweep, the dispatcher, the daemon and the status server depend on :class:`StateStore`, never on a concrete
-store. ``store.AsyncStore`` (SQLite on one worker thread) implements it; another backend (PostgreSQL, an
-in-memory double) implements the same coroutines and passes the same tests.
+The sweep, the dispatcher, the daemon and the status server depend on :class:`StateStore` and the value types
+here (``Delivery``, ``DeliveryRow``, ``SinkState``, ``Outcome``, the delivery states), never on a concrete store.
+``store.AsyncStore`` (SQLite on one worker thread) and ``store_pg.PgStore`` implement it; what they share is
+written once in ``store_sql``. Another backend (an in-memory double) implements the same coroutines and passes
+the same tests.
 
 Guarantees every implementation keeps:
 
@@ -15,11 +17,98 @@ Guarantees every implementation keeps:
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from watcher.model import Event, TrackedRun
-from watcher.store import Delivery, DeliveryRow, Outcome, SinkState
+
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"  # the states of a delivery
+RETRY = "retry"  # an outcome: try again at its next_attempt_ms (the row stays pending)
+
+
+# ------------------------------------------------------------------------------------------------ values
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One pending delivery, as the dispatcher sends it. ``body`` is the exact JSON the receiver gets."""
+
+    id: int
+    event_id: str
+    sink: str
+    attempts: int
+    created_ms: int
+    next_attempt_ms: int
+    body: bytes
+    run_id: str = ""
+
+    @functools.cached_property
+    def event(self) -> Event:
+        return Event.from_dict(json.loads(self.body))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """One line of ``flora-watcher deliveries``: a pending delivery or a dead letter."""
+
+    id: int
+    event_id: str
+    event_type: str
+    run_id: str
+    sink: str
+    state: str
+    attempts: int
+    created_ms: int
+    next_attempt_ms: int
+    last_error: str | None
+    last_status: int | None
+    last_attempt_ms: int | None
+    delivered_ms: int | None
+    dead_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SinkState:
+    """Health of one sink. ``disabled_reason`` set = the sink is disabled (e.g. its receiver answered 410)."""
+
+    name: str
+    disabled_reason: str | None = None
+    disabled_ms: int | None = None
+    last_success_ms: int | None = None
+    last_failure_ms: int | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One delivery's outcome for ``record_outcomes``.
+
+    ``state``: ``delivered`` (whatever state the row was in: delivered is the truth), ``retry`` (try again at
+    ``next_attempt_ms``; only a pending row changes) or ``dead`` (only a pending row changes). ``attempted``:
+    the outcome follows a send (counted in ``attempts``). ``health``: True/False counts as a success/failure
+    of the sink in its health record; None leaves it alone.
+    """
+
+    delivery_id: int
+    sink: str
+    state: str
+    now_ms: int
+    status: int | None = None
+    error: str | None = None
+    next_attempt_ms: int | None = None
+    attempted: bool = True
+    health: bool | None = None
+
+
+# ------------------------------------------------------------------------------------------ the protocol
 
 
 class StateStore(Protocol):
@@ -53,13 +142,6 @@ class StateStore(Protocol):
     async def next_due_ms(self, sink: str, after_ms: int | None = None) -> int | None: ...
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None: ...  # many outcomes, one transaction
     async def make_due(self, sink: str, now_ms: int) -> int: ...  # every pending delivery of the sink, due now
-    async def mark_delivered(self, delivery_id: int, now_ms: int, status: int | None = None) -> bool: ...
-    async def mark_retry(
-        self, delivery_id: int, *, now_ms: int, next_attempt_ms: int, error: str, status: int | None
-    ) -> bool: ...
-    async def mark_dead(
-        self, delivery_id: int, *, now_ms: int, error: str, status: int | None, attempted: bool = True
-    ) -> bool: ...
     async def dead_letter_sink(self, sink: str, *, now_ms: int, reason: str) -> int: ...
     async def pending_counts(self) -> dict[str, int]: ...
     async def oldest_pending_ms(self) -> int | None: ...
@@ -72,7 +154,6 @@ class StateStore(Protocol):
     # --- sink state (a 410 disables a sink until replay or a config change; health for `status`)
     async def set_sink_state(self, sink: str, *, disabled_reason: str | None, now_ms: int) -> None: ...
     async def sink_states(self) -> dict[str, SinkState]: ...
-    async def record_sink_result(self, sink: str, *, ok: bool, now_ms: int, error: str | None = None) -> None: ...
     async def set_sink_pause(self, sink: str, *, since_ms: int | None, next_probe_ms: int | None) -> None: ...
     async def sink_pauses(self) -> dict[str, tuple[int, int | None]]: ...  # the circuit breaker's paused sinks
 

@@ -35,14 +35,7 @@ from watcher.errors import StoreError
 from watcher.lease import LeaseLost
 from watcher.model import Event, TrackedRun
 from watcher.store import (
-    DEAD,
-    DELIVERED,
     PAUSE_PREFIX,
-    PENDING,
-    Delivery,
-    DeliveryRow,
-    Outcome,
-    SinkState,
     _cut,
     _empty_sink_summary,
     _health_by_sink,
@@ -54,6 +47,7 @@ from watcher.store import (
     outcome_rows,
     parse_pauses,
 )
+from watcher.store_api import DEAD, DELIVERED, PENDING, Delivery, DeliveryRow, Outcome, SinkState
 
 try:  # the optional extra: flora-watcher[postgres]
     import psycopg
@@ -631,39 +625,6 @@ class PgStore:
 
         return await self._run(name, body)
 
-    async def mark_delivered(self, delivery_id: int, now_ms: int, status: int | None = None) -> bool:
-        """Record a confirmed send (whatever state the row was in: delivered is the truth)."""
-        return 1 == await self._update_one(
-            "mark_delivered",
-            "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, last_attempt_ms = %s,"
-            " delivered_ms = %s, dead_ms = NULL, last_status = %s, last_error = NULL, claimed_by = NULL,"
-            " claim_until_ms = NULL WHERE id = %s",
-            (now_ms, now_ms, status, delivery_id),
-        )
-
-    async def mark_retry(
-        self, delivery_id: int, *, now_ms: int, next_attempt_ms: int, error: str, status: int | None
-    ) -> bool:
-        return 1 == await self._update_one(
-            "mark_retry",
-            "UPDATE deliveries SET attempts = attempts + 1, last_attempt_ms = %s, next_attempt_ms = %s,"
-            " last_error = %s, last_status = %s, claimed_by = NULL, claim_until_ms = NULL"
-            " WHERE id = %s AND state = 'pending'",
-            (now_ms, next_attempt_ms, _cut(error), status, delivery_id),
-        )
-
-    async def mark_dead(
-        self, delivery_id: int, *, now_ms: int, error: str, status: int | None, attempted: bool = True
-    ) -> bool:
-        return 1 == await self._update_one(
-            "mark_dead",
-            "UPDATE deliveries SET state = 'dead', attempts = attempts + %s, dead_ms = %s,"
-            " last_attempt_ms = CASE WHEN %s THEN %s ELSE last_attempt_ms END,"
-            " last_error = %s, last_status = COALESCE(%s, last_status), claimed_by = NULL, claim_until_ms = NULL"
-            " WHERE id = %s AND state = 'pending'",
-            (int(attempted), now_ms, attempted, now_ms, _cut(error), status, delivery_id),
-        )
-
     async def dead_letter_sink(self, sink: str, *, now_ms: int, reason: str) -> int:
         return await self._update_one(
             "dead_letter_sink",
@@ -734,24 +695,6 @@ class PgStore:
             " consecutive_failures FROM sinks ORDER BY name",
         )
         return {row[0]: SinkState(*row) for row in rows}
-
-    async def record_sink_result(self, sink: str, *, ok: bool, now_ms: int, error: str | None = None) -> None:
-        if ok:
-            await self._update_one(
-                "record_sink_result",
-                "INSERT INTO sinks(name, last_success_ms, consecutive_failures) VALUES (%s, %s, 0)"
-                " ON CONFLICT (name) DO UPDATE SET last_success_ms = excluded.last_success_ms,"
-                " consecutive_failures = 0",
-                (sink, now_ms),
-            )
-        else:
-            await self._update_one(
-                "record_sink_result",
-                "INSERT INTO sinks(name, last_failure_ms, last_error, consecutive_failures) VALUES (%s, %s, %s, 1)"
-                " ON CONFLICT (name) DO UPDATE SET last_failure_ms = excluded.last_failure_ms,"
-                " last_error = excluded.last_error, consecutive_failures = sinks.consecutive_failures + 1",
-                (sink, now_ms, _cut(error)),
-            )
 
     # -------------------------------------------------------------------------------------- events
 

@@ -10,6 +10,7 @@ import pytest
 from tests.sinks.helpers import make_event
 from watcher.cli import main
 from watcher.store import Store, store_path
+from watcher.store_api import DEAD, DELIVERED, Outcome
 
 CANARY_URL = "https://hooks.slack.com/services/T000/B000/CANARYcanary0123456789"
 
@@ -43,13 +44,13 @@ def populate(cfg_dir: Path) -> list[str]:
         ok, bad = make_event(run_id="run_ok", event_type="run.completed"), make_event(run_id="run_bad")
         store.commit_sweep(upserts=[], deletes=[], events=[(ok, ["journal", "chat"]), (bad, ["journal", "chat"])],
                            meta={"last_sweep_ms": "1", "last_sweep_ok_ms": "1"}, now_ms=1_000)
-        for d in store.due_deliveries("journal", 10_000):
-            store.mark_delivered(d.id, 2_000, None)
-        for d in store.due_deliveries("chat", 10_000):
-            if d.event_id == bad.id:
-                store.mark_dead(d.id, now_ms=3_000, error=f"HTTP 404 from {CANARY_URL}", status=404)
-            else:
-                store.mark_delivered(d.id, 2_000, 200)
+        journal, chat = store.due_deliveries("journal", 10_000), store.due_deliveries("chat", 10_000)
+        store.record_outcomes([Outcome(d.id, d.sink, DELIVERED, 2_000) for d in journal])
+        store.record_outcomes([
+            Outcome(d.id, d.sink, DEAD, 3_000, status=404, error=f"HTTP 404 from {CANARY_URL}") if d.event_id == bad.id
+            else Outcome(d.id, d.sink, DELIVERED, 2_000, status=200)
+            for d in chat
+        ])
         return [ok.id, bad.id]
     finally:
         store.close()

@@ -239,7 +239,7 @@ async def test_outcomes_recorded_while_a_commit_runs_share_the_next_commit() -> 
     """The group commit itself: while one commit is in progress, every outcome recorded joins the next one, and
     ``record`` returns only once its own outcome is committed."""
     from watcher.dispatcher import OutcomeLog
-    from watcher.store import Outcome
+    from watcher.store_api import Outcome
 
     class SlowStore:
         def __init__(self) -> None:

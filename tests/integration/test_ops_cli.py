@@ -17,6 +17,7 @@ from watcher import statelock
 from watcher.cli import main
 from watcher.commands.status import tracked_line
 from watcher.store import Store, store_path
+from watcher.store_api import DEAD, Outcome
 
 BIN = Path(sys.executable).parent / "flora-watcher"
 
@@ -47,7 +48,7 @@ def populate(state_dir: Path) -> str:
                            meta={"last_sweep_ms": "1000", "last_sweep_ok_ms": "1000",
                                  "high_watermark_ms:ws|prj|tech": "5"}, now_ms=1_000)
         (delivery,) = store.due_deliveries("journal", 10_000)
-        store.mark_dead(delivery.id, now_ms=3_000, error="HTTP 400", status=400)
+        store.record_outcomes([Outcome(delivery.id, "journal", DEAD, 3_000, status=400, error="HTTP 400")])
         return event.id
     finally:
         store.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.integration import test_store as store_tests
 from tests.integration.test_store import T0, commit_events, make_event
-from watcher.store import Outcome
+from watcher.store_api import Outcome
 
 store = store_tests.store  # the same fixtures: SQLite and PostgreSQL
 db_path = store_tests.db_path

@@ -19,16 +19,8 @@ import pytest
 
 from watcher.errors import StoreError
 from watcher.model import Event, Output, Run, Technique, TrackedRun, event_id
-from watcher.store import (
-    SCHEMA_VERSION,
-    AsyncStore,
-    Delivery,
-    SinkState,
-    Store,
-    encode_event,
-    split_statements,
-    store_path,
-)
+from watcher.store import SCHEMA_VERSION, AsyncStore, Store, encode_event, split_statements, store_path
+from watcher.store_api import DEAD, DELIVERED, RETRY, Delivery, Outcome, SinkState
 
 T0 = 1_764_400_000_000
 
@@ -98,6 +90,11 @@ def is_integrity_error(exc: BaseException | None) -> bool:
 
 def commit_events(store: Store, *pairs: tuple[Event, list[str]], now_ms: int = T0) -> list[str]:
     return store.commit_sweep(upserts=[], deletes=[], events=list(pairs), meta={}, now_ms=now_ms)
+
+
+def settle(store: Store, delivery: Delivery, state: str, now_ms: int, **fields) -> None:
+    """One delivery's outcome, recorded as the dispatcher records it (``record_outcomes``)."""
+    store.record_outcomes([Outcome(delivery.id, delivery.sink, state, now_ms, **fields)])
 
 
 def raw(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
@@ -320,7 +317,7 @@ def test_a_delivered_event_redetected_after_a_crash_is_not_sent_again(store: Sto
     ev = make_event("run_a")
     commit_events(store, (ev, ["ops"]))
     (d,) = store.due_deliveries("ops", T0)
-    store.mark_delivered(d.id, T0 + 1, 200)
+    settle(store, d, DELIVERED, T0 + 1, status=200)
     assert commit_events(store, (ev, ["ops"]), now_ms=T0 + 2) == []
     assert store.due_deliveries("ops", T0 + 10) == []
 
@@ -412,7 +409,7 @@ def test_due_deliveries_are_filtered_by_sink_and_time_and_ordered(store: Store) 
     commit_events(store, (b, ["ops"]), now_ms=T0 + 10)
     commit_events(store, (c, ["ops"]), now_ms=T0 + 20)
     da = store.due_deliveries("ops", T0)[0]
-    store.mark_retry(da.id, now_ms=T0 + 1, next_attempt_ms=T0 + 15, error="HTTP 503", status=503)
+    settle(store, da, RETRY, T0 + 1, next_attempt_ms=T0 + 15, error="HTTP 503", status=503)
 
     assert [d.event_id for d in store.due_deliveries("ops", T0 + 12)] == [b.id]
     assert [d.event_id for d in store.due_deliveries("ops", T0 + 15)] == [b.id, a.id]
@@ -439,21 +436,21 @@ def test_due_deliveries_leave_out_what_the_caller_holds_and_keep_run_order(store
         assert again == [a.id, b.id, c.id]
     # a, still pending while held, keeps a2 back; once delivered, a2 is due
     assert a2.id not in {d.event_id for d in store.due_deliveries("ops", T0 + 5, exclude=(*held, dc.id))}
-    store.mark_delivered(da.id, T0 + 6)
+    settle(store, da, DELIVERED, T0 + 6)
     assert a2.id in {d.event_id for d in store.due_deliveries("ops", T0 + 6, exclude=(db.id, dc.id))}
 
 
-def test_mark_retry_delivered_and_dead_change_state(store: Store) -> None:
+def test_retry_delivered_and_dead_outcomes_change_state(store: Store) -> None:
     commit_events(store, (make_event("run_a"), ["ops"]), (make_event("run_b"), ["ops"]))
     da, db = store.due_deliveries("ops", T0)
 
-    assert store.mark_retry(da.id, now_ms=T0 + 1, next_attempt_ms=T0 + 100, error="timeout", status=None)
+    settle(store, da, RETRY, T0 + 1, next_attempt_ms=T0 + 100, error="timeout")
     (retried,) = [d for d in store.list_deliveries(failed=False) if d.id == da.id]
     assert (retried.state, retried.attempts, retried.next_attempt_ms) == ("pending", 1, T0 + 100)
     assert (retried.last_error, retried.last_attempt_ms) == ("timeout", T0 + 1)
 
-    assert store.mark_delivered(da.id, T0 + 100, 204)
-    assert store.mark_dead(db.id, now_ms=T0 + 2, error="HTTP 400: bad payload", status=400)
+    settle(store, da, DELIVERED, T0 + 100, status=204)
+    settle(store, db, DEAD, T0 + 2, error="HTTP 400: bad payload", status=400)
     assert store.pending_counts() == {}
     (dead,) = store.list_deliveries(failed=True)
     assert (dead.event_id, dead.state, dead.attempts, dead.last_status) == (db.event_id, "dead", 1, 400)
@@ -462,15 +459,16 @@ def test_mark_retry_delivered_and_dead_change_state(store: Store) -> None:
     assert (summary["pending"], summary["delivered"], summary["dead"]) == (0, 1, 1)
 
     # a dead letter is not resurrected by a late retry verdict; unknown ids change nothing
-    assert not store.mark_retry(db.id, now_ms=T0 + 3, next_attempt_ms=T0 + 4, error="x", status=None)
-    assert not store.mark_dead(424242, now_ms=T0, error="x", status=None)
+    settle(store, db, RETRY, T0 + 3, next_attempt_ms=T0 + 4, error="x")
+    store.record_outcomes([Outcome(424242, "ops", DEAD, T0, error="x")])
     assert store.pending_counts() == {}
+    assert store.list_deliveries(failed=True) == [dead]
 
 
-def test_mark_dead_without_an_attempt_keeps_the_attempt_count(store: Store) -> None:
+def test_a_dead_outcome_without_an_attempt_keeps_the_attempt_count(store: Store) -> None:
     commit_events(store, (make_event("run_a"), ["ops"]))
     (d,) = store.due_deliveries("ops", T0)
-    store.mark_dead(d.id, now_ms=T0 + 5, error="expired", status=None, attempted=False)
+    settle(store, d, DEAD, T0 + 5, error="expired", attempted=False)
     (row,) = store.list_deliveries(failed=True)
     assert (row.attempts, row.last_attempt_ms, row.last_error) == (0, None, "expired")
 
@@ -478,7 +476,7 @@ def test_mark_dead_without_an_attempt_keeps_the_attempt_count(store: Store) -> N
 def test_long_errors_are_cut(store: Store) -> None:
     commit_events(store, (make_event("run_a"), ["ops"]))
     (d,) = store.due_deliveries("ops", T0)
-    store.mark_retry(d.id, now_ms=T0, next_attempt_ms=T0, error="x" * 50_000, status=500)
+    settle(store, d, RETRY, T0, next_attempt_ms=T0, error="x" * 50_000, status=500)
     assert len(store.list_deliveries(failed=False)[0].last_error) == 1_000
 
 
@@ -495,8 +493,8 @@ def test_replay_requeues_dead_and_delivered_deliveries(store: Store) -> None:
     a, b = make_event("run_a"), make_event("run_b")
     commit_events(store, (a, ["ops", "journal"]), (b, ["ops"]))
     by_key = {(d.event_id, d.sink): d for s in ("ops", "journal") for d in store.due_deliveries(s, T0)}
-    store.mark_dead(by_key[(a.id, "ops")].id, now_ms=T0 + 1, error="HTTP 400", status=400)
-    store.mark_delivered(by_key[(a.id, "journal")].id, T0 + 1)
+    settle(store, by_key[(a.id, "ops")], DEAD, T0 + 1, error="HTTP 400", status=400)
+    settle(store, by_key[(a.id, "journal")], DELIVERED, T0 + 1)
     # b/ops stays pending: replay must not touch it
 
     assert store.replay([a.id, b.id, "evt_unknown"], now_ms=T0 + 50) == 2
@@ -515,7 +513,7 @@ def test_replay_can_target_one_sink(store: Store) -> None:
     commit_events(store, (a, ["ops", "journal"]))
     for sink in ("ops", "journal"):
         (d,) = store.due_deliveries(sink, T0)
-        store.mark_delivered(d.id, T0 + 1)
+        settle(store, d, DELIVERED, T0 + 1)
     assert store.replay([a.id], now_ms=T0 + 2, sink="journal") == 1
     assert store.pending_counts() == {"journal": 1}
 
@@ -524,7 +522,7 @@ def test_replay_failed_requeues_all_dead_letters_and_reenables_the_sink(store: S
     commit_events(store, (make_event("run_a"), ["ops", "journal"]), (make_event("run_b"), ["ops"]))
     for sink in ("ops", "journal"):
         for d in store.due_deliveries(sink, T0):
-            store.mark_dead(d.id, now_ms=T0 + 1, error="HTTP 410", status=410)
+            settle(store, d, DEAD, T0 + 1, error="HTTP 410", status=410)
     store.set_sink_state("ops", disabled_reason="HTTP 410 Gone", now_ms=T0 + 1)
     store.set_sink_state("other", disabled_reason="HTTP 410 Gone", now_ms=T0 + 1)
 
@@ -541,9 +539,11 @@ def test_replay_failed_requeues_all_dead_letters_and_reenables_the_sink(store: S
 
 
 def test_sink_state_disable_enable_and_health(store: Store) -> None:
+    commit_events(store, *((make_event(f"run_{i}"), ["ops"]) for i in range(3)), (make_event("run_f"), ["fresh"]))
+    d1, d2, d3 = store.due_deliveries("ops", T0)
     store.set_sink_state("ops", disabled_reason="HTTP 410 Gone", now_ms=T0)
-    store.record_sink_result("ops", ok=False, now_ms=T0 + 1, error="HTTP 503")
-    store.record_sink_result("ops", ok=False, now_ms=T0 + 2, error="timeout")
+    settle(store, d1, RETRY, T0 + 1, next_attempt_ms=T0 + 60_000, error="HTTP 503", status=503, health=False)
+    settle(store, d2, RETRY, T0 + 2, next_attempt_ms=T0 + 60_000, error="timeout", health=False)
     assert store.sink_states()["ops"] == SinkState(
         name="ops",
         disabled_reason="HTTP 410 Gone",
@@ -553,7 +553,7 @@ def test_sink_state_disable_enable_and_health(store: Store) -> None:
         last_error="timeout",
         consecutive_failures=2,
     )
-    store.record_sink_result("ops", ok=True, now_ms=T0 + 3)
+    settle(store, d3, DELIVERED, T0 + 3, status=200, health=True)
     store.set_sink_state("ops", disabled_reason=None, now_ms=T0 + 4)
     state = store.sink_states()["ops"]
     assert (state.disabled, state.disabled_ms, state.last_success_ms, state.consecutive_failures) == (
@@ -563,7 +563,8 @@ def test_sink_state_disable_enable_and_health(store: Store) -> None:
         0,
     )
     assert state.last_error == "timeout"  # kept as history
-    store.record_sink_result("fresh", ok=True, now_ms=T0)
+    (f,) = store.due_deliveries("fresh", T0)
+    settle(store, f, DELIVERED, T0, status=200, health=True)
     assert store.sink_states()["fresh"] == SinkState("fresh", last_success_ms=T0)
 
 
@@ -580,10 +581,9 @@ def test_summary_counts(store: Store) -> None:
     )
     commit_events(store, (make_event("r5"), ["ops"]), now_ms=T0 + 7)
     d3_journal, *_ = store.due_deliveries("journal", T0)
-    store.mark_dead(d3_journal.id, now_ms=T0 + 1, error="HTTP 400", status=400)
+    settle(store, d3_journal, DEAD, T0 + 1, error="HTTP 400", status=400, health=False)
     first_ops = store.due_deliveries("ops", T0)[0]
-    store.mark_delivered(first_ops.id, T0 + 1)
-    store.record_sink_result("journal", ok=False, now_ms=T0 + 1, error="HTTP 400")
+    settle(store, first_ops, DELIVERED, T0 + 1)
 
     s = store.summary()
     assert s["schema_version"] == store.schema_version and s["path"] == store.path and s["file_bytes"] > 0
@@ -609,9 +609,9 @@ def test_prune_drops_old_delivered_and_orphan_events_but_keeps_the_rest(store: S
     commit_events(store, (old, ["ops"]), (dead, ["ops"]), (quiet, []), now_ms=T0)
     commit_events(store, (fresh, ["ops"]), now_ms=T0 + 500)
     by_event = {d.event_id: d for d in store.due_deliveries("ops", T0 + 500)}
-    store.mark_delivered(by_event[old.id].id, T0 + 10)
-    store.mark_delivered(by_event[fresh.id].id, T0 + 900)
-    store.mark_dead(by_event[dead.id].id, now_ms=T0 + 10, error="HTTP 400", status=400)
+    settle(store, by_event[old.id], DELIVERED, T0 + 10)
+    settle(store, by_event[fresh.id], DELIVERED, T0 + 900)
+    settle(store, by_event[dead.id], DEAD, T0 + 10, error="HTTP 400", status=400)
 
     # delivered(old) + orphan events old and quiet; dead letters are kept by default
     assert store.prune(now_ms=T0 + 1_000, keep_done_ms=500) == 3
@@ -735,7 +735,7 @@ async def test_async_store_runs_every_call_on_one_thread(db_path: Path) -> None:
     for name in (
         "commit_sweep",
         "due_deliveries",
-        "mark_delivered",
+        "record_outcomes",
         "pending_counts",
         "load_tracked",
         "close",
@@ -750,7 +750,7 @@ async def test_async_store_runs_every_call_on_one_thread(db_path: Path) -> None:
             )
         (delivery,) = await astore.due_deliveries("ops", T0)
         assert isinstance(delivery, Delivery)
-        await astore.mark_delivered(delivery.id, T0 + 1, 200)
+        await astore.record_outcomes([Outcome(delivery.id, "ops", DELIVERED, T0 + 1, status=200)])
         assert await astore.pending_counts() == {}
         assert len(await astore.load_tracked()) == 5
     finally:

@@ -11,6 +11,7 @@ import pytest
 
 from watcher.model import Event
 from watcher.store import Store
+from watcher.store_api import DEAD, Outcome
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -52,7 +53,7 @@ def test_list_events_failure_counts_and_delivery_counts(store: Any) -> None:
     assert store.failure_counts(since_ms=150) == {"GPU": 1, None: 1}
 
     (first,) = store.due_deliveries("journal", now_ms=1_000, limit=1)
-    store.mark_dead(first.id, now_ms=500, error="nope", status=400)
+    store.record_outcomes([Outcome(first.id, "journal", DEAD, 500, status=400, error="nope")])
     assert store.delivery_counts() == {
         "journal": {"pending": 1, "dead": 1},
         "ops": {"pending": 3, "dead": 0},

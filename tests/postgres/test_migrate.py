@@ -13,6 +13,7 @@ from tests.integration.test_store import T0, make_event, make_tracked
 from watcher.errors import StoreError
 from watcher.migrate import copy_pg_to_memory, migrate_state
 from watcher.store import Store
+from watcher.store_api import DEAD, DELIVERED, Outcome
 from watcher.store_pg import PgStore
 
 
@@ -22,10 +23,9 @@ def seed(path: Path) -> dict:
                        events=[(make_event("run_b"), ["ops", "journal"]), (make_event("run_c"), ["ops"])],
                        meta={"first_start_ms": str(T0 - 5), "high_watermark_ms:all": str(T0)}, now_ms=T0)
         ops = s.due_deliveries("ops", T0)
-        s.mark_delivered(ops[0].id, T0 + 1, 200)
         (journal,) = s.due_deliveries("journal", T0)
-        s.mark_dead(journal.id, now_ms=T0 + 2, error="HTTP 400", status=400)
-        s.record_sink_result("journal", ok=False, now_ms=T0 + 2, error="HTTP 400")
+        s.record_outcomes([Outcome(ops[0].id, "ops", DELIVERED, T0 + 1, status=200),
+                           Outcome(journal.id, "journal", DEAD, T0 + 2, status=400, error="HTTP 400", health=False)])
         return {"tracked": s.load_tracked(), "meta": s.all_meta(), "pending": s.list_deliveries(failed=False),
                 "dead": s.list_deliveries(failed=True), "sinks": s.sink_states(),
                 "bodies": {e: s.get_event(e) for e in (make_event("run_b").id, make_event("run_c").id)}}

@@ -14,6 +14,7 @@ from tests.integration.test_store import T0, make_event, make_tracked  # noqa: E
 from watcher.errors import StoreError  # noqa: E402
 from watcher.lease import LeaseLost  # noqa: E402
 from watcher.store import AsyncStore  # noqa: E402
+from watcher.store_api import DELIVERED, Outcome  # noqa: E402
 from watcher.store_pg import SCHEMA_VERSION, VERSION_TABLE, PgStore, redact_url  # noqa: E402
 
 
@@ -83,8 +84,7 @@ async def test_two_instances_never_claim_the_same_delivery(pg_url: str) -> None:
         assert {d.id for d in await a.due_deliveries("ops", T0)} == ids_a
         assert await b.next_due_ms("ops") == T0  # its own claims are due
         # a finished delivery frees its claim; b never sees a's sent rows
-        for d in got_a:
-            await a.mark_delivered(d.id, T0 + 1)
+        await a.record_outcomes([Outcome(d.id, "ops", DELIVERED, T0 + 1) for d in got_a])
         assert {d.id for d in await b.due_deliveries("ops", T0)} == ids_b
     finally:
         await a.aclose()

@@ -13,6 +13,7 @@ from watcher.dispatcher import SinkWorker
 from watcher.model import Event, Run
 from watcher.sinks.base import SendResult
 from watcher.store import AsyncStore, Store
+from watcher.store_api import DEAD, Outcome
 from watcher.transitions import build_event
 
 
@@ -42,7 +43,7 @@ async def test_replay_from_another_process_re_enables_a_disabled_sink_in_a_runni
         await store.commit_sweep(upserts=[], deletes=[], events=[(event, ["hook"])], meta={}, now_ms=now)
         (delivery,) = await store.due_deliveries("hook", now)
         reason = "receiver answered 410: destination gone; fix the sink and replay"
-        await store.mark_dead(delivery.id, now_ms=now, error="HTTP 410", status=410)
+        await store.record_outcomes([Outcome(delivery.id, "hook", DEAD, now, status=410, error="HTTP 410")])
         await store.set_sink_state("hook", disabled_reason=reason, now_ms=now)
         sink = RecordingSink()
         worker = SinkWorker(sink, store, cfg=DeliveryConfig(), clock=SYSTEM_CLOCK, rand=random.Random(0),

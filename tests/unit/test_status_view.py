@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from watcher.model import Event, Model, Run, Technique
-from watcher.store import SinkState
+from watcher.store_api import SinkState
 from watcher.web import status
 
 NOW = 1_764_400_000_000
