@@ -1,4 +1,5 @@
-"""pytest fixtures for a real PostgreSQL: one throwaway cluster per session, a fresh database per test.
+"""pytest fixtures for a real PostgreSQL: one throwaway cluster per session, a fresh database per test; a cluster of
+its own for a test that restarts or stops it (``pg_own_cluster``).
 
 Without PostgreSQL's server binaries or psycopg the PostgreSQL tests are skipped with the reason, unless
 ``FLORA_REQUIRE_POSTGRES=1`` (CI sets it), which makes a missing server an error instead.
@@ -25,13 +26,17 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[Cluster]:
+def _require() -> None:
     reason = _missing()
     if reason:
         if os.environ.get("FLORA_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"PostgreSQL tests required: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    _require()
     cluster = start_cluster()
     try:
         yield cluster
@@ -43,3 +48,14 @@ def pg_cluster() -> Iterator[Cluster]:
 def pg_url(pg_cluster: Cluster) -> str:
     """A fresh, empty database on the session's cluster."""
     return pg_cluster.create_database()
+
+
+@pytest.fixture
+def pg_own_cluster() -> Iterator[Cluster]:
+    """A cluster of the test's own, for tests that restart, stop or reconfigure it (the session's is shared)."""
+    _require()
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
