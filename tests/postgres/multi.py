@@ -20,7 +20,16 @@ from typing import Any
 
 import psycopg
 
-from tests.reliability.harness import Receiver, SimServer, WatcherProcess, compare, expected_transitions
+from tests.reliability.harness import (
+    CliResult,
+    Receiver,
+    SimServer,
+    WatcherProcess,
+    compare,
+    expected_transitions,
+    http_get,
+    run_cli,
+)
 from tests.reliability.harness import Verdict as _Verdict
 from watcher.simulator.app import Simulator
 
@@ -30,7 +39,10 @@ LIST_ROUTE = "/api/v1/technique-runs"
 
 
 def write_config(directory: Path, name: str, *, base_url: str, hook_url: str, store_url: str, lease: float,
-                 interval: float) -> Path:
+                 interval: float, hook_dir: str = "/hooks", listen: str | None = None, extra_sinks: str = "") -> Path:
+    """Instance ``name``'s config: its webhook posts to ``{hook_url}{hook_dir}/{name}`` (the last path segment
+    names the sender); ``listen``: ``[server] listen`` (port 0: any free port); ``extra_sinks``: more
+    ``[[sinks]]`` tables. Written again in place, it is what a SIGHUP reloads."""
     directory.mkdir(parents=True, exist_ok=True)
     text = f"""
 [api]
@@ -56,10 +68,13 @@ shutdown_grace = 2
 [[sinks]]
 name = "hook"
 type = "webhook"
-url = "{hook_url}/hooks/{name}"
+url = "{hook_url}{hook_dir}/{name}"
 secret = "{SECRET}"
 timeout = 2
 """
+    if listen:
+        text += f'\n[server]\nlisten = "{listen}"\n'
+    text += extra_sinks
     path = directory / "flora-watcher.toml"
     path.write_text(text)
     os.chmod(path, 0o600)
@@ -72,6 +87,23 @@ class Instance:
     proc: WatcherProcess
     deaths: list[float] = field(default_factory=list)  # time.monotonic() of each SIGKILL
     starts: list[float] = field(default_factory=list)  # time.monotonic() before each process start
+    config_args: dict[str, Any] = field(default_factory=dict)  # what write_config was given
+
+    def rewrite_config(self, **changes: Any) -> Path:
+        """Write this instance's config again with ``changes`` to write_config's arguments (then SIGHUP)."""
+        args = {**self.config_args, **changes}
+        return write_config(args.pop("directory"), self.name, **args)
+
+    async def readyz(self) -> tuple[int, str]:
+        """(status, body) of this instance's ``/readyz`` (needs ``listen``)."""
+        return await http_get(f"{await self.proc.server_url()}/readyz")
+
+    def assert_alive(self) -> None:
+        """AssertionError with the exit status and the last log lines when this instance's process ended."""
+        proc = self.proc.proc
+        if proc is not None and proc.returncode is not None:
+            tail = self.proc.stderr_path.read_text(errors="replace").splitlines()[-3:]
+            raise AssertionError(f"instance {self.name} exited {proc.returncode}: {tail}")
 
     async def kill(self) -> None:
         self.deaths.append(time.monotonic())
@@ -96,6 +128,7 @@ class Fleet:
     lease: float
     interval: float
     created: list[str] = field(default_factory=list)
+    outages: list[tuple[float, float]] = field(default_factory=list)  # (down, back) of the database, monotonic
 
     def create(self, count: int, rng: random.Random) -> None:
         self.created += self.sim.create_runs(count, pending_ms=(10, 100), running_ms=(100, 800))
@@ -127,6 +160,67 @@ class Fleet:
             await asyncio.sleep(0.02)
         raise AssertionError(f"no sweeper other than {other_than} within {timeout}s")
 
+    async def admin(self, *args: str, via: str | None = None) -> CliResult:
+        """An admin command with instance ``via``'s config (default: the first instance's)."""
+        inst = self.instances[via] if via else next(iter(self.instances.values()))
+        return await run_cli(inst.proc.config, *args, logs=inst.proc.logs)
+
+    def ended(self) -> set[tuple[str, str]]:
+        """(run_id, type) of every terminal transition of the created runs that happened by now (ground truth)."""
+        return expected_transitions(self.sim.transitions(), self.created)
+
+    def delivered(self) -> set[tuple[str, str]]:
+        return {(r.event["data"]["run_id"], r.event["type"]) for r in self.hook.accepted()
+                if r.event is not None and isinstance(r.event.get("data"), dict)}
+
+    async def delivered_within(self, wanted: set[tuple[str, str]], timeout: float) -> float:
+        """Seconds until every transition in ``wanted`` reached the receiver; AssertionError after ``timeout``."""
+        started = time.monotonic()
+        while not wanted <= self.delivered():
+            if time.monotonic() - started > timeout:
+                missing = sorted(wanted - self.delivered())
+                raise AssertionError(f"{len(missing)} of {len(wanted)} transitions not delivered within {timeout}s, "
+                                     f"e.g. {missing[:3]}")
+            await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+    async def ready(self, inst: Instance, timeout: float = 15.0) -> str:
+        """Wait until ``inst``'s /readyz answers 200; its body. AssertionError naming the last answer otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            inst.assert_alive()
+            status, body = await inst.readyz()
+            if status == 200:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"instance {inst.name} not ready within {timeout}s: /readyz {status} "
+                                     f"{body.strip()!r}")
+            await asyncio.sleep(0.1)
+
+    async def roles_ready(self, timeout: float = 15.0) -> None:
+        """Every running instance ready, its /readyz naming its role: the sweeper's and the standby's (issue 24
+        item 5: a standby that heartbeats and delivers is ready)."""
+        sweeper, _, _ = self.sweeper()
+        for inst in self.instances.values():
+            if not inst.proc.alive():
+                continue
+            body = await self.ready(inst, timeout)
+            role = "sweeper" if inst.name == sweeper else "standby"
+            assert role in body, f"instance {inst.name} is the {role}; its /readyz says {body.strip()!r}"
+
+    async def not_ready(self, inst: Instance, timeout: float = 20.0) -> str:
+        """Wait until ``inst``'s /readyz answers 503; its body (the reason)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            inst.assert_alive()
+            status, body = await inst.readyz()
+            if status == 503:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"instance {inst.name} still answers /readyz {status} {body.strip()!r} "
+                                     f"{timeout}s into the outage")
+            await asyncio.sleep(0.1)
+
     def list_requests(self) -> int:
         return sum(1 for r in self.api.requests if r.path == LIST_ROUTE)
 
@@ -152,7 +246,7 @@ class Fleet:
         v.bad_signatures = sum(r.signature_ok is False for r in self.hook.received)
         v.unexplained = unexplained_duplicates(self.hook, {n: i.deaths for n, i in self.instances.items()},
                                                starts={n: i.starts for n, i in self.instances.items()},
-                                               retried=self.retried)
+                                               retried=self.retried, outages=self.outages)
         v.unexplained = [f"{what} [{self.log_lines(what.split()[0])}]" for what in v.unexplained]
         return v
 
@@ -189,7 +283,8 @@ class Verdict(_Verdict):
 
 def unexplained_duplicates(hook: Receiver, deaths: dict[str, list[float]], window: float = 3.0,
                            starts: dict[str, list[float]] | None = None,
-                           retried: Callable[[str, str], bool] | None = None) -> list[str]:
+                           retried: Callable[[str, str], bool] | None = None,
+                           outages: list[tuple[float, float]] | None = None) -> list[str]:
     """Event ids accepted twice where no kill of the instance that sent the first copy explains the second.
 
     Sends in flight at a SIGKILL are the only legitimate re-sends (a live instance records every outcome, and
@@ -204,6 +299,9 @@ def unexplained_duplicates(hook: Receiver, deaths: dict[str, list[float]], windo
     And a first copy whose sender logged a retry of that event (``retried(sender, event_id)``: the attempt
     failed as the sender saw it, e.g. a timeout on a busy machine while the receiver had taken it) is the
     re-send at-least-once promises, not a lost claim.
+
+    ``outages``: (down, back) times of the database. A first copy the receiver took from ``window`` seconds before
+    the database went away until it was back was a send whose outcome could not be recorded: in flight too.
     """
     accepted = sorted((r.at, r.path.rsplit("/", 1)[-1], r.headers.get("webhook-id", "")) for r in hook.accepted())
     counts = Counter(i for _, _, i in accepted)
@@ -220,7 +318,9 @@ def unexplained_duplicates(hook: Receiver, deaths: dict[str, list[float]], windo
             restarted = [s for s in starts.get(sender, []) if s >= death]
             return not restarted or first_at < min(restarted)
 
-        if not any(explains(d) for d in deaths.get(sender, [])) and not (retried and retried(sender, event_id)):
+        in_outage = any(down - window <= first_at <= back for down, back in outages or [])
+        if not any(explains(d) for d in deaths.get(sender, [])) and not (retried and retried(sender, event_id)) \
+                and not in_outage:
             copies = ", ".join(f"{who}@{at:.2f}" for at, who, i in accepted if i == event_id)
             kills = "; ".join(f"{who} killed at {', '.join(f'{d:.2f}' for d in ds)}"
                               for who, ds in deaths.items() if ds)
@@ -232,20 +332,21 @@ class fleet:
     """Simulator + receiver + ``names`` instances (not started) on the database at ``store_url``."""
 
     def __init__(self, workdir: Path, store_url: str, names: tuple[str, ...] = ("a", "b"), *, lease: float = 2.0,
-                 interval: float = 0.2, seed: int = 1) -> None:
-        self.args = (workdir, store_url, names, lease, interval, seed)
+                 interval: float = 0.2, seed: int = 1, listen: str | None = None) -> None:
+        self.args = (workdir, store_url, names, lease, interval, seed, listen)
         self._stack: list[Any] = []
 
     async def __aenter__(self) -> Fleet:
-        workdir, store_url, names, lease, interval, seed = self.args
+        workdir, store_url, names, lease, interval, seed, listen = self.args
         sim = Simulator(api_key=API_KEY, seed=seed)
         api = await SimServer(sim).start()
         hook = await Receiver(signing_secret=SECRET).start()
         instances = {}
         for name in names:
-            cfg = write_config(workdir / name, name, base_url=api.base_url, hook_url=hook.origin,
-                               store_url=store_url, lease=lease, interval=interval)
-            instances[name] = Instance(name, WatcherProcess(cfg, workdir / name / "logs"))
+            args: dict[str, Any] = dict(directory=workdir / name, base_url=api.base_url, hook_url=hook.origin,
+                                        store_url=store_url, lease=lease, interval=interval, listen=listen)
+            cfg = write_config(workdir / name, name, **{k: v for k, v in args.items() if k != "directory"})
+            instances[name] = Instance(name, WatcherProcess(cfg, workdir / name / "logs"), config_args=args)
         self.the_fleet = Fleet(workdir, store_url, sim, api, hook, instances, lease, interval)
         return self.the_fleet
 

@@ -168,12 +168,14 @@ class Receiver:
     """An HTTP receiver on loopback that records every request. ``mode`` decides the answer: ``ok`` (204),
     ``hang`` (never answers in time), ``reset`` (drops the connection), or an HTTP status such as 429 / 500 /
     410 (429 carries ``Retry-After: retry_after``); a callable picks one per request. ``delay`` (seconds, or a
-    callable) is waited before answering — it widens the window in which a SIGKILL lands mid-send."""
+    callable) is waited before answering — it widens the window in which a SIGKILL lands mid-send. ``by_path``
+    overrides ``mode`` for requests to one path (``{"/hooks/old": 410}``: that URL is gone, another one works)."""
 
     def __init__(self, *, mode: str | int | Callable[[], str | int] = "ok",
                  delay: float | Callable[[], float] = 0.0, retry_after: int = 1, hang_s: float = 30.0,
                  signing_secret: str | None = None) -> None:
         self.mode: str | int | Callable[[], str | int] = mode
+        self.by_path: dict[str, str | int] = {}
         self.signing_secret = signing_secret
         self.delay = delay
         self.retry_after = retry_after
@@ -211,7 +213,7 @@ class Receiver:
         delay = self.delay() if callable(self.delay) else self.delay
         if delay:
             await asyncio.sleep(delay)
-        mode = self.mode() if callable(self.mode) else self.mode
+        mode = self.by_path.get(request.path) or (self.mode() if callable(self.mode) else self.mode)
         if mode == "hang":
             self.received.append(Received(at, request.path, headers, body, 0, verified))
             await asyncio.sleep(self.hang_s)
@@ -253,8 +255,13 @@ def write_config(
     shutdown_grace: float = 2,
     listen: str | None = None,
     resync_interval: float | None = None,
+    store_url: str | None = None,
+    lease: float = 2.0,
+    extra_sinks: str = "",
 ) -> Path:
-    """A config for the harness: a file sink always, a webhook sink when ``webhook_url`` is given."""
+    """A config for the harness: a file sink always, a webhook sink when ``webhook_url`` is given, then
+    ``extra_sinks`` (TOML ``[[sinks]]`` tables). ``store_url``: the state in PostgreSQL instead of state_dir.
+    Written again in place, it is what a SIGHUP reloads."""
     watch_extra = f"resync_interval = {resync_interval}\n" if resync_interval is not None else ""
     text = f"""
 [api]
@@ -281,10 +288,13 @@ path = "{events_file}"
 """
     if listen:
         text += f'\n[server]\nlisten = "{listen}"\n'
+    if store_url:
+        text += f'\n[store]\nurl = "{store_url}"\nlease = {lease}\n'
     if webhook_url:
         text += f'\n[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{webhook_url}"\ntimeout = {sink_timeout}\n'
         if signing_secret:
             text += f'secret = "{signing_secret}"\n'
+    text += extra_sinks
     cfg = directory / "flora-watcher.toml"
     cfg.write_text(text)
     os.chmod(cfg, 0o600)
@@ -302,6 +312,7 @@ class WatcherProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
         self.deaths = 0  # exits by SIGKILL, ours or a crash point's
+        self.started_at_offset = 0  # the log's size when the current process started
 
     @property
     def stdout_path(self) -> Path:
@@ -324,6 +335,7 @@ class WatcherProcess:
             env["FLORA_WATCHER_CRASH_POINTS"] = points
             env["FLORA_WATCHER_CRASH_PROBABILITY"] = str(crash_probability)
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.started_at_offset = self.log_size()
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "watcher", "--log-format", "json", "--log-level", self.log_level,
@@ -380,6 +392,32 @@ class WatcherProcess:
     def log_size(self) -> int:
         return self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
 
+    async def reload(self, expect: str = '"config.reloaded"', timeout: float = 15) -> None:
+        """SIGHUP, then wait for the daemon's answer in its log (``"config.reload_rejected"`` for a bad config)."""
+        assert self.proc is not None and self.alive(), "reload of a watcher that is not running"
+        offset = self.log_size()
+        self.proc.send_signal(signal.SIGHUP)
+        await self.wait_for_log(expect, timeout, after=offset)
+
+    async def server_url(self, timeout: float = 15) -> str:
+        """``[server] listen`` with port 0: the address the current process bound (its ``server.listening`` line)."""
+        await self.wait_for_log('"server.listening"', timeout, after=self.started_at_offset)
+        with open(self.stderr_path, "rb") as f:
+            f.seek(self.started_at_offset)
+            lines = f.read().splitlines()
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                obj = json.loads(line)
+                if isinstance(obj, dict) and obj.get("event") == "server.listening":
+                    return str(obj["url"])
+        raise AssertionError("server.listening has no url")
+
+    def deleted_state_files(self) -> list[str]:
+        """The state store's files this process holds open although they were deleted (``/proc/PID/fd``): a
+        ``state.sqlite3-wal``/``-shm`` there means another process checkpointed and removed them under it (its
+        POSIX locks were dropped), and everything it writes from then on is lost at the next kill."""
+        return deleted_files(self.pid, "state.sqlite3") if self.alive() and self.pid else []
+
     def log_events(self) -> list[dict[str, Any]]:
         """Every JSON log line the watcher wrote so far."""
         out = []
@@ -390,6 +428,79 @@ class WatcherProcess:
                     if isinstance(obj, dict):
                         out.append(obj)
         return out
+
+
+def deleted_files(pid: int, needle: str) -> list[str]:
+    """Targets of ``/proc/PID/fd`` that name ``needle`` and were deleted (``… (deleted)``)."""
+    out = []
+    fd_dir = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for fd in fd_dir.iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed meanwhile
+                continue
+            if needle in target and target.endswith(" (deleted)"):
+                out.append(target)
+    return out
+
+
+async def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
+    """(status, body) of a GET; (0, the error) when nothing answered."""
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
+                session.get(url) as resp:
+            return resp.status, await resp.text()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return 0, f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True, slots=True)
+class CliResult:
+    args: tuple[str, ...]
+    code: int
+    out: str
+    err: str
+
+    @property
+    def one_line_failure(self) -> str | None:
+        """None when this is a failure as an operator should see one: a non-zero exit and one line on stderr
+        with no traceback; otherwise what is wrong with it."""
+        lines = [line for line in self.err.splitlines() if line.strip()]
+        if self.code == 0:
+            return f"`{' '.join(self.args)}` exited 0"
+        if "Traceback" in self.out + self.err:
+            return f"`{' '.join(self.args)}` printed a traceback: {self.err[-600:]!r}"
+        if len(lines) != 1:
+            return f"`{' '.join(self.args)}` printed {len(lines)} lines on stderr, not one: {self.err[-600:]!r}"
+        return None
+
+
+async def run_cli(config: Path, *args: str, logs: Path | None = None, timeout: float = 60,
+                  env: Mapping[str, str] | None = None) -> CliResult:
+    """``python -m watcher ARGS -c CONFIG`` (an admin command as an operator runs it, next to the daemon); its
+    exit status and output. With ``logs``, the output is also kept there (for the leak scan)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FLORA_", "NOTIFY_SOCKET"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "watcher", *args, "-c", str(config),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=str(config.parent), env={**base, **(env or {})},
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"`flora-watcher {' '.join(args)}` did not finish within {timeout}s") from None
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
+        name = "cli-" + "-".join(a.strip("-").replace("/", "_")[:40] for a in args)
+        with open(logs / f"{name}.out", "ab") as f:
+            f.write(out + err)
+    assert proc.returncode is not None
+    return CliResult(tuple(args), proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -421,6 +532,7 @@ class Verdict:
     duplicates: dict[str, int] = field(default_factory=dict)  # sink → copies beyond the first
     id_conflicts: list[tuple[str, str]] = field(default_factory=list)  # one transition under two event ids
     body_conflicts: list[str] = field(default_factory=list)  # one event id with two different bodies
+    synthetic: dict[str, int] = field(default_factory=dict)  # sink → test-sink events it got
     torn_lines: int = 0
     bad_signatures: int = 0
     foreign_auth: int = 0  # requests that reached a foreign origin carrying an Authorization header
@@ -467,8 +579,18 @@ def expected_transitions(truth: Iterable[Mapping[str, Any]], created: Iterable[s
     return {(t["run_id"], TERMINAL_TYPES[t["status"]]) for t in truth if t["run_id"] in wanted}
 
 
+TEST_SINK_RUN_PREFIX = "run_test_"  # `flora-watcher test-sink`'s synthetic events (watcher/commands/test_sink.py)
+
+
 def compare(sink: str, events: list[dict[str, Any]], expected: set[tuple[str, str]], verdict: Verdict) -> None:
-    """Fill ``verdict`` for one sink's received events (every copy, in arrival order)."""
+    """Fill ``verdict`` for one sink's received events (every copy, in arrival order). The synthetic events of
+    ``test-sink`` are counted apart (``verdict.synthetic``), not judged as transitions."""
+    def synthetic(e: dict[str, Any]) -> bool:
+        data = e.get("data")
+        return isinstance(data, dict) and str(data.get("run_id", "")).startswith(TEST_SINK_RUN_PREFIX)
+
+    verdict.synthetic[sink] = sum(map(synthetic, events))
+    events = [e for e in events if not synthetic(e)]
     keys = [(e.get("data", {}).get("run_id"), e.get("type")) for e in events]
     got = set(keys)
     verdict.delivered[sink] = len(got & expected)

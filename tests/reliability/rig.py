@@ -4,16 +4,16 @@ origin, and the real watcher subprocess configured with canary secrets."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.reliability.harness import (
     Canaries,
+    CliResult,
     ForeignOrigin,
     Receiver,
     SimServer,
@@ -21,6 +21,7 @@ from tests.reliability.harness import (
     WatcherProcess,
     check,
     find_leaks,
+    run_cli,
     write_config,
 )
 from watcher.simulator.app import Simulator
@@ -37,6 +38,11 @@ class Rig:
     proc: WatcherProcess
     config: Path
     created: list[str]
+    config_args: dict[str, Any] = field(default_factory=dict)  # what write_config was given
+
+    def rewrite_config(self, **changes: Any) -> Path:
+        """Write the config again with ``changes`` to write_config's arguments (then SIGHUP to reload it)."""
+        return write_config(self.workdir, **{**self.config_args, **changes})
 
     @property
     def events_file(self) -> Path:
@@ -69,14 +75,12 @@ class Rig:
 
     async def cli(self, *args: str) -> str:
         """Run ``flora-watcher ARGS -c CONFIG``; its output (also kept under logs/ for the leak scan)."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "watcher", *args, "-c", str(self.config),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(self.workdir),
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-        name = "cli-" + "-".join(a.strip("-") for a in args) + ".out"
-        (self.proc.logs / name).write_bytes(out)
-        return out.decode(errors="replace")
+        result = await self.admin(*args)
+        return result.out + result.err
+
+    async def admin(self, *args: str) -> CliResult:
+        """Run ``flora-watcher ARGS -c CONFIG`` next to the daemon; exit status and output (kept under logs/)."""
+        return await run_cli(self.config, *args, logs=self.proc.logs)
 
     def leaks(self) -> list[tuple[str, str]]:
         """Canary secrets found in the watcher's stdout/stderr, CLI outputs, events, state store (and WAL)."""
@@ -109,13 +113,12 @@ async def rig(
     sim = Simulator(api_key=canaries.api_key, seed=seed, clock=sim_clock)
     async with ForeignOrigin() as foreign, SimServer(sim, foreign_url=foreign.origin) as api, \
             Receiver(signing_secret=canaries.signing_secret, **(receiver or {})) as hook:
-        cfg = write_config(
-            workdir, base_url=api.base_url, api_key=canaries.api_key, events_file=workdir / "events.jsonl",
-            webhook_url=f"{hook.origin}/hooks/{canaries.url_token}", signing_secret=canaries.signing_secret,
-            **config,
-        )
+        args = dict(base_url=api.base_url, api_key=canaries.api_key, events_file=workdir / "events.jsonl",
+                    webhook_url=f"{hook.origin}/hooks/{canaries.url_token}", signing_secret=canaries.signing_secret,
+                    **config)
+        cfg = write_config(workdir, **args)
         proc = WatcherProcess(cfg, workdir / "logs", log_level=log_level)
-        the_rig = Rig(workdir, canaries, sim, api, hook, foreign, proc, cfg, [])
+        the_rig = Rig(workdir, canaries, sim, api, hook, foreign, proc, cfg, [], args)
         if prepare is not None:
             prepare(the_rig)
         await proc.start()
