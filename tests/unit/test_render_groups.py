@@ -129,3 +129,22 @@ def test_concurrency_parses_for_webhook_and_exec_only() -> None:
         parse(text.replace("concurrency = 3", "concurrency = 0"), **ENV)
     with pytest.raises(ConfigError, match="concurrency"):
         parse(sinks_config("concurrency = 4"), **ENV)  # a chat sink paces itself
+
+
+def test_a_groups_error_code_is_neutralised_in_the_headline_as_in_single_messages() -> None:
+    """Discord's embed title and Teams' headline render markdown: the code is escaped there (Discord) or sits in a
+    TextRun (Teams), so GPU_*ERR* shows as written instead of turning ERR italic (issue 21)."""
+    group = failures(3, code="GPU_*ERR*")
+    assert discord_group_payload(group)["embeds"][0]["title"] == r"❌ 3 runs failed: GPU\_\*ERR\*"
+    head = teams_group_payload(group)["attachments"][0]["content"]["body"][0]
+    assert head["type"] == "RichTextBlock"
+    assert [run["text"] for run in head["inlines"]] == ["❌ 3 runs failed: ", "GPU_*ERR*"]
+    assert all(run["type"] == "TextRun" for run in head["inlines"])
+    overflowing = teams_group_payload(failures(400, code="GPU_*ERR*"))["attachments"][0]["content"]["body"][-1]
+    assert overflowing["type"] == "RichTextBlock" and "GPU_*ERR*" in overflowing["inlines"][1]["text"]
+
+
+def test_a_slack_group_too_large_for_one_message_names_a_code_with_braces() -> None:
+    """The "… and N more" line is built without str.format: a code like ``E{0}`` crashed the send."""
+    context = slack_group_payload(failures(2_000, code="E{0}"))["blocks"][-1]["elements"][0]["text"]
+    assert context.startswith("… and ") and "--error-code 'E{0}'" in context

@@ -162,7 +162,11 @@ def discord_group_payload(events: list[Event]) -> dict[str, Any]:
     g = group_view(events)
     code = f"`{discord_code(g.error_code)}`" if g.error_code else ""
     content = f"{g.marker} **{g.count} runs {g.verb}**" + (f": {code}" if code else "")
-    title = fit(f"{g.marker} {one_line(g.headline)}", DISCORD_TITLE_MAX)
+    # An embed title renders markdown: the error code is escaped there as everywhere else (GPU_*ERR* stays
+    # literal instead of turning ERR italic).
+    head = f"{g.marker} {g.count} runs {g.verb}"
+    title = head + (f": {fit(one_line(g.error_code), DISCORD_TITLE_MAX - ulen(head) - 2, discord_escape)}"
+                    if g.error_code else "")
     lines = [_discord_group_line(v) for v in g.views]
     longest_footer = f"{and_more(len(lines))}: {one_line(g.command)}"
     room = DISCORD_EMBED_TOTAL_MAX - ulen(title) - ulen(longest_footer)

@@ -161,7 +161,6 @@ def slack_group_payload(events: list[Event]) -> dict[str, Any]:
     code = f"`{slack_code(g.error_code)}`" if g.error_code else ""
     headline = f"{g.marker} {g.count} runs {g.verb}" + (f": {code}" if code else "")
     lines = [_slack_group_line(v) for v in g.views]
-    more_line = "{more}: `" + slack_code(g.command) + "`"
     sections: list[str] = []
     shown = 0
     max_sections = 45
@@ -180,7 +179,7 @@ def slack_group_payload(events: list[Event]) -> dict[str, Any]:
     ]
     context = f"flora-watcher · {g.count} events"
     if shown < len(lines):
-        context = more_line.format(more=and_more(len(lines) - shown))
+        context = f"{and_more(len(lines) - shown)}: `{slack_code(g.command)}`"  # no str.format: the command is API text
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": cut(context, SLACK_FIELD_MAX)}]})
     return {"text": cut(headline, SLACK_TEXT_MAX), "blocks": blocks}
 

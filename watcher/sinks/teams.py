@@ -143,15 +143,24 @@ def teams_group_payload(events: list[Event]) -> dict[str, Any]:
     as the run's ``selectAction``) while the payload stays within ``TEAMS_PAYLOAD_MAX_BYTES``, then "… and N
     more" with the command."""
     g = group_view(events)
-    head = {"type": "TextBlock", "text": f"{g.marker} {one_line(g.headline)}", "weight": "Bolder", "size": "Large",
-            "color": TEAMS_COLORS.get(g.event_type or "", "Default"), "wrap": True}
+    # The headline and the "more" line hold API text (the error code, the command naming it): TextRuns, which
+    # render no markdown, as everywhere else in the card; a TextBlock would turn GPU_*ERR* into italics.
+    style = {"weight": "Bolder", "size": "Large", "color": TEAMS_COLORS.get(g.event_type or "", "Default")}
+    head_runs = [_run(f"{g.marker} {g.count} runs {g.verb}" + (": " if g.error_code else ""), **style)]
+    if g.error_code:
+        head_runs.append(_run(one_line(g.error_code), fontType="Monospace", **style))
+    head = {"type": "RichTextBlock", "inlines": head_runs}
     rows = [_teams_group_line(v) for v in g.views]
 
     def message(shown: int) -> dict[str, Any]:
-        foot = (f"flora-watcher \u00b7 {g.count} events" if shown == len(rows)
-                else f"{and_more(len(rows) - shown)}: {one_line(g.command)}")
-        body = [head, *rows[:shown], {"type": "TextBlock", "text": foot, "isSubtle": True, "size": "Small",
-                                      "wrap": True}]
+        if shown == len(rows):
+            foot: dict[str, Any] = {"type": "TextBlock", "text": f"flora-watcher \u00b7 {g.count} events",
+                                    "isSubtle": True, "size": "Small", "wrap": True}
+        else:
+            foot = {"type": "RichTextBlock", "inlines": [
+                _run(f"{and_more(len(rows) - shown)}: ", isSubtle=True, size="Small"),
+                _run(one_line(g.command), isSubtle=True, size="Small", fontType="Monospace")]}
+        body = [head, *rows[:shown], foot]
         card = {"$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard",
                 "version": "1.4", "msteams": {"width": "full"}, "body": body}
         return {"type": "message", "attachments": [
