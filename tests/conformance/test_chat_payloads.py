@@ -1,6 +1,9 @@
-"""The chat payloads held against the platforms' own libraries (issue 10): Slack's Block Kit models in
-``slack_sdk`` (PyPI), and the TypeScript types of ``@slack/types``, ``discord-api-types``,
-``@microsoft/teams.cards`` and ``@googleapis/chat`` plus Microsoft's ``adaptivecards`` parser (npm).
+"""The chat payloads held against the platforms' own libraries (issue 10; groups and neutralisation, issue 21):
+Slack's Block Kit models in ``slack_sdk`` (PyPI), and the TypeScript types of ``@slack/types``,
+``discord-api-types``, ``@microsoft/teams.cards`` and ``@googleapis/chat`` plus Microsoft's ``adaptivecards``
+parser (npm), which also says which texts of a card it renders as markdown: none of them may hold API text.
+Single events and groups alike, hostile text and error codes included (``tests/sinks/test_chat_neutralisation.py``
+holds every platform's markup against hostile text without the libraries).
 
 CI installs them (.ci/run: ``pip install slack-sdk``; ``npm install`` into ``.chat-libs``, exported as
 ``CHAT_LIBS_DIR``). Where they are not installed, the tests are skipped and say how to run them.
@@ -16,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sinks.helpers import hostile_event, make_event
+from tests.sinks.helpers import HOSTILE_TECHNIQUE, hostile_event, make_event
+from watcher.render import one_line
 from watcher.sinks.discord import discord_group_payload, discord_payload
 from watcher.sinks.google_chat import google_chat_group_payload, google_chat_payload
 from watcher.sinks.slack import slack_group_payload, slack_payload
@@ -27,10 +31,13 @@ LIBS = os.environ.get("CHAT_LIBS_DIR")
 NPM_HINT = ("set CHAT_LIBS_DIR to an npm prefix with @slack/types discord-api-types adaptivecards "
             "@microsoft/teams.cards @googleapis/chat typescript@5 installed (as .ci/run does), and have node")
 URL = "https://media.flora.ai/out.png?sig=a&b=c"
+HOSTILE_CODE = "GPU_*ERR* <!channel> @everyone <b>x</b> {0}"
 
 
 def samples() -> list:
-    """Single events of every kind, hostile text, and groups: what the sinks really send."""
+    """Single events of every kind, hostile text, and groups: what the sinks really send. The groups include
+    hostile error codes shared by the whole group (so they reach the headline) and a group too large for one
+    message (so the "… and N more" line names the command, with the code in it)."""
     singles = [
         make_event("run.completed"),
         make_event("run.failed", outputs=[{"output_id": "o", "type": "imageUrl", "url": URL},
@@ -42,15 +49,39 @@ def samples() -> list:
     group = [make_event("run.failed", run_id=f"run_{i:03d}", error_code="INSUFFICIENT_CREDITS",
                         outputs=[{"output_id": "o", "type": "imageUrl", "url": URL}]) for i in range(60)]
     huge = [hostile_event() for _ in range(3)] + [make_event("run.failed", run_id=f"run_x{i:04d}") for i in range(400)]
-    return [("single", e) for e in singles] + [("group", group), ("group", huge)]
+    hostile_group = [hostile_event() for _ in range(4)]
+    hostile_huge = [make_event("run.failed", run_id=f"run_y{i:04d}", error_code=HOSTILE_CODE,
+                               error_message=HOSTILE_CODE, technique={"technique_id": "t", "name": HOSTILE_TECHNIQUE})
+                    for i in range(1_100)]  # more than Slack shows in 45 sections
+    mixed = [*hostile_group, make_event("run.completed", run_id="run_ok")]
+    return [("single", e) for e in singles] + [("group", g) for g in (group, huge, hostile_group, hostile_huge, mixed)]
 
 
 def payloads(platform: str) -> list[dict]:
+    return [payload for _, payload in sent(platform)]
+
+
+def sent(platform: str) -> list[tuple[object, dict]]:
+    """(the event or group, its payload) for every sample."""
     single = {"slack": slack_payload, "discord": discord_payload, "teams": teams_payload,
-              "google_chat": google_chat_payload}[platform]
+              "google_chat": lambda e: google_chat_payload(e, thread_key="flora-run-x")}[platform]
     grouped = {"slack": slack_group_payload, "discord": discord_group_payload, "teams": teams_group_payload,
-               "google_chat": google_chat_group_payload}[platform]
-    return [single(item) if kind == "single" else grouped(item) for kind, item in samples()]
+               "google_chat": lambda g: google_chat_group_payload(g, thread_key="flora-project-p")}[platform]
+    return [(item, single(item) if kind == "single" else grouped(item)) for kind, item in samples()]
+
+
+def api_texts(item: object) -> set[str]:
+    """The API's own text in an event or group: what must never reach a place that renders markup."""
+    events = item if isinstance(item, list) else [item]
+    found = set()
+    for event in events:
+        data = event.data
+        technique = data.get("technique") or {}
+        for value in (technique.get("name"), data.get("error_code"), data.get("error_message"), data.get("run_id"),
+                      data.get("project_id")):
+            if isinstance(value, str) and len(one_line(value)) >= 3:
+                found.add(one_line(value)[:40])
+    return found
 
 
 def test_slack_blocks_are_valid_block_kit_for_slack_sdk() -> None:
@@ -75,13 +106,25 @@ def _node() -> str:
 
 
 def test_teams_cards_parse_cleanly_with_microsofts_adaptivecards(tmp_path: Path) -> None:
+    """No unknown element, property or value; and no API text where the library would render markdown (a
+    TextBlock, a fact): API text belongs in TextRuns, single events and groups alike."""
     node = _node()
-    cards = [p["attachments"][0]["content"] for p in payloads("teams")]
-    (tmp_path / "cards.json").write_text(json.dumps(cards))
+    items = sent("teams")
+    cards = [payload["attachments"][0]["content"] for _, payload in items]
+    control = {"type": "AdaptiveCard", "version": "1.4", "body": [  # how main's group headline looked (issue 21)
+        {"type": "TextBlock", "text": "❌ 4 runs failed: GPU_*ERR*"},
+        {"type": "FactSet", "facts": [{"title": "Status", "value": "Run failed"}]},
+        {"type": "RichTextBlock", "inlines": [{"type": "TextRun", "text": "GPU_*ERR*"}]}]}
+    (tmp_path / "cards.json").write_text(json.dumps([*cards, control]))
     out = subprocess.run([node, str(HERE / "adaptive_cards_check.mjs"), str(tmp_path / "cards.json")],
                          capture_output=True, text=True, env={**os.environ, "CHAT_LIBS_DIR": str(LIBS)}, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == [[] for _ in cards]  # no unknown element, property or value
+    *results, checked = json.loads(out.stdout)
+    assert checked["markdown"] == ["❌ 4 runs failed: GPU_*ERR*", "Status", "Run failed"]  # what the walk reports
+    assert [r["events"] for r in results] == [[] for _ in cards]
+    leaks = [(text, api) for (item, _), r in zip(items, results, strict=True) for text in r["markdown"]
+             for api in api_texts(item) if api in text]
+    assert not leaks, leaks[:5]
 
 
 TS_HEADER = """\
