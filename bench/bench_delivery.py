@@ -110,19 +110,19 @@ def make_events(n: int):
 
 
 def sink_configs(port: int, tmp: Path, *, mix: bool, concurrency: int):
-    from watcher.config import SinkConfig
     from watcher.secret import Secret
+    from watcher.sinks.registry import sink_config
 
     secret = Secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-    configs = [SinkConfig(name="ops", type="webhook", url=Secret(f"http://127.0.0.1:{port}/hook"), secrets=(secret,),
+    configs = [sink_config(name="ops", type="webhook", url=Secret(f"http://127.0.0.1:{port}/hook"), secrets=(secret,),
                           timeout=30)]
     if concurrency:
         configs[0] = _with(configs[0], concurrency=concurrency)
     if mix:
         configs += [
-            SinkConfig(name="journal", type="file", path=tmp / "events.jsonl"),
-            SinkConfig(name="slack", type="slack", url=Secret(f"http://127.0.0.1:{port}/slack")),
-            SinkConfig(name="discord", type="discord", url=Secret(f"http://127.0.0.1:{port}/discord")),
+            sink_config(name="journal", type="file", path=tmp / "events.jsonl"),
+            sink_config(name="slack", type="slack", url=Secret(f"http://127.0.0.1:{port}/slack")),
+            sink_config(name="discord", type="discord", url=Secret(f"http://127.0.0.1:{port}/discord")),
         ]
     return configs
 
@@ -143,7 +143,7 @@ async def drain(port: int, n: int, *, mix: bool, concurrency: int, rate: float =
     from watcher.clock import SYSTEM_CLOCK
     from watcher.config import DeliveryConfig
     from watcher.dispatcher import Dispatcher
-    from watcher.sinks import build_sink
+    from watcher.sinks.registry import build_sink
     from watcher.store import AsyncStore, Store
 
     with open(os.devnull, "w") as devnull, tempfile.TemporaryDirectory(prefix="flora-bench-") as tmpdir:

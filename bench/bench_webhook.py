@@ -94,12 +94,12 @@ def make_events(n: int):
 
 
 async def push(url: str, events, concurrency: int, signature: str) -> dict:
-    from watcher.config import SinkConfig
     from watcher.secret import Secret
+    from watcher.sinks.registry import sink_config
     from watcher.sinks.webhook import WebhookSink
 
     secrets = () if signature == "none" else (Secret("whsec_" + base64.b64encode(os.urandom(32)).decode()),)
-    cfg = SinkConfig(name="bench", type="webhook", url=Secret(url), secrets=secrets,
+    cfg = sink_config(name="bench", type="webhook", url=Secret(url), secrets=secrets,
                      signature="standard" if signature == "none" else signature, timeout=30)
     sink = WebhookSink(cfg)
     await sink.start()

@@ -32,8 +32,8 @@ from watcher.config import Config, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.errors import AuthError, ConfigError, StoreError, WatcherError
 from watcher.observer import HealthObserver, Observer, Observers, Report, State
-from watcher.sinks.base import Sink
 from watcher.sinks.dryrun import DryRunSink
+from watcher.sinks.spec import Sink
 from watcher.sweep import Sweeper, SweepResult
 from watcher.validate import check_start
 
@@ -231,7 +231,7 @@ class Daemon:
         if self.opts.dry_run:
             dry = DryRunSink(events=self.cfg.watch.events)
             return {dry.name: dry}
-        from watcher.sinks import build_sink
+        from watcher.sinks.registry import build_sink
 
         built: dict[str, Sink] = {}
         try:
@@ -414,8 +414,9 @@ class Daemon:
                 new = self.opts.reload()
             else:
                 from watcher.config import load
+                from watcher.sinks.registry import REGISTRY
 
-                new = load(self.opts.config_path)
+                new = load(self.opts.config_path, sink_types=REGISTRY)
             check_start(new)
         except ConfigError as exc:
             log.error("config.reload_rejected", error=str(exc), note="keeping the running configuration")

@@ -43,7 +43,7 @@ from watcher.config import DeliveryConfig
 from watcher.crashpoints import crash_point
 from watcher.errors import DeliveryError, Reason
 from watcher.policy import Breaker, breaker_after, breaker_mode, decide_failure, group_key, group_ready_ms
-from watcher.sinks.base import Sink
+from watcher.sinks.spec import Sink
 from watcher.store_api import DEAD, DELIVERED, RETRY, Delivery, Outcome, StateStore
 
 log = structlog.get_logger("watcher.dispatcher")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from watcher.errors import DeliveryError, Reason
 
 if TYPE_CHECKING:  # only for annotations: keeps this pure module free of config's file-reading shell
-    from watcher.config import DeliveryConfig
+    from watcher.settings import DeliveryConfig
 
 
 def full_jitter(attempt: int, rand: float, *, base: float, cap: float) -> float:

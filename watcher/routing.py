@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
-from watcher.config import SinkConfig
 from watcher.model import Event
+from watcher.sinks.spec import SinkConfig
 
 
 def event_field(event: Event, key: str) -> str | None:

@@ -114,8 +114,8 @@ def _tampered(name: str, body: bytes, headers: dict[str, str], secret: str, now_
 async def test_the_sdk_unwraps_the_simulators_callbacks_and_our_flora_signed_webhooks(tmp_path: Path) -> None:
     from tests.sinks.helpers import Receiver, make_event
     from watcher.clock import SYSTEM_CLOCK
-    from watcher.config import SinkConfig
     from watcher.secret import Secret
+    from watcher.sinks.registry import sink_config
     from watcher.sinks.webhook import WebhookSink
 
     receiver = Receiver()
@@ -132,7 +132,7 @@ async def test_the_sdk_unwraps_the_simulators_callbacks_and_our_flora_signed_web
                 assert asyncio.get_running_loop().time() < deadline, "no callbacks from the simulator"
                 await asyncio.sleep(0.01)
             now_ms = sim.now_ms()
-        sink = WebhookSink(SinkConfig(name="ops", type="webhook", url=Secret(receiver.url("/sink")),
+        sink = WebhookSink(sink_config(name="ops", type="webhook", url=Secret(receiver.url("/sink")),
                                       secrets=(Secret(WEBHOOK_SECRET), Secret("whsec_rotated")),
                                       signature="flora"), clock=SYSTEM_CLOCK)
         await sink.start()

@@ -14,10 +14,11 @@ from watcher import plan
 from watcher import sweep as sweep_mod
 from watcher.api import FloraClient, ListPage
 from watcher.clock import SYSTEM_CLOCK
-from watcher.config import SinkConfig, WatchConfig
+from watcher.config import WatchConfig
 from watcher.errors import ApiUnavailableError
 from watcher.plan import catchup_progress
 from watcher.secret import Secret
+from watcher.sinks.registry import sink_config
 from watcher.store import AsyncStore, Store
 from watcher.sweep import Sweeper
 
@@ -77,7 +78,7 @@ async def test_a_deep_window_commits_in_batches_and_a_failed_one_resumes(sim, st
                                                                         monkeypatch) -> None:
     monkeypatch.setattr(sweep_mod, "CATCHUP_BATCH_PAGES", 3)
     watch = WatchConfig(interval=1, state_dir=tmp_path)
-    sinks = [SinkConfig(name="journal", type="file", path=tmp_path / "events.jsonl")]
+    sinks = [sink_config(name="journal", type="file", path=tmp_path / "events.jsonl")]
     commits: list[int] = []
     pages_done: list[int] = []  # the daemon feeds the watchdog here (on_progress) and wakes its sinks on_commit
     async with FloraClient(sim.base_url, Secret(KEY), max_rps=0) as real:
@@ -141,7 +142,7 @@ async def test_each_batch_commit_is_fenced_by_the_sweeper_lease(sim, pg_url: str
 
     monkeypatch.setattr(sweep_mod, "CATCHUP_BATCH_PAGES", 3)
     watch = WatchConfig(interval=1, state_dir=tmp_path)
-    sinks = [SinkConfig(name="journal", type="file", path=tmp_path / "events.jsonl")]
+    sinks = [sink_config(name="journal", type="file", path=tmp_path / "events.jsonl")]
     a = await PgStore.open(pg_url, instance_id="a")
     b = await PgStore.open(pg_url, instance_id="b")
     try:
@@ -188,7 +189,7 @@ async def test_technique_runs_and_generations_catch_up_each_in_its_own_listing(s
     store = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
     watch = WatchConfig(interval=1, state_dir=tmp_path)
     assert set(watch.resources) == {"technique-runs", "generations"}
-    sinks = [SinkConfig(name="journal", type="file", path=tmp_path / "events.jsonl")]
+    sinks = [sink_config(name="journal", type="file", path=tmp_path / "events.jsonl")]
     gen_hw, gen_catchup = "high_watermark_ms:generations:*|*|*", "catchup:generations:*|*|*"
     try:
         async with FloraClient(sim.base_url, Secret(KEY), max_rps=0) as real:

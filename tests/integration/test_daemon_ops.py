@@ -316,6 +316,7 @@ async def test_a_wedged_sweep_loop_stops_the_watchdog_pings(sim, notify, tmp_pat
     from tests.fakes import FakeClock, Recorder, advance_until
     from watcher.config import load
     from watcher.daemon import Daemon, Options
+    from watcher.sinks.registry import REGISTRY
     from watcher.sweep import Sweeper
 
     real_sweep = Sweeper.sweep
@@ -331,8 +332,8 @@ async def test_a_wedged_sweep_loop_stops_the_watchdog_pings(sim, notify, tmp_pat
                                sinks=[{"name": "journal", "type": "file", "path": str(tmp_path / "e.jsonl")}]))
     clock = FakeClock(manual=True)
     recorder = Recorder()
-    daemon = Daemon(load(str(cfg)), Options(install_signal_handlers=False), clock=clock, observers=[recorder],
-                    env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)})
+    daemon = Daemon(load(str(cfg), sink_types=REGISTRY), Options(install_signal_handlers=False), clock=clock,
+                    observers=[recorder], env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)})
     task = asyncio.create_task(daemon.run())
     try:
         await recorder.sweeps(1)

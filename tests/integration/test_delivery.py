@@ -17,7 +17,7 @@ from tests.sinks.helpers import Receiver, make_event
 from watcher.config import DeliveryConfig, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.secret import Secret
-from watcher.sinks import build_sink
+from watcher.sinks.registry import build_sink, sink_config
 from watcher.store import AsyncStore, Store
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -54,7 +54,7 @@ async def started(*configs: SinkConfig, clock: FakeClock) -> dict:
 
 
 def webhook(receiver: Receiver, name: str = "ops") -> SinkConfig:
-    return SinkConfig(name=name, type="webhook", url=Secret(receiver.url()), secrets=(Secret(SECRET),))
+    return sink_config(name=name, type="webhook", url=Secret(receiver.url()), secrets=(Secret(SECRET),))
 
 
 async def test_retryable_failures_then_success_deliver_once_more_with_the_same_webhook_id(receiver, store,
@@ -156,8 +156,8 @@ async def test_a_hanging_receiver_does_not_delay_the_file_sink(receiver, store, 
     receiver.default.delay = 30.0  # never answers within the test
     events_file = tmp_path / "events.jsonl"
     configs = (
-        SinkConfig(name="slow", type="webhook", url=Secret(receiver.url()), timeout=30.0),
-        SinkConfig(name="journal", type="file", path=events_file),
+        sink_config(name="slow", type="webhook", url=Secret(receiver.url()), timeout=30.0),
+        sink_config(name="journal", type="file", path=events_file),
     )
     sinks = await started(*configs, clock=clock)
     dispatcher = Dispatcher(sinks, store, cfg=FAST, clock=clock)

@@ -26,7 +26,7 @@ from watcher.clock import SYSTEM_CLOCK
 from watcher.config import DeliveryConfig, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.secret import Secret
-from watcher.sinks import build_sink
+from watcher.sinks.registry import build_sink, sink_config
 from watcher.store import AsyncStore, Store
 
 START = 1000.0  # FakeClock's monotonic start
@@ -120,7 +120,7 @@ async def running(dispatcher: Dispatcher, sinks: dict, *, until_settled: AsyncSt
 
 
 def webhook(url: str, name: str = "ops", **kw) -> SinkConfig:
-    return SinkConfig(name=name, type="webhook", url=Secret(url), **kw)
+    return sink_config(name=name, type="webhook", url=Secret(url), **kw)
 
 
 async def started_sinks(clock, *configs: SinkConfig) -> dict:
@@ -222,7 +222,7 @@ async def test_a_3000_event_drain_is_sent_concurrently_and_recorded_in_group_com
                                  now_ms=clock.now_ms())
         journal = tmp_path / "events.jsonl"
         sinks = await started_sinks(clock, webhook(receiver.url()),
-                                    SinkConfig(name="journal", type="file", path=journal))
+                                    sink_config(name="journal", type="file", path=journal))
         dispatcher = Dispatcher(sinks, store, cfg=DeliveryConfig(), clock=clock, rand=random.Random(1))
         await running(dispatcher, sinks, until_settled=store, timeout=120.0)
         summary = await store.summary()
@@ -267,7 +267,7 @@ async def test_outcomes_recorded_while_a_commit_runs_share_the_next_commit() -> 
 
 
 def chat(kind: str, url: str, name: str | None = None, **kw) -> SinkConfig:
-    return SinkConfig(name=name or kind, type=kind, url=Secret(url), **kw)
+    return sink_config(name=name or kind, type=kind, url=Secret(url), **kw)
 
 
 def burst() -> list:
@@ -360,7 +360,7 @@ async def test_3000_events_drain_to_webhook_file_slack_and_discord(store, tmp_pa
                                      meta={}, now_ms=clock.now_ms())
         journal = tmp_path / "events.jsonl"
         sinks = await started_sinks(
-            clock, webhook(receiver.url()), SinkConfig(name="journal", type="file", path=journal),
+            clock, webhook(receiver.url()), sink_config(name="journal", type="file", path=journal),
             chat("slack", receiver.url() + "/slack", group_wait=0.2), chat("discord", receiver.url() + "/discord",
                                                                             group_wait=0.2))
         dispatcher = Dispatcher(sinks, store, cfg=DeliveryConfig(), clock=clock, rand=random.Random(1))
@@ -381,7 +381,7 @@ async def test_the_file_sink_writes_a_batch_with_one_fsync_and_never_twice(tmp_p
     from watcher.sinks.file import FileSink
 
     path = tmp_path / "events.jsonl"
-    sink = FileSink(SinkConfig(name="journal", type="file", path=path))
+    sink = FileSink(sink_config(name="journal", type="file", path=path))
     await sink.start()
     fsyncs = []
     real_fsync = os_module.fsync

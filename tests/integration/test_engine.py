@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import FakeClock, Recorder, until
-from watcher.config import ApiConfig, Config, DeliveryConfig, SinkConfig, WatchConfig
+from watcher.config import ApiConfig, Config, DeliveryConfig, WatchConfig
 from watcher.daemon import Daemon, Options
 from watcher.model import event_id
 from watcher.secret import Secret
 from watcher.simulator import run_simulator
+from watcher.sinks.registry import sink_config
 from watcher.store import Store, store_path
 
 KEY = "sk_test_engine_key_0123456789"
@@ -39,7 +40,7 @@ def make_config(base_url: str, state_dir: Path, events_file: Path, **watch) -> C
         api=ApiConfig(base_url=base_url, api_key=Secret(KEY), timeout=5.0, max_rps=200.0),
         watch=WatchConfig(interval=0.1, state_dir=state_dir, poll_max_interval=1.0, **watch),
         delivery=DeliveryConfig(shutdown_grace=2.0),
-        sinks=(SinkConfig(name="journal", type="file", path=events_file),),
+        sinks=(sink_config(name="journal", type="file", path=events_file),),
     )
 
 
@@ -305,7 +306,7 @@ async def test_a_failing_list_endpoint_does_not_stall_detection(sim, tmp_path, c
 
     store = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
     watch = WatchConfig(interval=0.1, state_dir=tmp_path)
-    sinks = [SinkConfig(name="journal", type="file", path=tmp_path / "events.jsonl")]
+    sinks = [sink_config(name="journal", type="file", path=tmp_path / "events.jsonl")]
     run = sim.sim.create_run(technique="cctv-cam", pending_ms=10, running_ms=300, outcome="failed",
                              error_code="LLM_REFUSAL")
     async with FloraClient(sim.base_url, Secret(KEY), max_rps=200, clock=clock) as client:

@@ -15,18 +15,19 @@ from structlog.testing import capture_logs
 from tests.fakes import FakeClock
 from watcher import routing
 from watcher.api import FloraClient
-from watcher.config import SinkConfig, WatchConfig
+from watcher.config import WatchConfig
 from watcher.model import Event, event_id
 from watcher.secret import Secret
 from watcher.simulator import RunningSimulator, run_simulator
+from watcher.sinks.registry import sink_config
 from watcher.store import AsyncStore, Store
 from watcher.sweep import Sweeper
 
 KEY = "sk_test_sim"
 T0 = 1_764_399_000_000
 SINKS = [
-    SinkConfig(name="all", type="stdout", events=("run.completed", "run.failed", "run.stalled")),
-    SinkConfig(name="gens", type="stdout", events=("run.completed", "run.failed", "run.stalled"),
+    sink_config(name="all", type="stdout", events=("run.completed", "run.failed", "run.stalled")),
+    sink_config(name="gens", type="stdout", events=("run.completed", "run.failed", "run.stalled"),
                match={"run_type": ("generation",), "model_id": ("kling-*",)}),
 ]
 

@@ -67,12 +67,13 @@ async def test_a_startup_failure_logs_the_exit_code_the_process_exits_with(tmp_p
 
     from watcher.config import parse
     from watcher.daemon import Daemon, Options
+    from watcher.sinks.registry import REGISTRY
 
     state = tmp_path / "state"
     (state / "state.sqlite3").mkdir(parents=True)  # the state file is a directory: the store cannot open
     cfg = parse(f'[api]\napi_key = "sk_test_x0123456789"\n[watch]\nstate_dir = "{state}"\n'
                 '[[sinks]]\nname = "console"\ntype = "stdout"\n',
-                env={}, read_file=lambda p: "", source=None)
+                env={}, read_file=lambda p: "", sink_types=REGISTRY, source=None)
     with capture_logs() as logs:
         code = await Daemon(cfg, Options(once=True, install_signal_handlers=False)).run()
     assert code == 1

@@ -8,9 +8,10 @@ from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock
 from watcher.api import FloraClient
-from watcher.config import SinkConfig, WatchConfig
+from watcher.config import WatchConfig
 from watcher.secret import Secret
 from watcher.simulator import run_simulator
+from watcher.sinks.registry import sink_config
 from watcher.store import AsyncStore, Store
 from watcher.sweep import Sweeper
 
@@ -28,7 +29,7 @@ async def test_the_sweep_logs_an_outage_in_a_handful_of_lines() -> None:
     async with run_simulator(api_key="sk_test_sim") as sim:
         sim.sim.create_run(pending_ms=0, running_ms=10**9)  # stays running: tracked and polled all along
         client = FloraClient(sim.base_url, Secret("sk_test_sim"), max_rps=0, clock=clock, rand=random.Random(0))
-        sweeper = Sweeper(client, store, watch=watch, sinks=[SinkConfig(name="s", type="stdout")], clock=clock,
+        sweeper = Sweeper(client, store, watch=watch, sinks=[sink_config(name="s", type="stdout")], clock=clock,
                           rand=random.Random(0), process_start_ms=T0 - 60_000)
         try:
             await sweeper.load()

@@ -9,6 +9,7 @@ import pytest
 
 from watcher.config import parse
 from watcher.errors import ConfigError
+from watcher.sinks.registry import REGISTRY
 
 URL = "postgresql://flora:s3cr3t-pw@db.internal/flora"
 
@@ -19,7 +20,8 @@ def load(text: str, env: dict[str, str] | None = None, files: dict[str, str] | N
             return files[path]
         raise FileNotFoundError(path)
 
-    return parse(text, env={"FLORA_API_KEY": "k" * 20, "HOME": "/home/x", **(env or {})}, read_file=read_file)
+    return parse(text, env={"FLORA_API_KEY": "k" * 20, "HOME": "/home/x", **(env or {})}, read_file=read_file,
+                 sink_types=REGISTRY)
 
 
 def test_default_is_sqlite_with_a_ten_second_lease() -> None:

@@ -24,10 +24,11 @@ from hypothesis import strategies as st
 from tests.fakes import FakeClock
 from tests.reliability.harness import serve
 from watcher.api import FloraClient
-from watcher.config import SinkConfig, WatchConfig
+from watcher.config import WatchConfig
 from watcher.errors import AuthError
 from watcher.normalize import RUN_ID_KEYS
 from watcher.secret import Secret
+from watcher.sinks.registry import sink_config
 from watcher.store import AsyncStore, Store
 from watcher.sweep import Sweeper
 
@@ -297,7 +298,7 @@ async def test_the_sweep_survives_any_api_response(fake_api: FakeApi, first, lis
     client = FloraClient(f"{fake_api.origin}/api/v1", Secret(KEY), timeout=5, max_rps=0, max_retries=1,
                          clock=clock, rand=random.Random(0))
     watch = WatchConfig(interval=1.0, state_dir="/nonexistent", poll_max_interval=1.0)
-    sweeper = Sweeper(client, store, watch=watch, sinks=[SinkConfig(name="s", type="stdout")], clock=clock,
+    sweeper = Sweeper(client, store, watch=watch, sinks=[sink_config(name="s", type="stdout")], clock=clock,
                       rand=random.Random(0), process_start_ms=EPOCH_MS)
     try:
         await sweeper.load()

@@ -8,10 +8,11 @@ import random
 from pathlib import Path
 
 from watcher.clock import SYSTEM_CLOCK
-from watcher.config import DeliveryConfig, SinkConfig
+from watcher.config import DeliveryConfig
 from watcher.dispatcher import SinkWorker
 from watcher.model import Event, Run
-from watcher.sinks.base import SendResult
+from watcher.sinks.registry import sink_config
+from watcher.sinks.spec import SendResult
 from watcher.store import AsyncStore, Store
 from watcher.store_api import DEAD, Outcome
 from watcher.transitions import build_event
@@ -20,7 +21,7 @@ from watcher.transitions import build_event
 class RecordingSink:
     def __init__(self) -> None:
         self.name = "hook"
-        self.config = SinkConfig(name="hook", type="webhook")
+        self.config = sink_config(name="hook", type="webhook")
         self.sent: list[str] = []
 
     async def start(self) -> None:

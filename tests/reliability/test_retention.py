@@ -10,10 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from tests.reliability.harness import read_jsonl
-from watcher.config import ApiConfig, Config, DeliveryConfig, SinkConfig, WatchConfig, parse
+from watcher.config import ApiConfig, Config, DeliveryConfig, WatchConfig, parse
 from watcher.daemon import Daemon, Options
 from watcher.secret import Secret
 from watcher.simulator import run_simulator
+from watcher.sinks.registry import REGISTRY, sink_config
 from watcher.store import Store, store_path
 
 KEY = "sk_test_retention_0123456789"
@@ -24,7 +25,7 @@ def make_config(base_url: str, tmp: Path, *, keep_delivered: float) -> Config:
         api=ApiConfig(base_url=base_url, api_key=Secret(KEY), timeout=5.0, max_rps=200.0),
         watch=WatchConfig(interval=0.1, state_dir=tmp / "state", poll_max_interval=1.0),
         delivery=DeliveryConfig(shutdown_grace=2.0, keep_delivered=keep_delivered),
-        sinks=(SinkConfig(name="journal", type="file", path=tmp / "events.jsonl"),),
+        sinks=(sink_config(name="journal", type="file", path=tmp / "events.jsonl"),),
     )
 
 
@@ -38,8 +39,9 @@ def no_files(name: str) -> str:
 
 def test_keep_delivered_is_configurable_and_defaults_to_a_week() -> None:
     text = '[api]\napi_key = "k"\n[delivery]\nkeep_delivered = 86400\n'
-    assert parse(text, env={"HOME": "/nonexistent"}, read_file=no_files).delivery.keep_delivered == 86400
-    default = parse('[api]\napi_key = "k"\n', env={"HOME": "/nonexistent"}, read_file=no_files)
+    read = {"env": {"HOME": "/nonexistent"}, "read_file": no_files, "sink_types": REGISTRY}
+    assert parse(text, **read).delivery.keep_delivered == 86400
+    default = parse('[api]\napi_key = "k"\n', **read)
     assert default.delivery.keep_delivered == 7 * 24 * 3600
 
 
@@ -69,7 +71,7 @@ async def test_delivered_history_is_pruned_and_never_resent(tmp_path: Path) -> N
 async def test_pending_deliveries_are_never_pruned(tmp_path: Path) -> None:
     async with run_simulator(api_key=KEY, seed=10) as sim:
         cfg = make_config(sim.base_url, tmp_path, keep_delivered=0.05)
-        cfg = replace(cfg, sinks=(*cfg.sinks, SinkConfig(name="later", type="file", path=tmp_path / "later.jsonl")))
+        cfg = replace(cfg, sinks=(*cfg.sinks, sink_config(name="later", type="file", path=tmp_path / "later.jsonl")))
         assert await once(cfg) == 0  # first start
         sim.sim.create_runs(3, pending_ms=10, running_ms=50)
         await asyncio.sleep(0.2)

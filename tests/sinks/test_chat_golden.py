@@ -22,6 +22,7 @@ from watcher.secret import Secret
 from watcher.sinks.discord import DiscordSink
 from watcher.sinks.google_chat import GoogleChatSink
 from watcher.sinks.http import ChatSink
+from watcher.sinks.registry import sink_config
 from watcher.sinks.slack import SlackSink
 from watcher.sinks.teams import TeamsSink
 from watcher.transitions import build_event
@@ -94,7 +95,7 @@ def groups() -> Iterator[tuple[str, list[Event]]]:
 
 def sinks() -> Iterator[tuple[str, ChatSink]]:
     def cfg(sink_type: str, **kw: Any) -> SinkConfig:
-        return SinkConfig(name=f"golden-{sink_type}", type=sink_type, url=Secret(HOOK), **kw)
+        return sink_config(name=f"golden-{sink_type}", type=sink_type, url=Secret(HOOK), **kw)
 
     yield "slack", SlackSink(cfg("slack"))
     yield "slack_template", SlackSink(cfg("slack", template=TEMPLATE))

@@ -23,10 +23,11 @@ import structlog
 
 from tests.fakes import FakeClock
 from tests.sinks.helpers import Receiver, closed_port, make_event
-from watcher.config import SINK_COMMON_KEYS, SinkConfig
+from watcher.config import SINK_COMMON_KEYS
 from watcher.errors import DeliveryError, Reason
 from watcher.secret import Secret
-from watcher.sinks import REGISTRY, BuildContext, build_sink
+from watcher.sinks.registry import REGISTRY, build_sink, sink_config
+from watcher.sinks.spec import BuildContext
 from watcher.sinks.stdout import StdoutSink
 
 SINK_TYPES = tuple(REGISTRY)
@@ -56,7 +57,7 @@ def type_fields(sink_type: str, url: str, tmp_path: Path) -> dict:
 def sink_for(sink_type: str, base_url: str, tmp_path: Path, *, timeout: float = 5.0, **extra):
     """A sink of ``sink_type`` whose config carries the canary in every secret field it has."""
     fields = {**type_fields(sink_type, canary_url(base_url), tmp_path), **extra}
-    cfg = SinkConfig(name=f"canary-{sink_type}", type=sink_type, timeout=timeout, **fields)
+    cfg = sink_config(name=f"canary-{sink_type}", type=sink_type, timeout=timeout, **fields)
     if sink_type == "stdout":
         return StdoutSink(cfg, stream=io.StringIO())
     return REGISTRY[sink_type].build(cfg, BuildContext(clock=FakeClock()))
@@ -86,7 +87,7 @@ def test_every_type_declares_a_sink_module(sink_type: str) -> None:
     assert spec.name == sink_type
     assert not set(spec.keys) & set(SINK_COMMON_KEYS), "common keys are parsed by config.py"
     spec.options()  # every field has a default
-    cfg = SinkConfig(name="s", type=sink_type)
+    cfg = sink_config(name="s", type=sink_type)
     assert isinstance(cfg.options, spec.options)
 
 
@@ -95,7 +96,7 @@ async def test_every_sink_starts_sends_and_closes_twice(sink_type: str, receiver
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     fields = {k: v for k, v in type_fields(sink_type, receiver.url(), tmp_path).items() if k == "url"} \
         if sink_type == "webhook" else type_fields(sink_type, receiver.url(), tmp_path)
-    sink = build_sink(SinkConfig(name="s", type=sink_type, **fields), user_agent="flora-watcher/test")
+    sink = build_sink(sink_config(name="s", type=sink_type, **fields), user_agent="flora-watcher/test")
     assert sink.name == "s"
     await sink.start()
     result = await sink.send(make_event())

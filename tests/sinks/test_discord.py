@@ -8,16 +8,16 @@ import pytest
 
 from tests.fakes import FakeClock
 from tests.sinks.helpers import Receiver, hostile_event, make_event
-from watcher.config import SinkConfig
 from watcher.errors import DeliveryError, Reason
 from watcher.render import ulen
 from watcher.secret import Secret
 from watcher.sinks.discord import DiscordSink, embed_length
+from watcher.sinks.registry import sink_config
 
 
 def discord(receiver: Receiver, clock: FakeClock | None = None, **kw) -> DiscordSink:
     max_wait = kw.pop("max_wait", 30.0)
-    cfg = SinkConfig(name="dc", type="discord", url=Secret(receiver.url("/api/webhooks/1/tok")), **kw)
+    cfg = sink_config(name="dc", type="discord", url=Secret(receiver.url("/api/webhooks/1/tok")), **kw)
     return DiscordSink(cfg, clock=clock or FakeClock(), max_wait=max_wait)
 
 

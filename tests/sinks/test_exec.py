@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.sinks.helpers import make_event
-from watcher.config import SinkConfig
 from watcher.errors import DeliveryError, Reason
 from watcher.render import event_body
 from watcher.sinks.exec import ExecSink
+from watcher.sinks.registry import sink_config
 
 
 def process_gone(pid: int, wait: float = 2.0) -> bool:
@@ -32,7 +32,7 @@ def process_gone(pid: int, wait: float = 2.0) -> bool:
 
 
 def exec_sink(code: str, *args: str, timeout: float = 10.0) -> ExecSink:
-    return ExecSink(SinkConfig(name="hook", type="exec", command=(sys.executable, "-c", code, *args),
+    return ExecSink(sink_config(name="hook", type="exec", command=(sys.executable, "-c", code, *args),
                                timeout=timeout))
 
 
@@ -89,7 +89,7 @@ async def test_a_hung_command_is_killed_with_its_children_and_retried_later(tmp_
 
 
 async def test_a_missing_command_is_a_permanent_config_problem() -> None:
-    sink = ExecSink(SinkConfig(name="hook", type="exec", command=("/nonexistent/flora-hook",)))
+    sink = ExecSink(sink_config(name="hook", type="exec", command=("/nonexistent/flora-hook",)))
     await sink.start()  # warns, does not fail
     with pytest.raises(DeliveryError) as err:
         await sink.send(make_event())
@@ -102,5 +102,5 @@ async def test_a_non_executable_command_is_a_permanent_config_problem(tmp_path: 
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(0o600)
     with pytest.raises(DeliveryError) as err:
-        await ExecSink(SinkConfig(name="hook", type="exec", command=(str(script),))).send(make_event())
+        await ExecSink(sink_config(name="hook", type="exec", command=(str(script),))).send(make_event())
     assert (err.value.retryable, err.value.reason) == (False, Reason.BAD_CONFIG)

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.sinks.helpers import make_event
-from watcher.config import SinkConfig
 from watcher.errors import ConfigError
 from watcher.render import event_body
 from watcher.sinks.file import FileSink
+from watcher.sinks.registry import sink_config
 
 
 def file_sink(path: Path) -> FileSink:
-    return FileSink(SinkConfig(name="journal", type="file", path=path))
+    return FileSink(sink_config(name="journal", type="file", path=path))
 
 
 def lines(path: Path) -> list[bytes]:

@@ -6,16 +6,16 @@ import json
 
 from tests.fakes import FakeClock
 from tests.sinks.helpers import Receiver, hostile_event, make_event
-from watcher.config import SinkConfig
 from watcher.render import ZWSP, ulen
 from watcher.secret import Secret
 from watcher.sinks.google_chat import GoogleChatSink, with_reply_option
+from watcher.sinks.registry import sink_config
 
 URL_PATH = "/v1/spaces/AAAA/messages?key=KEY123&token=abc%3Ddef"
 
 
 def gchat(receiver: Receiver, clock: FakeClock | None = None, **kw) -> GoogleChatSink:
-    cfg = SinkConfig(name="gc", type="google_chat", url=Secret(receiver.url(URL_PATH)), **kw)
+    cfg = sink_config(name="gc", type="google_chat", url=Secret(receiver.url(URL_PATH)), **kw)
     return GoogleChatSink(cfg, clock=clock or FakeClock())
 
 

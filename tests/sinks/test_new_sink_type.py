@@ -22,7 +22,8 @@ from watcher.dispatcher import Dispatcher
 from watcher.errors import ConfigError
 from watcher.model import Event
 from watcher.routing import route
-from watcher.sinks import REGISTRY, SendResult, SinkType, build_sink, register, unregister
+from watcher.sinks.registry import REGISTRY, build_sink, register, unregister
+from watcher.sinks.spec import SendResult, SinkType
 from watcher.store import AsyncStore, Store
 from watcher.validate import check_start
 
@@ -80,7 +81,7 @@ def memory_type() -> Iterator[None]:
 
 def load(text: str, tmp_path: Path):
     return parse(textwrap.dedent(text), env={"FLORA_API_KEY": "sk_test", "HOME": str(tmp_path)},
-                 read_file=lambda path: "", source=tmp_path / "flora-watcher.toml")
+                 read_file=lambda path: "", sink_types=REGISTRY, source=tmp_path / "flora-watcher.toml")
 
 
 CONFIG = """

@@ -8,15 +8,15 @@ import pytest
 
 from tests.fakes import FakeClock
 from tests.sinks.helpers import HOSTILE_TECHNIQUE, Receiver, hostile_event, make_event
-from watcher.config import SinkConfig
 from watcher.errors import ConfigError
 from watcher.render import TRUNCATED, ZWSP, ulen
 from watcher.secret import Secret
+from watcher.sinks.registry import sink_config
 from watcher.sinks.slack import SlackSink
 
 
 def slack(receiver: Receiver, clock: FakeClock | None = None, **kw) -> SlackSink:
-    cfg = SinkConfig(name="team", type="slack", url=Secret(receiver.url("/services/T0/B0/X")), **kw)
+    cfg = sink_config(name="team", type="slack", url=Secret(receiver.url("/services/T0/B0/X")), **kw)
     return SlackSink(cfg, clock=clock or FakeClock())
 
 
@@ -95,7 +95,7 @@ async def test_template_overrides_the_text_with_neutralised_values(receiver: Rec
 def test_a_template_field_that_does_not_exist_is_a_config_error() -> None:
     """A typo would otherwise send an empty message (issue 14)."""
     with pytest.raises(ConfigError) as err:
-        SlackSink(SinkConfig(name="team", type="slack", url=Secret("https://hooks.slack.com/services/T/B/X"),
+        SlackSink(sink_config(name="team", type="slack", url=Secret("https://hooks.slack.com/services/T/B/X"),
                              template="{run_idd} failed", where="sinks[0]"))
     assert str(err.value) == "sinks[0].template: unknown field {run_idd} (did you mean {run_id}?)"
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from tests.sinks.helpers import make_event
-from watcher.config import SinkConfig
 from watcher.errors import DeliveryError, Reason
+from watcher.sinks.registry import sink_config
 from watcher.sinks.stdout import StdoutSink
 
 
@@ -24,7 +24,7 @@ class Flushed(io.StringIO):
 
 async def test_text_format_prints_one_readable_line_per_event() -> None:
     stream = Flushed()
-    sink = StdoutSink(SinkConfig(name="console", type="stdout", format="text"), stream=stream)
+    sink = StdoutSink(sink_config(name="console", type="stdout", format="text"), stream=stream)
     await sink.send(make_event())
     await sink.send(make_event("run.completed"))
     out = stream.getvalue().splitlines()
@@ -38,7 +38,7 @@ async def test_text_format_prints_one_readable_line_per_event() -> None:
 
 async def test_json_format_prints_json_lines() -> None:
     stream = Flushed()
-    sink = StdoutSink(SinkConfig(name="console", type="stdout", format="json"), stream=stream)
+    sink = StdoutSink(sink_config(name="console", type="stdout", format="json"), stream=stream)
     event = make_event(error_message="line one\nline two")
     await sink.send(event)
     (line,) = stream.getvalue().splitlines()
@@ -47,14 +47,14 @@ async def test_json_format_prints_json_lines() -> None:
 
 
 async def test_writes_to_the_real_stdout_by_default(capsys: pytest.CaptureFixture[str]) -> None:
-    sink = StdoutSink(SinkConfig(name="console", type="stdout"))
+    sink = StdoutSink(sink_config(name="console", type="stdout"))
     await sink.send(make_event("run.started"))
     assert capsys.readouterr().out.startswith("▶ run.started · CCTV Cam · run_abc123")
 
 
 async def test_a_terminal_escape_in_api_text_is_not_printed() -> None:
     stream = Flushed()
-    sink = StdoutSink(SinkConfig(name="console", type="stdout"), stream=stream)
+    sink = StdoutSink(sink_config(name="console", type="stdout"), stream=stream)
     await sink.send(make_event(technique={"technique_id": "t", "name": "Cam\x1b]0;pwned\x07\u202e"}))
     assert "\x1b" not in stream.getvalue() and "\u202e" not in stream.getvalue()
 
@@ -64,7 +64,7 @@ async def test_a_broken_pipe_is_permanent() -> None:
         def write(self, s: str) -> int:
             raise BrokenPipeError(32, "Broken pipe")
 
-    sink = StdoutSink(SinkConfig(name="console", type="stdout"), stream=Broken())
+    sink = StdoutSink(sink_config(name="console", type="stdout"), stream=Broken())
     with pytest.raises(DeliveryError) as err:
         await sink.send(make_event())
     assert (err.value.retryable, err.value.reason) == (False, Reason.IO_ERROR)

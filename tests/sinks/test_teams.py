@@ -6,13 +6,13 @@ import json
 
 from tests.fakes import FakeClock
 from tests.sinks.helpers import HOSTILE_TECHNIQUE, Receiver, hostile_event, make_event
-from watcher.config import SinkConfig
 from watcher.secret import Secret
+from watcher.sinks.registry import sink_config
 from watcher.sinks.teams import TEAMS_PAYLOAD_MAX_BYTES, TeamsSink
 
 
 def teams(receiver: Receiver, **kw) -> TeamsSink:
-    cfg = SinkConfig(name="ms", type="teams", url=Secret(receiver.url("/workflows/x?sig=abc")), **kw)
+    cfg = sink_config(name="ms", type="teams", url=Secret(receiver.url("/workflows/x?sig=abc")), **kw)
     return TeamsSink(cfg, clock=FakeClock())
 
 

@@ -14,9 +14,9 @@ from standardwebhooks import Webhook
 from tests.fakes import FakeClock
 from tests.sinks.helpers import Receiver, make_event
 from watcher import __version__
-from watcher.config import SinkConfig
 from watcher.errors import ConfigError, DeliveryError, Reason
 from watcher.secret import Secret
+from watcher.sinks.registry import sink_config
 from watcher.sinks.webhook import WebhookSink
 
 
@@ -25,7 +25,7 @@ def whsec() -> str:
 
 
 def webhook(receiver: Receiver, clock: FakeClock | None = None, **kw) -> WebhookSink:
-    cfg = SinkConfig(name="ops", type="webhook", url=Secret(receiver.url()), **kw)
+    cfg = sink_config(name="ops", type="webhook", url=Secret(receiver.url()), **kw)
     return WebhookSink(cfg, clock=clock or FakeClock())
 
 
@@ -139,7 +139,7 @@ async def test_flora_signature_verifies_per_flora_api_spec(receiver: Receiver) -
 
 
 def test_an_invalid_standard_secret_is_a_config_error_that_does_not_print_it() -> None:
-    cfg = SinkConfig(name="ops", type="webhook", url=Secret("https://example.com/h"),
+    cfg = sink_config(name="ops", type="webhook", url=Secret("https://example.com/h"),
                      secrets=(Secret("whsec_not base64!!"),), where="sinks[0]")
     with pytest.raises(ConfigError) as err:
         WebhookSink(cfg)
@@ -150,7 +150,7 @@ def test_an_invalid_standard_secret_is_a_config_error_that_does_not_print_it() -
 async def test_a_receiver_echoing_the_secret_url_is_scrubbed(receiver: Receiver) -> None:
     token = "T0KEN-abcdefghijklmnop"
     receiver.answer(404, f"Cannot POST /hooks/{token}")
-    cfg = SinkConfig(name="ops", type="webhook", url=Secret(receiver.url(f"/hooks/{token}")))
+    cfg = sink_config(name="ops", type="webhook", url=Secret(receiver.url(f"/hooks/{token}")))
     sink = WebhookSink(cfg, clock=FakeClock())
     with pytest.raises(DeliveryError) as err:
         await sink.send(make_event())
@@ -189,7 +189,7 @@ async def test_the_documented_receiver_code_verifies_real_deliveries(scheme: str
 
 @pytest.mark.parametrize("name", ["content-type", "Webhook-Signature", "Flora-Event"])
 def test_headers_the_sink_sets_cannot_be_overridden(name: str) -> None:
-    cfg = SinkConfig(name="ops", type="webhook", url=Secret("https://example.com/h"), headers={name: Secret("x")},
+    cfg = sink_config(name="ops", type="webhook", url=Secret("https://example.com/h"), headers={name: Secret("x")},
                      where="sinks[3]")
     with pytest.raises(ConfigError) as err:
         WebhookSink(cfg)

@@ -28,7 +28,7 @@ from watcher.config import (
 )
 from watcher.errors import ConfigError
 from watcher.secret import Secret
-from watcher.sinks import REGISTRY
+from watcher.sinks.registry import REGISTRY, sink_config
 
 SOURCE = Path("/etc/fw/flora-watcher.toml")
 ENV_KEY = "sk_test_fromenv0001"
@@ -67,6 +67,7 @@ def run(
         textwrap.dedent(text),
         env=final_env,
         read_file=reader(files or {}),
+        sink_types=REGISTRY,
         source=source,
         require_api_key=require_api_key,
     )
@@ -105,7 +106,7 @@ def test_empty_config_is_all_defaults_with_the_key_from_the_environment():
     assert cfg.watch.state_dir == Path("/home/op/.local/state/flora-watcher")
     assert cfg.server.listen is None
     assert cfg.delivery.retry_horizon == 72 * 3600
-    assert cfg.sinks == (SinkConfig(name="console", type="stdout", format="text"),)
+    assert cfg.sinks == (sink_config(name="console", type="stdout", format="text"),)
     assert cfg.source is None
 
 
@@ -510,10 +511,10 @@ def test_state_dir_without_any_default_is_an_error():
 
 
 def test_no_sinks_means_one_console_sink_with_every_watched_event():
-    assert run("sinks = []").sinks == (SinkConfig(name="console", type="stdout", format="text"),)
+    assert run("sinks = []").sinks == (sink_config(name="console", type="stdout", format="text"),)
     cfg = run('[watch]\nevents = ["run.started", "run.completed", "run.failed"]')
     all_events = ("run.started", "run.completed", "run.failed")
-    assert cfg.sinks == (SinkConfig(name="console", type="stdout", format="text", events=all_events),)
+    assert cfg.sinks == (sink_config(name="console", type="stdout", format="text", events=all_events),)
 
 
 @pytest.mark.parametrize(
@@ -735,7 +736,7 @@ def test_load_reads_the_file_resolves_relative_paths_and_registers_secrets(tmp_p
     secret_key = "sk_live_loadtest_4711"
     (tmp_path / "key").write_text(secret_key + "\n")
     (tmp_path / "fw.toml").write_text('[api]\napi_key_file = "key"\n')
-    cfg = load("fw.toml", env={"HOME": "/h"}, cwd=tmp_path)
+    cfg = load("fw.toml", sink_types=REGISTRY, env={"HOME": "/h"}, cwd=tmp_path)
     assert cfg.source == tmp_path / "fw.toml"
     assert cfg.api.api_key == Secret(secret_key)
     assert cfg.api.api_key_source == "api_key_file"
@@ -743,7 +744,7 @@ def test_load_reads_the_file_resolves_relative_paths_and_registers_secrets(tmp_p
 
 
 def test_load_without_any_file_uses_defaults(tmp_path, system_config):
-    cfg = load(env={"HOME": "/h", "FLORA_API_KEY": "sk_live_k"}, cwd=tmp_path)
+    cfg = load(sink_types=REGISTRY, env={"HOME": "/h", "FLORA_API_KEY": "sk_live_k"}, cwd=tmp_path)
     assert cfg.source is None
     assert cfg.sinks[0].name == "console"
     assert cfg.api.api_key == Secret("sk_live_k")
@@ -761,7 +762,7 @@ def test_load_without_any_file_uses_defaults(tmp_path, system_config):
 def test_load_errors(tmp_path, system_config, path, env, message):
     (tmp_path / "binary.toml").write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError) as info:
-        load(path, env={"HOME": "/h", "FLORA_API_KEY": "sk_live_k", **env}, cwd=tmp_path)
+        load(path, sink_types=REGISTRY, env={"HOME": "/h", "FLORA_API_KEY": "sk_live_k", **env}, cwd=tmp_path)
     assert str(info.value) == message.format(tmp=tmp_path)
 
 
@@ -778,7 +779,7 @@ EXAMPLE_ENV = {
 
 def test_example_config_parses():
     text = EXAMPLE.read_text(encoding="utf-8")
-    cfg = parse(text, env={**BASE_ENV, **EXAMPLE_ENV}, read_file=reader({}), source=EXAMPLE)
+    cfg = parse(text, env={**BASE_ENV, **EXAMPLE_ENV}, read_file=reader({}), sink_types=REGISTRY, source=EXAMPLE)
     assert [(s.name, s.type) for s in cfg.sinks] == [
         ("ops", "webhook"), ("team-slack", "slack"), ("journal", "file"), ("console", "stdout"),
     ]

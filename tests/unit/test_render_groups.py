@@ -12,6 +12,7 @@ from watcher.errors import ConfigError
 from watcher.policy import group_key, group_ready_ms
 from watcher.sinks.discord import DISCORD_EMBED_TOTAL_MAX, discord_group_payload, embed_length
 from watcher.sinks.google_chat import GOOGLE_CHAT_TEXT_MAX, google_chat_group_payload
+from watcher.sinks.registry import REGISTRY
 from watcher.sinks.slack import SLACK_BLOCK_TEXT_MAX, slack_escape, slack_group_payload, slack_payload
 from watcher.sinks.teams import TEAMS_PAYLOAD_MAX_BYTES, teams_group_payload, teams_payload
 
@@ -95,7 +96,7 @@ def no_files(path: str) -> str:
     raise OSError(path)
 
 
-ENV = {"env": {"HOME": "/tmp"}, "read_file": no_files}
+ENV = {"env": {"HOME": "/tmp"}, "read_file": no_files, "sink_types": REGISTRY}
 
 
 def sinks_config(extra: str) -> str:

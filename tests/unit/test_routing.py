@@ -7,10 +7,11 @@ import pytest
 from tests.sinks.helpers import make_event
 from watcher.config import SinkConfig
 from watcher.routing import event_field, matches, route
+from watcher.sinks.registry import sink_config
 
 
 def sink(events=("run.completed", "run.failed"), **match) -> SinkConfig:
-    return SinkConfig(name="s", type="stdout", events=tuple(events), match={k: tuple(v) for k, v in match.items()})
+    return sink_config(name="s", type="stdout", events=tuple(events), match={k: tuple(v) for k, v in match.items()})
 
 
 def test_event_type_must_be_subscribed() -> None:
@@ -44,7 +45,7 @@ def test_a_null_field_never_matches_even_a_star() -> None:
 
 
 def test_route_keeps_configuration_order() -> None:
-    sinks = [SinkConfig(name="b", type="stdout"), SinkConfig(name="a", type="stdout", events=("run.failed",)),
-             SinkConfig(name="c", type="stdout", match={"error_code": ("X*",)})]
+    sinks = [sink_config(name="b", type="stdout"), sink_config(name="a", type="stdout", events=("run.failed",)),
+             sink_config(name="c", type="stdout", match={"error_code": ("X*",)})]
     assert route(sinks, make_event("run.failed")) == ["b", "a"]
     assert route(sinks, make_event("run.completed")) == ["b"]

@@ -8,13 +8,14 @@ from watcher.config import parse
 from watcher.errors import ConfigError
 from watcher.model import Model, Run, Technique
 from watcher.routing import event_field, route
+from watcher.sinks.registry import REGISTRY
 from watcher.transitions import build_event
 
 ENV = {"FLORA_API_KEY": "sk_test_x", "HOME": "/home/op"}
 
 
 def cfg(text: str):
-    return parse(text, env=ENV, read_file=lambda p: "")
+    return parse(text, env=ENV, read_file=lambda p: "", sink_types=REGISTRY)
 
 
 def test_defaults_watch_both_resources_and_report_stuck_runs_after_30_minutes():

@@ -11,7 +11,9 @@ from watcher.store import Store, store_path
 
 def load_for_store(config_path: str | None) -> Config:
     """The config, for its state_dir and sink names; these commands need no API key."""
-    return load(config_path, require_api_key=False)
+    from watcher.sinks.registry import REGISTRY
+
+    return load(config_path, sink_types=REGISTRY, require_api_key=False)
 
 
 def open_store(cfg: Config) -> Store | None:

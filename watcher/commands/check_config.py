@@ -67,7 +67,7 @@ def summary(config) -> list[str]:
 
 def _sink_detail(sink) -> str:
     """The sink type's own details (``SinkType.describe``: signing, path, format), then its match filters."""
-    from watcher.sinks import REGISTRY
+    from watcher.sinks.registry import REGISTRY
 
     spec = REGISTRY.get(sink.type)
     details = list(spec.describe(sink)) if spec is not None else []
@@ -78,11 +78,12 @@ def _sink_detail(sink) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from watcher.config import load
+    from watcher.sinks.registry import REGISTRY
     from watcher.validate import check_start
 
     # ConfigError propagates: cli.py prints each problem on its own line and exits 2. The same start-time
     # checks as `run` (state_dir, each sink's construction, paths and programs): what passes here starts.
-    config = load(args.config)
+    config = load(args.config, sink_types=REGISTRY)
     check_start(config)
     store_line = None
     if config.store.url is not None:  # several instances share it: check it answers, and its schema

@@ -67,11 +67,12 @@ async def _demo(*, interval: float, as_json: bool) -> int:
     import structlog
 
     from watcher.commands.run import live_view_wanted
-    from watcher.config import ApiConfig, Config, DeliveryConfig, SinkConfig, WatchConfig
+    from watcher.config import ApiConfig, Config, DeliveryConfig, WatchConfig
     from watcher.daemon import Daemon, Options
     from watcher.model import TERMINAL_EVENT_FOR_STATUS, event_id
     from watcher.secret import Secret
     from watcher.simulator import run_simulator
+    from watcher.sinks import stdout
 
     log = structlog.get_logger("watcher.demo")
     out = sys.stdout
@@ -82,8 +83,7 @@ async def _demo(*, interval: float, as_json: bool) -> int:
                 watch=WatchConfig(interval=interval, events=EVENTS, state_dir=Path(tmp), poll_max_interval=5.0,
                                   stalled_after=STALLED_AFTER_S),
                 delivery=DeliveryConfig(shutdown_grace=2.0),
-                sinks=(SinkConfig(name="console", type="stdout", format="json" if as_json else "text",
-                                  events=EVENTS),),
+                sinks=(stdout.SINK.configure("console", format="json" if as_json else "text", events=EVENTS),),
             )
             generations = sum(1 for item in SCRIPT if item.model)
             print(f"flora-watcher demo: a FLORA simulator is serving {sim.base_url}; starting "

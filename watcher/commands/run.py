@@ -28,9 +28,10 @@ def main(args: argparse.Namespace) -> int:
     from watcher import statelock
     from watcher.config import load
     from watcher.daemon import Daemon, Options
+    from watcher.sinks.registry import REGISTRY
     from watcher.validate import check_start
 
-    cfg = load(args.config)  # ConfigError → exit 2 in cli.py
+    cfg = load(args.config, sink_types=REGISTRY)  # ConfigError → exit 2 in cli.py
     if not args.dry_run:  # --dry-run builds no sink and writes no state
         check_start(cfg)  # the same start-time checks as check-config; before the lock creates state_dir
     opts = Options(once=args.once, dry_run=args.dry_run, config_path=args.config,

@@ -60,7 +60,7 @@ def synthetic_event(event_type: str, *, now_ms: int, token: str) -> Event:
 async def send_test_event(cfg, event: Event) -> tuple[bool, str]:
     """Build, start, send, close. Returns (delivered, one line to print)."""
     from watcher.errors import DeliveryError, WatcherError
-    from watcher.sinks import build_sink
+    from watcher.sinks.registry import build_sink
 
     sink = build_sink(cfg)  # the sink type's own factory, as the daemon builds it
     try:
@@ -87,8 +87,9 @@ async def send_test_event(cfg, event: Event) -> tuple[bool, str]:
 def main(args: argparse.Namespace) -> int:
     from watcher.config import load
     from watcher.routing import matches
+    from watcher.sinks.registry import REGISTRY
 
-    config = load(args.config, require_api_key=False)
+    config = load(args.config, sink_types=REGISTRY, require_api_key=False)
     by_name = {s.name: s for s in config.sinks}
     cfg = by_name.get(args.name)
     if cfg is None:

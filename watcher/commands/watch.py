@@ -67,8 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from watcher import config as config_mod
+    from watcher.sinks.registry import REGISTRY
 
-    cfg = config_mod.load(args.config)
+    cfg = config_mod.load(args.config, sink_types=REGISTRY)
     try:
         return asyncio.run(watch_run(
             args.run_id,

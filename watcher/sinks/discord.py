@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from watcher.clock import SYSTEM_CLOCK, Clock
-from watcher.config import SinkConfig
 from watcher.model import Event
 from watcher.render import (
     CODE_BACKTICK,
@@ -42,8 +41,8 @@ from watcher.render import (
     ulen,
     view,
 )
-from watcher.sinks.base import SinkType
 from watcher.sinks.http import CHAT_KEYS, MAX_PACING_WAIT, BucketPacer, ChatOptions, ChatSink, parse_chat, with_query
+from watcher.sinks.spec import SinkConfig, SinkType
 
 # ------------------------------------------------------------------------------------------ limits
 
@@ -191,8 +190,8 @@ def discord_group_payload(events: list[Event]) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- the sink
 
 
-class DiscordSink(ChatSink):
-    def __init__(self, cfg: SinkConfig, *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK,
+class DiscordSink(ChatSink[ChatOptions]):
+    def __init__(self, cfg: SinkConfig[ChatOptions], *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK,
                  max_wait: float = MAX_PACING_WAIT) -> None:
         super().__init__(cfg, user_agent=user_agent, clock=clock)
         self.pacer = BucketPacer(clock, max_wait=max_wait)

@@ -10,17 +10,17 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
-from watcher.config import SinkConfig
 from watcher.model import Event
 from watcher.render import text_line
-from watcher.sinks.base import SendResult
+from watcher.sinks import stdout
+from watcher.sinks.spec import SendResult, SinkConfig
 
 NAME = "dry-run"
 
 
-def dry_run_config(events: Iterable[str]) -> SinkConfig:
+def dry_run_config(events: Iterable[str]) -> SinkConfig[stdout.StdoutOptions]:
     """The routing entry of the dry-run sink: every enabled event type, no filters."""
-    return SinkConfig(name=NAME, type="stdout", events=tuple(events))
+    return stdout.SINK.configure(NAME, events=tuple(events))
 
 
 class DryRunSink:

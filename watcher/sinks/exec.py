@@ -24,11 +24,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from watcher.config import SinkConfig, Table, type_name
 from watcher.errors import ConfigError, DeliveryError, Reason
 from watcher.model import Event
 from watcher.render import event_body, one_line
-from watcher.sinks.base import SendResult, SinkType
+from watcher.sinks.spec import SendResult, SinkConfig, SinkType, Table, type_name
 
 log = structlog.get_logger("watcher.sinks")
 
@@ -71,7 +70,7 @@ def program_problem(program: str) -> str | None:
     return f"program {program!r} not found on PATH"
 
 
-def check(cfg: SinkConfig) -> Iterator[ConfigError]:
+def check(cfg: SinkConfig[ExecOptions]) -> Iterator[ConfigError]:
     command = cfg.options.command
     if command and command[0] and (problem := program_problem(command[0])) is not None:
         yield ConfigError(cfg.key("command[0]"), problem)
@@ -112,8 +111,8 @@ async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
 
 
 class ExecSink:
-    def __init__(self, cfg: SinkConfig) -> None:
-        if cfg.options is None or not cfg.options.command or not cfg.options.command[0]:
+    def __init__(self, cfg: SinkConfig[ExecOptions]) -> None:
+        if not cfg.options.command or not cfg.options.command[0]:
             raise ConfigError(cfg.key("command"), "required: the program and its arguments (no shell)")
         self.name = cfg.name
         self.config = cfg

@@ -7,7 +7,7 @@ A torn last line (a crash mid-write) is ignored by the scan, and the next append
 All file I/O runs in a worker thread, off the event loop.
 
 Keys: ``path`` (required; relative to the config file). Start-time check: the file can be appended to, or
-created (``validate.file_problem``); ``check-config`` runs the same check.
+created (``fsprobe.file_problem``); ``check-config`` and ``run`` run the same check.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from watcher.config import SinkConfig, Table
 from watcher.errors import ConfigError, DeliveryError, Reason
+from watcher.fsprobe import file_problem
 from watcher.model import Event
 from watcher.render import event_body
-from watcher.sinks.base import SendResult, SinkType
+from watcher.sinks.spec import SendResult, SinkConfig, SinkType, Table
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -41,9 +41,7 @@ def parse(t: Table) -> FileOptions:
     return FileOptions(path=path)
 
 
-def check(cfg: SinkConfig) -> Iterator[ConfigError]:
-    from watcher.validate import file_problem
-
+def check(cfg: SinkConfig[FileOptions]) -> Iterator[ConfigError]:
     if cfg.options.path is not None and (problem := file_problem(Path(cfg.options.path))) is not None:
         yield ConfigError(cfg.key("path"), problem)
 
@@ -77,8 +75,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 class FileSink:
-    def __init__(self, cfg: SinkConfig) -> None:
-        if cfg.options is None or cfg.options.path is None:
+    def __init__(self, cfg: SinkConfig[FileOptions]) -> None:
+        if cfg.options.path is None:
             raise ConfigError(cfg.key("path"), "required: the JSON Lines file to append events to")
         self.name = cfg.name
         self.config = cfg

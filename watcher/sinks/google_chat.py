@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from watcher.clock import SYSTEM_CLOCK, Clock
-from watcher.config import SinkConfig, Table
 from watcher.errors import ConfigError
 from watcher.model import Event
 from watcher.render import (
@@ -43,8 +42,8 @@ from watcher.render import (
     view,
     wrap_format_chars,
 )
-from watcher.sinks.base import SinkType
 from watcher.sinks.http import CHAT_KEYS, ChatOptions, ChatSink, IntervalPacer, parse_chat, with_query
+from watcher.sinks.spec import SinkConfig, SinkType, Table
 
 GOOGLE_CHAT_INTERVAL = 1.0
 REPLY_OPTION = "messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"
@@ -162,9 +161,9 @@ def with_reply_option(url: str) -> str:
     return with_query(url, REPLY_OPTION)
 
 
-class GoogleChatSink(ChatSink):
-    def __init__(self, cfg: SinkConfig, *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK,
-                 min_interval: float = GOOGLE_CHAT_INTERVAL) -> None:
+class GoogleChatSink(ChatSink[GoogleChatOptions]):
+    def __init__(self, cfg: SinkConfig[GoogleChatOptions], *, user_agent: str | None = None,
+                 clock: Clock = SYSTEM_CLOCK, min_interval: float = GOOGLE_CHAT_INTERVAL) -> None:
         super().__init__(cfg, user_agent=user_agent, clock=clock)
         if cfg.options.thread not in THREAD_MODES:
             raise ConfigError(cfg.key("thread"), f"must be one of {', '.join(THREAD_MODES)}")

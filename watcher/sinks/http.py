@@ -18,20 +18,19 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import structlog
 
 from watcher import USER_AGENT
 from watcher.clock import SYSTEM_CLOCK, Clock
-from watcher.config import SinkConfig, Table, check_url, sink_secrets
 from watcher.errors import ConfigError, DeliveryError, Reason
 from watcher.model import Event
 from watcher.policy import body_snippet, classify_http
 from watcher.render import check_template
 from watcher.secret import Secret
-from watcher.sinks.base import BuildContext, SendResult
+from watcher.sinks.spec import BuildContext, SendResult, SinkConfig, Table, check_url, sink_secrets
 
 if TYPE_CHECKING:
     import aiohttp
@@ -207,7 +206,7 @@ class HttpTransport:
         raise failure
 
 
-def secret_needles(cfg: SinkConfig, *, min_length: int = 10) -> tuple[bytes, ...]:
+def secret_needles(cfg: SinkConfig[Any], *, min_length: int = 10) -> tuple[bytes, ...]:
     """Every secret a receiver could echo back: the URL, its path and query, each long path segment and
     query value (the tokens), signing secrets and header values — raw and percent-encoded, longest first."""
     values: list[str] = []
@@ -319,17 +318,28 @@ def _number(value: str | None) -> float | None:
 # --------------------------------------------------------------------------------------- base sinks
 
 
-class HttpSink:
-    """Base of every sink that POSTs JSON to its ``url``."""
+class UrlOptions(Protocol):
+    """What an HTTP sink type's options have: the ``url`` it posts to (a secret)."""
+
+    @property
+    def url(self) -> Secret | None: ...
+
+
+U = TypeVar("U", bound=UrlOptions)
+C = TypeVar("C", bound=ChatOptions)
+
+
+class HttpSink(Generic[U]):
+    """Base of every sink that POSTs JSON to its ``url``; ``U`` is its type's options."""
 
     pacer: IntervalPacer | BucketPacer | None = None
 
-    def __init__(self, cfg: SinkConfig, *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
-        if cfg.options is None or cfg.options.url is None or not cfg.options.url.reveal():
+    def __init__(self, cfg: SinkConfig[U], *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+        if cfg.options.url is None or not cfg.options.url.reveal():
             raise ConfigError(cfg.key("url"), "required (or url_file)")
         self.name = cfg.name
         self.config = cfg
-        self.options = cfg.options
+        self.options: U = cfg.options
         self.clock = clock
         self.http = HttpTransport(timeout=cfg.timeout, user_agent=user_agent)
         self._needles = secret_needles(cfg)
@@ -358,10 +368,11 @@ class HttpSink:
         return SendResult(status=reply.status, detail=body_snippet(answer))
 
 
-class ChatSink(HttpSink):
-    """A chat platform: renders a message (``payload``) and posts it to ``target``."""
+class ChatSink(HttpSink[C]):
+    """A chat platform: renders a message (``payload``) and posts it to ``target``; a group of events as one
+    message (``group_payload``, ``group_target``): a ``spec.GroupSink``."""
 
-    def __init__(self, cfg: SinkConfig, *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, cfg: SinkConfig[C], *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         super().__init__(cfg, user_agent=user_agent, clock=clock)
         if cfg.options.template is not None:
             try:
@@ -370,7 +381,7 @@ class ChatSink(HttpSink):
                 raise ConfigError(cfg.key("template"), str(exc)) from None
 
     @classmethod
-    def build(cls, cfg: SinkConfig, ctx: BuildContext) -> ChatSink:
+    def build(cls, cfg: SinkConfig[C], ctx: BuildContext) -> ChatSink[C]:
         """The ``SinkType.build`` of a chat module."""
         return cls(cfg, user_agent=ctx.user_agent, clock=ctx.clock)
 

@@ -16,7 +16,6 @@ import re
 from typing import Any
 
 from watcher.clock import SYSTEM_CLOCK, Clock
-from watcher.config import SinkConfig
 from watcher.model import Event
 from watcher.render import (
     CODE_BACKTICK,
@@ -41,8 +40,8 @@ from watcher.render import (
     view,
     wrap_format_chars,
 )
-from watcher.sinks.base import SinkType
 from watcher.sinks.http import CHAT_KEYS, ChatOptions, ChatSink, IntervalPacer, parse_chat
+from watcher.sinks.spec import SinkConfig, SinkType
 
 SLACK_INTERVAL = 1.0
 
@@ -187,8 +186,8 @@ def slack_group_payload(events: list[Event]) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- the sink
 
 
-class SlackSink(ChatSink):
-    def __init__(self, cfg: SinkConfig, *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK,
+class SlackSink(ChatSink[ChatOptions]):
+    def __init__(self, cfg: SinkConfig[ChatOptions], *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK,
                  min_interval: float = SLACK_INTERVAL) -> None:
         super().__init__(cfg, user_agent=user_agent, clock=clock)
         self.pacer = IntervalPacer(min_interval, clock)

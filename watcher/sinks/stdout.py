@@ -10,11 +10,10 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from watcher.config import SinkConfig, Table
 from watcher.errors import ConfigError, DeliveryError, Reason
 from watcher.model import Event
 from watcher.render import event_body, text_line
-from watcher.sinks.base import SendResult, SinkType
+from watcher.sinks.spec import SendResult, SinkConfig, SinkType, Table
 
 FORMATS = ("text", "json")
 
@@ -29,8 +28,8 @@ def parse(t: Table) -> StdoutOptions:
 
 
 class StdoutSink:
-    def __init__(self, cfg: SinkConfig, *, stream: TextIO | None = None) -> None:
-        if cfg.options is None or cfg.options.format not in FORMATS:
+    def __init__(self, cfg: SinkConfig[StdoutOptions], *, stream: TextIO | None = None) -> None:
+        if cfg.options.format not in FORMATS:
             raise ConfigError(cfg.key("format"), f"must be one of {', '.join(FORMATS)}")
         self.name = cfg.name
         self.config = cfg

@@ -26,8 +26,8 @@ from watcher.render import (
     render_template,
     view,
 )
-from watcher.sinks.base import SinkType
 from watcher.sinks.http import CHAT_KEYS, ChatOptions, ChatSink, parse_chat
+from watcher.sinks.spec import SinkType
 
 # ------------------------------------------------------------------------------------------ limits
 
@@ -182,7 +182,7 @@ def teams_group_payload(events: list[Event]) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- the sink
 
 
-class TeamsSink(ChatSink):
+class TeamsSink(ChatSink[ChatOptions]):
     def payload(self, event: Event) -> dict[str, Any]:
         return teams_payload(event, template=self.options.template)
 

@@ -19,14 +19,13 @@ import re
 from dataclasses import dataclass, field
 
 from watcher.clock import SYSTEM_CLOCK, Clock
-from watcher.config import SinkConfig, Table, check_secret_text
 from watcher.errors import ConfigError
 from watcher.model import Event
 from watcher.render import event_body
 from watcher.secret import Secret
 from watcher.signing import signature_headers, signing_keys
-from watcher.sinks.base import BuildContext, SendResult, SinkType
 from watcher.sinks.http import URL_KEYS, HttpSink, parse_url
+from watcher.sinks.spec import BuildContext, SendResult, SinkConfig, SinkType, Table, check_secret_text
 
 KEYS = (*URL_KEYS, "secret", "secret_file", "signature", "headers", "concurrency")
 DEFAULT_CONCURRENCY = 8
@@ -108,10 +107,11 @@ def describe(cfg: SinkConfig) -> list[str]:
 # -------------------------------------------------------------------------------------------- sink
 
 
-class WebhookSink(HttpSink):
-    def __init__(self, cfg: SinkConfig, *, user_agent: str | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+class WebhookSink(HttpSink[WebhookOptions]):
+    def __init__(self, cfg: SinkConfig[WebhookOptions], *, user_agent: str | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         super().__init__(cfg, user_agent=user_agent, clock=clock)
-        options: WebhookOptions = cfg.options
+        options = cfg.options
         try:
             self._keys = signing_keys(options.signature, [s.reveal() for s in options.secrets])
         except ValueError as exc:
@@ -135,7 +135,7 @@ class WebhookSink(HttpSink):
         return await self.post(self.options.url.reveal(), data, headers)
 
 
-def build(cfg: SinkConfig, ctx: BuildContext) -> WebhookSink:
+def build(cfg: SinkConfig[WebhookOptions], ctx: BuildContext) -> WebhookSink:
     return WebhookSink(cfg, user_agent=ctx.user_agent, clock=ctx.clock)
 
 
