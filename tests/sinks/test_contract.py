@@ -91,6 +91,20 @@ def test_every_type_declares_a_sink_module(sink_type: str) -> None:
     assert isinstance(cfg.options, spec.options)
 
 
+def test_a_chat_platforms_message_code_is_in_its_own_module() -> None:
+    """One sink = one module: render.py keeps the shared view; nothing in it is about one platform."""
+    from watcher import render
+
+    platform_names = [name for name in vars(render)
+                      if any(p in name.lower() for p in ("slack", "discord", "teams", "google", "chat"))]
+    assert platform_names == []
+    for sink_type in ("slack", "discord", "teams", "google_chat"):
+        module = __import__(f"watcher.sinks.{sink_type}", fromlist=["SINK"])
+        assert module.SINK is REGISTRY[sink_type]
+        for function in (f"{sink_type}_payload", f"{sink_type}_group_payload"):
+            assert getattr(module, function).__module__ == module.__name__
+
+
 @pytest.mark.parametrize("sink_type", SINK_TYPES)
 async def test_every_sink_starts_sends_and_closes_twice(sink_type: str, receiver: Receiver, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,13 +17,13 @@ import pytest
 
 from tests.fakes import FakeClock
 from tests.sinks.helpers import make_event
-from watcher.config import SinkConfig, Table, parse
+from watcher.config import parse
 from watcher.dispatcher import Dispatcher
 from watcher.errors import ConfigError
 from watcher.model import Event
 from watcher.routing import route
 from watcher.sinks.registry import REGISTRY, build_sink, register, unregister
-from watcher.sinks.spec import SendResult, SinkType
+from watcher.sinks.spec import SendResult, SinkConfig, SinkType, Table  # the contract a sink module imports
 from watcher.store import AsyncStore, Store
 from watcher.validate import check_start
 
@@ -41,13 +41,13 @@ def parse_memory(t: Table) -> MemoryOptions:
     return MemoryOptions(room=t.required_string("room", "where to put events"))
 
 
-def check_memory(cfg: SinkConfig) -> Iterator[ConfigError]:
+def check_memory(cfg: SinkConfig[MemoryOptions]) -> Iterator[ConfigError]:
     if cfg.options.room == "closed":
         yield ConfigError(cfg.key("room"), "that room is closed")
 
 
 class MemorySink:
-    def __init__(self, cfg: SinkConfig) -> None:
+    def __init__(self, cfg: SinkConfig[MemoryOptions]) -> None:
         self.name = cfg.name
         self.config = cfg
 
@@ -71,7 +71,7 @@ MEMORY = SinkType(name="memory", keys=("room",), options=MemoryOptions, parse=pa
 
 @pytest.fixture
 def memory_type() -> Iterator[None]:
-    register(MEMORY)  # the one registry line (built-in types are listed in watcher/sinks/__init__.py)
+    register(MEMORY)  # the one registry line (built-in types are listed in watcher/sinks/registry.py)
     RECEIVED.clear()
     try:
         yield
