@@ -70,6 +70,20 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def quantile(latencies_ms: list[float], misses: int, q: float) -> float:
+    """The ``q`` quantile of ``latencies_ms`` plus ``misses`` values of +inf (events never delivered)."""
+    total = len(latencies_ms) + misses
+    if total == 0:
+        return float("nan")
+    rank = min(total - 1, int(q * total))
+    data = sorted(latencies_ms)
+    return data[rank] if rank < len(data) else float("inf")
+
+
+def seconds_text(ms: float) -> str:
+    return "missed" if ms == float("inf") else f"{ms / 1000:.2f} s"
+
+
 @dataclass
 class Result:
     name: str
@@ -83,6 +97,7 @@ class Result:
     lost: int = 0
     duplicates: int = 0
     by_route: dict = field(default_factory=dict)
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the window's start and end (shared machine)
     hook: dict | None = None  # with --webhook: expected, delivered, duplicates, latencies_ms (run end → receiver)
 
     @property
@@ -90,15 +105,14 @@ class Result:
         return self.requests / self.seconds * 60
 
     def pct(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        data = sorted(self.latencies_ms)
-        return data[min(len(data) - 1, int(q * len(data)))]
+        """The ``q`` quantile of detection latency over every expected transition: one never seen counts as a
+        miss (infinitely late), so a p99 cannot look good by leaving out what was not delivered."""
+        return quantile(self.latencies_ms, self.lost, q)
 
     def row(self, baseline: Result | None = None) -> str:
         ratio = f"{baseline.per_minute / self.per_minute:.1f}×" if baseline and self.per_minute else "—"
-        return (f"| {self.name} | {self.active:,} | {self.per_minute:,.0f} | {ratio} | {self.pct(0.5) / 1000:.2f} s | "
-                f"{self.pct(0.99) / 1000:.2f} s | {self.cpu_s:.1f} s ({self.cpu_s / self.seconds * 100:.1f} %) | "
+        return (f"| {self.name} | {self.active:,} | {self.per_minute:,.0f} | {ratio} | {seconds_text(self.pct(0.5))} | "
+                f"{seconds_text(self.pct(0.99))} | {self.cpu_s:.1f} s ({self.cpu_s / self.seconds * 100:.1f} %) | "
                 f"{self.rss_mb:.0f} MB | {self.expected} / {self.lost} / {self.duplicates} |")
 
 
@@ -191,7 +205,9 @@ async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, 
         await sim.post("/stats/reset", {})
         t0_ms = now_ms()
         cpu0 = cpu_seconds(proc.pid)
+        load0 = os.getloadavg()[0]
         await asyncio.sleep(seconds)
+        load1 = os.getloadavg()[0]
         t1_ms = now_ms()
         stats = await sim.get("/stats")
         cpu1 = cpu_seconds(proc.pid)
@@ -211,7 +227,7 @@ async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, 
     expected = {t["run_id"]: t for t in truth_items
                 if t0_ms <= t["completed_at"] < t1_ms and t.get("kind", "technique") in kinds}
     result = Result(name=name, active=active, seconds=(t1_ms - t0_ms) / 1000, requests=stats["requests_total"],
-                    cpu_s=cpu1 - cpu0, rss_mb=rss, expected=len(expected),
+                    cpu_s=cpu1 - cpu0, rss_mb=rss, expected=len(expected), load=(load0, load1),
                     by_route={k: sum(v.values()) for k, v in stats["by_route"].items()})
     if receiver is not None:
         async with aiohttp.ClientSession() as session, session.get(f"{receiver}/arrivals") as r:
@@ -234,10 +250,12 @@ async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, 
 
 def hook_line(r: Result) -> str:
     h = r.hook or {}
-    lat = h.get("latencies_ms") or [float("nan")]
-    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    lat = h.get("latencies_ms") or []
+    missed = max(0, (h.get("expected") or 0) - len(lat))  # undelivered: counted as misses in the quantiles
+    p50, p99 = quantile(lat, missed, 0.5), quantile(lat, missed, 0.99)
     return (f"webhook @ {r.active:,}: {h.get('delivered')} of {h.get('expected')} ended runs delivered by the end "
-            f"({h.get('duplicates')} duplicates); run end → receiver p50 {p50 / 1000:.2f} s, p99 {p99 / 1000:.2f} s; "
+            f"({h.get('duplicates')} duplicates); run end → receiver p50 {seconds_text(p50)}, "
+            f"p99 {seconds_text(p99)} (undelivered counted as misses); "
             f"watcher CPU {r.cpu_s:.1f} s in {r.seconds:.0f} s ({r.cpu_s / r.seconds * 100:.1f} % of a core), "
             f"peak RSS {r.rss_mb:.0f} MB")
 
@@ -409,7 +427,9 @@ async def run_all(args: argparse.Namespace, receiver: str | None) -> None:
     routes = "\n".join(f"- {r.name} @ {r.active:,}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(r.by_route.items()))
                        for r in results)
     hooks = "\n".join(f"- {hook_line(r)}" for r in results if r.hook is not None)
-    print("\n" + table + "\n\nrequests by route during the window:\n" + routes + ("\n\n" + hooks if hooks else ""))
+    loads = "; ".join(f"{r.name} @ {r.active:,}: {r.load[0]:.1f} → {r.load[1]:.1f}" for r in results)
+    print("\n" + table + "\n\nrequests by route during the window:\n" + routes + ("\n\n" + hooks if hooks else "")
+          + f"\n\nload average (1 min) at the window's start → end: {loads}")
     if args.write:
         cmd = "python bench/bench_engine.py " + " ".join(sys.argv[1:])
         section = (
@@ -418,7 +438,8 @@ async def run_all(args: argparse.Namespace, receiver: str | None) -> None:
             f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; interval {args.interval:g} s; "
             f"watcher API budget max_rps {args.max_rps:g} (1k) / {args.max_rps_10k:g} (10k); "
             f"window {args.seconds:.0f} s after {args.warmup:.0f} s warm-up; runs last 20-120 s, 15 % fail.\n\n"
-            f"{table}\n\nRequests by route during the window:\n\n{routes}\n"
+            f"{table}\n\nRequests by route during the window:\n\n{routes}\n\n"
+            f"Load average (1 min) at the window's start → end: {loads}.\n"
             + (f"\nWith a webhook sink (signed, receiver in its own process; latency = the simulator's completed_at "
                f"to the receiver's arrival):\n\n{hooks}\n" if hooks else "")
         )
@@ -451,8 +472,8 @@ async def compare_resources(args: argparse.Namespace) -> None:
     header = ("| watching | active runs (all kinds) | API requests/min | latency p50 | latency p99 | "
               "CPU (share of one core) | peak RSS | transitions / lost / duplicate |\n"
               "|---|---|---|---|---|---|---|---|")
-    rows = [f"| {r.name} | {r.active:,} | {r.per_minute:,.0f} | {r.pct(0.5) / 1000:.2f} s | {r.pct(0.99) / 1000:.2f} s "
-            f"| {r.cpu_s:.1f} s ({r.cpu_s / r.seconds * 100:.1f} %) | {r.rss_mb:.0f} MB "
+    rows = [f"| {r.name} | {r.active:,} | {r.per_minute:,.0f} | {seconds_text(r.pct(0.5))} "
+            f"| {seconds_text(r.pct(0.99))} | {r.cpu_s:.1f} s ({r.cpu_s / r.seconds * 100:.1f} %) | {r.rss_mb:.0f} MB "
             f"| {r.expected} / {r.lost} / {r.duplicates} |" for r in results]
     table = "\n".join([header, *rows])
     routes = "\n".join(f"- {r.name}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(r.by_route.items()))
