@@ -58,11 +58,14 @@ def _number(value: object) -> float | None:
     """A finite number from an int, float or numeric string; bools and everything else → None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
-        number = float(value.strip())
-    else:
+    try:
+        if isinstance(value, int | float):
+            number = float(value)
+        elif isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
+            number = float(value.strip())
+        else:
+            return None
+    except OverflowError:  # an integer beyond any float (JSON allows a 400-digit one)
         return None
     return number + 0.0 if math.isfinite(number) else None  # (+ 0.0: -0.0 becomes 0.0, as JSON readers expect)
 

@@ -74,7 +74,8 @@ def test_to_ms_accepts_seconds_milliseconds_and_iso(value: object, expected: int
 
 @pytest.mark.parametrize(
     "value",
-    [None, True, False, -5, float("nan"), float("inf"), "", "soon", "12abc", [1], {"t": 1}, 10**20, "1e400"],
+    [None, True, False, -5, float("nan"), float("inf"), "", "soon", "12abc", [1], {"t": 1}, 10**20, "1e400",
+     10**400],
 )
 def test_to_ms_rejects_everything_else(value: object) -> None:
     assert to_ms(value) is None
@@ -180,6 +181,7 @@ def test_defaults_fill_in_what_the_caller_knows() -> None:
         (True, None),
         ("half", None),
         ([], None),
+        (10**400, None),  # beyond any float: not a crash
     ],
 )
 def test_progress_is_a_raw_float_or_none(raw: object, expected: float | None) -> None:
@@ -395,7 +397,7 @@ def test_camel_case_meta() -> None:
     assert (page.next_cursor, page.total_estimate) == ("c2", 3)
 
 
-@pytest.mark.parametrize("estimate", [-1, 2.5, "10", True, None])
+@pytest.mark.parametrize("estimate", [-1, 2.5, "10", True, None, 10**400])
 def test_odd_total_estimates_become_none(estimate: object) -> None:
     assert parse_list_page({"data": [], "meta": {"total_estimate": estimate}}).total_estimate is None
 
