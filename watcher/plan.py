@@ -27,6 +27,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
+from msgspec.structs import replace as replace_struct
+
 from watcher.model import (
     RESOURCE_GENERATIONS,
     RESOURCE_TECHNIQUE_RUNS,
@@ -199,17 +201,17 @@ def runs_to_poll(
 def after_poll(t: TrackedRun, *, changed: bool, now_ms: int, rand: float, first_s: float, cap_s: float) -> TrackedRun:
     """Reschedule a polled run: fast again after a change, otherwise back off with jitter up to the cap."""
     if t.terminal:
-        return replace(t, next_poll_ms=None, poll_attempt=0)
+        return replace_struct(t, next_poll_ms=None, poll_attempt=0)
     attempt = 0 if changed else t.poll_attempt + 1
     delay_s = poll_delay(attempt, rand, first=first_s, cap=cap_s)
-    return replace(t, poll_attempt=attempt, next_poll_ms=now_ms + int(delay_s * 1000))
+    return replace_struct(t, poll_attempt=attempt, next_poll_ms=now_ms + int(delay_s * 1000))
 
 
 def settled_by_listing(t: TrackedRun) -> TrackedRun:
     """A run the listing showed needs no per-run poll schedule."""
     if t.next_poll_ms is None and t.poll_attempt == 0:
         return t
-    return replace(t, next_poll_ms=None, poll_attempt=0)
+    return replace_struct(t, next_poll_ms=None, poll_attempt=0)
 
 
 # A run whose progress moved only restarts its stall clock (``TrackedRun.stuck_since_ms``). That is written to the

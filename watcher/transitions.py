@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
+from msgspec.structs import replace
 
 from watcher.model import (
     TERMINAL_EVENT_FOR_STATUS,
@@ -55,8 +58,7 @@ class Context:
     stalled_after_ms: int = 0  # [watch].stalled_after in ms; 0 = run.stalled disabled
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True, gc=False):
     """The outcome of one observation.
 
     ``tracked`` is the state to remember. It *is* ``prev`` (the same object) when the observation must leave

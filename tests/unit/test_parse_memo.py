@@ -3,8 +3,7 @@ and ``Run.with_progress`` take their fast paths without changing a result."""
 
 from __future__ import annotations
 
-import dataclasses
-
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -143,4 +142,4 @@ def test_merged_with_gives_what_merging_field_by_field_gives(new: Run, older: Ru
 
 @given(runs, st.none() | st.floats(0, 100))
 def test_with_progress_is_replace(run: Run, progress: float | None) -> None:
-    assert run.with_progress(progress) == dataclasses.replace(run, progress=progress)
+    assert run.with_progress(progress) == Run(**{**msgspec.structs.asdict(run), "progress": progress})

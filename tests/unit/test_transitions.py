@@ -4,11 +4,11 @@ rules, event shape, and hypothesis properties over arbitrary observation sequenc
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from watcher.model import ALL_EVENT_TYPES, Event, Output, Run, Technique, TrackedRun, event_id
 from watcher.transitions import TABLE, Context, Decision, Phase, build_event, detect, final, phase_of
