@@ -32,6 +32,7 @@ import msgspec
 from msgspec.structs import replace
 
 from watcher.model import (
+    ACTIVE_STATUSES,
     TERMINAL_EVENT_FOR_STATUS,
     Event,
     EventType,
@@ -42,7 +43,7 @@ from watcher.model import (
 )
 
 __all__ = ["TABLE", "Action", "Context", "Decision", "Phase", "build_event", "detect", "final", "phase_of",
-           "stall_check"]
+           "quick_observe", "stall_check", "stall_due"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +272,19 @@ def _is_late(happened_at: int | None, ctx: Context) -> bool:
 # ------------------------------------------------------------------------------------------- stuck runs
 
 
+def stall_due(t: TrackedRun, ctx: Context) -> bool:
+    """Whether ``stall_check`` would emit the ``run.stalled`` of ``t`` now (see there)."""
+    run = t.run
+    return not (
+        ctx.stalled_after_ms <= 0
+        or EventType.STALLED not in ctx.enabled
+        or t.stalled
+        or run.status not in ACTIVE_STATUSES
+        or run.created_at is None
+        or run.created_at < ctx.first_start_ms
+    ) and ctx.now_ms - t.stuck_since > ctx.stalled_after_ms
+
+
 def stall_check(t: TrackedRun, ctx: Context) -> tuple[TrackedRun, tuple[Event, ...]]:
     """The one ``run.stalled`` of a run stuck for longer than ``ctx.stalled_after_ms``, if it is due now.
 
@@ -278,24 +292,36 @@ def stall_check(t: TrackedRun, ctx: Context) -> tuple[TrackedRun, tuple[Event, .
     when disabled (0 or the type not enabled), already reported, not pending/running, created before the
     watcher's first start or at an unknown time, or not stuck long enough yet.
     """
+    if not stall_due(t, ctx):
+        return t, ()
     run = t.run
-    if (
-        ctx.stalled_after_ms <= 0
-        or EventType.STALLED not in ctx.enabled
-        or t.stalled
-        or not run.active
-        or run.created_at is None
-        or run.created_at < ctx.first_start_ms
-    ):
-        return t, ()
     stalled_for = ctx.now_ms - t.stuck_since
-    if stalled_for <= ctx.stalled_after_ms:
-        return t, ()
     late = t.stuck_since + ctx.stalled_after_ms < ctx.process_start_ms
     event = build_event(
         EventType.STALLED, run, run.status, now_ms=ctx.now_ms, late=late, stalled_for=stalled_for
     )
     return replace(t, stalled=True), (event,)
+
+
+def quick_observe(prev: TrackedRun, observed: Run, ctx: Context) -> TrackedRun | None:
+    """``detect(prev, observed, ctx)`` for the observations that change nothing but ``progress``: most of a
+    sweep's (a running run shows a new progress in every listing; a pending one shows the same item). Returns the
+    state to remember — ``prev`` itself when nothing moved, ``prev`` with the new progress and its stall clock
+    restarted when only the progress moved — or None when ``detect`` must decide: anything else differs, or a
+    ``run.stalled`` is due now. When it returns a state, ``detect`` would return an equal one, no event and no
+    change (``tests/unit/test_stalled.py`` checks it against ``detect``); it only skips the work: the phase table,
+    the merge, a new ``Decision`` and the full stall check for each of ~10,000 listed runs a sweep."""
+    run = prev.run
+    if run.status in TERMINAL_EVENT_FOR_STATUS:
+        return prev  # finished: every observation is ignored (``final``)
+    if observed is not run and observed != run:
+        moved = observed.progress
+        if moved is None or observed.status != run.status or replace(observed, progress=run.progress) != run:
+            return None  # (an absent progress reading is no change: ``detect`` merges the older one in)
+        # Only the progress moved: the stall clock restarts, so no run.stalled can be due.
+        return TrackedRun(observed, prev.first_seen_ms, prev.last_change_ms, prev.poll_attempt, prev.next_poll_ms,
+                          ctx.now_ms if ctx.stalled_after_ms > 0 else prev.stuck_since_ms, prev.stalled)
+    return None if stall_due(prev, ctx) else prev
 
 
 # ------------------------------------------------------------------------------------------- state

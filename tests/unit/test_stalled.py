@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from watcher.model import ALL_EVENT_TYPES, Model, Run, TrackedRun, event_id
 from watcher.store import decode_tracked, encode_tracked
-from watcher.transitions import Context, detect
+from watcher.transitions import Context, detect, quick_observe
 
 FIRST_START = 1_000_000
 AFTER = 1_800_000  # stalled_after in ms
@@ -193,3 +193,59 @@ def test_stalled_properties(history):
         if new is not None:
             assert new.stalled is (stalled == 1)  # the marker is exactly "an event was emitted"
         prev = new
+
+
+# ------------------------------------------------------------------- the sweep's shortcut: quick_observe
+
+
+def test_progress_alone_moves_the_stall_clock_without_detect():
+    t = seen("running", 40.0)
+    moved = quick_observe(t, run("running", 41.0), ctx(T0 + 5_000))
+    assert moved is not None and moved.run.progress == 41.0 and moved.stuck_since == T0 + 5_000
+    assert moved == detect(t, run("running", 41.0), ctx(T0 + 5_000)).tracked
+    assert quick_observe(t, t.run, ctx(T0 + 5_000)) is t  # shown again unchanged: the very state
+    assert quick_observe(t, run("running", 40.0), ctx(T0 + 5_000)) is t  # an equal observation too
+
+
+@pytest.mark.parametrize(
+    ("why", "observed", "at"),
+    [
+        ("status moved", run("completed", 40.0, completed_at=T0 + 1), T0 + 5_000),
+        ("another field moved", run("running", 41.0, started_at=T0 - 3_000), T0 + 5_000),
+        ("an absent progress reading", run("running", None), T0 + 5_000),
+        ("a stall is due", run("running", 40.0), T0 + AFTER + 1),
+    ],
+)
+def test_anything_but_progress_goes_to_detect(why, observed, at):
+    assert quick_observe(seen("running", 40.0), observed, ctx(at)) is None, why
+
+
+def test_a_moved_progress_is_never_a_stall_even_when_one_was_due():
+    t = seen("running", 40.0)
+    late = T0 + 10 * AFTER
+    moved = quick_observe(t, run("running", 41.0), ctx(late))
+    assert moved is not None and moved.stuck_since == late and not moved.stalled
+    assert detect(t, run("running", 41.0), ctx(late)).events == ()
+
+
+@settings(max_examples=500, deadline=None)
+@given(stall_histories(), st.data())
+def test_quick_observe_answers_as_detect_would(history, data):
+    """Wherever ``quick_observe`` answers, ``detect`` gives an equal state, no event and no change; and a sweep that
+    takes its answer where it has one (``detect`` otherwise) reports each stall exactly as ``detect`` alone."""
+    prev: TrackedRun | None = None
+    alone: TrackedRun | None = None  # the same history through detect only
+    for observed, c, restart in history:
+        if restart and prev is not None:
+            prev, alone = decode_tracked(encode_tracked(prev)), decode_tracked(encode_tracked(alone))
+        if prev is not None and data.draw(st.booleans()):
+            observed = prev.run  # the parse memo hands back the very run it remembers for an unchanged item
+        d = detect(alone, observed, c)
+        quick = quick_observe(prev, observed, c) if prev is not None else None
+        if quick is not None:
+            assert quick == d.tracked and d.events == () and not d.changed
+            prev = quick
+        else:
+            prev = detect(prev, observed, c).tracked
+        assert prev == d.tracked
+        alone = d.tracked
