@@ -1,5 +1,6 @@
 """Can the daemon create, or append to, a path? Start-time probes for ``validate.py`` (the state directory) and
-for the file sink's own check (``sinks/file.py``). Shell: it looks at the filesystem, and leaves nothing behind.
+for the file sink's own check (``sinks/file.py``). Shell: it looks at the filesystem, and leaves nothing behind,
+and never opens a file a state ``Store`` of this process holds (``store.held_here``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def file_problem(path: Path, *, read: bool = False) -> str | None:
         return None if problem is None else f"cannot create {path}: {problem}"
     if not stat.S_ISREG(st.st_mode):
         return f"{path} is not a regular file"
+    from watcher.store import held_here
+
+    if held_here(path):  # never open (and close) a file our own state store holds: it would drop its locks
+        return f"{path} is the watcher's state store"
     try:
         os.close(os.open(path, (os.O_RDWR if read else os.O_WRONLY) | os.O_APPEND | os.O_CLOEXEC))
     except OSError as exc:

@@ -2,9 +2,13 @@
 
 ``Store.open(path)`` opens (creates 0600, migrates) the file with WAL and ``synchronous=FULL``, so a commit
 that returned survives a crash; every sqlite3 error becomes an ``errors.StoreError`` naming the file and the
-reason. A ``Store`` is used from one thread at a time: ``AsyncStore`` runs each call on one dedicated worker
-thread and is what the engine awaits (it implements ``store_api.StateStore``, where the contract of every
-method is written down). ``Store.snapshot(path)`` is an in-memory copy for ``--dry-run``.
+reason. One opener per file and process: closing *any* descriptor of a file drops every POSIX lock the process
+holds on it (SQLite "How To Corrupt" §2.2), so while a ``Store`` holds a file, ``Store.open`` refuses to open it
+again in the same process, and nothing else in the process may open it (``held_here``).
+
+A ``Store`` is used from one thread at a time: ``AsyncStore`` runs each call on one dedicated worker thread and
+is what the engine awaits (it implements ``store_api.StateStore``, where the contract of every method is
+written down). ``Store.snapshot(path)`` is an in-memory copy for ``--dry-run``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import json
 import os
 import sqlite3
 import stat
+import threading
+import weakref
 from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -99,6 +105,59 @@ PAUSE_PREFIX = "sink_paused."  # meta keys of paused sinks (set_sink_pause)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+# ------------------------------------------------------------------------------- one opener per file
+
+# The state files a Store of this process holds open, by (device, inode). Closing any descriptor of a file drops
+# every POSIX lock the process holds on it (SQLite "How To Corrupt" §2.2): a second connection, or a check that
+# merely opens and closes the file, would leave the first connection unlocked, and the next process to close
+# its connection would take itself for the last one, checkpoint and delete the WAL under the first.
+_HELD: set[tuple[int, int]] = set()
+_HELD_LOCK = threading.Lock()
+_SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def _file_id(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def held_here(path: str | os.PathLike[str]) -> bool:
+    """True when a ``Store`` of this process holds the file at ``path`` (the database file itself; its -wal and
+    -shm sidecars count as held with it). Whoever would open such a file must not: use the store instead."""
+    name = os.fspath(path)
+    for candidate in (name, *(name.removesuffix(s) for s in _SIDECARS if name.endswith(s))):
+        key = _file_id(candidate)
+        if key is not None:
+            with _HELD_LOCK:
+                if key in _HELD:
+                    return True
+    return False
+
+
+def _hold(name: str) -> tuple[int, int] | None:
+    """Register ``name`` as held by a Store of this process; StoreError when one already holds it."""
+    key = _file_id(name)
+    if key is None:
+        return None
+    with _HELD_LOCK:
+        if key in _HELD:
+            raise StoreError(
+                f"state store {name} is already open in this process; a second connection would drop the first "
+                "one's locks when it closes (SQLite's \"how to corrupt\" §2.2): use the open store"
+            )
+        _HELD.add(key)
+    return key
+
+
+def _release(key: tuple[int, int] | None) -> None:
+    if key is not None:
+        with _HELD_LOCK:
+            _HELD.discard(key)
 
 
 # ------------------------------------------------------------------------------------ pure helpers
@@ -262,10 +321,13 @@ def _translated(fn: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[
 class Store:
     """The state store on one SQLite connection. Open with ``Store.open(path)``."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str, *, _held: tuple[int, int] | None = None) -> None:
         self._conn = conn
         self.path = path
         self._closed = False
+        # The file stays registered as held until close(), or until this Store is collected unclosed (its
+        # connection is closed then too, and the file's inode may be reused by a new file).
+        self._release = weakref.finalize(self, _release, _held)
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -278,10 +340,11 @@ class Store:
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> Store:
         """Open (create, migrate) the store at ``path``. ``":memory:"`` gives a throwaway store for tests."""
-        name, created = os.fspath(path), False
+        name, created, held = os.fspath(path), False, None
         if name != _MEMORY:
             file = Path(name).expanduser()
             name, created = os.fspath(file), _prepare_file(file, create=create)
+            held = _hold(name)  # refused before sqlite3 opens the file a second time
         try:
             conn = sqlite3.connect(
                 name,
@@ -291,16 +354,18 @@ class Store:
                 cached_statements=256,
             )
         except sqlite3.Error as exc:
+            _release(held)
             raise StoreError(f"state store {name}: cannot open: {explain(exc)}") from exc
         try:
             _configure(conn, name, busy_timeout_ms)
             _migrate(conn, name)
+            if created:
+                _restrict_sidecars(name)
         except BaseException:
             conn.close()
+            _release(held)
             raise
-        if created:
-            _restrict_sidecars(name)
-        return cls(conn, name)
+        return cls(conn, name, _held=held)
 
     @classmethod
     def snapshot(cls, path: str | os.PathLike[str]) -> Store:
@@ -320,6 +385,7 @@ class Store:
         finally:
             source._conn.close()  # not close(): PRAGMA optimize would write to the file
             source._closed = True
+            source._release()
         return cls(target, f"{file} (in-memory copy)")
 
     @property
@@ -342,7 +408,10 @@ class Store:
         except sqlite3.Error as exc:  # locked, read-only, full: an optimisation skipped, nothing lost
             log.debug("store.optimize_skipped", path=self.path, error=explain(exc))
         finally:
-            self._conn.close()
+            try:
+                self._conn.close()
+            finally:
+                self._release()
 
     def __enter__(self) -> Store:
         return self

@@ -629,11 +629,14 @@ def test_ensure_meta_sets_only_once(store: Store) -> None:
     assert store.all_meta() == {"first_start_ms": str(T0 + 2), "other": "x"}
 
 
-def test_a_second_connection_sees_committed_sweeps(db_path: Path) -> None:
-    """The daemon writes while `flora-watcher status` reads the same file."""
-    with Store.open(db_path) as daemon, Store.open(db_path, create=False) as cli:
+def test_another_process_sees_committed_sweeps(db_path: Path) -> None:
+    """The daemon writes while `flora-watcher status` (another process) reads the same file."""
+    read = "import sys; from watcher.store import Store; print(Store.open(sys.argv[1], create=False).pending_counts())"
+    with Store.open(db_path) as daemon:
         commit_events(daemon, (make_event("run_a"), ["ops"]))
-        assert cli.pending_counts() == {"ops": 1}
+        out = subprocess.run([sys.executable, "-c", read, str(db_path)], capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == "{'ops': 1}", out.stderr
+        assert daemon.pending_counts() == {"ops": 1}
 
 
 # -------------------------------------------------------------------------------------- durability

@@ -4,7 +4,9 @@ at once instead of sent ("a running daemon picks them up within seconds")."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import sys
 from pathlib import Path
 
 from watcher.clock import SYSTEM_CLOCK
@@ -50,8 +52,13 @@ async def test_replay_from_another_process_re_enables_a_disabled_sink_in_a_runni
         worker = SinkWorker(sink, store, cfg=DeliveryConfig(), clock=SYSTEM_CLOCK, rand=random.Random(0),
                             disabled_reason=reason)
 
-        with Store.open(path) as cli:  # `flora-watcher replay --failed`, another process
-            assert cli.replay_failed(now_ms=now) == 1
+        # `flora-watcher replay --failed`, another process (a second connection in this one is refused)
+        replay = ("import sys; from watcher.store import Store; "
+                  "print(Store.open(sys.argv[1]).replay_failed(now_ms=int(sys.argv[2])))")
+        cli = await asyncio.create_subprocess_exec(sys.executable, "-c", replay, str(path), str(now),
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(cli.communicate(), 60)
+        assert out.decode().strip() == "1", err.decode()
 
         assert await worker.deliver_due() == 1
         assert sink.sent == [event.id]
