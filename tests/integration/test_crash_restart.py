@@ -67,11 +67,11 @@ async def test_sigkill_and_restart_lose_nothing_and_duplicate_nothing(tmp_path: 
         events_file = tmp_path / "events.jsonl"
         with open(tmp_path / "watcher.log", "ab") as log:
             proc = await start(cfg, log)
-            deadline = time.monotonic() + 10
-            while not store_path(tmp_path / "state").exists():
-                assert time.monotonic() < deadline, "watcher did not start"
+            deadline = time.monotonic() + 30
+            while b'"sweep.finished"' not in (tmp_path / "watcher.log").read_bytes():  # always logged by a first sweep
+                assert time.monotonic() < deadline, "watcher did not finish its first sweep"
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)  # first sweep done: from now on every run is new
+            # first sweep done: from now on every run is new (a fixed 0.5 s was not always enough on a busy machine)
             created: list[str] = []
             for _round in range(4):
                 created += sim.sim.create_runs(rng.randint(5, 15), pending_ms=(10, 200), running_ms=(50, 1200))
