@@ -198,26 +198,42 @@ class Fleet:
             await asyncio.sleep(0.1)
 
     async def roles_ready(self, timeout: float = 15.0) -> None:
-        """Every running instance ready, its /readyz naming its role: the sweeper's and the standby's (issue 24
-        item 5: a standby that heartbeats and delivers is ready)."""
-        sweeper, _, _ = self.sweeper()
-        for inst in self.instances.values():
-            if not inst.proc.alive():
-                continue
-            body = await self.ready(inst, timeout)
-            role = "sweeper" if inst.name == sweeper else "standby"
-            assert role in body, f"instance {inst.name} is the {role}; its /readyz says {body.strip()!r}"
+        """Wait until every running instance is ready and its /readyz names the role the database gives it: the
+        sweeper's and the standby's (issue 24 item 5: a standby that heartbeats and delivers is ready). The two
+        views may differ for a moment around a takeover, so both are read again until they agree."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sweeper, _, valid = self.sweeper()
+            answers = {}
+            for inst in self.instances.values():
+                if inst.proc.alive():
+                    answers[inst.name] = await inst.readyz()
+                else:
+                    inst.assert_alive()  # a crash is a failure; a process not started yet is waited for below
+            wrong = {}
+            for name, (status, body) in answers.items():
+                role, other = ("sweeper", "standby") if name == sweeper else ("standby", "sweeper")
+                if status != 200 or role not in body or other in body or not valid:
+                    wrong[name] = f"the {role}: /readyz {status} {body.strip()!r}"
+            if not wrong:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not ready in its role within {timeout}s: {wrong}")
+            await asyncio.sleep(0.1)
 
-    async def not_ready(self, inst: Instance, timeout: float = 20.0) -> str:
-        """Wait until ``inst``'s /readyz answers 503; its body (the reason)."""
+    async def not_ready(self, inst: Instance, says: Callable[[str], bool] = lambda body: True,
+                        timeout: float = 20.0) -> str:
+        """Wait until ``inst``'s /readyz answers 503 with a reason that ``says`` accepts; that reason. (The first
+        503 of an outage may name a symptom — a lease heartbeat gone stale while the database connection still
+        times out — before the cause.)"""
         deadline = time.monotonic() + timeout
         while True:
             inst.assert_alive()
             status, body = await inst.readyz()
-            if status == 503:
+            if status == 503 and says(body):
                 return body
             if time.monotonic() > deadline:
-                raise AssertionError(f"instance {inst.name} still answers /readyz {status} {body.strip()!r} "
+                raise AssertionError(f"instance {inst.name} answers /readyz {status} {body.strip()!r} "
                                      f"{timeout}s into the outage")
             await asyncio.sleep(0.1)
 
