@@ -6,6 +6,9 @@
 Rounds are run in batches (``--batch`` rounds per batch, each batch a fresh simulator, state and receivers, so a
 failure names a small reproducible batch: ``--seed`` + batch number). Exits 0 when every batch passed, 1 when any
 check failed, and stops starting new batches after ``--max-seconds``. Loopback only.
+
+Each random-kill round first reloads the daemon (SIGHUP: the same config, a changed webhook URL, an unparseable
+file) and runs one admin command next to it (issue 24); ``--no-operations`` leaves them out.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=1800, help="start no batch after this (default 1800)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     p.add_argument("--keep", type=Path, default=None, help="keep each batch's work directory under this one")
+    p.add_argument("--no-operations", dest="operations", action="store_false",
+                   help="no reload and admin command before each random kill")
     return p.parse_args(argv)
 
 
@@ -46,17 +51,19 @@ async def main_async(args: argparse.Namespace) -> int:
         if args.keep:
             workdir = args.keep / f"batch-{index:03d}"
             workdir.mkdir(parents=True, exist_ok=True)
-            report = await crash_loop(workdir, rounds=rounds, seed=seed, modes=MODES, probability=args.probability)
+            report = await crash_loop(workdir, rounds=rounds, seed=seed, modes=MODES, probability=args.probability,
+                                      operations=args.operations)
         else:
             with tempfile.TemporaryDirectory(prefix="flora-crash-") as tmp:
                 report = await crash_loop(Path(tmp), rounds=rounds, seed=seed, modes=MODES,
-                                          probability=args.probability)
+                                          probability=args.probability, operations=args.operations)
         summary = {"batch": index, "seed": seed, **report.summary(), "problems": report.problems}
         batches.append(summary)
         done += rounds
         index += 1
         status = "ok" if not report.problems else "FAILED: " + "; ".join(report.problems)
         print(f"batch {index}: {rounds} rounds, {report.created} runs, {report.deaths} deaths, "
+              f"{report.reloads} reloads, {report.admin_commands} admin commands, "
               f"hook duplicates {report.verdict.duplicates.get('hook', 0)}, {report.seconds:.0f}s — {status}",
               flush=True)
     total = {
@@ -78,6 +85,9 @@ async def main_async(args: argparse.Namespace) -> int:
         "late_events": sum(b["late_events"] for b in batches),
         "integrity_ok": all(b["integrity"] == "ok" for b in batches),
         "leaks": sum(b["leaks"] for b in batches),
+        "reloads": sum(b["reloads"] for b in batches),
+        "admin_commands": sum(b["admin_commands"] for b in batches),
+        "ops_problems": sum(b["ops_problems"] for b in batches),
         "failed_batches": [b["batch"] for b in batches if b["problems"]],
         "seconds": round(time.monotonic() - started, 1),
     }

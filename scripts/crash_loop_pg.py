@@ -7,8 +7,11 @@ instance, again and again, while runs finish; then check every transition reache
 A throwaway PostgreSQL cluster (initdb into a temp dir, socket only), the simulator and a webhook receiver on
 loopback, two real `flora-watcher run` processes (lease 1 s, interval 0.2 s). Each round creates a few runs,
 waits a random moment, SIGKILLs the sweeper (half the rounds) or the other instance, measures how long until
-another instance holds a valid lease, and restarts the killed one. Exits 0 when nothing was lost, every
-transition arrived under one webhook-id with one body, and every duplicate follows a kill of its sender.
+another instance holds a valid lease, and restarts the killed one. Before each kill both instances are reloaded
+(SIGHUP: the same config, a changed webhook URL, an unparseable file) and one admin command runs next to them
+(issue 24; ``--no-operations`` leaves them out). Exits 0 when nothing was lost, every transition arrived under one
+webhook-id with one body, every duplicate follows a kill of its sender, and no reload or admin command harmed an
+instance.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.postgres.cluster import start_cluster
 from tests.postgres.multi import fleet
+from tests.reliability.ops import REJECTED, RELOADED, UNPARSEABLE, admin_round, pick
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +42,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs-per-round", type=int, default=6)
     p.add_argument("--max-seconds", type=float, default=1800, help="stop killing after this (default 1800)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--no-operations", dest="operations", action="store_false",
+                   help="no reload and admin command before each kill")
     return p.parse_args(argv)
+
+
+async def operate(f, rng: random.Random, number: int) -> list[str]:
+    """Reload every instance (the same config, the webhook's URL changed, or an unparseable file that is rejected
+    and put back), then one admin command; what that did to any instance."""
+    variant = number % 3
+    hook_dir = "/hooks/v2" if number % 6 in (1, 2, 3) else "/hooks"
+    for inst in f.instances.values():
+        if not inst.proc.alive():
+            continue
+        if variant == 2:
+            inst.proc.config.write_text(UNPARSEABLE)
+            await inst.proc.reload(REJECTED, timeout=30)
+            inst.rewrite_config(hook_dir=hook_dir)
+        else:
+            inst.rewrite_config(hook_dir=hook_dir)
+            await inst.proc.reload(RELOADED, timeout=30)
+    procs = [inst.proc for inst in f.instances.values() if inst.proc.alive()]
+    first = next(iter(f.instances.values()))
+    return await admin_round(first.proc.config, procs, pick(rng, 1), logs=first.proc.logs)
 
 
 async def crash_loop(workdir: Path, url: str, args: argparse.Namespace) -> dict:
@@ -46,11 +72,16 @@ async def crash_loop(workdir: Path, url: str, args: argparse.Namespace) -> dict:
     started = time.monotonic()
     takeovers: list[float] = []
     kills = {"sweeper": 0, "standby": 0}
+    ops_problems: list[str] = []
+    reloads = 0
     async with fleet(workdir, url, lease=args.lease, interval=args.interval, seed=args.seed) as f:
         for inst in f.instances.values():
             await inst.start()
         await f.wait_sweeper(timeout=30)
         while sum(kills.values()) < args.kills and time.monotonic() - started < args.max_seconds:
+            if args.operations:
+                ops_problems += await operate(f, rng, reloads)
+                reloads += 1
             f.create(args.runs_per_round, rng)
             await asyncio.sleep(rng.uniform(0.1, 1.2))
             sweeper, _, _ = f.sweeper()
@@ -97,8 +128,11 @@ async def crash_loop(workdir: Path, url: str, args: argparse.Namespace) -> dict:
             "bound": args.lease + args.interval,
         },
         "api_requests": requests,
+        "reload_rounds": reloads,
+        "admin_commands": reloads,
+        "ops_problems": ops_problems,
         "seconds": round(time.monotonic() - started, 1),
-        "problems": verdict.problems,
+        "problems": verdict.problems + ops_problems[:5],
     }
 
 

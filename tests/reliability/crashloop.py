@@ -1,6 +1,12 @@
 """The crash-consistency loop: the real watcher, killed (SIGKILL) at random moments and at each named crash point,
 restarted, many rounds; then the receivers' records are checked against the simulator's ground truth.
 
+With ``operations``, each random-kill round first does what an operator does to a running daemon (issue 24): a
+SIGHUP reload — alternately the same config, the webhook's URL changed, an unparseable file (rejected, then put
+back) — and one admin command (seeded pick of `status`, `events`, `deliveries`, `replay --failed`,
+`check-config`, `test-sink`, `migrate-state` …), checking after each that the daemon is alive and holds none of
+its state files deleted; then the kill comes at a random moment after them.
+
 One round: the watcher runs; runs are created; it dies (a random SIGKILL, or a crash point armed at its start
 fires — ``after_commit``, ``before_send``, ``after_send``); more runs are created and some finish while it is
 down; it starts again with the next round's crash point armed. After the last round a clean watcher (no crash
@@ -34,6 +40,7 @@ from tests.reliability.harness import (
     find_leaks,
     write_config,
 )
+from tests.reliability.ops import REJECTED, RELOADED, UNPARSEABLE, admin_round, harm, pick
 from watcher.simulator.app import Simulator
 from watcher.store import Store, store_path
 
@@ -55,6 +62,9 @@ class CrashReport:
     exit_code: int | None = None
     leaks: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    reloads: int = 0  # SIGHUPs answered (reloaded or rejected) before a kill
+    admin_commands: int = 0
+    ops_problems: list[str] = field(default_factory=list)  # what a reload or an admin command did to the daemon
 
     @property
     def problems(self) -> list[str]:
@@ -72,6 +82,7 @@ class CrashReport:
             out.append(f"the final watcher exited {self.exit_code} on SIGTERM")
         if self.leaks:
             out.append(f"secrets leaked: {self.leaks[:5]}")
+        out += self.ops_problems[:5]
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -80,7 +91,8 @@ class CrashReport:
             "deaths_by_cause": dict(self.by_mode), **self.verdict.summary(),
             "unexplained_duplicates": len(self.unexplained_duplicates), "late_events": self.late_events,
             "integrity": self.integrity, "pending_after": self.pending_after, "exit_code": self.exit_code,
-            "leaks": len(self.leaks), "seconds": round(self.seconds, 1),
+            "leaks": len(self.leaks), "reloads": self.reloads, "admin_commands": self.admin_commands,
+            "ops_problems": len(self.ops_problems), "seconds": round(self.seconds, 1),
         }
 
 
@@ -111,6 +123,29 @@ def unexplained_duplicates(hook: Receiver, deaths: Sequence[float], tolerance: f
     return out
 
 
+async def operate(proc: WatcherProcess, workdir: Path, config_args: dict[str, Any], rng: random.Random,
+                  report: CrashReport) -> None:
+    """A reload and an admin command next to the running daemon (once it swept since its start); problems go to
+    ``report.ops_problems``."""
+    await proc.wait_for_log('"sweep.finished"', timeout=30, after=proc.started_at_offset)
+    variant = report.reloads % 3
+    hook = str(config_args["webhook_url"])
+    if variant == 2:  # an unparseable file: rejected, the running config kept; then the good file back
+        proc.config.write_text(UNPARSEABLE)
+        await proc.reload(REJECTED)
+        write_config(workdir, **config_args)
+    else:  # the same config, or the webhook's URL changed (its sink restarts)
+        if variant == 1:
+            config_args["webhook_url"] = hook[:-2] if hook.endswith("/b") else f"{hook}/b"
+        write_config(workdir, **config_args)
+        await proc.reload(RELOADED)
+    report.reloads += 1
+    commands = pick(rng, 1)
+    report.admin_commands += len(commands)
+    report.ops_problems += harm(proc, "a reload")
+    report.ops_problems += await admin_round(proc.config, [proc], commands, logs=proc.logs)
+
+
 async def crash_loop(
     workdir: Path,
     *,
@@ -121,6 +156,7 @@ async def crash_loop(
     runs_per_round: tuple[int, int] = (3, 10),
     settle_timeout: float = 60.0,
     progress: Callable[[int, CrashReport], None] | None = None,
+    operations: bool = False,
 ) -> CrashReport:
     """Run ``rounds`` crash rounds in ``workdir`` and check the outcome (see the module docstring)."""
     started = time.monotonic()
@@ -132,10 +168,11 @@ async def crash_loop(
     events_file = workdir / "events.jsonl"
     async with SimServer(sim) as api, Receiver(delay=lambda: rng.uniform(0.0, 0.03),
                                                 signing_secret=canaries.signing_secret) as hook:
-        cfg = write_config(
-            workdir, base_url=api.base_url, api_key=canaries.api_key, events_file=events_file,
+        config_args: dict[str, Any] = dict(
+            base_url=api.base_url, api_key=canaries.api_key, events_file=events_file,
             webhook_url=f"{hook.origin}/hooks/{canaries.url_token}", signing_secret=canaries.signing_secret,
         )
+        cfg = write_config(workdir, **config_args)
         proc = WatcherProcess(cfg, workdir / "logs")
         await proc.start()
         await proc.wait_for_log('"sweep.finished"')  # first start recorded: every run from now on is new
@@ -147,6 +184,10 @@ async def crash_loop(
 
         mode = "random"
         for number in range(rounds):
+            if mode == "random" and operations and proc.alive():
+                # First the operations, then this round's runs: their transitions are committed (and sent) after
+                # the reload and the admin command, which is when a detached state loses them at the kill.
+                await operate(proc, workdir, config_args, rng, report)
             created += sim.create_runs(rng.randint(*runs_per_round), pending_ms=(10, 200), running_ms=(50, 800))
             if mode == "random":
                 await asyncio.sleep(rng.uniform(0.1, 1.5))

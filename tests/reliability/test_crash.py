@@ -15,9 +15,12 @@ pytestmark = pytest.mark.slow
 
 
 async def test_sigkill_at_random_and_at_every_crash_point_loses_nothing(tmp_path: Path) -> None:
-    # Probability 1: each armed point fires at its first chance, so every point is exercised every run.
-    report = await crash_loop(tmp_path, rounds=8, seed=3, probability=1.0)
+    # Probability 1: each armed point fires at its first chance, so every point is exercised every run. Before each
+    # random kill: a reload and an admin command (issue 24: a reload then `events` detached the SQLite state, and
+    # the kill after it lost everything since the reload).
+    report = await crash_loop(tmp_path, rounds=8, seed=3, probability=1.0, operations=True)
     assert not report.problems, report.summary()
+    assert report.reloads >= 2 and report.admin_commands >= 2, report.summary()
     for point in MODES:
         assert report.by_mode.get(point, 0) >= 1, f"{point} never fired: {dict(report.by_mode)}"
     assert report.verdict.expected == report.created > 0
