@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.needs import unavailable
 from watcher.simulator import Simulator, run_simulator
 from watcher.simulator import scenario as sc
 
@@ -43,10 +44,7 @@ INTERVAL = 0.2  # [watch] interval of the watcher under test
 def _browser_available() -> None:
     if Path(CHROMIUM).exists():
         return
-    message = f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does this)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does this)")
 
 
 def tiny_png(seed: str = "", size: int = 48) -> bytes:

@@ -1,7 +1,8 @@
 """The simulator against FLORA's official TypeScript SDK, a real client of the real API.
 
-Runs only when ``FLORA_SDK_DIR`` names a directory holding ``node_modules/@flora-ai/flora`` and ``node`` is on
-PATH (CI: ``npm install --prefix "$FLORA_SDK_DIR" @flora-ai/flora``); skipped otherwise.
+Runs when ``FLORA_SDK_DIR`` names a directory holding ``node_modules/@flora-ai/flora`` and ``node`` is on PATH
+(CI: ``npm install --prefix "$FLORA_SDK_DIR" @flora-ai/flora``); skipped otherwise, and failed under CI
+(``CI`` set: ``tests/needs.py``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import unavailable
 from watcher.simulator import run_simulator
 
 SDK_DIR = os.environ.get("FLORA_SDK_DIR")
 SCRIPT = Path(__file__).with_name("sdk_check.mjs")
 KEY = "sk_test_conformance"
 
-pytestmark = pytest.mark.skipif(
-    not SDK_DIR or not (Path(SDK_DIR) / "node_modules" / "@flora-ai" / "flora").is_dir()
-    or shutil.which("node") is None,
-    reason="set FLORA_SDK_DIR to a directory with node_modules/@flora-ai/flora (and have node) to run",
-)
+
+@pytest.fixture(autouse=True)
+def _sdk_installed() -> None:
+    if not SDK_DIR or not (Path(SDK_DIR) / "node_modules" / "@flora-ai" / "flora").is_dir() \
+            or shutil.which("node") is None:
+        unavailable("set FLORA_SDK_DIR to a directory with node_modules/@flora-ai/flora (and have node) to run")
 
 
 async def test_the_official_typescript_sdk_speaks_to_the_simulator() -> None:
