@@ -5,8 +5,9 @@ Each command lives in ``watcher/commands/<name>.py`` and exposes ``add_arguments
 
 Exit statuses are named once, in ``watcher/exits.py`` (CONTRACT §2). A command returns one of them for its own
 outcome (``watch``: completed, failed, not found ...; ``test-sink``: delivered or not). Every error that escapes
-a command is turned into a status here and only here: a config or usage error is 2, Ctrl-C is 0, a closed
-stdout is 0. Nothing calls ``sys.exit`` but ``__main__``.
+a command is turned into a status here and only here: a config or usage error is 2, a state store that cannot
+be opened or read is 1 (one line with the store's own reason), Ctrl-C is 0, a closed stdout is 0. Nothing calls
+``sys.exit`` but ``__main__``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from watcher import __version__, exits
-from watcher.errors import ConfigError, UsageError
+from watcher.errors import ConfigError, StoreError, UsageError
 
 # (command, module, one-line help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
@@ -92,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"flora-watcher {args.command}: {exc}", file=sys.stderr)
         return exits.USAGE
+    except StoreError as exc:  # the state store cannot be opened or read: its own reason, one line, no password
+        print(f"flora-watcher {args.command}: {one_line(str(exc))}", file=sys.stderr)
+        return exits.STORE
     except KeyboardInterrupt:
         return exits.OK
     except BrokenPipeError:  # `flora-watcher deliveries | head`: the reader left; that is not an error
@@ -100,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return exits.OK
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks folded: an error message is one line."""
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 if __name__ == "__main__":

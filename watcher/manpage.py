@@ -11,8 +11,10 @@ import re
 
 EXIT_STATUS = (
     ("0", "success; for run, a clean stop on SIGTERM or SIGINT"),
-    ("1", "a fatal error (run: the API refused the key, the state store is unusable); replay: an EVENT_ID "
-          "matches no event; test-sink: not delivered; watch: the run failed"),
+    ("1", "a fatal error (run: the API refused the key, the state store is unusable); status, events, "
+          "deliveries, replay, migrate-state: the state store cannot be opened or read (one line on stderr with "
+          "the database's own reason, such as connection refused or password authentication failed, never the "
+          "password); replay: an EVENT_ID matches no event; test-sink: not delivered; watch: the run failed"),
     ("2", "a configuration or usage error, an unknown sink name, or (run) another flora-watcher holds the "
           "state; systemd does not restart the unit for it"),
     ("3, 4, 124", "watch: run not found, authentication error, --timeout reached"),

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from watcher.errors import StoreError
 from watcher.lease import LeaseLost
@@ -62,6 +62,7 @@ MIGRATION_LOCK = 0x466C5761  # pg_advisory_xact_lock key around migrations ("FlW
 VERSION_TABLE = "flora_watcher_schema"
 CLAIM_MS = 300_000  # a claim lasts this long at most, even for an instance that keeps its heartbeat
 NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+MAX_REASON_CHARS = 500  # a connection failure's reason is cut to this (libpq may list several attempts)
 OUR_TABLES = ("meta", "tracked", "events", "deliveries", "sinks", "instances", "leases")
 
 MIGRATIONS: tuple[str, ...] = (
@@ -200,6 +201,61 @@ def _password(url: str) -> str | None:
         return None
 
 
+def _secrets_in(url: str) -> list[str]:
+    """What must never be shown of ``url``: the URL itself, its password, a ``password=`` query value."""
+    found = [url]
+    if (password := _password(url)) is not None:
+        found.append(password)
+    try:
+        found += [v for k, v in parse_qsl(urlsplit(url).query) if k == "password" and v]
+    except ValueError:
+        pass
+    return [value for value in found if len(value) >= 3]
+
+
+def connect_failure(exc: BaseException, url: str) -> str:
+    """Why a connection to ``url`` failed, as the database (or libpq) said it, in one line and without the
+    password: 'password authentication failed for user "flora"', 'database "x" does not exist', 'connection to
+    server at "127.0.0.1", port 5432 failed: Connection refused; Is the server running on that host and
+    accepting TCP/IP connections?'. The one place a failed connect becomes text (``open``, ``probe``, and the
+    daemon's outage logs); a pool's own timeout says nothing of the cause, so callers pass the error of a
+    direct attempt (``first_connect``) instead."""
+    text = str(exc).strip() or type(exc).__name__
+    for secret in _secrets_in(url):
+        text = text.replace(secret, "***")
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    text = "; ".join(line for line in lines if line)
+    for prefix in ("connection failed: ", "connection is bad: "):  # psycopg's wrappers around libpq's message
+        text = text.removeprefix(prefix)
+    if "FATAL: " in text:  # libpq: 'connection to server on socket "…" failed: FATAL:  <the server's reason>'
+        text = text.split("FATAL: ", 1)[1].strip()
+    return text[:MAX_REASON_CHARS]
+
+
+async def first_connect(url: str, *, connect_timeout: float = 10.0) -> None:
+    """Connect once, directly (no pool), and close: StoreError with the database's own reason (``connect_failure``)
+    when the server cannot be reached or refuses us. A pool retries in the background and, when it gives up,
+    says only "pool initialization incomplete after 10.0 sec" (and logs a warning per attempt meanwhile)."""
+    if psycopg is None:
+        raise StoreError(
+            "state store: a postgresql:// URL needs the PostgreSQL extra: pip install 'flora-watcher[postgres]'"
+        )
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True,
+                                                     connect_timeout=max(1, round(connect_timeout)))
+    except (psycopg.Error, OSError) as exc:
+        raise StoreError(f"state store {redact_url(url)}: cannot connect: {connect_failure(exc, url)}") from None
+    await conn.close()
+
+
+def quiet_pool_logs() -> None:
+    """For the CLI's commands: psycopg_pool logs a warning per failed connection attempt (~30 lines before a
+    command gives up); the command reports the failure itself, once, in one line."""
+    import logging
+
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+
+
 def default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -243,6 +299,7 @@ class PgStore:
                 "state store: a postgresql:// URL needs the PostgreSQL extra: pip install 'flora-watcher[postgres]'"
             )
         safe = redact_url(url)
+        await first_connect(url, connect_timeout=connect_timeout)  # the server's own reason, at once
         pool = AsyncConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, timeout=connect_timeout,
             kwargs={"autocommit": True, "application_name": "flora-watcher"},
@@ -252,7 +309,13 @@ class PgStore:
             await pool.open(wait=True, timeout=connect_timeout)
         except Exception as exc:
             await pool.close()
-            raise StoreError(f"state store {safe}: cannot connect: {store._explain(exc)}") from None
+            reason = store._explain(exc)
+            if "pool" in str(exc).lower():  # the pool's own timeout: ask the server why, once more
+                try:
+                    await first_connect(url, connect_timeout=connect_timeout)
+                except StoreError as direct:
+                    raise direct from None
+            raise StoreError(f"state store {safe}: cannot connect: {reason}") from None
         try:
             if migrate:
                 await store._migrate()
@@ -264,11 +327,7 @@ class PgStore:
         return store
 
     def _explain(self, exc: BaseException) -> str:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        secret = _password(self._url)
-        for value in (self._url, secret):
-            if value and len(value) >= 3:
-                text = text.replace(value, "***")
+        text = connect_failure(exc, self._url)
         if "pool" in text.lower() and "timeout" in text.lower():
             text += " (is the server running and the URL right?)"
         return text
@@ -936,7 +995,7 @@ async def probe(url: str, *, connect_timeout: float = 10.0) -> str:
     try:
         conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=max(1, int(connect_timeout)))
     except (psycopg.Error, OSError) as exc:
-        raise StoreError(f"state store {store.path}: cannot connect: {store._explain(exc)}") from None
+        raise StoreError(f"state store {store.path}: cannot connect: {connect_failure(exc, url)}") from None
     try:
         cur = await conn.execute("SHOW server_version")
         row = await cur.fetchone()

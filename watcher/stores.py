@@ -38,14 +38,16 @@ async def open_async(cfg: Config, *, dry_run: bool = False, instance_id: str | N
 
 
 def open_blocking(cfg: Config) -> Any:
-    """For the CLI's status/deliveries/replay: the existing store, or None when the watcher never ran with it."""
+    """For the CLI's status/deliveries/replay/events: the existing store, or None when the watcher never ran with
+    it. Raises StoreError (one line: the database's own reason, no password) when it cannot be opened."""
     if cfg.store.url is None:
         path = store_path(cfg.watch.state_dir)
         if not Path(path).exists():
             return None
         return Store.open(path, create=False)
-    from watcher.store_pg import BlockingStore, EmptySchema, PgStore
+    from watcher.store_pg import BlockingStore, EmptySchema, PgStore, quiet_pool_logs
 
+    quiet_pool_logs()  # a command reports a failure itself, in one line (StoreError → cli.py)
     url = cfg.store.url.reveal()
     try:
         store = BlockingStore(lambda: PgStore.open(url, migrate=False, max_size=1))

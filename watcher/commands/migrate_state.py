@@ -57,10 +57,13 @@ def main(args: argparse.Namespace) -> int:
         except statelock.StateLocked as exc:
             print(f"flora-watcher: {exc}", file=sys.stderr)
             return 1
+    from watcher.store_pg import quiet_pool_logs
+
+    quiet_pool_logs()  # a failure is reported below, in one line
     try:
         counts = asyncio.run(migrate_state(source, url))
     except StoreError as exc:
-        print(f"flora-watcher: migrate-state: {exc}", file=sys.stderr)
+        print(f"flora-watcher migrate-state: {exc}", file=sys.stderr)
         return 1
     finally:
         if lock is not None:
