@@ -176,4 +176,12 @@ class DeliveryError(WatcherError):
 
 
 class StoreError(WatcherError):
-    """The state store cannot be opened or written (permissions, corruption, newer schema)."""
+    """The state store cannot be opened or written, and waiting will not fix it (corruption, a schema written by
+    a newer version, a file that is read-only or gone, an SQL error). The daemon stops (exit 1) on one."""
+
+
+class StoreUnavailable(StoreError):
+    """The state store is away for now, an outage to wait out: PostgreSQL down, restarting or refusing the
+    connection (a wrong password too: it can be fixed on the server), SQLite locked beyond its busy timeout,
+    the disk full, an I/O error. Whatever asked retries with backoff (a write that failed so may or may not
+    have been committed: the engine's writes are safe to repeat)."""

@@ -285,6 +285,9 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         root.removeHandler(_handler)
     root.addHandler(handler)
     root.setLevel(numeric_level)
+    # psycopg's pool warns at every reconnection attempt ("error connecting in 'pool-1'", "discarding broken
+    # connection"): a database outage is told by the store.* lines instead, once, with the server's reason.
+    logging.getLogger("psycopg.pool").setLevel(max(numeric_level, logging.ERROR))
     _handler = handler
 
 

@@ -29,7 +29,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import structlog
 
-from watcher.errors import StoreError
+from watcher.errors import StoreError, StoreUnavailable
 from watcher.model import Event, Run, TrackedRun
 from watcher.store_api import DEAD, DELIVERED, PENDING, RETRY, Delivery, DeliveryRow, Outcome, SinkState
 
@@ -255,6 +255,19 @@ def explain(exc: BaseException) -> str:
     return text
 
 
+# SQLite result codes a wait can cure (``sqlite3.Error.sqlite_errorname``; extended codes start with these):
+# another process holding the lock beyond the busy timeout, a full disk, an I/O error. The rest (corrupt, not a
+# database, read-only, cannot open, an SQL error) stays wrong however long the daemon waits.
+TRANSIENT_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_NOMEM", "SQLITE_PROTOCOL")
+
+
+def store_error(exc: sqlite3.Error, message: str) -> StoreError:
+    """``message`` as the StoreError ``exc`` calls for: StoreUnavailable (an outage to wait out) for a transient
+    SQLite code, StoreError (stop) for everything else."""
+    code = getattr(exc, "sqlite_errorname", None) or ""
+    return (StoreUnavailable if code.startswith(TRANSIENT_CODES) else StoreError)(message)
+
+
 def _cut(text: str | None) -> str | None:
     return None if text is None else text[:MAX_ERROR_CHARS]
 
@@ -313,7 +326,7 @@ def _translated(fn: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[
         try:
             return fn(self, *args, **kwargs)
         except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: {fn.__name__} failed: {explain(exc)}") from exc
+            raise store_error(exc, f"state store {self.path}: {fn.__name__} failed: {explain(exc)}") from exc
 
     return wrapper
 
@@ -355,7 +368,7 @@ class Store:
             )
         except sqlite3.Error as exc:
             _release(held)
-            raise StoreError(f"state store {name}: cannot open: {explain(exc)}") from exc
+            raise store_error(exc, f"state store {name}: cannot open: {explain(exc)}") from exc
         try:
             _configure(conn, name, busy_timeout_ms)
             _migrate(conn, name)
@@ -381,7 +394,7 @@ class Store:
                 source._conn.backup(target)
             except sqlite3.Error as exc:
                 target.close()
-                raise StoreError(f"state store {source.path}: cannot copy: {explain(exc)}") from exc
+                raise store_error(exc, f"state store {source.path}: cannot copy: {explain(exc)}") from exc
         finally:
             source._conn.close()  # not close(): PRAGMA optimize would write to the file
             source._closed = True
@@ -1015,7 +1028,7 @@ def _configure(conn: sqlite3.Connection, name: str, busy_timeout_ms: int) -> Non
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
     except sqlite3.Error as exc:
-        raise StoreError(f"state store {name}: cannot open: {explain(exc)}") from exc
+        raise store_error(exc, f"state store {name}: cannot open: {explain(exc)}") from exc
     if mode != "wal" and not (name == _MEMORY and mode == "memory"):
         raise StoreError(
             f"state store {name}: SQLite refused WAL mode (got {mode!r}); use a local disk for the state"
@@ -1070,7 +1083,7 @@ def _migrate(conn: sqlite3.Connection, name: str) -> None:
                 conn.execute("ROLLBACK")
             raise
     except sqlite3.Error as exc:
-        raise StoreError(f"state store {name}: cannot open: {explain(exc)}") from exc
+        raise store_error(exc, f"state store {name}: cannot open: {explain(exc)}") from exc
 
 
 # ---------------------------------------------------------------------------------- async facade

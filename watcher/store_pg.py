@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from watcher.errors import StoreError
+from watcher.errors import StoreError, StoreUnavailable
 from watcher.lease import LeaseLost
 from watcher.model import Event, TrackedRun
 from watcher.store import (
@@ -51,10 +51,11 @@ from watcher.store_api import DEAD, DELIVERED, PENDING, Delivery, DeliveryRow, O
 
 try:  # the optional extra: flora-watcher[postgres]
     import psycopg
-    from psycopg_pool import AsyncConnectionPool
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
 except ImportError:  # pragma: no cover - exercised only without the extra
     psycopg = None  # type: ignore[assignment]
     AsyncConnectionPool = None  # type: ignore[assignment,misc]
+    PoolTimeout = None  # type: ignore[assignment,misc]
 
 R = TypeVar("R")
 
@@ -64,6 +65,13 @@ CLAIM_MS = 300_000  # a claim lasts this long at most, even for an instance that
 NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 MAX_REASON_CHARS = 500  # a connection failure's reason is cut to this (libpq may list several attempts)
 OUR_TABLES = ("meta", "tracked", "events", "deliveries", "sinks", "instances", "leases")
+# The pool gives up reconnecting a lost connection after this long (its own backoff doubles without a cap);
+# the next call then starts a fresh attempt, so the daemon's retries, not a doubling wait, pace reconnection
+# and the pool is back within seconds of the server.
+RECONNECT_S = 5.0
+# While the server is known to be away, a call waits this long for a pooled connection instead of the pool's
+# whole timeout, so the daemon's retries (and its shutdown) are not slowed to one attempt per 10 s.
+AWAY_WAIT_S = 1.0
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -234,18 +242,29 @@ def connect_failure(exc: BaseException, url: str) -> str:
 
 async def first_connect(url: str, *, connect_timeout: float = 10.0) -> None:
     """Connect once, directly (no pool), and close: StoreError with the database's own reason (``connect_failure``)
-    when the server cannot be reached or refuses us. A pool retries in the background and, when it gives up,
-    says only "pool initialization incomplete after 10.0 sec" (and logs a warning per attempt meanwhile)."""
+    when the server cannot be reached or refuses us — StoreUnavailable (an outage the daemon waits out) unless
+    no wait can fix it (a malformed URL). A pool retries in the background and, when it gives up, says only
+    "pool initialization incomplete after 10.0 sec" (and logs a warning per attempt meanwhile)."""
     if psycopg is None:
         raise StoreError(
             "state store: a postgresql:// URL needs the PostgreSQL extra: pip install 'flora-watcher[postgres]'"
         )
+    failure = await _direct_failure(url, connect_timeout)
+    if failure is not None:
+        reason, fatal = failure
+        raise (StoreError if fatal else StoreUnavailable)(f"state store {redact_url(url)}: cannot connect: {reason}")
+
+
+async def _direct_failure(url: str, connect_timeout: float) -> tuple[str, bool] | None:
+    """Why a direct connection to ``url`` fails right now: (the database's reason, whether no wait can fix it);
+    None when it succeeds (the connection is closed again)."""
     try:
         conn = await psycopg.AsyncConnection.connect(url, autocommit=True,
                                                      connect_timeout=max(1, round(connect_timeout)))
     except (psycopg.Error, OSError) as exc:
-        raise StoreError(f"state store {redact_url(url)}: cannot connect: {connect_failure(exc, url)}") from None
+        return connect_failure(exc, url), isinstance(exc, psycopg.ProgrammingError)  # fatal: a malformed URL
     await conn.close()
+    return None
 
 
 def quiet_pool_logs() -> None:
@@ -275,6 +294,7 @@ class PgStore:
         self.liveness_ms = 10_000  # a claimer whose heartbeat is older than this is dead (set to the lease)
         self.fence: Fence | None = None
         self._closed = False
+        self._away = False  # the last call failed with StoreUnavailable: wait AWAY_WAIT_S for a connection
 
     @property
     def schema_version(self) -> int:
@@ -303,19 +323,16 @@ class PgStore:
         pool = AsyncConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, timeout=connect_timeout,
             kwargs={"autocommit": True, "application_name": "flora-watcher"},
+            # A connection the server dropped (a restart, an idle timeout) is found out and replaced when it
+            # is taken from the pool, not by the query it was taken for.
+            check=AsyncConnectionPool.check_connection, reconnect_timeout=RECONNECT_S,
         )
         store = cls(pool, url, instance_id=instance_id or default_instance_id())
         try:
             await pool.open(wait=True, timeout=connect_timeout)
         except Exception as exc:
             await pool.close()
-            reason = store._explain(exc)
-            if "pool" in str(exc).lower():  # the pool's own timeout: ask the server why, once more
-                try:
-                    await first_connect(url, connect_timeout=connect_timeout)
-                except StoreError as direct:
-                    raise direct from None
-            raise StoreError(f"state store {safe}: cannot connect: {reason}") from None
+            raise await store._unavailable(exc, f"state store {safe}: cannot connect") from None
         try:
             if migrate:
                 await store._migrate()
@@ -332,21 +349,34 @@ class PgStore:
             text += " (is the server running and the URL right?)"
         return text
 
+    async def _unavailable(self, exc: BaseException, what: str) -> StoreError:
+        """``exc`` (from the pool or a pooled connection) as the StoreError to raise. An error a wait can cure
+        (the server down, restarting, refusing us; a serialization failure; a read-only server after a
+        failover) is StoreUnavailable, with the server's own reason when the pool only says it timed out."""
+        text = self._explain(exc)
+        if PoolTimeout is not None and isinstance(exc, PoolTimeout):
+            failure = await _direct_failure(self._url, RECONNECT_S)
+            text = failure[0] if failure is not None else f"{text} (the server accepts connections: the pool is busy)"
+        transient = isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, OSError,
+                                     psycopg.errors.ReadOnlySqlTransaction))
+        return (StoreUnavailable if transient else StoreError)(f"{what}: {text}")
+
     async def _run(self, name: str, fn: Callable[[Any], Awaitable[R]]) -> R:
-        """Run ``fn(conn)`` on a pooled connection; psycopg errors become StoreError naming the (safe) URL."""
+        """Run ``fn(conn)`` on a pooled connection; psycopg errors become StoreError (StoreUnavailable when a
+        wait can cure them) naming the (safe) URL."""
         if self._closed:
             raise StoreError(f"state store {self.path}: the store is closed")
         try:
-            async with self._pool.connection() as conn:
-                return await fn(conn)
+            async with self._pool.connection(timeout=AWAY_WAIT_S if self._away else None) as conn:
+                result = await fn(conn)
         except StoreError:
             raise
-        except (psycopg.Error, OSError) as exc:
-            raise StoreError(f"state store {self.path}: {name} failed: {self._explain(exc)}") from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith("psycopg_pool"):
-                raise StoreError(f"state store {self.path}: {name} failed: {self._explain(exc)}") from exc
-            raise
+        except (psycopg.Error, OSError) as exc:  # the pool's errors are psycopg.OperationalError too
+            error = await self._unavailable(exc, f"state store {self.path}: {name} failed")
+            self._away = isinstance(error, StoreUnavailable)
+            raise error from exc
+        self._away = False
+        return result
 
     async def _tx(self, name: str, fn: Callable[[Any], Awaitable[R]]) -> R:
         """``fn(conn)`` inside one transaction (committed when it returns, rolled back when it raises)."""
