@@ -173,3 +173,32 @@ class Recorder(Observer):
     async def sweeps(self, count: int, *, timeout: float = 20.0) -> Report:
         await until(lambda: len(self.reports) >= count, f"sweep #{count}", timeout=timeout)
         return self.reports[count - 1]
+
+
+class FlakyStore:
+    """A state store that is away on demand, as a database that is restarting would be: while ``down`` every
+    coroutine of it (and, any time, those named in ``failing``) raises ``StoreUnavailable`` without touching
+    the wrapped store; otherwise the wrapped store answers. ``failures`` counts the calls refused."""
+
+    def __init__(self, inner, reason: str = "connection refused") -> None:
+        self.inner = inner
+        self.reason = reason
+        self.down = False
+        self.failing: set[str] = set()
+        self.failures = 0
+        self.error: type[Exception] | None = None  # raise this instead (a StoreError no wait can cure)
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.inner, name)
+        if not asyncio.iscoroutinefunction(attr) or name == "aclose":
+            return attr
+
+        async def call(*args, **kwargs):
+            if self.down or name in self.failing:
+                from watcher.errors import StoreUnavailable
+
+                self.failures += 1
+                raise (self.error or StoreUnavailable)(f"state store {self.inner.path}: {name} failed: {self.reason}")
+            return await attr(*args, **kwargs)
+
+        return call

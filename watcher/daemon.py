@@ -5,6 +5,18 @@ The daemon does the work: it sweeps, hands events to the dispatcher, reloads and
 table on a terminal — subscribes to one observer interface (``watcher.observer``) and is told about every
 lifecycle state, sweep and delivery; the daemon updates none of them by hand.
 
+Every long-lived task runs under one ``Supervisor`` (``watcher.supervisor``): the sweep loop (``sweep-loop``),
+each sink worker (``sink:<name>``), the lease keeper (``lease``), the HTTP server (``http-server``) and the
+watchdog feeder (``watchdog``). One that dies is logged at once, restarted with backoff and named by
+``/readyz`` while down; an error no restart can cure (``is_fatal``: the API key refused, a state store that is
+corrupt or newer than this version) stops the daemon with exit 1.
+
+A state store that is away (``StoreUnavailable``: PostgreSQL down or restarting, SQLite locked or its disk
+full) is an outage, not an exit: at start the daemon is READY and waits for it (STATUS= and ``/readyz`` say
+so); while running, each part that uses it waits it out with backoff (``StoreHealth`` logs it quietly), and a
+sweep that could not commit leaves nothing behind: the sweeper reloads its state from the store before it
+sweeps again, so a transition seen then is seen again, and reported, once the store is back.
+
 Signal handlers only set flags (``request_stop``, ``request_reload``); the loop acts on them between sweeps.
 Every wait of the loop is on the injected ``Clock``, so tests step it with a fake one. Shutdown mirrors startup
 in reverse: STOPPING, stop sweeping, let in-flight deliveries finish within the grace period (their outcome is
@@ -30,16 +42,19 @@ from watcher.api import FloraClient
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import Config, SinkConfig
 from watcher.dispatcher import Dispatcher
-from watcher.errors import AuthError, ConfigError, StoreError, WatcherError
+from watcher.errors import AuthError, ConfigError, StoreError, StoreUnavailable, WatcherError
 from watcher.observer import HealthObserver, Observer, Observers, Report, State
+from watcher.outage import StoreHealth, store_retry_s
+from watcher.readiness import STARTING, SWEEPER
 from watcher.sinks.dryrun import DryRunSink
 from watcher.sinks.spec import Sink
+from watcher.supervisor import Supervisor
 from watcher.sweep import Sweeper, SweepResult
 from watcher.validate import check_start
 
 if TYPE_CHECKING:
     from watcher.metrics import Metrics
-    from watcher.server import HealthSource, Server
+    from watcher.server import HealthSource, Server, StatusPage
     from watcher.store_api import StateStore
     from watcher.systemd import Notifier, WatchdogFeeder
 
@@ -49,6 +64,25 @@ EXIT_OK = exits.OK
 EXIT_FATAL = exits.FAILURE
 EXIT_CONFIG = exits.USAGE  # what cli.py exits with for a ConfigError; recorded here so daemon.stopped says it too
 PRUNE_EVERY_MAX_S = 3600.0  # delivered history is pruned at least this often (and every keep_delivered / 4)
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """An error no restart of a task can cure: the daemon stops (exit 1). The API key refused (``AuthError``),
+    and a state store that cannot be used however long one waits (``StoreError``: corrupt, a schema written by a
+    newer version, read-only, an SQL error). A store that is away (``StoreUnavailable``) is waited out, a lost
+    lease (``LeaseLost``) is a standby's business, anything else is a bug: the task is restarted."""
+    if isinstance(exc, AuthError):
+        return True
+    return isinstance(exc, StoreError) and not isinstance(exc, StoreUnavailable | lease.LeaseLost)
+
+
+def store_hint(cfg: Config) -> str:
+    """What to check when the state store failed for good, per back end."""
+    if cfg.store.url is not None:
+        return ("check the database: the server's log, the schema (a newer flora-watcher's?) and the role's "
+                "grants on it")
+    return ("check the state file and its directory: the disk, the permissions (the service's user), a corrupt "
+            "file (move it aside or restore a backup)")
 
 
 @dataclass(slots=True)
@@ -87,7 +121,13 @@ class Daemon:
         self.notifier: Notifier | None = None  # a no-op outside systemd
         self.feeder: WatchdogFeeder | None = None  # when systemd's watchdog watches us
         self.server: Server | None = None
-        self._tasks: list[asyncio.Task] = []
+        self.page: StatusPage | None = None  # the status page's data, when [server] listen is set
+        # Every long-lived task, restarted when it dies (told to the observers: metrics count it).
+        self.supervisor = Supervisor(clock=clock, rand=self.rand, on_event=self.observers.on_task)
+        # Whether the state store answers, as every part that uses it finds out (quiet store.* lines).
+        self.store_health = StoreHealth(
+            log, clock.now_ms, on_change=lambda ok, error: self.observers.on_store(ok, error and self._short(error)))
+        self._state_stale = False  # a sweep ended without its commit: reload the sweeper's state before the next
         # What the last sweep left behind.
         self.last_report: Report | None = None
         self._last_prune: float | None = None  # clock.monotonic() of the last prune of delivered history
@@ -100,6 +140,7 @@ class Daemon:
         if self.stop_event.is_set():
             self.force_exit = True  # a second Ctrl-C: stop waiting for deliveries
             log.warning("daemon.force_exit")
+        self.supervisor.stopping = True  # a task that ends from now on is not restarted
         self.stop_event.set()
         self._wakeup.set()
 
@@ -140,8 +181,8 @@ class Daemon:
             log.error("api.auth_failed", error=str(exc),
                       hint="the API key was refused (revoked or rotated?); fix it and restart")
             self.exit_code = EXIT_FATAL
-        except StoreError as exc:  # disk full, file removed or corrupted under us: nothing safe to do but stop
-            log.error("store.failed", error=str(exc), hint="check the state_dir's disk and permissions")
+        except StoreError as exc:  # corrupt, read-only, newer schema: waiting will not help (an outage is waited out)
+            log.error("store.failed", error=str(exc), hint=store_hint(self.cfg))
             self.exit_code = EXIT_FATAL
         finally:
             await self.shutdown()
@@ -150,45 +191,95 @@ class Daemon:
     # ------------------------------------------------------------------------------------------ startup
 
     async def startup(self) -> None:
-        """Observers, state store, sinks, API client, sweeper, dispatcher, server; then READY. Not waiting on
-        the API: READY means the config is valid and the state store is open."""
+        """Observers, sinks, API client, server; the state store, the sweeper's state, the lease role and the
+        dispatcher (``connect``); then READY.
+
+        READY means the service has started: the configuration is valid, the sinks are built, ``/readyz``
+        answers, and the state store is open — or is away and waited for. Then READY comes at the first failed
+        attempt (STATUS= "waiting for the state store: …", ``/readyz`` 503 "state store unreachable: …") and
+        again once it opens: a database outage is not a failed start, which systemd would retry a few times and
+        then give up on. Not waiting on the API either. Returns early when a stop is requested while waiting
+        (``self.dispatcher`` stays None)."""
         cfg = self.cfg
         if self.opts.install_signal_handlers:
             self._install_signal_handlers()
         self._subscribe_builtin_observers()
-        # SQLite in state_dir, or PostgreSQL ([store] url); --dry-run decides from an in-memory copy, writes nothing
-        self.store = await stores.open_async(cfg, dry_run=self.opts.dry_run)
         self.sinks = await self._build_sinks(self._sink_configs(cfg))
         self.client = self._make_client(cfg)
-        self.sweeper = Sweeper(self.client, self.store, watch=cfg.watch, sinks=self._sink_configs(cfg),
-                               clock=self.clock, rand=self.rand, process_start_ms=self.clock.now_ms(),
-                               on_progress=self._progress, on_commit=self._committed)
+        if cfg.server.listen and not self.opts.once:
+            from watcher.server import StatusPage, start_server
+
+            assert self.metrics is not None and self.health is not None
+            self.page = StatusPage(None, sink_types=self.sink_types, clock=self.clock, health=self.health)
+            self.observers.subscribe(self.page)
+            self.server = await start_server(cfg.server.listen, self.metrics, self.health, self.page)
+            self.supervisor.start("http-server", self.server.serve)
+        if not await self.connect():
+            return
+        self._ready()
+        state = ":memory:" if self.opts.dry_run else stores.describe(cfg)
+        log.info("daemon.started", version=__version__, state=state, sinks=list(self.sinks),
+                 interval=cfg.watch.interval, dry_run=self.opts.dry_run, once=self.opts.once)
+
+    async def connect(self) -> bool:
+        """Open the state store and everything that needs it, waiting out a store that is away (backoff 0.5 s
+        doubling to 5 s; ``--once`` and ``--dry-run`` do not wait). False when a stop was requested meanwhile."""
+        attempt = 0
+        while True:
+            try:
+                await self._open_state()
+            except StoreUnavailable as exc:
+                if self.opts.once or self.opts.dry_run:
+                    raise
+                self.store_health.failed("open", exc)
+                if attempt == 0:
+                    self._ready()  # started; what it waits for, STATUS= and /readyz say
+                self._progress()  # waiting for the database is not a wedge: a restart would not bring it back
+                with contextlib.suppress(TimeoutError):
+                    await self.clock.wait_for(self.stop_event.wait(), store_retry_s(attempt, self.rand.random()))
+                if self.stop_event.is_set():
+                    return False
+                attempt += 1
+                continue
+            self.store_health.succeeded("open")
+            return True
+
+    async def _open_state(self) -> None:
+        """Each step once; a step that failed is done again by the next call."""
+        cfg = self.cfg
+        if self.store is None:
+            # SQLite in state_dir, or PostgreSQL ([store] url); --dry-run decides from an in-memory copy
+            self.store = await stores.open_async(cfg, dry_run=self.opts.dry_run)
+        if self.sweeper is None:
+            self.sweeper = Sweeper(self.client, self.store, watch=cfg.watch, sinks=self._sink_configs(cfg),  # type: ignore[arg-type]
+                                   clock=self.clock, rand=self.rand, process_start_ms=self.clock.now_ms(),
+                                   on_progress=self._progress, on_commit=self._committed)
         await self.sweeper.load()
-        if cfg.store.url is not None and not self.opts.dry_run:  # several instances: one sweeps, all deliver
+        if cfg.store.url is not None and not self.opts.dry_run and self.role is None:
+            # several instances: one sweeps, all deliver
             self.role = lease.SweeperRole(
                 self.store, scope=lease.scope_of(cfg.api.base_url, cfg.watch.workspace_id, cfg.watch.project_id,
                                                  cfg.watch.technique_id, cfg.watch.resources),
-                lease_s=cfg.store.lease, interval_s=cfg.watch.interval, version=__version__)
-            await self.role.start()
+                lease_s=cfg.store.lease, interval_s=cfg.watch.interval, version=__version__, clock=self.clock,
+                health=self.store_health)
+            await self.role.start()  # a store away now is waited out by the lease keeper
         disabled: dict[str, str | None] = {}
         if not self.opts.dry_run:
             states = await self.store.sink_states()
             disabled = {name: st.disabled_reason for name, st in states.items() if name in self.sinks}
             await self._dead_letter_removed_sinks()
         self.dispatcher = Dispatcher(self.sinks, self.store, cfg=cfg.delivery, clock=self.clock, rand=self.rand,
-                                     disabled=disabled, on_outcome=self.observers.on_delivery)
-        if cfg.server.listen and not self.opts.once:
-            from watcher.server import StatusPage, start_server
+                                     disabled=disabled, on_outcome=self.observers.on_delivery,
+                                     supervisor=self.supervisor, fatal=is_fatal, health=self.store_health,
+                                     ride_out=not self.opts.once)
+        if self.page is not None:
+            self.page.store = self.store
 
-            assert self.metrics is not None and self.health is not None
-            page = StatusPage(self.store, sink_types=self.sink_types, clock=self.clock, health=self.health)
-            self.observers.subscribe(page)
-            self.server = await start_server(cfg.server.listen, self.metrics, self.health, page)
+    def _ready(self) -> None:
+        """READY to the observers (systemd's READY=1 and STATUS=); the watchdog feeder starts with the first."""
         self.observers.on_state(State.READY, self.snapshot())
-        self._start_watchdog()
-        state = ":memory:" if self.opts.dry_run else stores.describe(cfg)
-        log.info("daemon.started", version=__version__, state=state, sinks=list(self.sinks),
-                 interval=cfg.watch.interval, dry_run=self.opts.dry_run, once=self.opts.once)
+        if self.supervisor.task("watchdog") is None:
+            self._start_watchdog()
 
     def _subscribe_builtin_observers(self) -> None:
         from watcher import systemd
@@ -196,7 +287,11 @@ class Daemon:
         from watcher.server import HealthSource
 
         self.metrics = metrics = Metrics()
-        self.health = health = HealthSource(interval=self.cfg.watch.interval, clock=self.clock)
+        self.health = health = HealthSource(
+            interval=self.cfg.watch.interval, clock=self.clock, role=self.role_name, store_error=self.store_error,
+            tasks_down=lambda: {name: down.error for name, down in self.supervisor.down.items()},
+            last_heartbeat_ok_ms=lambda: None if self.role is None else self.role.last_ok_ms,
+            heartbeat_window=self.cfg.store.lease)
         self.notifier = notifier = systemd.Notifier.from_env(self.env)
         ping_every = systemd.watchdog_interval(self.env)
         if ping_every and not self.opts.once:
@@ -217,9 +312,10 @@ class Daemon:
         from watcher import systemd
 
         ping_every = systemd.watchdog_interval(self.env)
-        if self.feeder is not None and self.notifier is not None and ping_every:
-            self._tasks.append(asyncio.create_task(
-                self.feeder.run(self.notifier, ping_every, self.clock, busy=self._api_paused)))
+        feeder, notifier = self.feeder, self.notifier
+        if feeder is not None and notifier is not None and ping_every:
+            self.supervisor.start("watchdog", lambda: feeder.run(notifier, ping_every, self.clock,
+                                                                  busy=self._api_paused))
 
     def _sink_configs(self, cfg: Config) -> list[SinkConfig]:
         """Where events are routed: the configured sinks, or ``--dry-run``'s one printing sink."""
@@ -265,9 +361,11 @@ class Daemon:
     # -------------------------------------------------------------------------------------- main loop
 
     async def main_loop(self) -> None:
-        """``--once``: one sweep, then deliver what is due. Otherwise sweep every interval (without drift) while
-        the dispatcher delivers, until a stop is requested; a reload is done between sweeps."""
-        assert self.dispatcher is not None
+        """``--once``: one sweep, then deliver what is due. Otherwise the supervised tasks run — the sweep loop
+        (a sweep every interval without drift, reloads between sweeps), the sink workers, the lease keeper —
+        until a stop is requested, or a task meets an error no restart can cure (raised here)."""
+        if self.dispatcher is None:  # stopped while waiting for the state store
+            return
         if self.opts.once:
             result = await self.sweep()
             await self.dispatcher.drain_due()
@@ -275,6 +373,23 @@ class Daemon:
                 self.exit_code = EXIT_FATAL
             return
         self.dispatcher.start()
+        if self.role is not None:
+            self.supervisor.start("lease", self.role.run, fatal=is_fatal)
+        self.supervisor.start("sweep-loop", self._sweep_loop, fatal=is_fatal)
+        stopped = asyncio.ensure_future(self.stop_event.wait())
+        failed = asyncio.ensure_future(self.supervisor.failed.wait())
+        try:
+            await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            failed.cancel()
+        if self.supervisor.failure is not None and not self.stop_event.is_set():
+            raise self.supervisor.failure
+
+    async def _sweep_loop(self) -> None:
+        """The supervised task ``sweep-loop``: sweep, wake the workers, reload if asked, wait for the next sweep
+        (without drift), until a stop is requested."""
+        assert self.dispatcher is not None
         while not self.stop_event.is_set():
             started = self.clock.monotonic()
             if not await self._sweep_unless_stopped():
@@ -288,12 +403,15 @@ class Daemon:
         """One sweep, abandoned (cancelled) when a stop is requested meanwhile. False when stopped."""
         sweep_task = asyncio.create_task(self.sweep())
         stop_task = asyncio.create_task(self.stop_event.wait())
-        done, _ = await asyncio.wait({sweep_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        stop_task.cancel()
-        if sweep_task not in done:
-            sweep_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweep_task
+        try:
+            await asyncio.wait({sweep_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this task is cancelled (shutdown): the sweep goes with it
+            stop_task.cancel()
+            if not sweep_task.done():
+                sweep_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweep_task
+        if sweep_task.cancelled():
             return False
         sweep_task.result()  # re-raises AuthError and StoreError
         return True
@@ -312,14 +430,20 @@ class Daemon:
 
     async def sweep(self) -> SweepResult:
         """One sweep, housekeeping, then every observer hears of it. An unexpected error is logged and counts
-        as a failed sweep (the daemon stays up); AuthError and StoreError end the daemon."""
+        as a failed sweep (the daemon stays up), and so does a state store that is away; AuthError and a
+        StoreError no wait can cure end the daemon.
+
+        Nothing is detected that cannot be committed: a sweep changes the sweeper's memory (tracked runs,
+        watermarks) before its commit, so one that ended without it (the store away, a bug) leaves the memory
+        ahead of the store. The next sweep first reloads the state from the store (and lists the active runs
+        in full): a transition seen by the lost sweep is seen again, and its event stored, once."""
         assert self.sweeper is not None
         started = self.clock.monotonic()
-        if self.role is not None and not await self.role.ready_to_sweep(self.sweeper):
-            self._progress()  # standby: another instance sweeps this scope; this one delivers
-            await self._report(None)
-            return SweepResult(ok=True)
         try:
+            if not await self._ready_to_sweep():
+                self._progress()  # standby: another instance sweeps this scope; this one delivers
+                await self._report(None)
+                return SweepResult(ok=True)
             result = await self.sweeper.sweep()
         except lease.LeaseLost as exc:  # another instance took over while we swept: we committed nothing
             log.warning("sweeper.fenced_out", error=str(exc))
@@ -330,15 +454,38 @@ class Daemon:
             await self._report(SweepResult(ok=False, error="authentication failed",
                                            seconds=self.clock.monotonic() - started))
             raise
+        except StoreUnavailable as exc:  # an outage: the store.* lines tell it; nothing of the sweep is kept
+            self._state_stale = True
+            self.store_health.failed("sweep", exc)
+            result = SweepResult(ok=False, error=f"state store unreachable: {self._short(exc)}",
+                                 seconds=self.clock.monotonic() - started)
+            await self._report(result)
+            return result
         except (asyncio.CancelledError, StoreError):
             raise
         except Exception as exc:  # a bug or an input we did not foresee: log it, keep the daemon alive
             log.exception("sweep.crashed", error=f"{type(exc).__name__}: {exc}")
+            self._state_stale = True
             result = SweepResult(ok=False, error=f"internal error: {type(exc).__name__}",
                                  seconds=self.clock.monotonic() - started)
+        else:
+            self.store_health.succeeded("sweep")
         await self._prune_history()
         await self._report(result)
         return result
+
+    async def _ready_to_sweep(self) -> bool:
+        """Whether this instance sweeps now (a standby does not); first, when the last sweep ended without its
+        commit, the sweeper's state comes back from the store (and the next listing is a full resync)."""
+        assert self.sweeper is not None
+        if self.role is not None and not await self.role.ready_to_sweep(self.sweeper):
+            return False
+        if self._state_stale:
+            await self.sweeper.load()
+            self.sweeper.last_resync_ms = None
+            self._state_stale = False
+            log.info("sweeper.state_reloaded", note="the last sweep was not committed; its transitions are seen again")
+        return True
 
     async def _prune_history(self) -> None:
         """Delivered events older than [delivery].keep_delivered leave the state store (pending deliveries and
@@ -348,9 +495,14 @@ class Daemon:
         now = self.clock.monotonic()
         if self._last_prune is not None and now - self._last_prune < min(PRUNE_EVERY_MAX_S, keep / 4):
             return
-        self._last_prune = now
         assert self.store is not None
-        removed = await self.store.prune(now_ms=self.clock.now_ms(), keep_done_ms=int(keep * 1000))
+        try:
+            removed = await self.store.prune(now_ms=self.clock.now_ms(), keep_done_ms=int(keep * 1000))
+        except StoreUnavailable as exc:  # tried again after the next sweep
+            self.store_health.failed("prune", exc)
+            return
+        self.store_health.succeeded("prune")
+        self._last_prune = now
         if removed:
             log.info("store.pruned", rows=removed, keep_delivered=keep)
 
@@ -358,13 +510,21 @@ class Daemon:
         """Tell every observer about a finished sweep (None: a standby instance's turn of the loop, no sweep of
         its own), with the outbox as it is now."""
         assert self.store is not None and self.client is not None
-        depth = await self.store.pending_counts()
-        oldest = await self.store.oldest_pending_ms()
-        now_ms = self.clock.now_ms()
+        before = self.last_report
+        try:
+            depth = await self.store.pending_counts()
+            oldest = await self.store.oldest_pending_ms()
+        except StoreUnavailable as exc:  # the outbox as last seen
+            self.store_health.failed("status", exc)
+            depth = dict(before.outbox) if before is not None else {}
+            age = before.oldest_pending_age_s if before is not None else None
+        else:
+            self.store_health.succeeded("status")
+            age = None if oldest is None else max(0.0, (self.clock.now_ms() - oldest) / 1000.0)
         waited = self.client.stats.rate_limit_wait_seconds + self.client.stats.throttle_wait_seconds
         self.last_report = dataclasses.replace(
             self.snapshot(), sweep=result, outbox=depth, api_wait_s=max(0.0, waited - self._api_waited_s),
-            oldest_pending_age_s=None if oldest is None else max(0.0, (now_ms - oldest) / 1000.0))
+            oldest_pending_age_s=age)
         self._api_waited_s = waited
         self.observers.on_sweep(self.last_report)
 
@@ -372,10 +532,29 @@ class Daemon:
         """The daemon's picture now: the tracked runs and configuration in force, the last sweep's outcome."""
         base: dict[str, Any] = dict(now_ms=self.clock.now_ms(), monotonic=self.clock.monotonic(),
                     runs=self.sweeper.tracked if self.sweeper is not None else {},
-                    sinks=tuple(self.sinks), interval=self.cfg.watch.interval)
+                    sinks=tuple(self.sinks), interval=self.cfg.watch.interval, store_error=self.store_error())
         if self.last_report is None:
             return Report(**base)
         return dataclasses.replace(self.last_report, api_wait_s=0.0, **base)
+
+    def role_name(self) -> str:
+        """``starting`` until the state store is open, then ``sweeper`` or (another instance holds the lease of
+        this watch scope) ``standby``."""
+        if self.dispatcher is None:
+            return STARTING
+        return self.role.role if self.role is not None else SWEEPER
+
+    def store_error(self) -> str | None:
+        """Why the state store does not answer now (None: it does), without the store's name."""
+        reason = self.store_health.reason
+        return None if reason is None else self._short(reason)
+
+    def _short(self, error: BaseException | str) -> str:
+        text = str(error)
+        for name in (getattr(self.store, "path", None), stores.describe(self.cfg)):
+            if name and text.startswith(f"state store {name}: "):
+                return text[len(f"state store {name}: "):]
+        return text
 
     def sink_types(self) -> dict[str, str]:
         """Configured sink name → type, for the status page (never a URL or a secret)."""
@@ -466,11 +645,17 @@ class Daemon:
                 await self.sinks[name].close()
         self.sinks = {**keep, **fresh}
         self.dispatcher.set_config(new.delivery)
-        for name, sink in fresh.items():
-            # A new or changed sink starts enabled: a config change is how a 410-disabled sink is fixed.
-            await self.store.set_sink_state(name, disabled_reason=None, now_ms=self.clock.now_ms())
+        for sink in fresh.values():
             self.dispatcher.add(sink)
-        await self._dead_letter_removed_sinks()
+        try:
+            for name in fresh:
+                # A new or changed sink starts enabled: a config change is how a 410-disabled sink is fixed.
+                await self.store.set_sink_state(name, disabled_reason=None, now_ms=self.clock.now_ms())
+            await self._dead_letter_removed_sinks()
+        except StoreUnavailable as exc:  # the new sinks run already; the store learns it at the next start
+            log.warning("config.reload_store_unavailable", error=self._short(exc),
+                        note="the new configuration is in force; a re-enabled sink may still show as disabled and "
+                             "removed sinks' deliveries are dead-lettered at the next start")
 
     # ------------------------------------------------------------------------------------------- shutdown
 
@@ -478,6 +663,8 @@ class Daemon:
         """A clean stop writes the stall clocks the sweeps left unwritten (plan.STALL_CLOCK_MAX_LAG_MS), while this
         instance still holds the sweep lease; a store that fails here costs only stall timing, never an event."""
         if self.sweeper is None or self.store is None or (self.role is not None and self.role.token is None):
+            return
+        if self._state_stale or not self.store_health.ok:  # nothing to write that the store would take now
             return
         try:
             written = await self.sweeper.flush()
@@ -489,12 +676,14 @@ class Daemon:
             log.debug("sweeper.flushed", runs=written)
 
     async def shutdown(self) -> None:
-        """STOPPING, stop the side tasks, drain deliveries within the grace period, STOPPED, close."""
+        """STOPPING, stop the supervised tasks (the sweep loop, the lease keeper, the watchdog feeder), drain
+        deliveries within the grace period, STOPPED, close. Steps that need the state store are skipped while
+        it is away (the lease then runs out by itself; claims expire)."""
         self.observers.on_state(State.STOPPING, self.snapshot())
         log.info("daemon.stopping")
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.supervisor.stop_all()
+        for name in ("sweep-loop", "lease", "watchdog"):
+            await self.supervisor.cancel(name)
         if self.dispatcher is not None:
             grace = 0.0 if self.force_exit else self.cfg.delivery.shutdown_grace
             await self.dispatcher.stop(grace)
@@ -506,8 +695,9 @@ class Daemon:
         if self.client is not None:
             await self.client.close()
         if self.server is not None:
+            await self.supervisor.cancel("http-server")
             await self.server.close()
-        if self.role is not None:
+        if self.role is not None and self.store_health.ok:
             await self.role.stop()  # hands the lease and our delivery claims over at once
         if self.store is not None:
             await self.store.aclose()

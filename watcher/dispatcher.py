@@ -22,6 +22,14 @@ How a worker keeps up without giving up durability:
   then one probe at a time, at most 5 s apart; the first success resumes the sink and makes all its pending
   deliveries due at once. A receiver that accepts some events is up: each failing event keeps its own backoff.
 
+* A state store that is away (PostgreSQL restarting, SQLite locked or its disk full: ``StoreUnavailable``) is an
+  outage to wait out, not a reason to end: every store call of a worker, and the outcome log's commits, try
+  again with backoff (0.5 s doubling to 5 s) until the store answers, tell ``StoreHealth`` (quiet logs,
+  ``/readyz``), and the worker drops what it had claimed but not started (another instance may take those
+  over while our heartbeat is stale). An outcome waits in memory for its commit, so a delivery sent during the
+  outage is not sent again. Each worker runs under the daemon's ``Supervisor`` (task ``sink:<name>``): a worker
+  that still dies (a bug) is logged at once, restarted with backoff and named by ``/readyz`` while down.
+
 Every wait goes through the injected ``Clock``. While sends are in flight a worker waits only for one of them
 to finish (or a wakeup), never on the clock, so a test clock moves only when the worker is really idle.
 Workers are independent, so a slow or failing sink never delays another.
@@ -33,18 +41,23 @@ import asyncio
 import contextlib
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 
-from watcher.clock import Clock
+from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import DeliveryConfig
 from watcher.crashpoints import crash_point
-from watcher.errors import DeliveryError, Reason
+from watcher.errors import DeliveryError, Reason, StoreUnavailable
+from watcher.outage import StoreHealth, store_retry_s
 from watcher.policy import Breaker, breaker_after, breaker_mode, decide_failure, group_key, group_ready_ms
 from watcher.sinks.spec import Sink
 from watcher.store_api import DEAD, DELIVERED, RETRY, Delivery, Outcome, StateStore
+from watcher.supervisor import Supervisor
+
+T = TypeVar("T")
 
 log = structlog.get_logger("watcher.dispatcher")
 
@@ -77,14 +90,26 @@ class SinkHealth:
     failed: int = 0
 
 
+class _Abandoned(Exception):
+    """The worker is stopping while the state store is away: what waited for it is left (still pending in the
+    outbox, sent again after the next start)."""
+
+
 class OutcomeLog:
     """Group commit of delivery outcomes. ``record`` returns once the outcome is committed; outcomes recorded
-    while a commit runs are committed together by the next one."""
+    while a commit runs are committed together by the next one. A commit the store cannot take now
+    (``StoreUnavailable``) is tried again with backoff, joined by what was recorded meanwhile, until it goes
+    through or ``abandon()`` (a shutdown that cannot wait longer) gives up on it."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, *, clock: Clock = SYSTEM_CLOCK, rand: random.Random | None = None,
+                 health: StoreHealth | None = None) -> None:
         self.store = store
+        self.clock = clock
+        self.rand = rand or random.Random()
+        self.health = health
         self._pending: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._abandoned = asyncio.Event()
         self.commits = 0
         self.recorded = 0
 
@@ -97,31 +122,61 @@ class OutcomeLog:
         await asyncio.shield(future)
 
     async def _flush(self) -> None:
+        attempt = 0
         while self._pending:
             batch, self._pending = self._pending, []
             try:
                 await self.store.record_outcomes([outcome for outcome, _ in batch])
+            except StoreUnavailable as exc:
+                if self._abandoned.is_set():
+                    _fail(batch, exc)
+                    continue
+                if self.health is not None:
+                    self.health.failed("outcomes", exc)
+                self._pending[:0] = batch  # tried again, with what is recorded meanwhile
+                with contextlib.suppress(TimeoutError):
+                    await self.clock.wait_for(self._abandoned.wait(), store_retry_s(attempt, self.rand.random()))
+                attempt += 1
+                continue
             except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                _fail(batch, exc)
                 continue
             except BaseException:
                 for _, future in batch:
                     future.cancel()
                 raise
+            attempt = 0
+            if self.health is not None:
+                self.health.succeeded("outcomes")
             self.commits += 1
             self.recorded += len(batch)
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)
 
-    async def close(self) -> None:
-        """Wait for the commit in progress (and those queued behind it)."""
+    def abandon(self) -> None:
+        """Stop waiting for a store that is away: outcomes not committed yet fail (their deliveries stay pending
+        in the outbox and are sent again after the next start)."""
+        self._abandoned.set()
+
+    async def close(self, within: float | None = None, *, abandon: bool = False) -> None:
+        """Wait for the commit in progress (and those queued behind it), at most ``within`` seconds of the
+        clock; then, with ``abandon``, give up on what the store did not take."""
         flusher = self._flusher
-        if flusher is not None:
+        if flusher is None or flusher.done():
+            return
+        with contextlib.suppress(Exception):
+            await self.clock.wait_for(asyncio.shield(flusher), within)
+        if not flusher.done() and abandon:
+            self.abandon()
             with contextlib.suppress(Exception):
-                await asyncio.shield(flusher)
+                await flusher
+
+
+def _fail(batch: list[tuple[Outcome, asyncio.Future[None]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 class SinkWorker:
@@ -137,6 +192,8 @@ class SinkWorker:
         on_outcome: Callable[[str, str], None] | None = None,
         outcomes: OutcomeLog | None = None,
         concurrency: int | None = None,
+        store_health: StoreHealth | None = None,
+        ride_out: bool = True,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -145,7 +202,11 @@ class SinkWorker:
         self.clock = clock
         self.rand = rand
         self.on_outcome = on_outcome
-        self.outcomes = outcomes or OutcomeLog(store)
+        self.store_health = store_health
+        self.ride_out = ride_out  # wait out a store outage (False: ``--once``, which fails fast instead)
+        self.outcomes = outcomes or OutcomeLog(store, clock=clock, rand=rand, health=store_health)
+        self._stopped = asyncio.Event()  # set by stop(): ends a wait for the state store
+        self._store_away = False  # the last store call of this worker failed with StoreUnavailable
         self.concurrency = concurrency or sink_concurrency(sink)
         self.health = SinkHealth(disabled_reason=disabled_reason)
         self.breaker = Breaker()
@@ -178,20 +239,31 @@ class SinkWorker:
 
     def stop(self) -> None:
         self.stopping = True
+        self._stopped.set()
         self.wakeup.set()
+
+    @property
+    def part(self) -> str:
+        """This worker's name for ``StoreHealth`` and the supervisor."""
+        return f"sink:{self.name}"
 
     # ------------------------------------------------------------------------------------------ loop
 
     async def run_forever(self) -> None:
-        """Deliver until ``stop()``; then let the sends in flight finish (``Dispatcher.stop`` bounds that)."""
+        """Deliver until ``stop()``; then let the sends in flight finish (``Dispatcher.stop`` bounds that). A run
+        after a crash (the supervisor's restart) starts from the outbox again."""
+        self._restart()
         try:
             while not self.stopping:
                 self._raise_failure()
-                if await self._pump():
-                    continue
-                if self.stopping:
+                try:
+                    if await self._pump():
+                        continue
+                    if self.stopping:
+                        break
+                    await self._idle()
+                except _Abandoned:
                     break
-                await self._idle()
             self._queue.clear()
             while self._running:
                 await asyncio.wait(set(self._running))
@@ -222,10 +294,55 @@ class SinkWorker:
                 break
         return self.attempted - before
 
+    def _restart(self) -> None:
+        """Forget what a previous run of this worker held in memory (its sends were cancelled when it ended):
+        claims come from the outbox again. The breaker, the health counters and a disabled state are kept."""
+        self._queue.clear()
+        self._claimed.clear()
+        self._error = None
+        self._cursor = None
+        self._group_due_ms = None
+        self.window = 1
+
     def _raise_failure(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+    async def _store(self, call: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
+        """``await call(*args, **kwargs)``, a call on the state store that rides out an outage: on
+        StoreUnavailable it tells StoreHealth, drops what was claimed but not started, waits (backoff on the
+        clock, cut short by ``stop()``) and tries again. Without ``ride_out`` (``--once``) the error is raised."""
+        attempt = 0
+        while True:
+            try:
+                result = await call(*args, **kwargs)
+            except StoreUnavailable as exc:
+                if not self.ride_out:
+                    raise
+                if self.stopping:
+                    raise _Abandoned from exc
+                self._store_away = True
+                if self.store_health is not None:
+                    self.store_health.failed(self.part, exc)
+                self._drop_queue()
+                with contextlib.suppress(TimeoutError):
+                    await self.clock.wait_for(self._stopped.wait(), store_retry_s(attempt, self.rand.random()))
+                attempt += 1
+                continue
+            if self._store_away:
+                self._store_away = False
+                if self.store_health is not None:
+                    self.store_health.succeeded(self.part)
+            return result
+
+    def _drop_queue(self) -> None:
+        """Claimed but not started: left to the outbox (claimed again when the store answers; on PostgreSQL
+        another instance may take them meanwhile, when our heartbeat is older than the lease)."""
+        for delivery in self._queue:
+            self._claimed.discard(delivery.id)
+        self._queue.clear()
+        self._cursor = None
 
     async def _pump(self) -> bool:
         """Claim what may be sent now and start sends up to the concurrency. True when something started
@@ -240,7 +357,7 @@ class SinkWorker:
         if mode == "probe":
             if self._running:
                 return False  # one request at a time while the receiver is down
-            delivery = await self.store.oldest_pending(self.name)
+            delivery = await self._store(self.store.oldest_pending, self.name)
             if delivery is None:
                 return False
             self._claimed.add(delivery.id)
@@ -293,12 +410,12 @@ class SinkWorker:
         if self.group_wait_ms is not None and self._queue and self._cursor is not None:
             # A chat sink holding a burst reads only what came after it, not the whole burst again; the
             # cursor is dropped after every send, so a delivery behind it (run order) is read then.
-            rows = await self.store.due_deliveries(self.name, now, batch, after=self._cursor)
+            rows = await self._store(self.store.due_deliveries, self.name, now, batch, after=self._cursor)
         else:
             # What this worker holds is not read again (the SQLite store leaves it out; PostgreSQL renews
             # our claims on it and counts it in the limit: the worker skips it below either way).
             held = tuple(self._claimed)  # a copy: the store reads it on its own thread
-            rows = await self.store.due_deliveries(self.name, now, batch + len(held), exclude=held)
+            rows = await self._store(self.store.due_deliveries, self.name, now, batch + len(held), exclude=held)
         self._claimed_at = now
         for delivery in rows:
             if delivery.id not in self._claimed:
@@ -318,8 +435,10 @@ class SinkWorker:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._cursor = None
-        if not task.cancelled() and task.exception() is not None and self._error is None:
-            self._error = task.exception()
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None and self._error is None and not isinstance(error, _Abandoned):
+                self._error = error
         self.wakeup.set()
 
     async def _idle(self) -> None:
@@ -334,7 +453,7 @@ class SinkWorker:
             if self.breaker.next_probe_ms is not None:
                 waits.append((self.breaker.next_probe_ms - now) / 1000.0)
         elif self.health.disabled_reason is None:
-            nxt = await self.store.next_due_ms(self.name, self._claimed_at)
+            nxt = await self._store(self.store.next_due_ms, self.name, self._claimed_at)
             if nxt is not None:
                 waits.append((nxt - now) / 1000.0)
             if self._queue and self._group_due_ms is not None:
@@ -354,7 +473,7 @@ class SinkWorker:
     # -------------------------------------------------------------------------------------- disabled
 
     async def _dead_letter_due(self, now: int) -> bool:
-        due = await self.store.due_deliveries(self.name, now, CLAIM_BATCH)
+        due = await self._store(self.store.due_deliveries, self.name, now, CLAIM_BATCH)
         if not due:
             return False
         if not self._disabling:
@@ -363,14 +482,14 @@ class SinkWorker:
             return True
         error = f"sink disabled: {self.health.disabled_reason}"
         for delivery in due:
-            await self.outcomes.record(Outcome(delivery.id, self.name, DEAD, now, error=error, attempted=False))
+            await self._record([delivery], DEAD, now, error=error, attempted=False)
             self._outcome("dead")
         return True
 
     async def _pick_up_reenable(self) -> None:
         """`flora-watcher replay` (another process) re-enables a disabled sink in the store; a running daemon
         must send the re-queued deliveries, not dead-letter them again."""
-        state = (await self.store.sink_states()).get(self.name)
+        state = (await self._store(self.store.sink_states)).get(self.name)
         if state is None or state.disabled_reason is None:
             self.health.disabled_reason = None
             log.info("sink.reenabled", sink=self.name)
@@ -392,9 +511,13 @@ class SinkWorker:
         return release
 
     async def _record(self, batch: list[Delivery], state: str, now: int, **fields: object) -> None:
-        """One outcome for every delivery of ``batch`` (a group is marked together), committed together."""
-        await asyncio.gather(*(self.outcomes.record(Outcome(d.id, self.name, state, now, **fields))  # type: ignore[arg-type]
-                               for d in batch))
+        """One outcome for every delivery of ``batch`` (a group is marked together), committed together. The
+        outcome log waits out a store outage; it fails with StoreUnavailable only once abandoned (shutdown)."""
+        try:
+            await asyncio.gather(*(self.outcomes.record(Outcome(d.id, self.name, state, now, **fields))  # type: ignore[arg-type]
+                                   for d in batch))
+        except StoreUnavailable as exc:
+            raise _Abandoned from exc
 
     async def _send(self, batch: list[Delivery]):
         if len(batch) == 1:
@@ -482,7 +605,7 @@ class SinkWorker:
                      probe=probe or None, **fields)
         elif verdict.action == "disable":
             await self._record(batch, DEAD, now, status=exc.status, error=error, health=False)
-            await self.store.set_sink_state(self.name, disabled_reason=disabled, now_ms=now)
+            await self._store(self.store.set_sink_state, self.name, disabled_reason=disabled, now_ms=now)
             self._disabling = False
             self._outcome("disabled")
             for _ in batch[1:]:
@@ -497,8 +620,8 @@ class SinkWorker:
         if self.breaker.open and not was_open:
             await self._paused(now, exc)
         elif self.breaker.open and probe:
-            await self.store.set_sink_pause(self.name, since_ms=self.breaker.opened_ms,
-                                            next_probe_ms=self.breaker.next_probe_ms)
+            await self._store(self.store.set_sink_pause, self.name, since_ms=self.breaker.opened_ms,
+                              next_probe_ms=self.breaker.next_probe_ms)
             log.debug("sink.probe_failed", sink=self.name, next_probe_in_s=self._probe_in_s(now),
                       error=exc.message[:300])
 
@@ -512,7 +635,7 @@ class SinkWorker:
             self._claimed.discard(delivery.id)
         self._queue.clear()
         self._cursor = None
-        await self.store.set_sink_pause(self.name, since_ms=now, next_probe_ms=self.breaker.next_probe_ms)
+        await self._store(self.store.set_sink_pause, self.name, since_ms=now, next_probe_ms=self.breaker.next_probe_ms)
         log.warning("sink.paused", sink=self.name, failures=self.breaker.failures,
                     failing_for_s=round((now - (self.breaker.streak_start_ms or now)) / 1000, 2),
                     reason=str(exc.reason), status=exc.status, error=exc.message[:300],
@@ -521,14 +644,15 @@ class SinkWorker:
 
     async def _resumed(self, now: int) -> None:
         """The first success after a pause: every pending delivery of this sink is due now."""
-        made_due = await self.store.make_due(self.name, now)
-        await self.store.set_sink_pause(self.name, since_ms=None, next_probe_ms=None)
+        made_due = await self._store(self.store.make_due, self.name, now)
+        await self._store(self.store.set_sink_pause, self.name, since_ms=None, next_probe_ms=None)
         log.info("sink.resumed", sink=self.name, made_due=made_due)
         self.wakeup.set()
 
 
 class Dispatcher:
-    """Owns one ``SinkWorker`` per sink, their tasks and the shared group commit of outcomes."""
+    """Owns one ``SinkWorker`` per sink, run as supervised tasks (``sink:<name>``), and the shared group commit
+    of outcomes."""
 
     def __init__(
         self,
@@ -540,13 +664,23 @@ class Dispatcher:
         rand: random.Random | None = None,
         disabled: Mapping[str, str | None] | None = None,
         on_outcome: Callable[[str, str], None] | None = None,
+        supervisor: Supervisor | None = None,
+        fatal: Callable[[BaseException], bool] | None = None,
+        health: StoreHealth | None = None,
+        ride_out: bool = True,
     ) -> None:
         self.store = store
         self.cfg = cfg
         self.clock = clock
         self.rand = rand or random.Random()
         self.on_outcome = on_outcome
-        self.outcomes = OutcomeLog(store)
+        self.health = health
+        self.ride_out = ride_out
+        self.supervisor = supervisor or Supervisor(clock=clock, rand=self.rand)
+        self.fatal = fatal  # errors no restart of a worker can cure (the daemon stops on them)
+        self.outcomes = OutcomeLog(store, clock=clock, rand=self.rand, health=health)
+        if not ride_out:
+            self.outcomes.abandon()
         self.workers: dict[str, SinkWorker] = {
             name: self._worker(sink, (disabled or {}).get(name)) for name, sink in sinks.items()
         }
@@ -555,19 +689,24 @@ class Dispatcher:
 
     def _worker(self, sink: Sink, disabled_reason: str | None) -> SinkWorker:
         return SinkWorker(sink, self.store, cfg=self.cfg, clock=self.clock, rand=self.rand,
-                          disabled_reason=disabled_reason, on_outcome=self.on_outcome, outcomes=self.outcomes)
+                          disabled_reason=disabled_reason, on_outcome=self.on_outcome, outcomes=self.outcomes,
+                          store_health=self.health, ride_out=self.ride_out)
+
+    def _run(self, worker: SinkWorker) -> None:
+        kwargs = {} if self.fatal is None else {"fatal": self.fatal}
+        self.tasks[worker.name] = self.supervisor.start(worker.part, worker.run_forever, **kwargs)
 
     def start(self) -> None:
         self._started = True
-        for name, worker in self.workers.items():
-            self.tasks[name] = asyncio.create_task(worker.run_forever(), name=f"sink:{name}")
+        for worker in self.workers.values():
+            self._run(worker)
 
     def add(self, sink: Sink, *, disabled_reason: str | None = None) -> None:
         """A new worker for ``sink`` (a reload added or changed it); started at once if the dispatcher runs."""
         worker = self._worker(sink, disabled_reason)
         self.workers[sink.name] = worker
         if self._started:
-            self.tasks[sink.name] = asyncio.create_task(worker.run_forever(), name=f"sink:{sink.name}")
+            self._run(worker)
 
     async def remove(self, name: str, grace: float) -> None:
         """Stop one sink's worker: sends in flight may finish within ``grace``; its deliveries stay in the
@@ -575,12 +714,13 @@ class Dispatcher:
         worker = self.workers.pop(name, None)
         if worker is None:
             return
+        self.supervisor.retire(worker.part)
         worker.stop()
         task = self.tasks.pop(name, None)
         if task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await self.clock.wait_for(task, grace)
-        await self.outcomes.close()
+        await self.outcomes.close(grace)
 
     def set_config(self, cfg: DeliveryConfig) -> None:
         """A reloaded [delivery] section applies to every worker's next decision."""
@@ -598,17 +738,17 @@ class Dispatcher:
 
     async def stop(self, grace: float) -> int:
         """Stop the workers: sends in flight may finish within ``grace`` seconds and their outcomes are recorded;
-        after that the rest is cancelled (it stays pending and is sent after the next start). Returns how many
-        workers had to be cancelled."""
+        after that the rest is cancelled (it stays pending and is sent after the next start), and outcomes a
+        state store that is away did not take are given up. Returns how many workers had to be cancelled."""
         for worker in self.workers.values():
+            self.supervisor.retire(worker.part)
             worker.stop()
         tasks = list(self.tasks.values())
         if not tasks:
-            await self.outcomes.close()
+            await self.outcomes.close(grace, abandon=True)
             return 0
         with contextlib.suppress(TimeoutError):
             await self.clock.wait_for(asyncio.wait(tasks), grace)
-        done = [task for task in tasks if task.done()]
         pending = [task for task in tasks if not task.done()]
         for task in pending:
             task.cancel()
@@ -616,9 +756,6 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
             log.warning("delivery.drain_timeout", cancelled=len(pending),
                         note="their deliveries stay pending and are sent after the next start")
-        await self.outcomes.close()
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("delivery.worker_crashed", error=repr(task.exception()))
+        await self.outcomes.close(0 if pending else grace, abandon=True)
         self.tasks.clear()
         return len(pending)

@@ -1,23 +1,31 @@
 """Several instances on one PostgreSQL store: which one sweeps. Shell (thin) around a pure scope and timing.
 
-Every instance runs a ``SweeperRole``: a background task that, every ``min(lease / 3, interval)`` seconds,
-refreshes the instance's heartbeat row and takes or renews the sweeper lease of its watch scope (the API origin
-plus the filters). The instance whose lease is valid sweeps; the others only deliver. The store's commit checks
-the lease's fencing token in the sweep's own transaction, so a sweeper that stalled past its lease and lost it
-commits nothing (``LeaseLost``) — it goes back to standby and reloads the state when it sweeps again.
-After a kill -9 of the sweeper its lease runs out and another instance takes it: within lease + one tick.
+Every instance runs a lease keeper (``SweeperRole.run``, the daemon's supervised task ``lease``): every
+``min(lease / 3, interval)`` seconds of the injected clock it refreshes the instance's heartbeat row and takes
+or renews the sweeper lease of its watch scope (the API origin plus the filters). The instance whose lease is
+valid sweeps; the others only deliver. The store's commit checks the lease's fencing token in the sweep's own
+transaction, so a sweeper that stalled past its lease and lost it commits nothing (``LeaseLost``) — it goes back
+to standby and reloads the state when it sweeps again. After a kill -9 of the sweeper its lease runs out and
+another instance takes it: within lease + one tick.
+
+A database that is away is an outage, not an error: the keeper stops sweeping (the lease may be taken
+meanwhile), tells ``StoreHealth`` (quiet logs, ``/readyz``), and tries again at its next tick. ``last_ok_ms``
+is the last successful tick: a standby is ready while it is recent (``watcher.readiness``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
 
-from watcher.errors import StoreError
+from watcher.clock import SYSTEM_CLOCK, Clock
+from watcher.errors import StoreError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from watcher.outage import StoreHealth
 
 log = structlog.get_logger("watcher.lease")
 
@@ -54,16 +62,19 @@ class SweeperRole:
     """This instance's part in the election. ``is_sweeper`` is true while the lease is ours."""
 
     def __init__(self, store: Any, *, scope: str, lease_s: float, interval_s: float, version: str | None = None,
-                 clock: Any = None) -> None:
+                 clock: Clock = SYSTEM_CLOCK, health: StoreHealth | None = None) -> None:
         self.store = store
         self.scope = scope
+        self.lease_s = lease_s
         self.lease_ms = int(lease_s * 1000)
         self.period = tick_seconds(lease_s, interval_s)
         self.version = version
         self.clock = clock
+        self.health = health
         self.token: int | None = None  # the fencing token while we hold the lease
+        self.last_ok_ms: int | None = None  # the last tick that reached the store (clock.now_ms())
+        self._registered = False
         self._swept_token: int | None = None  # the token of the state the sweeper last loaded/swept with
-        self._task: asyncio.Task[None] | None = None
         self.takeovers = 0
 
     @property
@@ -75,9 +86,35 @@ class SweeperRole:
         return SWEEPER if self.is_sweeper else STANDBY
 
     async def start(self) -> None:
-        await self.store.register_instance(role=STANDBY, version=self.version)
-        await self.tick()
-        self._task = asyncio.create_task(self._run(), name="sweeper-lease")
+        """Register this instance and take a first turn now, so the first sweep knows whether it is ours. A store
+        away now is no error: ``run()`` tries again at every tick."""
+        await self.turn()
+
+    async def run(self) -> None:
+        """The lease keeper: one turn every ``period`` seconds of the clock, until cancelled."""
+        while True:
+            await self.clock.sleep(self.period)
+            await self.turn()
+
+    async def turn(self) -> None:
+        """One tick that rides out a store outage. Any other error also ends the sweeping (nothing says the lease
+        is still ours) and is raised, for the supervisor."""
+        try:
+            if not self._registered:
+                await self.store.register_instance(role=STANDBY, version=self.version)
+                self._registered = True
+            await self.tick()
+        except StoreUnavailable as exc:
+            self._unknown(exc)
+            if self.health is not None:
+                self.health.failed("lease", exc)
+            return
+        except Exception as exc:
+            self._unknown(exc)
+            raise
+        self.last_ok_ms = self.clock.now_ms()
+        if self.health is not None:
+            self.health.succeeded("lease")
 
     async def tick(self) -> None:
         """Take or renew the lease, then beat the heart with the resulting role."""
@@ -91,17 +128,13 @@ class SweeperRole:
                 log.warning("sweeper.lease_lost", scope=self.scope, token=before)
         await self.store.heartbeat(role=self.role)
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.period)
-            try:
-                await self.tick()
-            except Exception as exc:  # the database is briefly away (or a bug): stop sweeping until renewed
-                if self.token is not None:
-                    log.warning("sweeper.lease_unknown", error=f"{type(exc).__name__}: {exc}",
-                                note="not sweeping until the lease is renewed")
-                self.token = None
-                self.store.fence = None
+    def _unknown(self, exc: BaseException) -> None:
+        """The tick failed: whether the lease is still ours is unknown, so stop sweeping until it is renewed."""
+        if self.token is not None:
+            log.warning("sweeper.lease_unknown", error=f"{type(exc).__name__}: {exc}",
+                        note="not sweeping until the lease is renewed")
+        self.token = None
+        self.store.fence = None
 
     async def ready_to_sweep(self, sweeper: Any) -> bool:
         """True when this instance should sweep now. On a takeover, the sweeper first reloads the shared state
@@ -122,11 +155,8 @@ class SweeperRole:
         self._swept_token = None
 
     async def stop(self) -> None:
-        """Clean stop: no more renewals; give up the lease and our claims so another instance takes over now."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        """Clean stop (the keeper task is stopped already): give up the lease and our claims so another instance
+        takes over now."""
         with contextlib.suppress(StoreError):
             await self.store.unregister_instance()
         self.token = None

@@ -94,6 +94,13 @@ class Metrics(Observer):
             f"{PREFIX}_detection_latency_seconds",
             "Seconds from a run's completed_at (API) to its event being stored.",
             buckets=DETECTION_LATENCY_BUCKETS, registry=r)
+        self._task_crashes = Counter(
+            f"{PREFIX}_task_crashes", "Supervised tasks that ended unexpectedly and were restarted, by task.",
+            ["task"], registry=r)
+        self._store_up = Gauge(
+            f"{PREFIX}_state_store_up", "1 while the state store answers, 0 during a state store outage.",
+            registry=r)
+        self._store_up.set(1)
         self._asyncio_tasks = Gauge(
             f"{PREFIX}_asyncio_tasks", "asyncio tasks alive in the daemon's event loop (growth = a task leak).",
             registry=r)
@@ -130,6 +137,13 @@ class Metrics(Observer):
     def on_state(self, state: State, report: Report) -> None:
         if state is State.READY:
             self.set_sinks(report.sinks)
+
+    def on_task(self, name: str, what: str, error: str | None) -> None:
+        if what == "crashed":
+            self._task_crashes.labels(task=name).inc()
+
+    def on_store(self, ok: bool, error: str | None) -> None:
+        self._store_up.set(1 if ok else 0)
 
     # ------------------------------------------------------------------------------------------ sweeps
 

@@ -9,6 +9,9 @@ table (``liveview.LiveViewObserver``) and, later, a status page. An observer ove
   RELOADING, STOPPING (shutdown began), STOPPED (sweeps and deliveries are over).
 - ``on_sweep(report)``: a sweep ended, successfully or not.
 - ``on_delivery(sink, outcome)``: one delivery attempt ended: delivered | retry | dead | disabled.
+- ``on_task(name, what, error)``: a supervised task (``watcher.supervisor``) ``crashed`` (with the error) or was
+  ``restarted``.
+- ``on_store(ok, error)``: the state store stopped answering (``ok`` False, with the reason) or answers again.
 
 Calls are synchronous, on the event loop, in subscription order. An observer must not block; one that raises
 is logged and skipped, never the daemon's problem. ``Report`` is a snapshot of what the daemon knows; its
@@ -49,6 +52,7 @@ class Report:
     oldest_pending_age_s: float | None = None  # age of the oldest pending delivery
     sweep: SweepResult | None = None  # the last sweep; None before the first one (and on a standby instance)
     api_wait_s: float = 0.0  # seconds the API client waited for its request budget or a 429 during that sweep
+    store_error: str | None = None  # why the state store does not answer now (None: it does)
 
     @property
     def active(self) -> int:
@@ -61,8 +65,9 @@ class Report:
 
     @property
     def api_ok(self) -> bool:
-        """The last sweep reached the API (True before the first sweep)."""
-        return self.sweep is None or self.sweep.ok
+        """The last sweep reached the API (True before the first sweep; a sweep that failed on a state store
+        that is away says nothing against the API)."""
+        return self.sweep is None or self.sweep.ok or self.store_error is not None
 
     @property
     def new_events(self) -> list[Event]:
@@ -83,6 +88,12 @@ class Observer:
         return None
 
     def on_delivery(self, sink: str, outcome: str) -> None:
+        return None
+
+    def on_task(self, name: str, what: str, error: str | None) -> None:
+        return None
+
+    def on_store(self, ok: bool, error: str | None) -> None:
         return None
 
 
@@ -115,6 +126,12 @@ class Observers(Observer):
 
     def on_delivery(self, sink: str, outcome: str) -> None:
         self._each("on_delivery", sink, outcome)
+
+    def on_task(self, name: str, what: str, error: str | None) -> None:
+        self._each("on_task", name, what, error)
+
+    def on_store(self, ok: bool, error: str | None) -> None:
+        self._each("on_store", ok, error)
 
 
 class HealthObserver(Observer):

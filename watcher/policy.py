@@ -78,6 +78,13 @@ def poll_delay(attempt: int, rand: float, *, first: float, cap: float) -> float:
     return ceiling / 2 + _unit(rand) * ceiling / 2
 
 
+def retry_delay(attempt: int, rand: float, *, first: float, cap: float) -> float:
+    """Seconds before trying again something that failed ``attempt + 1`` times in a row: restarting a crashed
+    task, reaching a state store that is away. The same curve as ``poll_delay`` (doubling from ``first`` up to
+    ``cap``, equal jitter: never 0, so a task that dies at once cannot spin). Always in (0, cap]."""
+    return poll_delay(attempt, rand, first=first, cap=cap)
+
+
 def _unit(rand: float) -> float:
     """A draw clamped to [0, 1] (NaN counts as 0)."""
     return min(1.0, max(0.0, rand)) if rand == rand else 0.0

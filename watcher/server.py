@@ -20,7 +20,7 @@ import asyncio
 import ipaddress
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 from typing import Any
@@ -37,38 +37,31 @@ from watcher.logs import redact
 from watcher.metrics import Metrics
 from watcher.model import Run
 from watcher.observer import Observer, Report, State
+from watcher.readiness import SWEEPER, Facts, Readiness, decide
 from watcher.store_api import StateStore
 from watcher.web import status as page_data
 
 log = structlog.get_logger("watcher.server")
 
 
-def readiness(
-    now_ms: int, last_ok_ms: int | None, ready_after_s: float, *, stopping: bool = False,
-    last_error: str | None = None,
-) -> tuple[bool, str]:
-    """Pure: (ready, one-line reason) from the time of the last successful sweep."""
-    if stopping:
-        return False, "shutting down"
-    if last_ok_ms is None:
-        reason = "no successful sweep yet"
-        return False, f"{reason}: {last_error}" if last_error else reason
-    age_s = max(0, now_ms - last_ok_ms) / 1000
-    if age_s > ready_after_s:
-        reason = f"last successful sweep {age_s:.0f}s ago (limit {ready_after_s:g}s)"
-        return False, f"{reason}: {last_error}" if last_error else reason
-    return True, f"ok: last successful sweep {age_s:.1f}s ago"
+def _value(source: Any) -> Any:
+    return source() if callable(source) else source
 
 
 @dataclass
 class HealthSource:
-    """What ``/readyz`` looks at. The daemon owns one and updates it after every sweep.
+    """What ``/readyz`` looks at (the decision itself is ``watcher.readiness.decide``). The daemon owns one: its
+    ``HealthObserver`` updates the sweep fields after every sweep and ``stopping`` at shutdown; the fields that
+    change on their own (the role, the state store, the supervised tasks down, the lease heartbeat) are
+    functions the daemon hands in.
 
-    ``last_sweep_ok_ms``: wall-clock ms of the last successful sweep (None: none yet), or a function
-    returning it (so the daemon can hand in ``lambda: self.last_sweep_ok_ms``). ``last_error``: a
-    short, secret-free reason of the last failed sweep, shown in the 503 body. ``ready_after``: seconds a
+    ``last_sweep_ok_ms``: wall-clock ms of the last successful sweep (None: none yet), or a function returning
+    it. ``last_error``: a short, secret-free reason of the last failed sweep. ``ready_after``: seconds a
     successful sweep counts for (default: 3 x ``interval``). ``stopping``: set at shutdown so load balancers
-    drain first.
+    drain first. ``role``: ``sweeper`` (the default: a SQLite store's only instance), ``standby`` or
+    ``starting``. ``store_error``: why the state store does not answer (None: it does). ``tasks_down``:
+    supervised task name -> why it is down. ``last_heartbeat_ok_ms`` and ``heartbeat_window``: a standby's last
+    successful lease tick and how old it may be (the lease).
     """
 
     interval: float
@@ -77,6 +70,11 @@ class HealthSource:
     last_error: str | None = None
     ready_after: float | None = None
     stopping: bool = False
+    role: str | Callable[[], str] = SWEEPER
+    store_error: str | Callable[[], str | None] | None = None
+    tasks_down: Mapping[str, str] | Callable[[], Mapping[str, str]] = field(default_factory=dict)
+    last_heartbeat_ok_ms: int | Callable[[], int | None] | None = None
+    heartbeat_window: float = 15.0
 
     def sweep_ok(self, now_ms: int) -> None:
         self.last_sweep_ok_ms = now_ms
@@ -85,17 +83,31 @@ class HealthSource:
     def sweep_failed(self, reason: str) -> None:
         self.last_error = reason
 
+    def status(self) -> Readiness:
+        return decide(Facts(
+            now_ms=self.clock.now_ms(), role=_value(self.role), stopping=self.stopping,
+            store_error=_value(self.store_error), tasks_down=_value(self.tasks_down),
+            last_sweep_ok_ms=_value(self.last_sweep_ok_ms), last_sweep_error=self.last_error,
+            sweep_window_s=self.ready_after if self.ready_after is not None else 3 * self.interval,
+            last_heartbeat_ok_ms=_value(self.last_heartbeat_ok_ms), heartbeat_window_s=self.heartbeat_window,
+        ))
+
     def readiness(self) -> tuple[bool, str]:
-        window = self.ready_after if self.ready_after is not None else 3 * self.interval
-        last_ok = self.last_sweep_ok_ms() if callable(self.last_sweep_ok_ms) else self.last_sweep_ok_ms
-        return readiness(self.clock.now_ms(), last_ok, window, stopping=self.stopping, last_error=self.last_error)
+        """(ready, the ``/readyz`` line)."""
+        status = self.status()
+        return status.ready, status.line()
 
 
 class Server:
-    """A running endpoint. ``host``/``port`` are what it is bound to (the real port when 0 was asked)."""
+    """A running endpoint. ``host``/``port`` are what it is bound to (the real port when 0 was asked).
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+    It accepts connections from the moment ``start_server`` returns; ``serve()`` is the daemon's supervised
+    task ``http-server``: it waits on the listening socket and ends (a crash, restarted by the supervisor)
+    if the socket is closed under it; a restart binds the same address again."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, listener: asyncio.Server) -> None:
         self._runner = runner
+        self._listener = listener
         self.host = host
         self.port = port
 
@@ -104,8 +116,26 @@ class Server:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def serving(self) -> bool:
+        return self._listener.is_serving()
+
+    async def serve(self) -> None:
+        """Accept connections until cancelled (binding the address again first if the socket was closed)."""
+        if not self._listener.is_serving():
+            self._listener = await _listen(self._runner, self.host, self.port)
+            log.info("server.listening", url=self.url, again=True)
+        await self._listener.serve_forever()
+
     async def close(self) -> None:
-        await self._runner.cleanup()
+        self._listener.close()
+        await self._runner.cleanup()  # ends the open connections too
+        await self._listener.wait_closed()
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> asyncio.Server:
+    assert runner.server is not None
+    return await asyncio.get_running_loop().create_server(runner.server, host, port, reuse_address=True)
 
 
 # ------------------------------------------------------------------------------------------ status page
@@ -139,9 +169,10 @@ class StatusPage(Observer):
     sinks' names and types (never a URL).
     """
 
-    def __init__(self, store: StateStore, *, sink_types: Callable[[], Mapping[str, str]], clock: Clock = SYSTEM_CLOCK,
-                 health: HealthSource | None = None, cache_s: float = STATUS_CACHE_S) -> None:
-        self.store = store  # list_events, failure_counts, delivery_counts, sink_states
+    def __init__(self, store: StateStore | None, *, sink_types: Callable[[], Mapping[str, str]],
+                 clock: Clock = SYSTEM_CLOCK, health: HealthSource | None = None,
+                 cache_s: float = STATUS_CACHE_S) -> None:
+        self.store = store  # list_events, ...; None until the daemon's state store is open
         self.sink_types = sink_types
         self.clock = clock
         self.health = health
@@ -170,29 +201,32 @@ class StatusPage(Observer):
 
     # ------------------------------------------------------------------------------- the document
 
-    async def _active_runs(self) -> list[Run]:
+    async def _active_runs(self, store: StateStore) -> list[Run]:
         if self._runs is not None:
             return self._runs
-        tracked = await self.store.load_tracked()
+        tracked = await store.load_tracked()
         return [t.run for t in tracked.values() if not t.terminal]
 
     async def document(self) -> dict[str, Any]:
+        store = self.store
+        if store is None:
+            raise StoreError("the state store is not open yet")
         now = self.clock.now_ms()
-        runs = await self._active_runs()
-        stored = await self.store.list_events(limit=page_data.RECENT_EVENTS)
-        failures = await self._failure_counts(now)
-        counts = await self.store.delivery_counts()
-        states = await self.store.sink_states()
+        runs = await self._active_runs(store)
+        stored = await store.list_events(limit=page_data.RECENT_EVENTS)
+        failures = await self._failure_counts(store, now)
+        counts = await store.delivery_counts()
+        states = await store.sink_states()
         sinks = page_data.sinks(dict(self.sink_types()), counts, states, redact)
         return page_data.build(
             now_ms=now, version=__version__, runs=runs, events=[event for _, event in reversed(stored)],
-            failures=failures, sinks_=sinks, ready=self.health.readiness() if self.health is not None else None,
+            failures=failures, sinks_=sinks, ready=self.health.status() if self.health is not None else None,
         )
 
-    async def _failure_counts(self, now_ms: int) -> dict[str | None, int]:
+    async def _failure_counts(self, store: StateStore, now_ms: int) -> dict[str | None, int]:
         cached = self._failures
         if cached is None or self.clock.monotonic() - cached[0] >= FAILURES_CACHE_S:
-            counts = await self.store.failure_counts(since_ms=now_ms - page_data.FAILURE_WINDOW_MS)
+            counts = await store.failure_counts(since_ms=now_ms - page_data.FAILURE_WINDOW_MS)
             cached = self._failures = (self.clock.monotonic(), counts)
         return cached[1]
 
@@ -288,9 +322,10 @@ def _add_status_routes(app: web.Application, status: StatusPage, *, check_host: 
         try:
             body = await status.body()
         except StoreError as exc:
-            log.warning("server.status_unavailable", error=str(exc))
-            return web.json_response({"error": "the state store cannot be read right now"}, status=503,
-                                     headers={"Cache-Control": "no-store"})
+            log.debug("server.status_unavailable", error=str(exc))  # the store.* lines tell an outage
+            ready = page_data.readiness(status.health.status() if status.health is not None else None)
+            return web.json_response({"error": "the state store cannot be read right now", "ready": ready},
+                                     status=503, headers={"Cache-Control": "no-store"})
         return web.Response(body=body, content_type="application/json", charset="utf-8",
                             headers={"Cache-Control": "no-store"})
 
@@ -322,12 +357,11 @@ async def start_server(listen: str, metrics: Metrics, health: HealthSource,
                            handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        listener = await _listen(runner, host, port)
     except OSError as exc:
         await runner.cleanup()
         raise WatcherError(f"server.listen: cannot listen on {listen}: {exc.strerror or exc}") from None
-    bound_host, bound_port = runner.addresses[0][:2]
-    server = Server(runner, bound_host, bound_port)
+    bound_host, bound_port = listener.sockets[0].getsockname()[:2]
+    server = Server(runner, bound_host, bound_port, listener)
     log.info("server.listening", url=server.url)
     return server

@@ -217,9 +217,11 @@ def wedge_period(ping_interval: float, sweep_interval: float, api_timeout: float
 
 
 def status_line(report: Report) -> str:
-    """The ``STATUS=`` text: ``tracking 3 active runs; 0 deliveries pending; API ok``."""
+    """The ``STATUS=`` text: ``tracking 3 active runs; 0 deliveries pending; API ok``, and while the state
+    store is away ``…; waiting for the state store: connection refused``."""
     api = "ok" if report.api_ok else "failing"
-    return f"tracking {report.active} active runs; {report.pending} deliveries pending; API {api}"
+    line = f"tracking {report.active} active runs; {report.pending} deliveries pending; API {api}"
+    return line if report.store_error is None else f"{line}; waiting for the state store: {report.store_error}"
 
 
 class SystemdObserver(Observer):
@@ -239,6 +241,10 @@ class SystemdObserver(Observer):
             if self.feeder is not None:
                 self.feeder.stopped = True
             self.notifier.stopping()
+
+    def on_store(self, ok: bool, error: str | None) -> None:
+        if not ok:  # at once, not at the next sweep (at a start, no sweep comes until the store answers)
+            self.notifier.status(f"waiting for the state store: {error}")
 
     def on_sweep(self, report: Report) -> None:
         if self.feeder is not None:

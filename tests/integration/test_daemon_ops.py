@@ -284,12 +284,12 @@ async def test_an_api_that_stalls_every_request_is_an_outage_not_a_wedge(sim, no
     async def not_ready_because_of_the_api() -> str:
         while True:
             status, body = await get(http, base + "/readyz")
-            if status == 503 and ":" in body:  # once a sweep has failed, the reason names its error
+            if status == 503 and "): " in body:  # once a sweep has failed, the reason names its error
                 return body
             await asyncio.sleep(0.05)
 
     reason = await asyncio.wait_for(not_ready_because_of_the_api(), LIVENESS)
-    assert reason.startswith("last successful sweep") and "no answer within 0.3s" in reason, reason
+    assert reason.startswith("not ready: sweeper, last successful sweep") and "no answer within 0.3s" in reason, reason
     await until(lambda: any(s.endswith("API failing") for s in notify.values("STATUS")), LIVENESS,
                 "STATUS API failing")
     # Past the wedge period, and still pinging: the daemon never decided it was wedged.
@@ -462,7 +462,7 @@ async def test_sigterm_during_a_hung_delivery_exits_0_in_time_and_loses_nothing(
                 seen.append(await get(http, base + "/readyz"))
             await asyncio.sleep(0.02)
         assert await asyncio.wait_for(watcher.proc.wait(), STOP_TIMEOUT) == 0
-        assert (503, "shutting down\n") in seen, seen
+        assert (503, "not ready: sweeper, shutting down\n") in seen, seen
         # The daemon gave the hung send its grace period, then cancelled it (the grace period itself is timed on a
         # manual clock in tests/integration/test_delivery.py; here wall time would only measure the machine).
         assert watcher.logs("delivery.drain_timeout")
@@ -514,7 +514,7 @@ async def test_metrics_and_health_endpoints_show_the_daemon_working(sim, spawn, 
     cfg.write_text(config_text(sim.base_url, tmp_path, listen=f"127.0.0.1:{port}",
                                sinks=[{"name": "journal", "type": "file", "path": str(events_file)}]))
     watcher = await spawn(cfg)
-    assert (await wait_ready(http, base)).startswith("ok: last successful sweep")
+    assert (await wait_ready(http, base)).startswith("ok: sweeper, last successful sweep")
     assert await get(http, base + "/healthz") == (200, "ok\n")
 
     async def scrape() -> dict[tuple[str, frozenset], float]:

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fakes import FakeClock
 from watcher.errors import ConfigError, WatcherError
 from watcher.metrics import Metrics
-from watcher.server import HealthSource, parse_listen, readiness, start_server
+from watcher.server import HealthSource, parse_listen, start_server
 
 
 @pytest.fixture
@@ -112,23 +112,24 @@ async def test_health_and_readiness_follow_the_sweeps(served):
     assert await get(url + "/healthz") == (200, "text/plain; charset=utf-8", "ok\n")
 
     status, _, body = await get(url + "/readyz")
-    assert (status, body) == (503, "no successful sweep yet\n")
+    assert (status, body) == (503, "not ready: sweeper, no successful sweep yet\n")
 
     health.sweep_ok(clock.now_ms())
     clock.advance(4)
     status, _, body = await get(url + "/readyz")
     assert status == 200
-    assert body.startswith("ok")
+    assert body == "ok: sweeper, last successful sweep 4.0s ago\n"
 
     health.sweep_failed("API unavailable: connection refused")
     clock.advance(12)  # 16 s > 3 x 5 s
     status, _, body = await get(url + "/readyz")
     assert status == 503
-    assert body == "last successful sweep 16s ago (limit 15s): API unavailable: connection refused\n"
+    assert body == ("not ready: sweeper, last successful sweep 16s ago (limit 15s): API unavailable: connection "
+                    "refused\n")
 
     health.sweep_ok(clock.now_ms())
     health.stopping = True
-    assert (await get(url + "/readyz"))[:1] == (503,)
+    assert (await get(url + "/readyz"))[::2] == (503, "not ready: sweeper, shutting down\n")
 
 
 async def test_ipv6_loopback_and_bound_port():
@@ -175,9 +176,3 @@ def test_health_source_can_read_the_daemon_through_a_function():
     assert health.readiness()[0] is False
     state["ok_ms"] = 49_000
     assert health.readiness()[0] is True
-
-
-def test_readiness_reasons():
-    assert readiness(10_000, 9_000, 15)[0] is True
-    assert readiness(10_000, None, 15) == (False, "no successful sweep yet")
-    assert readiness(10_000, 9_000, 15, stopping=True) == (False, "shutting down")

@@ -216,14 +216,22 @@
 
     show($("sink-list"), "sink-empty", (data.sinks || []).map(sinkItem));
 
+    showReady(data.ready);
+    refreshAges(data.now);
+  }
+
+  // /readyz's decision: the instance's role in the header, a banner with the reason when it is not ready.
+  function showReady(r) {
+    const role = $("role");
+    role.textContent = r && r.role ? r.role : "";
+    role.hidden = !(r && r.role);
     const ready = $("ready");
-    if (data.ready && !data.ready.ok) {
-      ready.textContent = "Not ready: " + data.ready.reason;
+    if (r && !r.ok) {
+      ready.textContent = "Not ready (" + r.role + "): " + r.reason;
       ready.hidden = false;
     } else {
       ready.hidden = true;
     }
-    refreshAges(data.now);
   }
 
   function setLive(ok, text) {
@@ -238,7 +246,12 @@
     clearTimeout(timer);
     try {
       const response = await fetch("api/v1/status", { cache: "no-store", headers: { Accept: "application/json" } });
-      if (!response.ok) throw new Error("HTTP " + response.status);
+      if (!response.ok) {
+        // 503 while the state store is away: the body still says why the instance is not ready
+        const body = await response.json().catch(() => null);
+        if (body && body.ready) showReady(body.ready);
+        throw new Error("HTTP " + response.status);
+      }
       const data = await response.json();
       render(data);
       failures = 0;

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from watcher.model import Event, Run
+from watcher.readiness import Readiness
 from watcher.render import safe_url
 
 RECENT_EVENTS = 100  # transitions shown under "Recent outcomes"
@@ -177,16 +178,21 @@ def sinks(
     return shown
 
 
+def readiness(ready: Readiness | None) -> dict[str, Any] | None:
+    """``/readyz``'s decision as the document's ``ready``: ``{"ok", "role", "reason"}``."""
+    return None if ready is None else {"ok": ready.ready, "role": ready.role, "reason": ready.reason}
+
+
 def build(
     *, now_ms: int, version: str, runs: Iterable[Run], events: Sequence[Event],
-    failures: Mapping[str | None, int], sinks_: list[dict[str, Any]], ready: tuple[bool, str] | None = None,
+    failures: Mapping[str | None, int], sinks_: list[dict[str, Any]], ready: Readiness | None = None,
 ) -> dict[str, Any]:
     """The whole ``/api/v1/status`` document. ``events``: newest first."""
     runs = list(runs)
     return {
         "version": version,
         "now": now_ms,
-        "ready": None if ready is None else {"ok": ready[0], "reason": ready[1]},
+        "ready": readiness(ready),
         "active_total": sum(1 for r in runs if r.active),
         "active_runs": active_runs(runs, now_ms, ACTIVE_MAX),
         "recent_events": [recent_event(e) for e in events[:RECENT_EVENTS]],
