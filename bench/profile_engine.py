@@ -51,10 +51,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PHASES: list[tuple[str, str, str]] = [
     ("API request (aiohttp, own steps)", "watcher.api:FloraClient._exchange", "async"),
     ("decode (JSON → Python)", "watcher.api:json.loads", "sync"),
-    ("decode (JSON → Python)", "watcher.api:decode_page", "sync"),
+    ("decode (JSON → Python)", "watcher.wire:decode_page", "sync"),  # typed Structs, in C (issue 22)
     ("parse/memo (items → runs)", "watcher.api:parse_list_page", "sync"),
-    ("parse/memo (items → runs)", "watcher.normalize:parse_list_page", "sync"),
-    ("parse/memo (items → runs)", "watcher.normalize:page_from_structs", "sync"),
+    ("parse/memo (items → runs)", "watcher.api:parse_list_body", "sync"),
     ("listing bookkeeping (dedup, statuses)", "watcher.api:FloraClient._note_statuses", "sync"),
     ("observe (sweep per item, less detect)", "watcher.sweep:Sweeper._take_page", "sync"),
     ("detect (transition rules, less stall)", "watcher.sweep:detect", "sync"),
@@ -70,6 +69,7 @@ STORE_PHASES = {  # store methods (run on the store thread) -> phase
 }
 COUNTERS = [  # (counter, "module:attribute path"): calls counted, no timing
     ("full parses (parse_run)", "watcher.normalize:parse_run"),
+    ("full parses (wire_run, typed items)", "watcher.normalize:wire_run"),
     ("detect calls", "watcher.transitions:detect"),
     ("stall checks", "watcher.transitions:stall_check"),
 ]

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
+from watcher import wire
 from watcher.errors import BadResponseError
 from watcher.model import Model, Output, Run, RunType, Technique
 
@@ -252,6 +255,62 @@ def parse_run(
     )
 
 
+def wire_run(item: wire.WireItem, default_run_type: str | None = None) -> Run:
+    """``parse_run(json, default_run_type=...)`` for the JSON ``item`` was decoded from (``wire.decode_page``): the
+    same ``Run`` by the same rules, or the same ``BadResponseError``. The item's types are the documented ones, so
+    what is left of the rules is which key wins, empty strings, seconds vs milliseconds and negative costs."""
+    run_id = item.run_id or item.technique_run_id or item.generation_id
+    status = item.status.strip().lower() if item.status else None
+    if not run_id or not status:
+        parse_run({"run_id": run_id, "status": item.status})  # raises parse_run's own error for what is missing
+        raise AssertionError("unreachable")
+    raw = item.technique
+    if isinstance(raw, wire.WireTechnique):
+        technique_id, name = raw.technique_id or None, raw.name or None
+    else:
+        technique_id, name = raw or None, None
+    technique_id = technique_id or item.technique_id or None
+    name = name or item.technique_name or None
+    code, message = item.error_code or None, item.error_message or None
+    nested = item.error
+    if isinstance(nested, wire.WireError):
+        code = code or nested.code or None
+        message = message or nested.message or None
+    raw_model = item.model
+    if isinstance(raw_model, wire.WireModel):
+        model: Model | None = Model(model_id=raw_model.model_id or raw_model.name or None)
+    else:
+        model_id = raw_model or item.model_id or None
+        model = Model(model_id=model_id) if model_id is not None else None
+    if item.run_type:
+        run_type = item.run_type
+    elif item.type in RUN_TYPES:
+        run_type = item.type
+    elif default_run_type is not None:
+        run_type = default_run_type
+    else:
+        run_type = str(RunType.GENERATION if item.generation_id else RunType.TECHNIQUE)
+    outputs = item.outputs
+    return Run(
+        run_id=run_id,
+        status=status,
+        progress=_progress(item.progress),
+        created_at=to_ms(item.created_at),
+        started_at=to_ms(item.started_at),
+        completed_at=to_ms(item.completed_at),
+        workspace_id=item.workspace_id or None,
+        project_id=item.project_id or None,
+        technique=Technique(technique_id=technique_id, name=name) if technique_id or name else None,
+        charged_cost=_cost(item.charged_cost),
+        error_code=code,
+        error_message=message,
+        outputs=tuple([Output(o.output_id or None, o.type or None, o.url or None) for o in outputs]) if outputs else (),
+        poll_url=item.poll_url or None,
+        run_type=run_type,
+        model=model,
+    )
+
+
 # ------------------------------------------------------------------------------------------ pages
 
 
@@ -287,7 +346,8 @@ class RunMemo:
     __slots__ = ("_items", "hits")
 
     def __init__(self) -> None:
-        self._items: dict[str, tuple[dict[str, Any], str | None, Run]] = {}
+        # run id -> (the item last seen: a dict from json.loads or a wire.WireItem, its default run type, its Run)
+        self._items: dict[str, tuple[dict[str, Any] | wire.WireItem, str | None, Run]] = {}
         self.hits = 0  # items answered without a full parse (for benchmarks and tests)
 
     def __len__(self) -> int:
@@ -303,8 +363,9 @@ class RunMemo:
             if run_id is None:
                 return parse_run(item, default_run_type=default_run_type)
         known = self._items.get(run_id)
-        if known is not None and known[1] == default_run_type:
+        if known is not None and known[1] == default_run_type and type(known[0]) is dict:
             old_item, _, old_run = known
+            assert isinstance(old_item, dict)
             if item == old_item:
                 if bool not in map(type, item.values()):
                     self.hits += 1
@@ -326,6 +387,32 @@ class RunMemo:
             self._items[run_id] = (item, default_run_type, run)
         else:
             self._items.pop(run_id, None)
+        return run
+
+    def parse_wire(self, item: wire.WireItem, default_run_type: str | None = None) -> Run:
+        """``wire_run(item, default_run_type)``, from memory where the item allows: an item equal to the one
+        remembered (compared in C, field by field; a typed item holds no boolean where a number goes) gives the
+        remembered ``Run``, one that differs in ``progress`` alone that ``Run`` with the new progress."""
+        run_id = item.run_id or item.technique_run_id or item.generation_id
+        if run_id:
+            known = self._items.get(run_id)
+            if known is not None and known[1] == default_run_type:
+                old_item, _, old_run = known
+                if item == old_item:
+                    self.hits += 1
+                    return old_run
+                if type(old_item) is wire.WireItem:
+                    progress = item.progress
+                    item.progress = old_item.progress  # (compared as if unmoved, then back)
+                    moved_only = item == old_item
+                    item.progress = progress
+                    if moved_only:
+                        run = old_run.with_progress(_progress(progress))
+                        self._items[run_id] = (item, default_run_type, run)
+                        self.hits += 1
+                        return run
+        run = wire_run(item, default_run_type)  # (raises for an item without a run id or status)
+        self._items[run.run_id] = (item, default_run_type, run)
         return run
 
     def retain(self, keep: Container[str]) -> None:
@@ -371,6 +458,52 @@ def parse_list_page(obj: object, *, default_run_type: str | None = None, memo: R
         runs=tuple(runs),
         next_cursor=_cursor(cursor_raw),
         total_estimate=_total(_first(meta, "total_estimate", "totalEstimate")),
+        skipped=skipped,
+    )
+
+
+def parse_list_body(
+    body: bytes, *, default_run_type: str | None = None, memo: RunMemo | None = None
+) -> ListPage | None:
+    """``parse_list_page(json.loads(body), ...)`` through ``wire``: the page decoded to typed Structs in C and each
+    item turned into a ``Run`` by ``wire_run`` (or taken from ``memo``); an item the typed shape does not hold goes
+    through ``parse_run`` (and ``memo.parse``) as before. The same ``ListPage`` either way. None when the body is not
+    a documented list page at all (malformed JSON, another shape, a key ``parse_list_page`` reads under another
+    name): the caller then takes ``json.loads`` and ``parse_list_page``, which also tell what is wrong with it."""
+    page = wire.decode_page(body)
+    if page is None:
+        return None
+    if page.technique_runs is not None:
+        items: list[Any] = page.technique_runs
+        run_type = default_run_type
+    elif page.generations is not None:
+        items = page.generations
+        run_type = default_run_type or str(RunType.GENERATION)
+    else:
+        return None  # no list of runs: parse_list_page says so
+    runs: list[Run] = []
+    skipped = 0
+    typed = memo.parse_wire if memo is not None else wire_run
+    loose = memo.parse if memo is not None else (lambda item, run_type: parse_run(item, default_run_type=run_type))
+    for item in items:
+        try:
+            if type(item) is msgspec.Raw:  # a page with an item of another shape: this one, on its own
+                one = wire.item(item)
+                if one is None:
+                    try:
+                        runs.append(loose(json.loads(bytes(item)), run_type))
+                    except (ValueError, RecursionError):  # (not for JSON msgspec read: the whole page then)
+                        return None
+                    continue
+                item = one
+            runs.append(typed(item, run_type))
+        except BadResponseError:
+            skipped += 1
+    meta = page.meta
+    return ListPage(
+        runs=tuple(runs),
+        next_cursor=(meta.next_cursor or None) if meta is not None else None,
+        total_estimate=_total(meta.total_estimate) if meta is not None else None,
         skipped=skipped,
     )
 

@@ -5,7 +5,8 @@ The simulator (seeded, on the test's FakeClock) runs the engine benchmark's work
 steady state: runs of 20-120 s, 15 % fail. The real ``Sweeper`` (API client on loopback, parse memo, SQLite store)
 sweeps it every 5 s of simulated time. After a few sweeps, one sweep is counted: a listed run whose item is
 unchanged, or moved its progress alone (most of them), must cost neither a full parse of its item, nor a
-``transitions.detect``, nor a row written; only what changed does.
+``transitions.detect``, nor a row written; only what changed does. And every page of the documented shape is
+decoded to typed Structs (``wire``), none through ``json.loads`` and the tolerant parser.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import msgspec
 import pytest
 
 from tests.fakes import FakeClock
-from watcher import normalize, sweep
+from watcher import api, normalize, sweep
 from watcher.api import FloraClient
 from watcher.config import WatchConfig
 from watcher.model import Run, TrackedRun
@@ -56,7 +57,7 @@ async def test_a_steady_sweep_parses_detects_and_writes_only_what_changed(sim, c
     watch = WatchConfig(interval=INTERVAL, state_dir=tmp_path)
     sweeper = Sweeper(client, store, watch=watch, sinks=[sink_config(name="f", type="file", path=tmp_path / "e")],
                       clock=clock, rand=random.Random(1))
-    counts = {"parse_run": 0, "detect": 0, "upserts": 0}
+    counts = {"parse_run": 0, "wire_run": 0, "parse_list_page": 0, "detect": 0, "upserts": 0}
     listed: list[Run] = []
 
     def counting(name, fn):
@@ -65,7 +66,10 @@ async def test_a_steady_sweep_parses_detects_and_writes_only_what_changed(sim, c
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(normalize, "parse_run", counting("parse_run", normalize.parse_run))  # the memo's full parse
+    # a full parse of an item: wire_run (a typed item) or parse_run (one the typed shape does not hold)
+    monkeypatch.setattr(normalize, "parse_run", counting("parse_run", normalize.parse_run))
+    monkeypatch.setattr(normalize, "wire_run", counting("wire_run", normalize.wire_run))
+    monkeypatch.setattr(api, "parse_list_page", counting("parse_list_page", api.parse_list_page))
     monkeypatch.setattr(sweep, "detect", counting("detect", sweep.detect))
     take_page, commit = Sweeper._take_page, store.commit_sweep
 
@@ -101,8 +105,10 @@ async def test_a_steady_sweep_parses_detects_and_writes_only_what_changed(sim, c
     unfinished = [run for run in listed if not (run.run_id in before and before[run.run_id].terminal)]
     # The workload is what the benchmark's is: ~1,800 runs listed a sweep, most unchanged or moving only.
     assert len(listed) > 1_500 and len(changed) < len(listed) // 4
+    # Every page in the documented shape: decoded to typed Structs, none through json.loads and parse_list_page.
+    assert counts["parse_list_page"] == 0 and counts["parse_run"] == 0
     # Full parses: only the items that are new or changed beyond their progress.
-    assert counts["parse_run"] == len(changed)
+    assert counts["wire_run"] == len(changed)
     # Transition rules: only for the runs that changed beyond their progress (none is stalled or polled here).
     assert counts["detect"] == len([run for run in unfinished if beyond_progress(run, before.get(run.run_id))])
     assert counts["detect"] < len(unfinished) // 4
