@@ -38,10 +38,13 @@ from watcher.model import ALL_EVENT_TYPES, DEFAULT_EVENT_TYPES, RESOURCES
 from watcher.secret import Secret
 from watcher.settings import (
     DEFAULT_BASE_URL,
+    DEFAULT_INGRESS_PATH,
     DEFAULT_LEASE_S,
+    DEFAULT_TOLERANCE_S,
     ApiConfig,
     Config,
     DeliveryConfig,
+    IngressConfig,
     ServerConfig,
     StoreConfig,
     WatchConfig,
@@ -50,8 +53,9 @@ from watcher.sinks.spec import DEFAULT_SINK_TIMEOUT, SINK_COMMON_KEYS, SinkConfi
 from watcher.table import MISSING, ReadContext, Table, choices_text, hint, interpolate, os_reason, type_name
 
 __all__ = [
-    "API_KEYS", "DEFAULT_BASE_URL", "DEFAULT_LEASE_S", "DELIVERY_KEYS", "MATCH_KEYS", "SERVER_KEYS",
-    "SINK_COMMON_KEYS", "WATCH_KEYS", "ApiConfig", "Config", "DeliveryConfig", "ServerConfig", "SinkConfig",
+    "API_KEYS", "DEFAULT_BASE_URL", "DEFAULT_INGRESS_PATH", "DEFAULT_LEASE_S", "DELIVERY_KEYS", "INGRESS_KEYS",
+    "MATCH_KEYS", "SERVER_KEYS", "SINK_COMMON_KEYS", "WATCH_KEYS", "ApiConfig", "Config", "DeliveryConfig",
+    "IngressConfig", "ServerConfig", "SinkConfig",
     "SinkTypes", "StoreConfig", "Table", "WatchConfig", "check_url", "default_state_dir", "find_config",
     "interpolate", "load", "parse", "parse_listen", "read_text", "type_name",
 ]
@@ -65,7 +69,10 @@ API_KEY_CREDENTIAL = "flora_api_key"  # file name under $CREDENTIALS_DIRECTORY (
 LOCAL_CONFIG_NAME = "flora-watcher.toml"
 SYSTEM_CONFIG_PATH = Path("/etc/flora-watcher/flora-watcher.toml")
 
-TOP_KEYS = ("api", "watch", "server", "delivery", "sinks", "store")
+TOP_KEYS = ("api", "watch", "server", "delivery", "sinks", "store", "ingress")
+INGRESS_KEYS = ("listen", "path", "signing_secret", "signing_secret_file", "tolerance")
+SIGNING_SECRET_CREDENTIAL = "flora_signing_secret"  # file name under $CREDENTIALS_DIRECTORY (LoadCredential=)
+SIGNING_SECRET_PREFIX = "whsec_"
 STORE_KEYS = ("url", "url_file", "lease")
 STORE_URL_CREDENTIAL = "flora_store_url"  # file name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
 STORE_SCHEMES = ("postgresql", "postgres")
@@ -290,6 +297,40 @@ def _parse_store(t: Table) -> StoreConfig:
     return StoreConfig(url=Secret(url), lease=lease, url_source=source)
 
 
+def _parse_ingress(t: Table, server: ServerConfig | None) -> IngressConfig:
+    """[ingress]: listen (none: off), path, the signing secret(s) — signing_secret / signing_secret_file /
+    $CREDENTIALS_DIRECTORY/flora_signing_secret, first found wins; a list while rotating — and tolerance."""
+    t.check_keys(INGRESS_KEYS)
+    listen = t.string("listen")
+    if listen is not None:
+        address = parse_listen(listen, t.key("listen"))
+        if server is not None and server.listen is not None and address[1] != 0 and (
+                address == parse_listen(server.listen)):
+            raise ConfigError(t.key("listen"), "must differ from server.listen (the ingress is a listener of its own)")
+    path = t.string("path", DEFAULT_INGRESS_PATH) or DEFAULT_INGRESS_PATH
+    if not path.startswith("/") or len(path) > 200 or any(c.isspace() or ord(c) < 32 or c in "?#" for c in path):
+        raise ConfigError(t.key("path"), 'expected a URL path such as "/flora/callbacks" (no query, no spaces)')
+    tolerance = t.number("tolerance", DEFAULT_TOLERANCE_S, inclusive=True)
+    values, source = t.secret("signing_secret", "signing_secret_file", many=True)
+    key = t.key(source or "signing_secret")
+    if source is None:
+        found = _credential(t, SIGNING_SECRET_CREDENTIAL, "signing_secret")
+        if found is not None:
+            values, source, key = (found[0],), "credential", found[1]
+    for value in values:
+        if not value.startswith(SIGNING_SECRET_PREFIX) or len(value) <= len(SIGNING_SECRET_PREFIX):
+            raise ConfigError(key, "expected the workspace's signing secret as FLORA shows it: 'whsec_…', the whole "
+                                   "string (the prefix is part of the key)")
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ConfigError(key, "contains whitespace or control characters")
+    if listen is not None and not values:
+        raise ConfigError(t.key("signing_secret"),
+                          "ingress.listen needs the signing secret: set ingress.signing_secret or "
+                          "ingress.signing_secret_file, or provide the flora_signing_secret credential")
+    return IngressConfig(listen=listen, path=path, signing_secrets=tuple(Secret(v) for v in values),
+                         tolerance=tolerance, secret_source=source)
+
+
 # -------------------------------------------------------------------------------------------- sinks
 
 
@@ -414,8 +455,10 @@ def parse(
     sinks = attempt(lambda: _parse_sinks(root, watch.events if watch is not None else ALL_EVENT_TYPES,
                                          sink_types))
     store = attempt(lambda: _parse_store(root.table("store")))
+    ingress = attempt(lambda: _parse_ingress(root.table("ingress"), server))
     raise_config_errors(errors)
-    return Config(api=api, watch=watch, server=server, delivery=delivery, sinks=sinks, source=source, store=store)
+    return Config(api=api, watch=watch, server=server, delivery=delivery, sinks=sinks, source=source, store=store,
+                  ingress=ingress)
 
 
 def find_config(env: Mapping[str, str], cwd: Path) -> Path | None:

@@ -72,6 +72,25 @@ class StoreConfig:
         return "sqlite" if self.url is None else "postgresql"
 
 
+DEFAULT_INGRESS_PATH = "/flora/callbacks"
+DEFAULT_TOLERANCE_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class IngressConfig:
+    """``[ingress]`` (CONTRACT §9): FLORA's own signed run callbacks, on a listener of their own."""
+
+    listen: str | None = None  # "host:port"; None = off
+    path: str = DEFAULT_INGRESS_PATH
+    signing_secrets: tuple[Secret, ...] = ()  # the workspace's whsec_… (several while rotating: any verifies)
+    tolerance: float = DEFAULT_TOLERANCE_S  # seconds a signature's t may be off, either way; 0 = unchecked
+    secret_source: str | None = None  # "signing_secret" | "signing_secret_file" | "credential" (never the secret)
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -81,6 +100,7 @@ class Config:
     sinks: tuple[SinkConfig[Any], ...] = ()
     source: Path | None = None  # the file it came from, for messages
     store: StoreConfig = field(default_factory=StoreConfig)
+    ingress: IngressConfig = field(default_factory=IngressConfig)
 
     def secret_values(self) -> tuple[str, ...]:
         """Every resolved secret as plain text, for ``watcher.logs.register_secret``. Never log this."""
@@ -92,6 +112,7 @@ class Config:
                 values.extend(_url_secret_parts(secret.reveal()))
         if self.store.url is not None:
             values.extend(_store_url_secret_parts(self.store.url.reveal()))
+        values.extend(s.reveal() for s in self.ingress.signing_secrets)
         return tuple(dict.fromkeys(v for v in values if v))
 
 

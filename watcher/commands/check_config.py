@@ -1,4 +1,5 @@
-"""Validate the configuration and resolve every secret (API key, sink URLs, signing secrets), printing none.
+"""Validate the configuration and resolve every secret (API key, sink URLs, signing secrets, the ingress's signing
+secret), printing none.
 
 Also runs every check `run` makes at start (the state directory, each sink's file path or program), so a
 config that passes here starts. Exit status: 0 when the config is valid, 2 when it is not (one line per
@@ -58,11 +59,30 @@ def summary(config) -> list[str]:
         lines.append(f"  store:      {describe(config)} (lease {_num(config.store.lease)}s)")
     if config.server.listen:
         lines.append(f"  server:     {config.server.listen}")
+    lines.append(f"  ingress:    {_ingress(config.ingress)}")
     lines.append(f"  sinks ({len(config.sinks)}):")
     width = max(len(s.name) for s in config.sinks)
     for sink in config.sinks:
         lines.append(f"    {sink.name:<{width}}  {sink.type:<11}  {', '.join(sink.events)}{_sink_detail(sink)}")
     return lines
+
+
+SECRET_SOURCES = {
+    "signing_secret": "ingress.signing_secret",
+    "signing_secret_file": "ingress.signing_secret_file",
+    "credential": "systemd credential flora_signing_secret",
+}
+
+
+def _ingress(ingress) -> str:
+    """``[ingress]`` in one line: where it listens, the path, where the secret came from (never the secret)."""
+    if not ingress.enabled:
+        return "off (FLORA callbacks not received; set ingress.listen to turn them on)"
+    n = len(ingress.signing_secrets)
+    source = SECRET_SOURCES.get(ingress.secret_source or "", "none")
+    secrets = f"{n} signing secrets from {source}" if n > 1 else f"signing secret from {source}"
+    tolerance = "unchecked" if ingress.tolerance == 0 else f"{_num(ingress.tolerance)}s"
+    return f"{ingress.listen}{ingress.path} ({secrets}, timestamp tolerance {tolerance})"
 
 
 def _sink_detail(sink) -> str:
