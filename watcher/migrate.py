@@ -2,8 +2,9 @@
 
 ``migrate_state``: a SQLite state → an empty PostgreSQL schema (``flora-watcher migrate-state --to URL``): tracked
 runs, events (their exact bytes), every delivery (pending, dead letters, delivered history) with its id, sink
-state and meta (first start, watermarks), in one PostgreSQL transaction; nothing is written when the target
-already holds state. ``copy_pg_to_memory``: the reverse into an in-memory SQLite store, for ``run --dry-run``.
+state, meta (first start, watermarks) and recorded FLORA callbacks, in one PostgreSQL transaction; nothing is
+written when the target already holds state. ``copy_pg_to_memory``: the reverse into an in-memory SQLite store,
+for ``run --dry-run``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
                     "last_attempt_ms", "delivered_ms", "dead_ms", "last_error", "last_status")),
     ("sinks", ("name", "disabled_reason", "disabled_ms", "last_success_ms", "last_failure_ms", "last_error",
                "consecutive_failures")),
+    ("callbacks", ("delivery_id", "run_id", "type", "run_type", "workspace_id", "received_ms", "outcome",
+                   "done_ms")),
 )
 
 

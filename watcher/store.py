@@ -31,7 +31,17 @@ import structlog
 
 from watcher.errors import StoreError, StoreUnavailable
 from watcher.model import Event, Run, TrackedRun
-from watcher.store_api import DEAD, DELIVERED, PENDING, RETRY, Delivery, DeliveryRow, Outcome, SinkState
+from watcher.store_api import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    RETRY,
+    Delivery,
+    DeliveryRow,
+    Outcome,
+    RecordedCallback,
+    SinkState,
+)
 
 log = structlog.get_logger("watcher.store")
 
@@ -97,6 +107,21 @@ MIGRATIONS: tuple[str, ...] = (
         last_error           TEXT,
         consecutive_failures INTEGER NOT NULL DEFAULT 0
     );
+    """,
+    # 2: FLORA callbacks the ingress recorded: each delivery id once; outcome NULL until it is confirmed.
+    """
+    CREATE TABLE callbacks (
+        delivery_id  TEXT PRIMARY KEY,
+        run_id       TEXT NOT NULL,
+        type         TEXT NOT NULL,
+        run_type     TEXT,
+        workspace_id TEXT,
+        received_ms  INTEGER NOT NULL,
+        outcome      TEXT,
+        done_ms      INTEGER
+    );
+    CREATE INDEX callbacks_pending ON callbacks(received_ms) WHERE outcome IS NULL;
+    CREATE INDEX callbacks_by_age ON callbacks(received_ms);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -858,7 +883,50 @@ class Store:
                 " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
                 (cutoff,),
             ).rowcount
+            # Recorded callbacks: their ids dedupe FLORA's retries (minutes) and replays; a signature older than
+            # [ingress] tolerance is refused anyway.
+            deleted += conn.execute("DELETE FROM callbacks WHERE received_ms < ?", (cutoff,)).rowcount
         return deleted
+
+    # ---------------------------------------------------------------------------- FLORA callbacks
+
+    @_translated
+    def record_callback(self, callback: RecordedCallback) -> bool:
+        """Record a verified delivery, durably, once: False when its id was recorded before (a replay)."""
+        c = callback
+        with self._transaction() as conn:
+            return conn.execute(
+                "INSERT OR IGNORE INTO callbacks(delivery_id, run_id, type, run_type, workspace_id, received_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (c.delivery_id, c.run_id, c.type, c.run_type, c.workspace_id, c.received_ms),
+            ).rowcount == 1
+
+    @_translated
+    def pending_callbacks(self, *, limit: int = 256, exclude: Collection[str] = ()) -> list[RecordedCallback]:
+        """Recorded deliveries not done yet, oldest first, leaving out ``exclude`` (those in hand)."""
+        skip = set(exclude)
+        rows = self._conn.execute(
+            "SELECT delivery_id, run_id, type, run_type, workspace_id, received_ms FROM callbacks"
+            " WHERE outcome IS NULL ORDER BY received_ms, delivery_id LIMIT ?", (limit + len(skip),),
+        ).fetchall()
+        return [RecordedCallback(*row) for row in rows if row[0] not in skip][:limit]
+
+    @_translated
+    def finish_callbacks(self, outcomes: Sequence[tuple[str, str]], *, now_ms: int) -> None:
+        """Mark recorded deliveries done with their outcome (``confirm.Outcome`` values)."""
+        with self._transaction() as conn:
+            conn.executemany("UPDATE callbacks SET outcome = ?, done_ms = ? WHERE delivery_id = ?",
+                             [(outcome, now_ms, delivery_id) for delivery_id, outcome in outcomes])
+
+    @_translated
+    def callback_counts(self, *, since_ms: int) -> dict[str, Any]:
+        """Deliveries recorded since ``since_ms`` by outcome (``pending``: not done yet), and the last one's time."""
+        rows = self._conn.execute(
+            "SELECT COALESCE(outcome, 'pending'), COUNT(*) FROM callbacks WHERE received_ms >= ? GROUP BY 1",
+            (since_ms,),
+        ).fetchall()
+        return {"by_outcome": dict(sorted(rows)),
+                "last_received_ms": self._scalar("SELECT MAX(received_ms) FROM callbacks")}
 
     @_translated
     def integrity_check(self) -> str:
@@ -1172,6 +1240,10 @@ class AsyncStore:
     summary = _on_worker(Store.summary)
     prune = _on_worker(Store.prune)
     integrity_check = _on_worker(Store.integrity_check)
+    record_callback = _on_worker(Store.record_callback)
+    pending_callbacks = _on_worker(Store.pending_callbacks)
+    finish_callbacks = _on_worker(Store.finish_callbacks)
+    callback_counts = _on_worker(Store.callback_counts)
 
     list_events = _on_worker(Store.list_events)
     failure_counts = _on_worker(Store.failure_counts)

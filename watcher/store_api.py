@@ -88,6 +88,18 @@ class SinkState:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordedCallback:
+    """A FLORA callback the ingress verified and recorded (``record_callback``), until it is done."""
+
+    delivery_id: str  # "whd_…": the primary key, so a replayed delivery is recorded once
+    run_id: str
+    type: str  # "run.completed" | "run.failed" (as FLORA sent it)
+    run_type: str | None
+    workspace_id: str | None
+    received_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """One delivery's outcome for ``record_outcomes``.
 
@@ -168,4 +180,11 @@ class StateStore(Protocol):
     async def summary(self) -> dict[str, Any]: ...
     async def prune(self, *, now_ms: int, keep_done_ms: int, keep_dead_ms: int | None = None) -> int: ...
     async def integrity_check(self) -> str: ...
+    # --- FLORA callbacks the ingress recorded (CONTRACT §9)
+    async def record_callback(self, callback: RecordedCallback) -> bool: ...  # False: its id was recorded before
+    async def pending_callbacks(self, *, limit: int = 256,
+                                exclude: Collection[str] = ()) -> list[RecordedCallback]: ...  # oldest first
+    async def finish_callbacks(self, outcomes: Sequence[tuple[str, str]], *, now_ms: int) -> None: ...  # (id, outcome)
+    async def callback_counts(self, *, since_ms: int) -> dict[str, Any]: ...  # outcome/pending -> n, last_received_ms
+
     async def aclose(self) -> None: ...

@@ -47,7 +47,16 @@ from watcher.store import (
     outcome_rows,
     parse_pauses,
 )
-from watcher.store_api import DEAD, DELIVERED, PENDING, Delivery, DeliveryRow, Outcome, SinkState
+from watcher.store_api import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    Delivery,
+    DeliveryRow,
+    Outcome,
+    RecordedCallback,
+    SinkState,
+)
 
 try:  # the optional extra: flora-watcher[postgres]
     import psycopg
@@ -64,7 +73,7 @@ VERSION_TABLE = "flora_watcher_schema"
 CLAIM_MS = 300_000  # a claim lasts this long at most, even for an instance that keeps its heartbeat
 NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 MAX_REASON_CHARS = 500  # a connection failure's reason is cut to this (libpq may list several attempts)
-OUR_TABLES = ("meta", "tracked", "events", "deliveries", "sinks", "instances", "leases")
+OUR_TABLES = ("meta", "tracked", "events", "deliveries", "sinks", "instances", "leases", "callbacks")
 # The pool gives up reconnecting a lost connection after this long (its own backoff doubles without a cap);
 # the next call then starts a fresh attempt, so the daemon's retries, not a doubling wait, pace reconnection
 # and the pool is back within seconds of the server.
@@ -148,6 +157,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE events ADD COLUMN seq BIGSERIAL;
     CREATE INDEX events_by_seq ON events(seq)
+    """,
+    # 3: FLORA callbacks the ingress of any instance recorded; the sweeper confirms them (outcome NULL until then).
+    """
+    CREATE TABLE callbacks (
+        delivery_id  TEXT PRIMARY KEY,
+        run_id       TEXT NOT NULL,
+        type         TEXT NOT NULL,
+        run_type     TEXT,
+        workspace_id TEXT,
+        received_ms  BIGINT NOT NULL,
+        outcome      TEXT,
+        done_ms      BIGINT
+    );
+    CREATE INDEX callbacks_pending ON callbacks(received_ms) WHERE outcome IS NULL;
+    CREATE INDEX callbacks_by_age ON callbacks(received_ms)
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -930,9 +954,51 @@ class PgStore:
                 " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
                 (cutoff,),
             )
+            deleted += cur.rowcount
+            cur = await conn.execute("DELETE FROM callbacks WHERE received_ms < %s", (cutoff,))
             return deleted + cur.rowcount
 
         return await self._tx("prune", body)
+
+    # ---------------------------------------------------------------------------- FLORA callbacks
+
+    async def record_callback(self, callback: RecordedCallback) -> bool:
+        c = callback
+
+        async def body(conn: Any) -> bool:
+            cur = await conn.execute(
+                "INSERT INTO callbacks(delivery_id, run_id, type, run_type, workspace_id, received_ms)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (delivery_id) DO NOTHING",
+                (c.delivery_id, c.run_id, c.type, c.run_type, c.workspace_id, c.received_ms))
+            return bool(cur.rowcount == 1)
+
+        return await self._tx("record_callback", body)
+
+    async def pending_callbacks(self, *, limit: int = 256, exclude: Collection[str] = ()) -> list[RecordedCallback]:
+        rows = await self._fetchall(
+            "pending_callbacks",
+            "SELECT delivery_id, run_id, type, run_type, workspace_id, received_ms FROM callbacks"
+            " WHERE outcome IS NULL AND NOT (delivery_id = ANY(%s)) ORDER BY received_ms, delivery_id LIMIT %s",
+            (list(exclude), limit))
+        return [RecordedCallback(*row) for row in rows]
+
+    async def finish_callbacks(self, outcomes: Sequence[tuple[str, str]], *, now_ms: int) -> None:
+        async def body(conn: Any) -> None:
+            async with conn.cursor() as cur:
+                await cur.executemany("UPDATE callbacks SET outcome = %s, done_ms = %s WHERE delivery_id = %s",
+                                      [(outcome, now_ms, delivery_id) for delivery_id, outcome in outcomes])
+
+        if outcomes:
+            await self._tx("finish_callbacks", body)
+
+    async def callback_counts(self, *, since_ms: int) -> dict[str, Any]:
+        rows = await self._fetchall(
+            "callback_counts",
+            "SELECT COALESCE(outcome, 'pending'), COUNT(*) FROM callbacks WHERE received_ms >= %s GROUP BY 1",
+            (since_ms,))
+        last = await self._scalar("callback_counts", "SELECT MAX(received_ms) FROM callbacks")
+        return {"by_outcome": dict(sorted((k, int(n)) for k, n in rows)),
+                "last_received_ms": None if last is None else int(last)}
 
     async def integrity_check(self) -> str:
         await self._scalar("integrity_check", "SELECT 1")

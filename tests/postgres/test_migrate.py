@@ -13,7 +13,7 @@ from tests.integration.test_store import T0, make_event, make_tracked
 from watcher.errors import StoreError
 from watcher.migrate import copy_pg_to_memory, migrate_state
 from watcher.store import Store
-from watcher.store_api import DEAD, DELIVERED, Outcome
+from watcher.store_api import DEAD, DELIVERED, Outcome, RecordedCallback
 from watcher.store_pg import PgStore
 
 
@@ -22,26 +22,32 @@ def seed(path: Path) -> dict:
         s.commit_sweep(upserts=[make_tracked("run_a"), make_tracked("run_b", "failed")], deletes=[],
                        events=[(make_event("run_b"), ["ops", "journal"]), (make_event("run_c"), ["ops"])],
                        meta={"first_start_ms": str(T0 - 5), "high_watermark_ms:all": str(T0)}, now_ms=T0)
+        s.record_callback(RecordedCallback("whd_done", "run_b", "run.failed", "technique", "ws_1", T0 - 3))
+        s.record_callback(RecordedCallback("whd_pending", "run_a", "run.completed", None, None, T0 - 2))
+        s.finish_callbacks([("whd_done", "confirmed")], now_ms=T0 - 1)
         ops = s.due_deliveries("ops", T0)
         (journal,) = s.due_deliveries("journal", T0)
         s.record_outcomes([Outcome(ops[0].id, "ops", DELIVERED, T0 + 1, status=200),
                            Outcome(journal.id, "journal", DEAD, T0 + 2, status=400, error="HTTP 400", health=False)])
         return {"tracked": s.load_tracked(), "meta": s.all_meta(), "pending": s.list_deliveries(failed=False),
                 "dead": s.list_deliveries(failed=True), "sinks": s.sink_states(),
-                "bodies": {e: s.get_event(e) for e in (make_event("run_b").id, make_event("run_c").id)}}
+                "bodies": {e: s.get_event(e) for e in (make_event("run_b").id, make_event("run_c").id)},
+                "callbacks": (s.pending_callbacks(), s.callback_counts(since_ms=0))}
 
 
 async def test_migrate_copies_everything_into_an_empty_schema_once(tmp_path: Path, pg_url: str) -> None:
     path = tmp_path / "state.sqlite3"
     before = seed(path)
     counts = await migrate_state(path, pg_url)
-    assert counts == {"meta": 2, "tracked": 2, "events": 2, "deliveries": 3, "sinks": 1}
+    assert counts == {"meta": 2, "tracked": 2, "events": 2, "deliveries": 3, "sinks": 1, "callbacks": 2}
     async with await PgStore.open(pg_url) as pg:
         assert await pg.load_tracked() == before["tracked"]
         assert await pg.all_meta() == before["meta"]
         assert await pg.list_deliveries(failed=False) == before["pending"]
         assert await pg.list_deliveries(failed=True) == before["dead"]
         assert await pg.sink_states() == before["sinks"]
+        assert (await pg.pending_callbacks(), await pg.callback_counts(since_ms=0)) == before["callbacks"]
+        assert await pg.record_callback(before["callbacks"][0][0]) is False  # a replay after the move: still known
         for event_id, event in before["bodies"].items():
             assert await pg.get_event(event_id) == event
         # new deliveries get fresh ids after the copied ones; a re-detected event adds nothing (no flood)
