@@ -6,7 +6,8 @@ kills itself with SIGKILL with probability ``FLORA_WATCHER_CRASH_PROBABILITY`` (
 * ``after_commit`` — a sweep's transitions and deliveries are committed, nothing sent yet;
 * ``before_send``  — a delivery was claimed and is about to be sent;
 * ``after_send``   — the receiver confirmed (2xx / fsync / exit 0), the delivery is not yet recorded;
-* ``catchup_batch`` — a batch of a deep window (the catch-up after a downtime) is committed, the window goes on.
+* ``catchup_batch`` — a batch of a deep window (the catch-up after a downtime) is committed, the window goes on;
+* ``callback_answered`` — a FLORA callback is recorded and answered 200, its run not yet confirmed.
 
 Never set these in production: the process dies on purpose.
 """
@@ -24,7 +25,7 @@ except ValueError:
     _PROBABILITY = 1.0
 _RNG = random.Random()
 
-KNOWN_POINTS = ("after_commit", "before_send", "after_send", "catchup_batch")
+KNOWN_POINTS = ("after_commit", "before_send", "after_send", "catchup_batch", "callback_answered")
 
 
 def crash_point(name: str) -> None:

@@ -124,6 +124,7 @@ class Rejection(StrEnum):
     METHOD = "method"  # not a POST
     PATH = "path"  # not the configured path
     TOO_LARGE = "too_large"  # body over the cap
+    SLOW_BODY = "slow_body"  # the body did not arrive in time
     UNSIGNED = "unsigned"  # no Flora-Signature header
     MALFORMED_SIGNATURE = "malformed_signature"  # the header is not t=<digits>,v1=<hex>[,v1=…]
     STALE = "stale"  # t older than the tolerance
@@ -138,7 +139,7 @@ class Rejection(StrEnum):
 
 
 _STATUS = {
-    Rejection.METHOD: 405, Rejection.PATH: 404, Rejection.TOO_LARGE: 413,
+    Rejection.METHOD: 405, Rejection.PATH: 404, Rejection.TOO_LARGE: 413, Rejection.SLOW_BODY: 408,
     Rejection.UNSIGNED: 401, Rejection.MALFORMED_SIGNATURE: 401, Rejection.STALE: 401, Rejection.FUTURE: 401,
     Rejection.BAD_SIGNATURE: 401, Rejection.NOT_JSON: 400, Rejection.BAD_ENVELOPE: 400,
 }

@@ -233,7 +233,8 @@ def test_an_envelope_is_read_leniently_beyond_its_required_fields() -> None:
 
 def test_rejections_name_their_http_status() -> None:
     assert {r: r.status for r in Rejection} == {
-        Rejection.METHOD: 405, Rejection.PATH: 404, Rejection.TOO_LARGE: 413, Rejection.UNSIGNED: 401,
+        Rejection.METHOD: 405, Rejection.PATH: 404, Rejection.TOO_LARGE: 413, Rejection.SLOW_BODY: 408,
+        Rejection.UNSIGNED: 401,
         Rejection.MALFORMED_SIGNATURE: 401, Rejection.STALE: 401, Rejection.FUTURE: 401,
         Rejection.BAD_SIGNATURE: 401, Rejection.NOT_JSON: 400, Rejection.BAD_ENVELOPE: 400,
     }
