@@ -54,6 +54,7 @@ from watcher.validate import check_start
 
 if TYPE_CHECKING:
     from watcher.metrics import Metrics
+    from watcher.push import Push
     from watcher.server import HealthSource, Server, StatusPage
     from watcher.store_api import StateStore
     from watcher.systemd import Notifier, WatchdogFeeder
@@ -64,6 +65,7 @@ EXIT_OK = exits.OK
 EXIT_FATAL = exits.FAILURE
 EXIT_CONFIG = exits.USAGE  # what cli.py exits with for a ConfigError; recorded here so daemon.stopped says it too
 PRUNE_EVERY_MAX_S = 3600.0  # delivered history is pruned at least this often (and every keep_delivered / 4)
+LOOK_GAP_S = 0.25  # between two looks for runs FLORA's callbacks named (each costs a listing page per resource)
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -128,6 +130,8 @@ class Daemon:
         self.store_health = StoreHealth(
             log, clock.now_ms, on_change=lambda ok, error: self.observers.on_store(ok, error and self._short(error)))
         self._state_stale = False  # a sweep ended without its commit: reload the sweeper's state before the next
+        self.push: Push | None = None  # [ingress]: FLORA's callbacks, confirmed and fed to the sweep's rules
+        self._next_look = 0.0  # clock.monotonic() before which the loop does not look again
         # What the last sweep left behind.
         self.last_report: Report | None = None
         self._last_prune: float | None = None  # clock.monotonic() of the last prune of delivered history
@@ -216,6 +220,11 @@ class Daemon:
             self.supervisor.start("http-server", self.server.serve)
         if not await self.connect():
             return
+        if cfg.ingress.enabled and not self.opts.once and not self.opts.dry_run:
+            await self._start_push()
+        elif cfg.ingress.enabled:
+            log.info("ingress.off", reason="--once" if self.opts.once else "--dry-run",
+                     note="FLORA callbacks are taken by `flora-watcher run` only")
         self._ready()
         state = ":memory:" if self.opts.dry_run else stores.describe(cfg)
         log.info("daemon.started", version=__version__, state=state, sinks=list(self.sinks),
@@ -280,6 +289,33 @@ class Daemon:
         self.observers.on_state(State.READY, self.snapshot())
         if self.supervisor.task("watchdog") is None:
             self._start_watchdog()
+
+    async def _start_push(self) -> None:
+        """The ingress listener (bound now: an address in use fails the start) and the confirmer task."""
+        from watcher.push import Push
+
+        assert self.store is not None and self.sweeper is not None
+        self.push = Push(self.cfg.ingress, store=self.store, sweeper=self.sweeper, client=self._client,
+                         clock=self.clock, active=self._confirms, shared_store=self.cfg.store.url is not None,
+                         observer=self.observers, wake=self._wakeup.set)
+        if self.metrics is not None:
+            self.metrics.ingress_enabled()
+        await self.push.start()
+        self.supervisor.start("ingress", self.push.ingress.serve)
+        self.supervisor.start("confirmer", self.push.confirmer.run)
+        if self.page is not None:
+            self.page.ingress = self.push.status
+
+    def _client(self) -> FloraClient:
+        assert self.client is not None
+        return self.client
+
+    def _confirms(self) -> bool:
+        """Whether this instance confirms callbacks now: it sweeps (alone, or holding the lease with the state
+        loaded under it) and has swept once since (the first sweep decides what is new)."""
+        if self.sweeper is None or self.sweeper.sweeps == 0 or self._state_stale:
+            return False
+        return self.role is None or self.role.sweeping
 
     def _subscribe_builtin_observers(self) -> None:
         from watcher import systemd
@@ -392,9 +428,19 @@ class Daemon:
         assert self.dispatcher is not None
         while not self.stop_event.is_set():
             started = self.clock.monotonic()
-            if not await self._sweep_unless_stopped():
+            # A full sweep lists every new run: it answers the looks asked for before it starts.
+            _, waiters = self.push.looks.take() if self.push is not None else ({}, [])
+            try:
+                swept = await self._sweep_unless_stopped()
+            except BaseException as exc:
+                self._settle_looks(waiters, exc)
+                raise
+            self._settle_looks(waiters, self._looks_answer(swept))
+            if not swept:
                 break
             self.dispatcher.wake()
+            if self.push is not None:  # callbacks recorded while this instance could not confirm (or by others)
+                self.push.confirmer.kick()
             await self._reload_if_requested()
             await self._idle_until(plan.next_sweep_at(started, self.cfg.watch.interval, self.clock.monotonic()))
             await self._reload_if_requested()
@@ -417,12 +463,66 @@ class Daemon:
         return True
 
     async def _idle_until(self, deadline: float) -> None:
-        """Wait until the clock's monotonic ``deadline``, or until a stop or reload is requested."""
-        self._wakeup.clear()
-        if self.stop_event.is_set() or self.reload_event.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
-            await self.clock.wait_for(self._wakeup.wait(), deadline - self.clock.monotonic())
+        """Wait until the clock's monotonic ``deadline``, or until a stop or reload is requested. Meanwhile, look
+        for the runs FLORA's callbacks named (``Push.looks``), at most every ``LOOK_GAP_S``."""
+        while True:
+            self._wakeup.clear()
+            if self.stop_event.is_set() or self.reload_event.is_set():
+                return
+            now = self.clock.monotonic()
+            if now >= deadline:
+                return
+            looks = self.push is not None and bool(self.push.looks)
+            if looks and now >= self._next_look:
+                await self._look()
+                continue
+            until = min(deadline, self._next_look) if looks else deadline
+            with contextlib.suppress(TimeoutError):
+                await self.clock.wait_for(self._wakeup.wait(), until - now)
+
+    async def _look(self) -> None:
+        """One look at the top of the listings for the runs callbacks named (``Sweeper.look``), between sweeps."""
+        assert self.push is not None and self.sweeper is not None
+        wanted, waiters = self.push.looks.take()
+        self._next_look = self.clock.monotonic() + LOOK_GAP_S
+        try:
+            if self.role is not None and not self.role.sweeping:
+                raise lease.LeaseLost("this instance does not sweep now")
+            if self._state_stale:  # the next sweep reloads the state first; the callbacks wait for it
+                raise StoreUnavailable("the sweeper's state is reloaded at the next sweep")
+            await self.sweeper.look(wanted)
+        except lease.LeaseLost as exc:
+            if self.role is not None and self.role.token is not None:
+                log.warning("sweeper.fenced_out", error=str(exc))
+                self.role.lost()
+            self._settle_looks(waiters, exc)
+        except StoreUnavailable as exc:  # nothing of the look was committed: the memory is ahead of the store
+            self._state_stale = True
+            self.store_health.failed("look", exc)
+            self._settle_looks(waiters, exc)
+        except (WatcherError, OSError) as exc:  # the API (or a store error the sweeps will meet too)
+            self._settle_looks(waiters, exc)
+        except Exception as exc:  # a bug: logged, the callbacks stay recorded and the sweeps still see the runs
+            log.exception("look.crashed", error=f"{type(exc).__name__}: {exc}")
+            self._state_stale = True  # what the look observed may not be committed
+            self._settle_looks(waiters, exc)
+        else:
+            self._settle_looks(waiters)
+
+    def _settle_looks(self, waiters: list[asyncio.Future[None]], error: BaseException | None = None) -> None:
+        if waiters:
+            from watcher.confirm import Looks
+
+            Looks.settle(waiters, error)
+
+    def _looks_answer(self, swept: bool) -> BaseException | None:
+        """What the looks a full sweep was to answer get: nothing when it swept, else why not."""
+        if self.role is not None and not self.role.sweeping:
+            return lease.LeaseLost("this instance does not sweep now")
+        report = self.last_report
+        if not swept or (report is not None and report.sweep is not None and not report.sweep.ok):
+            return _SweepFailed()
+        return None
 
     async def _reload_if_requested(self) -> None:
         if self.reload_event.is_set() and not self.stop_event.is_set():
@@ -568,9 +668,13 @@ class Daemon:
             self.feeder.progress(self.clock.monotonic())
 
     def _committed(self, result: SweepResult) -> None:
-        """A sweep (or a batch of a catch-up) is committed: its deliveries are due now."""
+        """A sweep (or a batch of a catch-up, or a callback's look or confirmation) is committed: its deliveries
+        are due now."""
         if self.dispatcher is not None:
             self.dispatcher.wake()
+        if result.callback and result.new_event_ids:
+            new = set(result.new_event_ids)
+            self.observers.on_events([e for e in result.events if e.id in new])
 
     def _on_api_request(self, route: str, outcome: str, seconds: float) -> None:
         """Every API request that ended (answered, refused or timed out) is headway of the loop."""
@@ -615,6 +719,10 @@ class Daemon:
             await self.client.close()
             self.client = self._make_client(new)
             self.sweeper.client = self.client
+        if self.push is not None:
+            self.push.reconfigure(new.ingress)
+        elif new.ingress.enabled and not self.opts.dry_run:
+            log.warning("ingress.not_started", note="[ingress] was turned on: it starts at the next restart")
         self.cfg = new
         self.sweeper.replace_config(new.watch, self._sink_configs(new))
         log.info("config.reloaded", sinks=list(self.sinks), interval=new.watch.interval)
@@ -681,8 +789,10 @@ class Daemon:
         it is away (the lease then runs out by itself; claims expire)."""
         self.observers.on_state(State.STOPPING, self.snapshot())
         log.info("daemon.stopping")
+        if self.push is not None:  # no callback is taken from now on (FLORA retries it, or polling finds the run)
+            await self.push.close()
         self.supervisor.stop_all()
-        for name in ("sweep-loop", "lease", "watchdog"):
+        for name in ("sweep-loop", "confirmer", "ingress", "lease", "watchdog"):
             await self.supervisor.cancel(name)
         if self.dispatcher is not None:
             grace = 0.0 if self.force_exit else self.cfg.delivery.shutdown_grace
@@ -704,3 +814,10 @@ class Daemon:
         if self.opts.install_signal_handlers:
             self._remove_signal_handlers()
         log.info("daemon.stopped", exit_code=self.exit_code)
+
+
+class _SweepFailed(WatcherError):
+    """The full sweep that was to answer a look failed (the API away): the callback is left to the sweeps."""
+
+    def __init__(self) -> None:
+        super().__init__("the sweep failed")

@@ -82,6 +82,11 @@ class SweeperRole:
         return self.token is not None
 
     @property
+    def sweeping(self) -> bool:
+        """The lease is ours and the sweeper has loaded the state under it (``ready_to_sweep`` ran since)."""
+        return self.token is not None and self._swept_token == self.token
+
+    @property
     def role(self) -> str:
         return SWEEPER if self.is_sweeper else STANDBY
 

@@ -13,7 +13,7 @@ outcomes and types are small fixed sets. Run ids never become labels.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import generate_latest
@@ -22,7 +22,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from watcher import __version__
-from watcher.model import KNOWN_STATUSES
+from watcher.model import KNOWN_STATUSES, Event
 from watcher.observer import Observer, Report, State
 
 PREFIX = "flora_watcher"
@@ -34,6 +34,9 @@ SWEEP_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 API_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 DELIVERY_OUTCOMES = ("delivered", "retry", "dead", "disabled")
+INGRESS_OUTCOMES = ("accepted", "duplicate", "rejected", "unrecorded")
+# Seconds from a callback's receipt to its run confirmed with the API (and its event stored).
+CALLBACK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 
 # No ``*_created`` series: they double the series count and no dashboard uses them. (A process-wide switch
 # of prometheus-client; flora-watcher is the only exporter in its process.)
@@ -101,6 +104,21 @@ class Metrics(Observer):
             f"{PREFIX}_state_store_up", "1 while the state store answers, 0 during a state store outage.",
             registry=r)
         self._store_up.set(1)
+        self._callbacks_received = Counter(
+            f"{PREFIX}_callbacks_received", "Requests to the ingress ([ingress]), genuine or not.", registry=r)
+        self._callbacks = Counter(
+            f"{PREFIX}_callbacks", "Requests to the ingress by outcome (accepted|duplicate|rejected|unrecorded).",
+            ["outcome"], registry=r)
+        self._callbacks_rejected = Counter(
+            f"{PREFIX}_callbacks_rejected", "Requests the ingress refused, by reason (signing.Rejection).",
+            ["reason"], registry=r)
+        self._callbacks_done = Counter(
+            f"{PREFIX}_callbacks_confirmed", "Recorded callbacks done, by outcome (confirm.Outcome).", ["outcome"],
+            registry=r)
+        self._callback_seconds = Histogram(
+            f"{PREFIX}_callback_confirm_seconds",
+            "Seconds from a callback's receipt to its run confirmed with the API.", buckets=CALLBACK_BUCKETS,
+            registry=r)
         self._asyncio_tasks = Gauge(
             f"{PREFIX}_asyncio_tasks", "asyncio tasks alive in the daemon's event loop (growth = a task leak).",
             registry=r)
@@ -144,6 +162,28 @@ class Metrics(Observer):
 
     def on_store(self, ok: bool, error: str | None) -> None:
         self._store_up.set(1 if ok else 0)
+    def on_ingress(self, outcome: str, reason: str | None) -> None:
+        self._callbacks_received.inc()
+        self._callbacks.labels(outcome=outcome).inc()
+        if reason is not None:
+            self._callbacks_rejected.labels(reason=reason).inc()
+
+    def on_callback(self, run_id: str, outcome: str, seconds: float) -> None:
+        self._callbacks_done.labels(outcome=outcome).inc()
+        self._callback_seconds.observe(max(0.0, seconds))
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.event(event.type)
+            completed = event.data.get("completed_at")
+            if completed and not event.data.get("late"):
+                self.detection_latency(max(0.0, (event.created_at - completed) / 1000.0))
+
+    def ingress_enabled(self) -> None:
+        """Pre-create the ingress series at 0 (an alert on rejections sees the series before the first one)."""
+        self._callbacks_received.inc(0)
+        for outcome in INGRESS_OUTCOMES:
+            self._callbacks.labels(outcome=outcome)
 
     # ------------------------------------------------------------------------------------------ sweeps
 

@@ -3,7 +3,7 @@
 The daemon does the work (sweep, deliver, reload, stop) and reports it; everything that only *shows* the
 work subscribes here: the Prometheus metrics (``metrics.Metrics``), systemd's ``STATUS=``/``READY=1``/watchdog
 (``systemd.SystemdObserver``), the ``/readyz`` health record (``HealthObserver`` below), the terminal's live
-table (``liveview.LiveViewObserver``) and, later, a status page. An observer overrides any of three methods:
+table (``liveview.LiveViewObserver``) and, later, a status page. An observer overrides any of these methods:
 
 - ``on_state(state, report)``: the lifecycle moved: READY (startup done, or a reload done or rejected),
   RELOADING, STOPPING (shutdown began), STOPPED (sweeps and deliveries are over).
@@ -12,6 +12,11 @@ table (``liveview.LiveViewObserver``) and, later, a status page. An observer ove
 - ``on_task(name, what, error)``: a supervised task (``watcher.supervisor``) ``crashed`` (with the error) or was
   ``restarted``.
 - ``on_store(ok, error)``: the state store stopped answering (``ok`` False, with the reason) or answers again.
+- ``on_ingress(outcome, reason)``: one request reached the ingress (``[ingress]``): accepted | duplicate |
+  rejected (``reason``: the ``signing.Rejection`` value) | unrecorded.
+- ``on_callback(run_id, outcome, seconds)``: a recorded callback is done (``confirm.Outcome``), ``seconds``
+  after it was received.
+- ``on_events(events)``: events stored outside a sweep (a callback's look or confirmation), new to the store.
 
 Calls are synchronous, on the event loop, in subscription order. An observer must not block; one that raises
 is logged and skipped, never the daemon's problem. ``Report`` is a snapshot of what the daemon knows; its
@@ -21,7 +26,7 @@ is logged and skipped, never the daemon's problem. ``Report`` is a snapshot of w
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -96,6 +101,15 @@ class Observer:
     def on_store(self, ok: bool, error: str | None) -> None:
         return None
 
+    def on_ingress(self, outcome: str, reason: str | None) -> None:
+        return None
+
+    def on_callback(self, run_id: str, outcome: str, seconds: float) -> None:
+        return None
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        return None
+
 
 class Observers(Observer):
     """Fans every call out to the subscribers; one that raises is logged and the others still run."""
@@ -132,6 +146,14 @@ class Observers(Observer):
 
     def on_store(self, ok: bool, error: str | None) -> None:
         self._each("on_store", ok, error)
+    def on_ingress(self, outcome: str, reason: str | None) -> None:
+        self._each("on_ingress", outcome, reason)
+
+    def on_callback(self, run_id: str, outcome: str, seconds: float) -> None:
+        self._each("on_callback", run_id, outcome, seconds)
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        self._each("on_events", events)
 
 
 class HealthObserver(Observer):

@@ -181,6 +181,7 @@ class StatusPage(Observer):
         self._cached: tuple[float, bytes] | None = None
         self._failures: tuple[float, dict[str | None, int]] | None = None  # re-read after a sweep with failures
         self._lock = asyncio.Lock()
+        self.ingress: Callable[[], Mapping[str, Any]] | None = None  # [ingress]'s counters (push.Push.status)
 
     # ------------------------------------------------------------------------------- the observer
 
@@ -221,6 +222,7 @@ class StatusPage(Observer):
         return page_data.build(
             now_ms=now, version=__version__, runs=runs, events=[event for _, event in reversed(stored)],
             failures=failures, sinks_=sinks, ready=self.health.status() if self.health is not None else None,
+            ingress_=self.ingress() if self.ingress is not None else None,
         )
 
     async def _failure_counts(self, store: StateStore, now_ms: int) -> dict[str | None, int]:

@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import itertools
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,7 @@ META_LAST_SWEEP_OK = "last_sweep_ok_ms"
 META_LAST_ERROR = "last_sweep_error"
 META_LAST_RESYNC = "last_resync_ms"
 CATCHUP_BATCH_PAGES = 20  # a deep window commits every this many pages (2,000 runs)
+LOOK_PAGES = 5  # a look for runs a callback named reads at most this many pages of a listing
 
 
 def hw_key(filters: plan.Filters) -> str:
@@ -70,6 +71,7 @@ class SweepResult:
     # hold the last commit's: a deep window commits batch by batch and forgets what it committed)
     commits: int = 0
     batched: dict[str, int] = field(default_factory=dict)  # new events by type in the commits before the last
+    callback: bool = False  # a look or a confirmation for a callback (Sweeper.look/confirm), not a sweep
 
 
 @dataclass(slots=True)
@@ -132,6 +134,7 @@ class Sweeper:
         # Runs whose stall clock moved (progress moved) since their row was last written: run id -> when it first
         # moved unwritten. Written within ``plan.stall_clock_lag_ms`` and by ``flush`` on a clean stop.
         self.unsaved: dict[str, int] = {}
+        self._commit_lock = asyncio.Lock()  # commits, and a confirmation from its observation to its commit
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -259,6 +262,94 @@ class Sweeper:
             events=result.new_events, tracked=len(self.tracked), seconds=round(result.seconds, 3),
         )
         return result
+
+    # ------------------------------------------------------------------------------------- callbacks
+
+    async def look(self, wanted: Mapping[str, Collection[str]]) -> set[str]:
+        """A quick look for runs a callback named: the top pages of each listing of the wanted resources
+        (resource → run ids), newest first, each page observed exactly as a sweep observes it, until every
+        wanted run of that resource was shown, the page reaches the new-run floor or ``LOOK_PAGES`` pages were
+        read; then one commit of what changed (tracked runs and events; no watermarks: the next sweep's window
+        reads these runs again and passes over the finished ones). A listing whose window is being caught up is
+        left to the sweep. Returns the wanted run ids the listings showed (a run they did not show is outside
+        the watched scope, or not listed yet: the sweeps will tell). Raises ApiError as a sweep does."""
+        sw = _Pass(now=self.clock.now_ms(), first_sweep=False)
+        found: set[str] = set()
+        for f in self.filters:
+            ids = set(wanted.get(f.resource, ()))
+            if not ids or f.resource in self.unavailable or f.key in self.catchups:
+                continue
+            ctx = self._context(sw, f)
+            pages = 0
+            async with contextlib.aclosing(self._pages(f)) as listing:
+                async for page in listing:
+                    self._take_page(page.runs, ctx, sw)
+                    pages += 1
+                    shown = {run.run_id for run in page.runs} & ids
+                    found |= shown
+                    ids -= shown
+                    stamps = [run.created_at for run in page.runs if run.created_at is not None]
+                    floor = ctx.new_after_ms
+                    if not ids or pages >= LOOK_PAGES or (floor is not None and stamps and min(stamps) < floor):
+                        break
+        await self._commit_observed(sw)
+        return found
+
+    def on_top(self, t: TrackedRun) -> bool:
+        """Whether a look at the top of its listing shows ``t``: created after the new-run floor of a listing of
+        its resource (or not yet on a floor). Older runs are fetched on their own instead."""
+        created = t.run.created_at
+        if created is None:
+            return False
+        for f in self.filters:
+            if f.admits(t.run):
+                floor = plan.new_after_for(self.high_watermarks.get(f.key))
+                if floor is None or created >= floor:
+                    return True
+        return False
+
+    async def confirm(self, run: Run) -> list[str]:
+        """One run fetched for a callback, through the rules of a sweep's poll: observe, reschedule, then one
+        commit of its row and events (on PostgreSQL fenced by the sweep lease, like any sweep commit). Returns
+        the ids of events new to the store.
+
+        Observation and commit happen under the commit lock: no other commit can write this run's new state
+        before its event is stored (a kill -9 in between would lose the event), and when the commit fails the
+        run's state in memory is put back, so the next sweep or confirmation decides again."""
+        async with self._commit_lock:
+            prev = self.tracked.get(run.run_id)
+            sw = _Pass(now=self.clock.now_ms(), first_sweep=False)
+            changed = self._observe(run, self._context(sw, None), sw, listed=False)
+            first_s = min(max(self.watch.interval, 1.0), self.watch.poll_max_interval)
+            self._reschedule(run.run_id, sw, changed=changed, first_s=first_s)
+            try:
+                return await self._commit_observed(sw, locked=True)
+            except BaseException:
+                if prev is None:
+                    self.tracked.pop(run.run_id, None)
+                else:
+                    self.tracked[run.run_id] = prev
+                raise
+
+    async def _commit_observed(self, sw: _Pass, *, locked: bool = False) -> list[str]:
+        """Commit the runs and events of a look or a confirmation (no watermarks, no prune, no sweep stamps)."""
+        if not locked:
+            async with self._commit_lock:
+                return await self._commit_observed(sw, locked=True)
+        upserts = [self.tracked[r] for r in sw.dirty if r in self.tracked]
+        for run_id in sw.dirty:
+            self.unsaved.pop(run_id, None)
+        if not upserts and not sw.result.events:
+            return []
+        routed = [(e, routing.route(self.sinks, e)) for e in sw.result.events]
+        new = await self.store.commit_sweep(upserts=upserts, deletes=[], events=routed, meta={}, now_ms=sw.now)
+        sw.result.new_event_ids = new
+        sw.result.new_events = len(new)
+        sw.result.commits = 1
+        sw.result.callback = True
+        if self.on_commit is not None:
+            self.on_commit(sw.result)
+        return new
 
     async def _resync(self, sw: _Pass) -> None:
         """List the active set (pending, then running) in full, so every active run is tracked. Every resource is
@@ -518,7 +609,12 @@ class Sweeper:
 
     async def _commit(self, sw: _Pass, *, final: bool) -> None:
         """Write what the sweep learned since its last commit in one transaction. ``final``: the sweep is over
-        (watermarks of the completed windows, the sweep's status); otherwise a batch of a deep window."""
+        (watermarks of the completed windows, the sweep's status); otherwise a batch of a deep window. Under
+        the commit lock, which a callback's confirmation holds from its observation to its commit."""
+        async with self._commit_lock:
+            await self._commit_locked(sw, final=final)
+
+    async def _commit_locked(self, sw: _Pass, *, final: bool) -> None:
         result, dirty = sw.result, sw.dirty
         if final:
             for key, hw in sw.windows.items():

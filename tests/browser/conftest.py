@@ -38,6 +38,7 @@ CHROMIUM_ARGS = [
 ]
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
 KEY = "sk_test_browser_0123456789"
+INGRESS_SECRET = "whsec_browser_CANARY_0123456789"
 INTERVAL = 0.2  # [watch] interval of the watcher under test
 
 
@@ -149,6 +150,10 @@ state_dir = "{state}"
 [server]
 listen = "127.0.0.1:0"
 
+[ingress]
+listen = "127.0.0.1:0"
+signing_secret = "{INGRESS_SECRET}"
+
 [[sinks]]
 name = "journal"
 type = "file"
@@ -174,6 +179,12 @@ events = ["run.failed"]
             with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
         return out
+
+    def ingress_url(self) -> str:
+        """The watcher's ingress (its ``ingress.listening`` log line)."""
+        port = self.wait_for(lambda: next((e["port"] for e in self.logs() if e.get("event") == "ingress.listening"),
+                                          None), "the watcher's ingress.listening log line")
+        return f"http://127.0.0.1:{port}/flora/callbacks"
 
     def _wait_listening(self) -> str:
         def url() -> str | None:

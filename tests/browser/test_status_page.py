@@ -181,3 +181,24 @@ def test_readable_on_a_phone(stack: Stack, open_page: Any) -> None:
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     font_px = page.evaluate("parseFloat(getComputedStyle(document.querySelector('.error-message')).fontSize)")
     assert font_px >= 14
+
+
+def test_the_ingress_is_shown_with_its_refusals(stack: Stack, open_page: Any) -> None:
+    """[ingress]: where it listens and what it refused, by reason; the signing secret nowhere."""
+    from tests.browser.conftest import INGRESS_SECRET
+
+    url = stack.ingress_url()
+    for headers in ({}, {"Flora-Signature": "t=1,v1=" + "a" * 64}):
+        request = urllib.request.Request(url, data=b'{"id":"whd_x"}', headers=headers, method="POST")
+        try:
+            urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+    page, _ = open_page()
+    box = page.locator("#ingress")
+    expect(box).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#ingress-where")).to_contain_text("/flora/callbacks", timeout=WAIT_MS)
+    expect(page.locator("#ingress-counts")).to_contain_text("2 rejected (stale 1, unsigned 1)", timeout=WAIT_MS)
+    status, _, body = fetch(stack.page_url + "api/v1/status")
+    assert status == 200 and json.loads(body)["ingress"]["rejected"] == {"stale": 1, "unsigned": 1}
+    assert INGRESS_SECRET.encode() not in body and INGRESS_SECRET not in page.content()

@@ -105,6 +105,7 @@ async def test_a_technique_run_started_with_a_callback_url_calls_back_once_when_
     assert got.headers["Content-Type"] == "application/json"
     assert "outputs" not in json.loads(got.body)["data"]  # FLORA sends no outputs
     assert cb.timestamp == clock.now_ms() // 1000
+    await until(lambda: running.sim.callbacks.pending == 0, "nothing left to send")
     clock.advance(3600)
     running.sim.now_ms()
     assert len(receiver.got) == 1 and running.sim.callbacks.pending == 0

@@ -187,6 +187,25 @@
     return li;
   }
 
+  function renderIngress(ing) {
+    const box = $("ingress");
+    box.hidden = !ing;
+    if (!ing) return;
+    const where = $("ingress-where");
+    where.textContent = "listening on " + (ing.listen || "?") + (ing.path || "");
+    if (typeof ing.last_accepted_ms === "number") {
+      where.append(" · last callback ", agoSpan(ing.last_accepted_ms));
+    }
+    const rejected = Object.entries(ing.rejected || {});
+    const refused = rejected.reduce((n, [, v]) => n + v, 0);
+    const parts = [ing.accepted + " accepted", ing.duplicate + " duplicate",
+      refused + " rejected" + (refused ? " (" + rejected.map(([k, v]) => k + " " + v).join(", ") + ")" : "")];
+    const confirmed = Object.entries(ing.confirmed || {}).map(([k, v]) => k + " " + v);
+    if (confirmed.length) parts.push("confirmed with the API: " + confirmed.join(", "));
+    if (ing.confirming) parts.push(ing.confirming + " being confirmed");
+    $("ingress-counts").textContent = parts.join(" · ");
+  }
+
   function render(data) {
     const runs = data.active_runs || [];
     const total = typeof data.active_total === "number" ? data.active_total : runs.length;
@@ -216,6 +235,7 @@
 
     show($("sink-list"), "sink-empty", (data.sinks || []).map(sinkItem));
 
+    renderIngress(data.ingress);
     showReady(data.ready);
     refreshAges(data.now);
   }

@@ -183,9 +183,34 @@ def readiness(ready: Readiness | None) -> dict[str, Any] | None:
     return None if ready is None else {"ok": ready.ready, "role": ready.role, "reason": ready.reason}
 
 
+def ingress(raw: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``[ingress]`` as the page shows it (``push.Push.status``): where it listens and the counters; None when
+    it is off. Only numbers and the configured address pass (nothing a client sent)."""
+    if raw is None:
+        return None
+
+    def count(key: str) -> int:
+        value = raw.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def counts(key: str) -> dict[str, int]:
+        value = raw.get(key)
+        if not isinstance(value, Mapping):
+            return {}
+        return {str(k)[:NAME_MAX]: v for k, v in sorted(value.items()) if isinstance(v, int)}
+
+    return {
+        "listen": _text(raw.get("listen")), "path": _text(raw.get("path")),
+        "accepted": count("accepted"), "duplicate": count("duplicate"), "unrecorded": count("unrecorded"),
+        "rejected": counts("rejected"), "confirmed": counts("confirmed"), "confirming": count("confirming"),
+        "last_accepted_ms": _ms(raw.get("last_accepted_ms")), "last_rejected_ms": _ms(raw.get("last_rejected_ms")),
+    }
+
+
 def build(
     *, now_ms: int, version: str, runs: Iterable[Run], events: Sequence[Event],
     failures: Mapping[str | None, int], sinks_: list[dict[str, Any]], ready: Readiness | None = None,
+    ingress_: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole ``/api/v1/status`` document. ``events``: newest first."""
     runs = list(runs)
@@ -198,4 +223,5 @@ def build(
         "recent_events": [recent_event(e) for e in events[:RECENT_EVENTS]],
         "failures_last_hour": failure_groups(failures),
         "sinks": sinks_,
+        "ingress": ingress(ingress_),
     }
