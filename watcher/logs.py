@@ -134,6 +134,14 @@ def is_sensitive_key(key: str) -> bool:
     return any(name == n or name.endswith("_" + n) for n in _SENSITIVE_KEY_NAMES)
 
 
+def _is_a_number_not_a_credential(key: str, value: Any) -> bool:
+    """An integer under a ``token`` key is a count or a fencing token (``sweeper.lease_acquired token=7``), which
+    an operator needs when debugging a failover; every credential flora-watcher holds is text (or a ``Secret``),
+    so a string under the same key is still masked, and so is any value under the other sensitive names."""
+    name = key.lower().replace("-", "_")
+    return (name == "token" or name.endswith("_token")) and isinstance(value, int) and not isinstance(value, bool)
+
+
 def redact_value(value: Any, _depth: int = 0) -> Any:
     """Redact a log value of any shape. Containers are rebuilt; other objects become redacted text."""
     if value is None or isinstance(value, bool | int | float):
@@ -148,6 +156,7 @@ def redact_value(value: Any, _depth: int = 0) -> Any:
         return {
             redact(str(k)): (
                 REDACTED if is_sensitive_key(str(k)) and v not in (None, "") and not isinstance(v, bool)
+                and not _is_a_number_not_a_credential(str(k), v)
                 else redact_value(v, _depth + 1)
             )
             for k, v in value.items()

@@ -254,6 +254,22 @@ def test_values_under_sensitive_keys_are_masked_at_any_depth():
     assert line["token"] is None
 
 
+def test_a_fencing_token_is_shown_and_a_token_string_still_masked():
+    """``sweeper.lease_acquired token=7``: the lease's fencing token is a number an operator needs to follow a
+    failover (issue 24); a credential is text, and text under a token key stays masked whatever it looks like."""
+    buf = configured("json")
+    log = logs.get_logger("x")
+    log.info("sweeper.lease_acquired", scope="https://app.flora.ai/api/v1|ws=*", token=7)
+    log.warning("sweeper.lease_lost", fencing_token=8, lease={"token": 9})
+    log.info("request", token="7", access_token="opaque-5", password=12345678, api_key=424242, flag=True)
+    acquired, lost, request = json_lines(buf)
+    assert acquired["token"] == 7
+    assert lost["fencing_token"] == 8 and lost["lease"] == {"token": 9}
+    assert request["token"] == logs.REDACTED and request["access_token"] == logs.REDACTED
+    assert request["password"] == logs.REDACTED and request["api_key"] == logs.REDACTED  # numbers, but not tokens
+    assert "opaque-5" not in buf.getvalue()
+
+
 @pytest.mark.parametrize("text", ["a_" * 20000, "a-" * 20000, "x=" * 20000, "Bearer " * 20000])
 def test_redaction_is_linear_on_hostile_input(text):
     import time
