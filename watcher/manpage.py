@@ -90,9 +90,11 @@ def render(parser: argparse.ArgumentParser, version: str) -> str:
         "[\\fIGLOBAL OPTIONS\\fR] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
         ".SH DESCRIPTION",
         _para("flora-watcher watches the AI-generation runs of a FLORA workspace and reports every completion "
-              "and failure to webhooks, chat channels, files, the terminal or a command, exactly once per "
-              "transition and sink, surviving restarts, API outages and rate limits. Run it as a systemd "
-              "service (see install-unit) or in the foreground."),
+              "and failure to webhooks, chat channels, files, the terminal or a command: one event per "
+              "transition, with an id that never changes, delivered at least once to each sink, surviving "
+              "restarts, API outages and rate limits. A receiver may see an event again after a crash or a "
+              "timeout (same id, same body): it deduplicates on the id; the file sink does so itself. Run it "
+              "as a systemd service (see install-unit) or in the foreground."),
         ".SH GLOBAL OPTIONS",
         _para("They may come before or after the command."),
         *_option_lines(parser),

@@ -78,6 +78,26 @@ def test_the_man_page_names_every_command_and_option(capsys) -> None:
     assert ".SH EXIT STATUS" in page and ".SH ENVIRONMENT" in page
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_no_page_promises_exactly_once_delivery(capsys) -> None:
+    """Delivery is at least once (CONTRACT §5): the man page said "exactly once per transition and sink" while
+    the README says a receiver must deduplicate (issue 24). "Exactly once" stays only where it is true: the file
+    sink holds each event once, and a transition is detected (reported) once."""
+    assert main(["man"]) == 0
+    page = " ".join(capsys.readouterr().out.replace("\\-", "-").split())
+    assert "exactly once" not in page.lower() and "at least once" in page
+    allowed = ("holds each event exactly once", "reported exactly once")
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "config/flora-watcher.example.toml",
+             REPO / "systemd/flora-watcher.service"]
+    for path in pages:
+        text = " ".join(path.read_text().split())
+        for m in re.finditer(r"(?i)exactly[ -]once", text):
+            context = text[max(0, m.start() - 40):m.end()]
+            assert any(a in context for a in allowed), f"{path.name}: ...{context}"
+
+
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff not installed")
 def test_the_man_page_renders(tmp_path: Path) -> None:
     page = tmp_path / "flora-watcher.1"
