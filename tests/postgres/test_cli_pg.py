@@ -55,6 +55,8 @@ def test_check_config_reports_the_server_and_schema_state(config: Path, pg_url: 
     assert main(["check-config", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert "PostgreSQL 1" in out and "schema empty" in out and PASSWORD not in out
+    (store,) = [line for line in out.splitlines() if line.lstrip().startswith("store:")]  # one line (it was two)
+    assert "(lease 5s): PostgreSQL 1" in store and "schema empty" in store
     import asyncio
 
     asyncio.run(populate(pg_url))

@@ -28,8 +28,9 @@ def _num(value: float) -> str:
     return f"{value:g}"
 
 
-def summary(config) -> list[str]:
-    """The lines printed after ``config OK``. Names where secrets came from, never their values."""
+def summary(config, store_state: str | None = None) -> list[str]:
+    """The lines printed after ``config OK``. Names where secrets came from, never their values. ``store_state``:
+    what the PostgreSQL store answered (server version, schema), on the store's line."""
     from watcher.logs import redact
 
     api, watch = config.api, config.watch
@@ -56,7 +57,8 @@ def summary(config) -> list[str]:
     else:
         from watcher.stores import describe
 
-        lines.append(f"  store:      {describe(config)} (lease {_num(config.store.lease)}s)")
+        lines.append(f"  store:      {describe(config)} (lease {_num(config.store.lease)}s)"
+                     + (f": {store_state}" if store_state else ""))
     if config.server.listen:
         lines.append(f"  server:     {config.server.listen}")
     lines.append(f"  ingress:    {_ingress(config.ingress)}")
@@ -105,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
     # checks as `run` (state_dir, each sink's construction, paths and programs): what passes here starts.
     config = load(args.config, sink_types=REGISTRY)
     check_start(config)
-    store_line = None
+    store_state = None
     if config.store.url is not None:  # several instances share it: check it answers, and its schema
         import asyncio
 
@@ -113,15 +115,13 @@ def main(args: argparse.Namespace) -> int:
         from watcher.store_pg import probe
 
         try:
-            store_line = f"  store:      {asyncio.run(probe(config.store.url.reveal()))}"
+            store_state = asyncio.run(probe(config.store.url.reveal()))
         except StoreError as exc:  # unreachable, refused, not ours: what `run` would stop on (exit 1 there)
             import sys
 
             print(f"flora-watcher: store.url: {exc}", file=sys.stderr)
             return 2
     print(f"config OK: {config.source if config.source is not None else 'defaults (no file found)'}")
-    for line in summary(config):
+    for line in summary(config, store_state):
         print(line)
-    if store_line is not None:
-        print(store_line)
     return 0
