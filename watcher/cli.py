@@ -16,6 +16,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from watcher import __version__, exits
 from watcher.errors import ConfigError, StoreError, UsageError
@@ -39,8 +40,16 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error in one line, like every other error of the command line (exit 2): the
+    command, what is wrong, where to look. argparse's default prints the whole usage block first."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(exits.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="flora-watcher",
         description="Watches FLORA technique runs and reports each completion and failure.",
     )

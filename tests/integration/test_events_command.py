@@ -102,10 +102,26 @@ def test_json_lines_are_the_events_as_sinks_get_them(history: Path, capsys) -> N
     assert docs[0]["data"]["error_code"] == "GPU_PROVIDER_ERROR"
 
 
-def test_usage_errors_and_no_state(config: Path, capsys) -> None:
-    assert main(["events", "-c", str(config), "--type", "run.exploded"]) == 2
-    assert main(["events", "-c", str(config), "--since", "yesterday-ish"]) == 2
-    capsys.readouterr()
+@pytest.mark.parametrize("argv", [
+    ["--type", "run.exploded"], ["--since", "yesterday-ish"],
+    ["-n", "-1"], ["-n", "ten"], ["--type", ""], ["--type", " , "], ["--error-code", ""], ["--project", ""],
+])
+def test_usage_errors_are_one_line_and_exit_2(config: Path, capsys, argv: list[str]) -> None:
+    """A value that would be silently ignored (`-n -1` printed everything, `--type ''` meant every type) is a
+    usage error like any other: one line naming the option, exit 2 (issue 24)."""
+    assert main(["events", "-c", str(config), *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith(f"flora-watcher events: argument {argv[0]}") and "--help" in line, line
+
+
+def test_limit_zero_prints_nothing(history: Path, capsys) -> None:
+    assert events(capsys, "-c", str(history), "-n", "0") == ""
+    assert run_ids(events(capsys, "-c", str(history), "-n", "1")) == ["run_new"]
+
+
+def test_no_state_yet(config: Path, capsys) -> None:
     assert "no state yet" in events(capsys, "-c", str(config))
 
 

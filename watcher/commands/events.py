@@ -33,7 +33,7 @@ def parse_since(text: str, now_ms: int) -> int:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--since: expected a duration like 2h, 30m, 1d or an ISO date/time, got {text!r}") from None
+            f"expected a duration like 2h, 30m, 1d or an ISO date/time, got {text!r}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1000)
@@ -66,10 +66,29 @@ def _csv(values: Sequence[str] | None) -> list[str]:
 
 
 def _event_types(text: str) -> str:
-    for name in _csv([text]):
+    names = _csv([text])
+    if not names:  # `--type ''` would silently mean "every type"
+        raise argparse.ArgumentTypeError(f"expected an event type ({', '.join(ALL_EVENT_TYPES)}), got {text!r}")
+    for name in names:
         if name not in ALL_EVENT_TYPES:
             raise argparse.ArgumentTypeError(f"unknown event type {name!r}; known: {', '.join(ALL_EVENT_TYPES)}")
     return text
+
+
+def _glob(text: str) -> str:
+    if not _csv([text]):  # an empty filter would silently match everything
+        raise argparse.ArgumentTypeError(f"expected a glob (e.g. 'GPU_*'), got {text!r}")
+    return text
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of events, 0 or more, got {text!r}")
+    return value
 
 
 def _since(text: str) -> int:
@@ -86,11 +105,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only events from this long ago (2h, 30m, 1d) or since this ISO date/time")
     parser.add_argument("--type", action="append", metavar="TYPE", type=_event_types,
                         help=f"only this event type ({', '.join(ALL_EVENT_TYPES)}); repeat or comma-separate")
-    parser.add_argument("--error-code", action="append", metavar="GLOB",
+    parser.add_argument("--error-code", action="append", metavar="GLOB", type=_glob,
                         help="only failures whose error_code matches (e.g. 'GPU_*'); repeat for several")
-    parser.add_argument("--project", action="append", metavar="ID",
+    parser.add_argument("--project", action="append", metavar="ID", type=_glob,
                         help="only runs of this project_id (a glob); repeat for several")
-    parser.add_argument("-n", "--limit", type=int, metavar="N", help="only the newest N matching events")
+    parser.add_argument("-n", "--limit", type=_count, metavar="N", help="only the newest N matching events")
     parser.add_argument("--json", action="store_true", help="JSON Lines: each event's JSON, as sinks get it")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new events until Ctrl-C")
     parser.add_argument("--follow-interval", type=float, default=FOLLOW_EVERY_S, help=argparse.SUPPRESS)
@@ -118,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
         rows = store.list_events(since_ms=since, types=types)
         shown = [(seq, e) for seq, e in rows if matches(e, **filters)]
         if args.limit is not None:
-            shown = shown[-max(0, args.limit):] if args.limit > 0 else []
+            shown = shown[-args.limit:] if args.limit > 0 else []
         last_seq = rows[-1][0] if rows else 0
         for _, event in shown:
             print(format_event(event, as_json=args.json), flush=args.follow)
