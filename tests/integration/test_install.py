@@ -8,12 +8,13 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from watcher.cli import COMMANDS, build_parser, main
-from watcher.commands.install_unit import render_unit
+from watcher.commands.install_unit import placement_warnings, render_unit
 from watcher.resources import read_data
 
 BIN = Path(sys.executable).parent / "flora-watcher"
@@ -59,7 +60,52 @@ def test_install_unit_without_permission_says_so_in_one_line(tmp_path: Path, cap
     blocker.write_text("")
     assert main(["install-unit", "--prefix", str(blocker / "sub"), "--no-man",
                  "--config-dir", str(tmp_path / "c")]) == 1
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning: ")]
+    assert len(errors) == 1  # (a test venv inside a checkout also gets its warning)
+
+
+def test_placement_warnings_name_each_cause_once() -> None:
+    """The rule (issue 24): warn, never refuse, when ExecStart= would be under /tmp, /var/tmp or /dev/shm
+    (PrivateTmp=yes), under a home directory (ProtectHome=yes), inside a source checkout, or an editable
+    install of one."""
+    warn = placement_warnings
+    assert warn(["/opt/flora-watcher/venv/bin/flora-watcher", "/opt/flora-watcher/venv/bin/python"], {}, None) == []
+    assert warn(["/usr/local/bin/flora-watcher"], {}, None) == []
+    (tmp,) = warn(["/tmp/v/bin/flora-watcher", "/tmp/v/bin/python"], {}, None)
+    assert tmp.startswith("/tmp/v/bin/flora-watcher is under /tmp") and "PrivateTmp=yes" in tmp
+    assert "/var/tmp" in warn(["/var/tmp/v/bin/flora-watcher"], {}, None)[0]
+    assert "/tmpfoo" not in "".join(warn(["/tmpfoo/bin/flora-watcher"], {}, None))  # a prefix is not a parent
+    # a symlink in /usr/local/bin to a venv in a home directory: the resolved path and its python say so
+    (home,) = warn(["/usr/local/bin/flora-watcher", "/home/ann/venv/bin/flora-watcher", "/home/ann/venv/bin/python"],
+                   {}, None)
+    assert home.startswith("/home/ann/venv/bin/flora-watcher is under /home") and "ProtectHome=yes" in home
+    (checkout,) = warn(["/srv/src/fw/.venv/bin/flora-watcher", "/srv/src/fw/.venv/bin/python"],
+                       {"/srv/src/fw/.venv/bin/flora-watcher": "/srv/src/fw",
+                        "/srv/src/fw/.venv/bin/python": "/srv/src/fw"}, "/srv/src/fw")
+    assert "inside the source checkout /srv/src/fw" in checkout
+    (editable,) = warn(["/opt/venv/bin/flora-watcher"], {}, "/srv/src/fw")
+    assert "editable install of the source tree /srv/src/fw" in editable
+    assert all("/opt/flora-watcher/venv" in w for w in (tmp, home, checkout, editable))
+
+
+def test_install_unit_under_tmp_warns_and_writes_all_the_same(tmp_path: Path, capsys) -> None:
+    venv = Path(tempfile.mkdtemp(prefix="flora-venv-", dir="/tmp"))
+    try:
+        script = venv / "bin" / "flora-watcher"
+        script.parent.mkdir()
+        script.write_text(f"#!{venv}/bin/python\nimport sys\n")
+        script.chmod(0o755)
+        assert main(["install-unit", "--root", str(tmp_path / "root"), "--bin", str(script), "--no-man"]) == 0
+        out, err = capsys.readouterr()
+        (warning,) = err.splitlines()
+        assert warning.startswith(f"warning: {script} is under /tmp") and "PrivateTmp=yes" in warning
+        unit = (tmp_path / "root/etc/systemd/system/flora-watcher.service").read_text()
+        assert f"\nExecStart={script} run\n" in unit
+        assert main(["install-unit", "--stdout", "--bin", str(script)]) == 0  # --stdout: the same warning
+        out, err = capsys.readouterr()
+        assert out.startswith("# Written by") and err.splitlines() == [warning]
+    finally:
+        shutil.rmtree(venv)
 
 
 def test_the_man_page_names_every_command_and_option(capsys) -> None:

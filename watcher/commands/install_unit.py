@@ -7,6 +7,11 @@ Writes, by default: /etc/systemd/system/flora-watcher.service (0644), /usr/local
 anything: `systemctl daemon-reload && systemctl enable --now flora-watcher` does, after the key is in
 /etc/flora-watcher/flora_api_key (docs/operations.md). Run it as root. --root DIR writes everything under DIR
 instead (for packaging and CI); ExecStart= still names the real console script.
+
+It warns (and writes the unit all the same) when that script cannot work or will not stay put under the unit:
+under /tmp, /var/tmp or /dev/shm (PrivateTmp=yes), under /home, /root or /run/user (ProtectHome=yes), inside a
+source checkout, or an editable install of one. Checked: the script's path, its resolved path and the
+interpreter of its #! line.
 """
 
 from __future__ import annotations
@@ -48,6 +53,89 @@ def console_script() -> Path | None:
     return Path(os.path.abspath(found)) if found else None
 
 
+# Where the unit's sandbox cannot reach a program, or where it does not stay put (warned about, never refused:
+# the operator may know better, e.g. a unit edited afterwards).
+TMP_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")  # PrivateTmp=yes: the service gets its own, empty, /tmp
+HOME_ROOTS = ("/home", "/root", "/run/user")  # ProtectHome=yes: hidden from the service
+INSTEAD = "install a release into /opt/flora-watcher/venv instead (docs/operations.md)"
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def placement_warnings(programs: list[str], checkouts: dict[str, str], editable_source: str | None) -> list[str]:
+    """Why ExecStart= may not work, or not stay the program it is now: one line per cause. Pure. ``programs``:
+    the console script as named, its resolved path and the interpreter of its ``#!`` line; ``checkouts``: each
+    of them that lies in a source checkout → that checkout; ``editable_source``: the source tree the package
+    is loaded from when the script is this install's and it is editable (``pip install -e``), else None."""
+    found: dict[tuple[str, str], str] = {}  # (cause, where) → the first program found there
+    for program in programs:
+        if root := next((r for r in TMP_ROOTS if _under(program, r)), None):
+            found.setdefault(("tmp", root), program)
+        elif root := next((r for r in HOME_ROOTS if _under(program, r)), None):
+            found.setdefault(("home", root), program)
+        if program in checkouts:
+            found.setdefault(("checkout", checkouts[program]), program)
+    if editable_source is not None and not any(cause == "checkout" for cause, _ in found):
+        found[("editable", editable_source)] = ""
+    texts = {
+        "tmp": "{program} is under {where}, which the unit's PrivateTmp=yes replaces with an empty directory (and "
+               "which is cleaned): the service would not start",
+        "home": "{program} is under {where}, which the unit hides (ProtectHome=yes): the service would not start",
+        "checkout": "{program} is inside the source checkout {where}: the service would run whatever is checked "
+                    "out there, and a branch switch or `git clean` changes or removes it",
+        "editable": "this flora-watcher is an editable install of the source tree {where}: the service would run "
+                    "whatever is checked out there",
+    }
+    return [f"{texts[cause].format(program=program, where=where)}; {INSTEAD}"
+            for (cause, where), program in found.items()]
+
+
+def _interpreter(script: Path) -> str | None:
+    """The program of a script's ``#!`` line (a venv's console script names its python), or None."""
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(4096)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode("utf-8", "replace").split()
+    return words[0] if words and words[0].startswith("/") else None
+
+
+def _checkout(path: str) -> str | None:
+    """The source checkout (a directory with .git, a directory or a worktree's file) holding ``path``, or None."""
+    for parent in Path(path).parents:
+        if parent != Path("/") and (parent / ".git").exists():
+            return str(parent)
+    return None
+
+
+def _editable_source() -> str | None:
+    """The source tree of the running package when it is not installed in site-packages (``pip install -e``)."""
+    import watcher
+
+    package = Path(watcher.__file__).resolve().parent
+    if any(part in ("site-packages", "dist-packages") for part in package.parts):
+        return None
+    tree = package.parent
+    return str(tree) if (tree / "pyproject.toml").exists() else None
+
+
+def install_warnings(exec_path: Path) -> list[str]:
+    """``placement_warnings`` for the console script ExecStart= would name, looked up on this machine."""
+    programs = [str(exec_path), os.path.realpath(exec_path)]
+    if (interpreter := _interpreter(exec_path)) is not None:
+        programs.append(interpreter)
+    programs = list(dict.fromkeys(programs))
+    checkouts = {p: c for p in programs if (c := _checkout(p)) is not None}
+    ours = console_script()  # the running package matters only when ExecStart= runs this very install
+    editable = _editable_source() if ours is not None and os.path.realpath(ours) == programs[1] else None
+    return placement_warnings(programs, checkouts, editable)
+
+
 def render_unit(template: str, *, exec_path: str, docs: list[str]) -> str:
     """The shipped unit with ExecStart='s program and Documentation= replaced. Pure."""
     if re.search(r"\s", exec_path):
@@ -78,12 +166,11 @@ def main(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"flora-watcher install-unit: {exc}", file=sys.stderr)
         return 1
+    for warning in install_warnings(exec_path):  # written all the same: the operator may know better
+        print(f"warning: {warning}", file=sys.stderr)
     if args.stdout:
         print(unit, end="")
         return 0
-    if str(exec_path).startswith(("/home/", "/root/")):
-        print(f"warning: {exec_path} is under /home or /root, which the unit hides (ProtectHome=yes); "
-              "install into /opt/flora-watcher/venv instead", file=sys.stderr)
 
     def at(path: str) -> Path:
         return Path(args.root, path.lstrip("/")) if args.root else Path(path)
