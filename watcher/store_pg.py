@@ -71,6 +71,9 @@ R = TypeVar("R")
 MIGRATION_LOCK = 0x466C5761  # pg_advisory_xact_lock key around migrations ("FlWa", as the SQLite application_id)
 VERSION_TABLE = "flora_watcher_schema"
 CLAIM_MS = 300_000  # a claim lasts this long at most, even for an instance that keeps its heartbeat
+# An instance row whose heartbeat is older than this is deleted by the next live instance's heartbeat. Until then
+# `status` lists it as dead (its heartbeat older than the lease): a crash stays visible for a while, not forever.
+FORGET_INSTANCE_MS = 600_000
 NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 MAX_REASON_CHARS = 500  # a connection failure's reason is cut to this (libpq may list several attempts)
 OUR_TABLES = ("meta", "tracked", "events", "deliveries", "sinks", "instances", "leases", "callbacks")
@@ -907,7 +910,8 @@ class PgStore:
             now = int((await rows(f"SELECT {NOW_MS}"))[0][0])
             instances = [
                 {"id": r[0], "host": r[1], "pid": r[2], "role": r[3], "version": r[4], "started_ms": r[5],
-                 "heartbeat_ms": r[6], "alive": r[6] >= now - self.liveness_ms}
+                 "heartbeat_ms": r[6], "alive": r[6] >= now - self.liveness_ms,
+                 "forget_ms": r[6] + FORGET_INSTANCE_MS}
                 for r in await rows("SELECT id, host, pid, role, version, started_ms, heartbeat_ms FROM instances"
                                     " ORDER BY started_ms, id")
             ]
@@ -1027,8 +1031,8 @@ class PgStore:
                     "INSERT INTO instances(id, host, pid, role, started_ms, heartbeat_ms)"
                     f" VALUES (%s, %s, %s, %s, {NOW_MS}, {NOW_MS}) ON CONFLICT (id) DO NOTHING",
                     (self.instance_id, socket.gethostname(), os.getpid(), role))
-            # instances silent for an hour are gone for good (their claims expired long ago)
-            await conn.execute(f"DELETE FROM instances WHERE heartbeat_ms < {NOW_MS} - 3600000")
+            # instances silent for a while are gone for good (their claims are free once the lease passed)
+            await conn.execute(f"DELETE FROM instances WHERE heartbeat_ms < {NOW_MS} - %s", (FORGET_INSTANCE_MS,))
 
         await self._run("heartbeat", body)
 

@@ -3,6 +3,7 @@ instances and the sweeper; deliveries/replay work; the URL's password appears no
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -89,3 +90,38 @@ def test_status_lists_instances_and_the_sweeper_without_the_password(config: Pat
     assert '"instances"' in out and '"sweepers"' in out and PASSWORD not in out
     assert main(["deliveries", "-c", str(config)]) == 0
     assert make_event("run_a").id in capsys.readouterr().out
+
+
+def test_a_crashed_instance_is_listed_as_dead_then_forgotten(config: Path, pg_url: str, capsys) -> None:
+    """Issue 24: a crashed instance stayed listed as "sweeper" 21 minutes later. Past the lease without a heartbeat
+    it is DEAD, with the role it had; a live instance's heartbeat forgets it 10 minutes after its last one."""
+    import asyncio
+
+    from tests.postgres.test_store_pg import sql
+
+    asyncio.run(populate(pg_url))  # db1:4242:abcd, the sweeper; then kill -9: no unregister
+    sql(pg_url, "UPDATE instances SET heartbeat_ms = heartbeat_ms - 300000")
+    sql(pg_url, "UPDATE leases SET expires_ms = expires_ms - 300000")
+    assert main(["status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "instances:    0 alive, 1 dead" in out
+    (line,) = [line for line in out.splitlines() if line.startswith("  db1:4242:abcd:")]
+    assert line.startswith("  db1:4242:abcd: host db1, pid 4242, DEAD: no heartbeat for 5m (crashed or killed; "
+                           "it was the sweeper); forgotten in ")
+    assert "lease EXPIRED" in out
+    assert main(["status", "--json", "-c", str(config)]) == 0
+    (instance,) = json.loads(capsys.readouterr().out)["instances"]
+    assert instance["alive"] is False and instance["role"] == "sweeper"
+
+    sql(pg_url, "UPDATE instances SET heartbeat_ms = heartbeat_ms - 960000")  # 21 minutes now
+
+    async def another_instance_beats() -> None:
+        async with await PgStore.open(pg_url, instance_id="db2:7:beef") as store:
+            await store.register_instance(role="standby", host="db2", pid=7)
+            await store.heartbeat(role="standby")
+
+    asyncio.run(another_instance_beats())
+    assert main(["status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    instances = out.split("sweeper:")[0]  # (the expired lease still names its last holder)
+    assert "db1:4242:abcd" not in instances and "db2:7:beef: host db2, pid 7, standby, heartbeat" in instances

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,13 +27,16 @@ def main(args: argparse.Namespace) -> int:
         ago,
         iso,
         known_sinks,
+        live_pause,
         load_for_store,
         now_ms,
         open_store,
         plural,
+        sink_timeouts,
         unknown_sink_message,
     )
     from watcher.logs import redact
+    from watcher.sinks.spec import DEFAULT_SINK_TIMEOUT
 
     cfg = load_for_store(args.config)
     store = open_store(cfg)
@@ -44,8 +48,12 @@ def main(args: argparse.Namespace) -> int:
             print("no state yet: the watcher has not run with this state_dir")
             return 0
         rows = store.list_deliveries(failed=args.failed, limit=max(1, args.limit), sink=args.sink)
-        # the circuit breaker's pauses (name → (since_ms, next_probe_ms)), where the store keeps them
-        pauses = store.sink_pauses() if hasattr(store, "sink_pauses") else {}
+        # the circuit breaker's pauses (name → (since_ms, next_probe_ms)) that still hold
+        health = store.sink_states()
+        pauses = {name: pause for name, stored in store.sink_pauses().items()
+                  if (pause := live_pause(stored, last_success_ms=_health(health, name, "last_success_ms"),
+                                          last_failure_ms=_health(health, name, "last_failure_ms"))) is not None}
+        last_sweep = store.get_meta("last_sweep_ms")
     finally:
         if store is not None:
             store.close()
@@ -65,13 +73,20 @@ def main(args: argparse.Namespace) -> int:
         print("no dead letters" if args.failed else "no pending deliveries")
         return 0
     now = now_ms()
+    timeouts = sink_timeouts(cfg)
     for r in rows:
         when = f"dead since {iso(r.dead_ms)}" if args.failed else next_attempt_text(
-            r.next_attempt_ms, now, pauses.get(r.sink))
+            r.next_attempt_ms, now, pauses.get(r.sink), timeout_s=timeouts.get(r.sink, DEFAULT_SINK_TIMEOUT),
+            last_sweep_ms=int(last_sweep) if last_sweep and last_sweep.isdigit() else None)
         error = f" — {redact(r.last_error)}" if r.last_error else ""
         print(f"{r.event_id} {r.event_type:<13} {r.run_id} → {r.sink}: {plural(r.attempts, 'attempt')}, "
               f"queued {ago(r.created_ms, now)}, {when}{error}")
     return 0
+
+
+def _health(states: dict[str, Any], name: str, field: str) -> int | None:
+    state = states.get(name)
+    return getattr(state, field, None) if state is not None else None
 
 
 def real_next_attempt_ms(next_attempt_ms: int | None, pause: tuple[int, int | None] | None) -> int | None:
@@ -82,14 +97,16 @@ def real_next_attempt_ms(next_attempt_ms: int | None, pause: tuple[int, int | No
     return max(next_attempt_ms, pause[1])
 
 
-def next_attempt_text(next_attempt_ms: int | None, now_ms: int, pause: tuple[int, int | None] | None) -> str:
-    """'next attempt 2026-…', 'due now', or, while the sink is paused, when it is probed again. Pure."""
-    from watcher.commands._common import iso
+def next_attempt_text(next_attempt_ms: int | None, now_ms: int, pause: tuple[int, int | None] | None, *,
+                      timeout_s: float = 10.0, last_sweep_ms: int | None = None) -> str:
+    """'next attempt 2026-…', 'due now', or, while the sink is paused (``live_pause``), when it is probed again.
+    Pure."""
+    from watcher.commands._common import iso, probe_text
 
     if pause is not None:
         since, probe = pause
-        probe_text = f"next probe {iso(probe)}" if probe else "probing"
-        return f"waiting: sink paused since {iso(since)} (receiver down), {probe_text}; sent when it answers again"
+        when = probe_text(probe, now_ms, timeout_s=timeout_s, last_sweep_ms=last_sweep_ms)
+        return f"waiting: sink paused since {iso(since)} (receiver down), {when}; sent when it answers again"
     if next_attempt_ms is None or next_attempt_ms <= now_ms:
         return "due now"
     return f"next attempt {iso(next_attempt_ms)}"

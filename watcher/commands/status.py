@@ -24,8 +24,19 @@ DAY_MS = 24 * 3600 * 1000
 
 
 def main(args: argparse.Namespace) -> int:
-    from watcher.commands._common import ago, iso, load_for_store, now_ms, open_store, plural
+    from watcher.commands._common import (
+        ago,
+        iso,
+        live_pause,
+        load_for_store,
+        now_ms,
+        open_store,
+        plural,
+        probe_text,
+        sink_timeouts,
+    )
     from watcher.logs import redact
+    from watcher.sinks.spec import DEFAULT_SINK_TIMEOUT
     from watcher.stores import describe
 
     cfg = load_for_store(args.config)
@@ -44,6 +55,7 @@ def main(args: argparse.Namespace) -> int:
         store.close()
     configured = {s.name: s.type for s in cfg.sinks}
     ingress = ingress_status(cfg.ingress, callbacks)
+    timeouts = sink_timeouts(cfg)
     if args.json:
         print(json.dumps({**public_summary(summary, configured), "ingress": ingress}, indent=2, sort_keys=True))
         return 0
@@ -85,10 +97,12 @@ def main(args: argparse.Namespace) -> int:
         kind = configured.get(name, "not configured")
         if entry.get("disabled_reason"):
             health = f"DISABLED: {redact(entry['disabled_reason'])}"
-        elif name in pauses:
-            since, probe = pauses[name]
-            health = (f"PAUSED since {iso(since)} (receiver down), next probe {iso(probe) if probe else 'soon'}: "
-                      f"{redact(entry.get('last_error') or '')}")
+        elif (pause := live_pause(pauses.get(name), last_success_ms=_int(entry.get("last_success_ms")),
+                                  last_failure_ms=_int(entry.get("last_failure_ms")))) is not None:
+            since, probe = pause
+            when = probe_text(probe, now, timeout_s=timeouts.get(name, DEFAULT_SINK_TIMEOUT),
+                              last_sweep_ms=_int(meta.get("last_sweep_ms")))
+            health = f"PAUSED since {iso(since)} (receiver down), {when}: {redact(entry.get('last_error') or '')}"
         elif entry.get("consecutive_failures"):
             health = f"failing ({entry['consecutive_failures']} in a row): {redact(entry.get('last_error') or '')}"
         elif entry.get("last_success_ms"):
@@ -136,13 +150,21 @@ def _where(summary: dict[str, Any]) -> str:
 def instance_lines(instances: list[dict[str, Any]], sweepers: list[dict[str, Any]], now: int) -> list[str]:
     """Several instances on one PostgreSQL store: each one (id, host, pid, role, last heartbeat), and the
     current sweeper of each watch scope. Pure."""
-    from watcher.commands._common import ago
+    from watcher.commands._common import ago, span
 
-    lines = [f"instances:    {sum(1 for i in instances if i['alive'])} alive"]
+    alive = sum(1 for i in instances if i["alive"])
+    dead = len(instances) - alive
+    lines = [f"instances:    {alive} alive" + (f", {dead} dead" if dead else "")]
     for i in instances:
-        state = "" if i["alive"] else " (no heartbeat: dead or stopped uncleanly)"
-        lines.append(f"  {i['id']}: host {i['host']}, pid {i['pid']}, {i['role']},"
-                     f" heartbeat {ago(i['heartbeat_ms'], now)}{state}")
+        if i["alive"]:
+            lines.append(f"  {i['id']}: host {i['host']}, pid {i['pid']}, {i['role']},"
+                         f" heartbeat {ago(i['heartbeat_ms'], now)}")
+            continue
+        # Its role is what it was, not what it is: the lease of a dead sweeper expires, another instance sweeps.
+        forget = i.get("forget_ms")
+        gone = f"; forgotten in {span(forget - now)}" if forget and forget > now else ""
+        lines.append(f"  {i['id']}: host {i['host']}, pid {i['pid']}, DEAD: no heartbeat for"
+                     f" {span(now - i['heartbeat_ms'])} (crashed or killed; it was the {i['role']}){gone}")
     if not sweepers:
         lines.append("sweeper:      none yet")
     for lease in sweepers:
