@@ -52,7 +52,7 @@ def commit_of(path: Path = ROOT) -> str:
     if not changed:
         return head
     shown = ", ".join(changed[:5]) + (", …" if len(changed) > 5 else "")
-    return f"{head} + uncommitted changes ({len(changed)} files: {shown})"
+    return f"{head} + uncommitted changes ({len(changed)} file{'s' if len(changed) > 1 else ''}: {shown})"
 
 
 def nproc() -> int:

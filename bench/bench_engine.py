@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
 import socket
 import sys
@@ -41,10 +40,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _meta
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk_test_bench_key_0123456789"
+ACTIVE_NOTE = ("Active runs (measured): the pending and running runs the watcher tracked (`flora-watcher status "
+               "--json`) at the window's start → end, and the simulator's own count (sim).")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -84,6 +86,29 @@ def seconds_text(ms: float) -> str:
     return "missed" if ms == float("inf") else f"{ms / 1000:.2f} s"
 
 
+def sim_active_runs(stats: dict, kinds: tuple[str, ...]) -> int:
+    """Pending + running runs of ``kinds`` in a /_sim/stats answer."""
+    by_kind = stats.get("runs_by_kind") or {"technique": stats.get("runs", {})}
+    return sum(n for kind in kinds for status, n in by_kind.get(kind, {}).items() if status in ("pending", "running"))
+
+
+async def tracked_active(cmd: list[str], env: dict[str, str], src: str | None) -> int:
+    """The runs a watcher contender tracks as active, from ``flora-watcher status --json`` on its config (the
+    package it runs, its state store); -1 for a contender that is not ``watcher run -c FILE``."""
+    if "run" not in cmd or "-c" not in cmd:
+        return -1
+    status = [sys.executable, "-m", "watcher", "status", "--json", "-c", cmd[cmd.index("-c") + 1]]
+    proc = await asyncio.create_subprocess_exec(*status, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.DEVNULL, env=env, cwd=src)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(status)} exited with {proc.returncode}")
+    tracked = json.loads(out)["tracked"]
+    if "active" in tracked:
+        return int(tracked["active"])
+    return sum(n for status, n in tracked["by_status"].items() if status not in ("completed", "failed"))
+
+
 @dataclass
 class Result:
     name: str
@@ -98,7 +123,21 @@ class Result:
     duplicates: int = 0
     by_route: dict = field(default_factory=dict)
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the window's start and end (shared machine)
+    # active runs (pending + running) measured at the window's start and end: the simulator's own count, and
+    # the runs the watcher tracked as active (`flora-watcher status --json`; None for the per-run poller)
+    sim_active: tuple[int, int] = (0, 0)
+    tracked_active: tuple[int, int] | None = None
     hook: dict | None = None  # with --webhook: expected, delivered, duplicates, latencies_ms (run end → receiver)
+
+    @property
+    def active_text(self) -> str:
+        """The active runs measured at the window's start → end: what the watcher tracked as active, with the
+        simulator's count beside it (for the per-run poller, which keeps no state, the simulator's alone). The
+        configured target (1,000 / 10,000) is only the contender's label."""
+        sim = f"{self.sim_active[0]:,} → {self.sim_active[1]:,}"
+        if self.tracked_active is None:
+            return f"sim {sim}"
+        return f"{self.tracked_active[0]:,} → {self.tracked_active[1]:,} (sim {sim})"
 
     @property
     def per_minute(self) -> float:
@@ -111,7 +150,8 @@ class Result:
 
     def row(self, baseline: Result | None = None) -> str:
         ratio = f"{baseline.per_minute / self.per_minute:.1f}×" if baseline and self.per_minute else "—"
-        return (f"| {self.name} | {self.active:,} | {self.per_minute:,.0f} | {ratio} | {seconds_text(self.pct(0.5))} | "
+        return (f"| {self.name} | {self.active_text} | {self.per_minute:,.0f} | {ratio} | "
+                f"{seconds_text(self.pct(0.5))} | "
                 f"{seconds_text(self.pct(0.99))} | {self.cpu_s:.1f} s ({self.cpu_s / self.seconds * 100:.1f} %) | "
                 f"{self.rss_mb:.0f} MB | {self.expected} / {self.lost} / {self.duplicates} |")
 
@@ -196,13 +236,15 @@ async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, 
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
                                                 stderr=asyncio.subprocess.DEVNULL, env=env, cwd=src)
     seen: dict[str, list] = {}
+    tracked: list[int] = []
     stop = asyncio.Event()
     tailer = asyncio.create_task(tail_events(out, seen, key, stop))
     try:
         await asyncio.sleep(warmup)
         if proc.returncode is not None:
             raise RuntimeError(f"{name} exited early with {proc.returncode}")
-        await sim.post("/stats/reset", {})
+        tracked.append(await tracked_active(cmd, env, src))
+        sim_start = sim_active_runs(await sim.post("/stats/reset", {}), kinds)
         t0_ms = now_ms()
         cpu0 = cpu_seconds(proc.pid)
         load0 = os.getloadavg()[0]
@@ -212,6 +254,7 @@ async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, 
         stats = await sim.get("/stats")
         cpu1 = cpu_seconds(proc.pid)
         rss = peak_rss_mb(proc.pid)
+        tracked.append(await tracked_active(cmd, env, src))
         await asyncio.sleep(12)  # let transitions of the window's last seconds arrive (interval + slack)
     finally:
         stop.set()
@@ -228,7 +271,9 @@ async def measure(name: str, sim: Simulator, cmd: list[str], out: Path, key, *, 
                 if t0_ms <= t["completed_at"] < t1_ms and t.get("kind", "technique") in kinds}
     result = Result(name=name, active=active, seconds=(t1_ms - t0_ms) / 1000, requests=stats["requests_total"],
                     cpu_s=cpu1 - cpu0, rss_mb=rss, expected=len(expected), load=(load0, load1),
-                    by_route={k: sum(v.values()) for k, v in stats["by_route"].items()})
+                    by_route={k: sum(v.values()) for k, v in stats["by_route"].items()},
+                    sim_active=(sim_start, sim_active_runs(stats, kinds)),
+                    tracked_active=(tracked[0], tracked[1]) if min(tracked) >= 0 else None)
     if receiver is not None:
         async with aiohttp.ClientSession() as session, session.get(f"{receiver}/arrivals") as r:
             got: dict[str, list[int]] = await r.json()
@@ -360,6 +405,8 @@ async def main() -> None:
                     help="with --resources: share of the generated runs that are generations (default 0.3)")
     ap.add_argument("--rate", type=float, default=14.0, help="with --resources: runs created per second (default 14)")
     args = ap.parse_args()
+    under_test = {} if args.watcher_src is None else {"watcher under test": _meta.commit_of(Path(args.watcher_src))}
+    args.meta = _meta.start("bench/bench_engine.py", sys.argv[1:], **under_test)
     if args.resources:
         await compare_resources(args)
         return
@@ -418,8 +465,9 @@ async def run_all(args: argparse.Namespace, receiver: str | None) -> None:
                     out, watcher_key, active=10000, warmup=args.warmup + 10, seconds=args.seconds, receiver=receiver,
                     file_sink=not args.webhook_only, src=args.watcher_src))
                 print(results[-1].row(), flush=True)
+    args.meta.finish()
     baseline = next((r for r in results if r.name == "per-run poller"), None)
-    header = ("| contender | active runs | API requests/min | fewer requests | latency p50 | latency p99 | "
+    header = ("| contender | active runs (measured) | API requests/min | fewer requests | latency p50 | latency p99 | "
               "CPU (share of one core) | peak RSS | transitions / lost / duplicate |\n"
               "|---|---|---|---|---|---|---|---|---|")
     table = "\n".join([header, *(r.row(baseline if r is not baseline and baseline and r.active == baseline.active
@@ -431,11 +479,10 @@ async def run_all(args: argparse.Namespace, receiver: str | None) -> None:
     print("\n" + table + "\n\nrequests by route during the window:\n" + routes + ("\n\n" + hooks if hooks else "")
           + f"\n\nload average (1 min) at the window's start → end: {loads}")
     if args.write:
-        cmd = "python bench/bench_engine.py " + " ".join(sys.argv[1:])
         section = (
             f"\n## Engine: flora-watcher vs a per-run poller ({time.strftime('%Y-%m-%d')})\n\n"
-            f"Command: `{cmd}`  \n"
-            f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; interval {args.interval:g} s; "
+            f"{args.meta.markdown()}\n\n"
+            f"{ACTIVE_NOTE} Interval {args.interval:g} s; "
             f"watcher API budget max_rps {args.max_rps:g} (1k) / {args.max_rps_10k:g} (10k); "
             f"window {args.seconds:.0f} s after {args.warmup:.0f} s warm-up; runs last 20-120 s, 15 % fail.\n\n"
             f"{table}\n\nRequests by route during the window:\n\n{routes}\n\n"
@@ -467,27 +514,27 @@ async def compare_resources(args: argparse.Namespace) -> None:
                                            resources=resources),
                     out, watcher_key, active=active, warmup=args.warmup, seconds=args.seconds, kinds=kinds))
                 print(results[-1].row(), flush=True)
+    args.meta.finish()
     only, both = results
     ratio = both.per_minute / only.per_minute if only.per_minute else float("nan")
-    header = ("| watching | active runs (all kinds) | API requests/min | latency p50 | latency p99 | "
+    header = ("| watching | active runs (measured) | API requests/min | latency p50 | latency p99 | "
               "CPU (share of one core) | peak RSS | transitions / lost / duplicate |\n"
               "|---|---|---|---|---|---|---|---|")
-    rows = [f"| {r.name} | {r.active:,} | {r.per_minute:,.0f} | {seconds_text(r.pct(0.5))} "
-            f"| {seconds_text(r.pct(0.99))} | {r.cpu_s:.1f} s ({r.cpu_s / r.seconds * 100:.1f} %) | {r.rss_mb:.0f} MB "
+    rows = [f"| {r.name} | {r.active_text} | {r.per_minute:,.0f} | {seconds_text(r.pct(0.5))} "
+            f"| {seconds_text(r.pct(0.99))} | {r.cpu_s:.1f} s ({r.cpu_s / r.seconds * 100:.1f} %) "
+            f"| {r.rss_mb:.0f} MB "
             f"| {r.expected} / {r.lost} / {r.duplicates} |" for r in results]
     table = "\n".join([header, *rows])
     routes = "\n".join(f"- {r.name}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(r.by_route.items()))
                        for r in results)
     print(f"\n{table}\n\nboth / technique only: {ratio:.2f}x requests\n\nrequests by route:\n{routes}")
     if args.write:
-        cmd = "python bench/bench_engine.py " + " ".join(sys.argv[1:])
         section = (
             f"\n## Engine: watching generations too (issue 13, {time.strftime('%Y-%m-%d')})\n\n"
-            f"Command: `{cmd}`  \n"
-            f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, shared with other jobs; "
-            f"interval {args.interval:g} s; max_rps {args.max_rps:g}; {args.rate:g} runs/s, "
+            f"{args.meta.markdown()}\n\n"
+            f"{ACTIVE_NOTE} Interval {args.interval:g} s; max_rps {args.max_rps:g}; {args.rate:g} runs/s, "
             f"{args.generation_share:.0%} of them generations, 20-120 s, 15 % fail; window {args.seconds:.0f} s "
-            f"after {args.warmup:.0f} s warm-up. Transitions count each contender's own kinds.\n\n"
+            f"after {args.warmup:.0f} s warm-up. Active runs and transitions count each contender's own kinds.\n\n"
             f"{table}\n\nWatching both resources costs **{ratio:.2f}x** the requests of technique runs alone "
             f"(the issue's bound: 2x).\n\nRequests by route during the window:\n\n{routes}\n"
         )
