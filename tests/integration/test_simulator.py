@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from tests.fakes import FakeClock
 from watcher.simulator import RunningSimulator, run_simulator
 from watcher.simulator import scenario as sc
 
@@ -208,23 +209,25 @@ async def test_idempotency_key_replays_or_conflicts(running, http) -> None:
 # ------------------------------------------------------------------------------------------------ faults
 
 
-async def test_rate_limits_with_each_retry_after_style(running, http) -> None:
-    url = f"{running.base_url}/technique-runs"
-    set_faults(running, rate_limit_share=1.0, retry_after=2)
-    async with http.get(url) as resp:
-        assert resp.status == 429 and resp.headers["Retry-After"] == "2"
-        assert (await resp.json())["error"]["code"] == "rate_limited"
-    set_faults(running, retry_after=None)
-    async with http.get(url) as resp:
-        assert resp.status == 429
-        assert "Retry-After" not in resp.headers and "retry-after-ms" not in resp.headers
-    set_faults(running, retry_after=30, retry_after_mode="http-date")
-    async with http.get(url) as resp:
-        when = email.utils.parsedate_to_datetime(resp.headers["Retry-After"]).timestamp()
-        assert 25 < when - time.time() <= 32
-    set_faults(running, retry_after=0.25, retry_after_mode="ms")
-    async with http.get(url) as resp:
-        assert resp.headers["retry-after-ms"] == "250"
+async def test_rate_limits_with_each_retry_after_style(http) -> None:
+    clock = FakeClock()  # an HTTP-date is checked against the simulator's own clock
+    async with run_simulator(api_key=KEY, seed=3, clock=clock) as running:
+        url = f"{running.base_url}/technique-runs"
+        set_faults(running, rate_limit_share=1.0, retry_after=2)
+        async with http.get(url) as resp:
+            assert resp.status == 429 and resp.headers["Retry-After"] == "2"
+            assert (await resp.json())["error"]["code"] == "rate_limited"
+        set_faults(running, retry_after=None)
+        async with http.get(url) as resp:
+            assert resp.status == 429
+            assert "Retry-After" not in resp.headers and "retry-after-ms" not in resp.headers
+        set_faults(running, retry_after=30, retry_after_mode="http-date")
+        async with http.get(url) as resp:
+            when = email.utils.parsedate_to_datetime(resp.headers["Retry-After"]).timestamp()
+            assert when * 1000 == clock.now_ms() + 30_000
+        set_faults(running, retry_after=0.25, retry_after_mode="ms")
+        async with http.get(url) as resp:
+            assert resp.headers["retry-after-ms"] == "250"
 
 
 async def test_error_bursts_mix_json_5xx_and_an_html_502(running, http) -> None:
@@ -341,21 +344,24 @@ async def test_admin_bulk_create_truth_and_transitions(running, http) -> None:
         assert resp.status == 400
 
 
-async def test_admin_faults_and_generator(running, http) -> None:
-    async with http.post(f"{running.admin_url}/faults", json={"latency": 1}) as resp:
-        assert resp.status == 400 and "latency" in (await resp.json())["error"]["message"]
-    async with http.post(f"{running.admin_url}/faults", json={"camel_case": True}) as resp:
-        assert (await resp.json())["camel_case"] is True
-    async with http.post(f"{running.admin_url}/generator",
-                         json={"rate": 50, "duration_ms": [50, 100], "pending_ms": [0, 20]}) as resp:
-        assert (await resp.json())["running"] is True
-    await asyncio.sleep(0.3)
-    async with http.post(f"{running.admin_url}/generator", json={"stop": True}) as resp:
-        assert (await resp.json())["running"] is False
-    made = len(running.sim.scenario.runs)
-    assert 10 <= made <= 60
-    await asyncio.sleep(0.15)
-    assert len(running.sim.transitions()) == made == len(running.sim.scenario.runs)
+async def test_admin_faults_and_generator(http) -> None:
+    clock = FakeClock()  # the simulator's time moves only when the test says
+    async with run_simulator(api_key=KEY, seed=3, clock=clock) as running:
+        async with http.post(f"{running.admin_url}/faults", json={"latency": 1}) as resp:
+            assert resp.status == 400 and "latency" in (await resp.json())["error"]["message"]
+        async with http.post(f"{running.admin_url}/faults", json={"camel_case": True}) as resp:
+            assert (await resp.json())["camel_case"] is True
+        async with http.post(f"{running.admin_url}/generator",
+                             json={"rate": 50, "duration_ms": [50, 100], "pending_ms": [0, 20]}) as resp:
+            assert (await resp.json())["running"] is True
+        clock.advance(0.3)
+        async with http.post(f"{running.admin_url}/generator", json={"stop": True}) as resp:
+            assert (await resp.json())["running"] is False
+        made = len(running.sim.scenario.runs)
+        assert made == 16  # 50 a second for 0.3 s: one at 0 ms, then every 20 ms up to 300 ms
+        assert len(running.sim.transitions()) < made  # the last ones are still going (50-120 ms each)
+        clock.advance(0.12)
+        assert len(running.sim.transitions()) == made == len(running.sim.scenario.runs)
 
 
 # ------------------------------------------------------------------------------------------------ the command
