@@ -1,14 +1,15 @@
 """Regression: the state store must not grow forever. Delivered events older than [delivery].keep_delivered are
 pruned by the daemon (found by the soak: before, nothing ever called ``Store.prune`` and the store grew by every
-event ever seen). Pending deliveries and dead letters are never pruned, and pruning never causes a re-send."""
+event ever seen). Pending deliveries and dead letters are never pruned, and pruning never causes a re-send.
+
+The simulator and the watcher share one ``FakeClock``: runs end and deliveries age when the test moves it."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import replace
 from pathlib import Path
 
+from tests.fakes import FakeClock
 from tests.reliability.harness import read_jsonl
 from watcher.config import ApiConfig, Config, DeliveryConfig, WatchConfig, parse
 from watcher.daemon import Daemon, Options
@@ -29,8 +30,11 @@ def make_config(base_url: str, tmp: Path, *, keep_delivered: float) -> Config:
     )
 
 
-async def once(cfg: Config) -> int:
-    return await Daemon(cfg, Options(once=True, install_signal_handlers=False)).run()
+async def once(cfg: Config, clock: FakeClock) -> int:
+    """One `run --once`; the clock then moves on a little, as it would between two commands."""
+    code = await Daemon(cfg, Options(once=True, install_signal_handlers=False), clock=clock).run()
+    clock.advance(0.05)
+    return code
 
 
 def no_files(name: str) -> str:
@@ -46,45 +50,51 @@ def test_keep_delivered_is_configurable_and_defaults_to_a_week() -> None:
 
 
 async def test_delivered_history_is_pruned_and_never_resent(tmp_path: Path) -> None:
-    async with run_simulator(api_key=KEY, seed=9) as sim:
+    clock = FakeClock()
+    async with run_simulator(api_key=KEY, seed=9, clock=clock) as sim:
         cfg = make_config(sim.base_url, tmp_path, keep_delivered=3600)
-        assert await once(cfg) == 0  # first start
+        assert await once(cfg, clock) == 0  # first start
         runs = sim.sim.create_runs(5, pending_ms=10, running_ms=50)
-        await asyncio.sleep(0.2)
-        assert await once(cfg) == 0
+        clock.advance(0.2)  # the runs end
+        assert await once(cfg, clock) == 0
         events, _ = read_jsonl(tmp_path / "events.jsonl")
         assert sorted(e["data"]["run_id"] for e in events) == sorted(runs)
         with Store.open(store_path(tmp_path / "state")) as store:
             assert store.summary()["events"] == 5  # younger than keep_delivered: kept
 
-        short = replace(cfg, delivery=replace(cfg.delivery, keep_delivered=0.05))
-        time.sleep(0.1)
-        assert await once(short) == 0
+        short = replace(cfg, delivery=replace(cfg.delivery, keep_delivered=60))
+        clock.advance(59)
+        assert await once(short, clock) == 0
+        with Store.open(store_path(tmp_path / "state")) as store:
+            assert store.summary()["events"] == 5, "delivered events younger than keep_delivered are kept"
+        clock.advance(2)
+        assert await once(short, clock) == 0
         with Store.open(store_path(tmp_path / "state")) as store:
             summary = store.summary()
         assert summary["events"] == 0, "delivered events older than keep_delivered must be pruned"
-        assert await once(short) == 0
+        assert await once(short, clock) == 0
         events, _ = read_jsonl(tmp_path / "events.jsonl")
         assert len(events) == 5, "a pruned event is never sent again"
 
 
 async def test_pending_deliveries_are_never_pruned(tmp_path: Path) -> None:
-    async with run_simulator(api_key=KEY, seed=10) as sim:
-        cfg = make_config(sim.base_url, tmp_path, keep_delivered=0.05)
+    clock = FakeClock()
+    async with run_simulator(api_key=KEY, seed=10, clock=clock) as sim:
+        cfg = make_config(sim.base_url, tmp_path, keep_delivered=60)
         cfg = replace(cfg, sinks=(*cfg.sinks, sink_config(name="later", type="file", path=tmp_path / "later.jsonl")))
-        assert await once(cfg) == 0  # first start
+        assert await once(cfg, clock) == 0  # first start
         sim.sim.create_runs(3, pending_ms=10, running_ms=50)
-        await asyncio.sleep(0.2)
+        clock.advance(0.2)  # the runs end
         # One sweep, then only the journal's deliveries are sent: the other sink's stay pending.
-        daemon = Daemon(cfg, Options(once=True, install_signal_handlers=False))
+        daemon = Daemon(cfg, Options(once=True, install_signal_handlers=False), clock=clock)
         await daemon.startup()
         try:
             await daemon.sweep()
             await daemon.dispatcher.workers["journal"].deliver_due()
         finally:
             await daemon.shutdown()
-        time.sleep(0.1)
-        daemon = Daemon(cfg, Options(once=True, install_signal_handlers=False))
+        clock.advance(61)  # the journal's deliveries are older than keep_delivered
+        daemon = Daemon(cfg, Options(once=True, install_signal_handlers=False), clock=clock)
         await daemon.startup()
         try:
             await daemon.sweep()  # prunes: the journal's deliveries are delivered and older than keep_delivered
@@ -93,7 +103,7 @@ async def test_pending_deliveries_are_never_pruned(tmp_path: Path) -> None:
         with Store.open(store_path(tmp_path / "state")) as store:
             assert store.pending_counts() == {"later": 3}
             assert store.summary()["events"] == 3  # still needed by the pending deliveries
-        assert await once(cfg) == 0
+        assert await once(cfg, clock) == 0
         later, _ = read_jsonl(tmp_path / "later.jsonl")
         assert len(later) == 3
         journal, _ = read_jsonl(tmp_path / "events.jsonl")
