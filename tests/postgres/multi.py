@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psycopg
 
 from tests.reliability.harness import (
@@ -115,6 +116,35 @@ class Instance:
         self.starts.append(time.monotonic())
         await self.proc.start()
         await self.proc.wait_for_log('"daemon.started"', timeout=60, after=offset)
+
+    async def metric(self, name: str) -> dict[str, float]:
+        """This process's own ``/metrics`` (needs ``[server] listen``): the samples of counter ``name`` by their
+        labels (``'outcome="ok",route="list"'``)."""
+        url = await self.proc.server_url()
+        async with aiohttp.ClientSession() as session, session.get(f"{url.rstrip('/')}/metrics") as resp:
+            text = await resp.text()
+        prefix = f"flora_watcher_{name}_total{{"
+        return {line[len(prefix):].rsplit("} ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line.startswith(prefix)}
+
+    async def api_requests(self) -> dict[str, int]:
+        """FLORA API requests this process made since it started, by route (``list``, ``get_run`` …)."""
+        counts: Counter[str] = Counter()
+        for labels, value in (await self.metric("api_requests")).items():
+            counts[labels.split('route="', 1)[1].split('"', 1)[0]] += int(value)
+        return {route: n for route, n in counts.items() if n}
+
+    async def wait_for_sweeps(self, count: int, timeout: float = 60) -> None:
+        """Wait until the process finished ``count`` more sweeps (its own counter): a liveness bound only."""
+        async def done() -> int:
+            return int(sum((await self.metric("sweeps")).values()))
+
+        target = await done() + count
+        deadline = time.monotonic() + timeout
+        while (n := await done()) < target:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: {n - target + count} of {count} sweeps within {timeout}s")
+            await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -1,5 +1,8 @@
 """Two real `flora-watcher run` processes on one PostgreSQL database: one sweeps, both deliver; kill -9 of either
-loses nothing and sends each transition under one webhook-id; the API sees one sweeper's requests."""
+loses nothing and sends each transition under one webhook-id; the API sees one sweeper's requests.
+
+Bounded by events (log lines, the lease row, the receiver's count) with generous timeouts, never by wall time:
+how soon a standby takes over is the lease's timing (``tick_seconds``, the store's expiry), tested on its own."""
 
 from __future__ import annotations
 
@@ -16,48 +19,43 @@ from tests.postgres.multi import fleet
 pytestmark = pytest.mark.slow
 
 
-async def test_kill_9_of_the_sweeper_and_the_other_loses_nothing_and_takes_over_within_the_lease(
-    tmp_path: Path, pg_url: str
-) -> None:
+async def test_kill_9_of_the_sweeper_and_the_other_loses_nothing_and_takes_over(tmp_path: Path, pg_url: str) -> None:
     rng = random.Random(7)
-    async with fleet(tmp_path, pg_url, lease=2.0, interval=0.2) as f:
+    async with fleet(tmp_path, pg_url, lease=2.0, interval=0.2, listen="127.0.0.1:0") as f:
         a, b = f.instances["a"], f.instances["b"]
         await a.start()
         await a.proc.wait_for_log('"sweeper.lease_acquired"')
         await a.proc.wait_for_log('"sweep.finished"')
 
-        # API cost: one instance alone, then two for as long: the second adds no list requests
-        window = 2.0
-        before = f.list_requests()
-        await asyncio.sleep(window)
-        alone = f.list_requests() - before
+        # API cost: the second instance adds no requests. With both running, a sweeps three more times; b, the
+        # standby, made no request to the API at all (its own /metrics count), so the API sees one sweeper.
         await b.start()
-        before = f.list_requests()
-        await asyncio.sleep(window)
-        both = f.list_requests() - before
-        assert both <= alone * 1.4 + 2, (alone, both)
+        await a.wait_for_sweeps(3)
         assert f.sweeper()[0] == "a"
+        assert (await a.api_requests()).get("list", 0) > 0
+        assert await b.api_requests() == {}
 
         # kill -9 the sweeper and the other, alternately, while runs finish
         takeovers = []
         for round_no in range(3):
             f.create(12, rng)
-            await asyncio.sleep(rng.uniform(0.3, 0.8))
+            await asyncio.sleep(rng.uniform(0.3, 0.8))  # kill at a random point of the runs' progress
             sweeper, _, _ = f.sweeper()
             victim = f.instances[sweeper] if round_no % 2 == 0 else (b if sweeper == "a" else a)
             await victim.kill()
             if victim.name == sweeper:
-                _, waited = await f.wait_sweeper(other_than=victim.name, timeout=f.lease * 4)
-                takeovers.append(waited)
+                # the other takes over once the lease runs out (lease + one tick; the lease's own tests pin the
+                # timing): here only that it happens, bounded by a generous timeout, and how long it took
+                _, waited = await f.wait_sweeper(other_than=victim.name, timeout=60)
+                takeovers.append(round(waited, 2))
             await victim.start()
         f.create(12, rng)
         await f.settle(timeout=60)
         verdict = f.verdict()
         assert verdict.problems == [], verdict.summary()
         assert verdict.delivered["hook"] == verdict.expected == len(f.created)
-        # takeover within lease + one interval (plus the time to notice it here)
-        assert max(takeovers) <= f.lease + f.interval + 0.5, takeovers
-        print(f"list requests in {window:g}s: one instance {alone}, two {both}; takeovers {takeovers}")
+        assert len(takeovers) == 2
+        print(f"takeovers after a kill -9 of the sweeper (lease {f.lease:g} s): {takeovers} s")
         for inst in f.instances.values():
             assert await inst.proc.terminate() == 0
 
