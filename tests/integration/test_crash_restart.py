@@ -48,6 +48,16 @@ async def start(cfg: Path, log) -> asyncio.subprocess.Process:
     )
 
 
+async def first_sweep_done(log_path: Path, proc: asyncio.subprocess.Process, timeout: float = 60) -> None:
+    """Wait for the watcher's first ``sweep.finished`` log line (a liveness bound only: a busy machine may take
+    its time to start a Python process); fail at once if the process exits instead."""
+    deadline = time.monotonic() + timeout
+    while b'"sweep.finished"' not in log_path.read_bytes():
+        assert proc.returncode is None, f"the watcher exited with {proc.returncode} before its first sweep"
+        assert time.monotonic() < deadline, f"the watcher did not finish a first sweep within {timeout}s"
+        await asyncio.sleep(0.05)
+
+
 def events_in(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -67,22 +77,18 @@ async def test_sigkill_and_restart_lose_nothing_and_duplicate_nothing(tmp_path: 
         events_file = tmp_path / "events.jsonl"
         with open(tmp_path / "watcher.log", "ab") as log:
             proc = await start(cfg, log)
-            deadline = time.monotonic() + 30
-            while b'"sweep.finished"' not in (tmp_path / "watcher.log").read_bytes():  # always logged by a first sweep
-                assert time.monotonic() < deadline, "watcher did not finish its first sweep"
-                await asyncio.sleep(0.05)
-            # first sweep done: from now on every run is new (a fixed 0.5 s was not always enough on a busy machine)
+            await first_sweep_done(tmp_path / "watcher.log", proc)  # from now on every run is new
             created: list[str] = []
             for _round in range(4):
                 created += sim.sim.create_runs(rng.randint(5, 15), pending_ms=(10, 200), running_ms=(50, 1200))
-                await asyncio.sleep(rng.uniform(0.2, 1.2))
+                await asyncio.sleep(rng.uniform(0.2, 1.2))  # a kill at a random moment: the scenario, not a wait
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
                 created += sim.sim.create_runs(rng.randint(1, 5), pending_ms=(10, 100), running_ms=(50, 300))
                 await asyncio.sleep(rng.uniform(0.0, 0.6))  # runs finish while the watcher is down
                 proc = await start(cfg, log)
-            # let everything finish and be reported
-            deadline = time.monotonic() + 20
+            # let everything finish and be reported (a liveness bound: the checks below say what was missing)
+            deadline = time.monotonic() + 60
             expected = set()
             while time.monotonic() < deadline:
                 truth = {t["run_id"]: t for t in sim.sim.transitions()}
