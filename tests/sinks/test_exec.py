@@ -77,15 +77,16 @@ async def test_other_exit_codes_are_permanent_with_the_start_of_stderr() -> None
 
 async def test_a_hung_command_is_killed_with_its_children_and_retried_later(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
-    code = ("import subprocess, sys, time; "
-            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
-            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(30)")
+    # A shell starts its child in milliseconds, so it has done so well within the sink's timeout even on a busy
+    # machine (a Python command needs a good part of a second just to start there).
+    script = f"sleep 30 & echo $! > {pid_file}; wait"
+    sink = ExecSink(sink_config(name="hook", type="exec", command=("/bin/sh", "-c", script), timeout=2.0))
     started = time.monotonic()
     with pytest.raises(DeliveryError) as err:
-        await exec_sink(code, timeout=0.5).send(make_event())
-    assert time.monotonic() - started < 5
+        await sink.send(make_event())
+    assert time.monotonic() - started < 25, "the sink waited for the command (30 s) instead of its timeout (2 s)"
     assert (err.value.retryable, err.value.reason) == (True, Reason.TIMEOUT)
-    assert process_gone(int(pid_file.read_text())), "the command's child survived the timeout"
+    assert process_gone(int(pid_file.read_text()), wait=20), "the command's child survived the timeout"
 
 
 async def test_a_missing_command_is_a_permanent_config_problem() -> None:
