@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from watcher.commands.run import watch_stdout_reader
 from watcher.simulator import run_simulator
 
@@ -28,10 +30,24 @@ async def test_the_watch_fires_when_the_read_end_closes_and_not_before() -> None
         os.close(w)
 
 
-async def test_a_terminal_or_file_is_not_watched(tmp_path: Path) -> None:
-    with open(tmp_path / "out", "w") as f:
-        unwatch = watch_stdout_reader(lambda: None, fd=f.fileno())
+@pytest.mark.parametrize("kind", ["file", "terminal", "devnull"])
+async def test_a_terminal_or_file_is_not_watched(tmp_path: Path, kind: str) -> None:
+    """Only a pipe's closed read end stops the daemon: watching a terminal would stop it at the first key typed
+    there (the terminal becomes readable)."""
+    master = None
+    if kind == "terminal":
+        master, fd = os.openpty()
+    else:
+        fd = os.open(tmp_path / "out" if kind == "file" else os.devnull, os.O_WRONLY | os.O_CREAT)
+    try:
+        unwatch = watch_stdout_reader(lambda: None, fd=fd)
+        watched = asyncio.get_running_loop().remove_reader(fd)  # True: a reader was registered on fd
         unwatch()
+        assert not watched, f"a {kind} was watched"
+    finally:
+        os.close(fd)
+        if master is not None:
+            os.close(master)
 
 
 async def test_run_piped_into_head_stops_after_the_first_line(tmp_path: Path) -> None:
