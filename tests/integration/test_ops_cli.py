@@ -203,8 +203,6 @@ def test_the_next_attempt_shown_is_the_real_one() -> None:
 
 
 def test_deliveries_of_a_paused_sink_say_so(config: Path, tmp_path: Path, capsys) -> None:
-    if not hasattr(Store, "set_sink_pause"):
-        pytest.skip("this store has no circuit-breaker pause yet")
     populate(tmp_path / "state")
     store = Store.open(store_path(tmp_path / "state"))
     try:
