@@ -48,8 +48,10 @@ async def test_a_watcher_killed_during_the_catch_up_resumes_where_it_was(tmp_pat
     api = await SimServer(sim).start()
     events_file = tmp_path / "events.jsonl"
     state = tmp_path / "state"
-    # One sweep per 30 s: the catch-up is the restarted watcher's first sweep, and the requests counted are its own.
-    config = write_config(tmp_path, base_url=api.base_url, api_key=KEY, events_file=events_file, interval=30,
+    # One sweep an hour: each start's first sweep is its only one while the test runs (on a busy machine delivering
+    # the catch-up can take longer than any shorter interval, and a second sweep cut short by the stop reads pages
+    # no log line counts), so the requests counted are the catch-up's own.
+    config = write_config(tmp_path, base_url=api.base_url, api_key=KEY, events_file=events_file, interval=3600,
                           max_rps=1000)
     proc = WatcherProcess(config, tmp_path / "logs")
     try:
@@ -70,7 +72,7 @@ async def test_a_watcher_killed_during_the_catch_up_resumes_where_it_was(tmp_pat
         count = 4_500
         created = set(sim.create_runs(count, pending_ms=(0, 10), running_ms=(10, 200),
                                       created_at=(down + 1_000, sim.now_ms() - 1_000)))
-        await until(lambda: len({t["run_id"] for t in sim.transitions()} & created) == count, 10, "runs to end")
+        await until(lambda: len({t["run_id"] for t in sim.transitions()} & created) == count, 30, "runs to end")
         expected = {(t["run_id"], t["status"]) for t in sim.transitions() if t["run_id"] in created}
 
         # Killed right after the catch-up's first batch is committed, before any of it is sent.
