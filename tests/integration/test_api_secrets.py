@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from tests.fakes import FakeClock
+from watcher import logs as watcher_logs
 from watcher.api import FloraClient
 from watcher.errors import (
     ApiError,
@@ -33,11 +34,6 @@ from watcher.errors import (
     ServerError,
 )
 from watcher.secret import Secret
-
-try:
-    from watcher import logs as watcher_logs
-except ImportError:  # pragma: no cover - logs.py is written in parallel; fall back to raw capture only
-    watcher_logs = None
 
 CANARY = f"sk_live_CANARY{secrets.token_hex(12)}"
 
@@ -177,10 +173,7 @@ def rendered_logs() -> Iterator[io.StringIO]:
     saved = (list(root.handlers), root.level)
     stream = io.StringIO()
     raw: list[str] = []
-    if watcher_logs is not None:
-        watcher_logs.configure(fmt="json", level="debug", stream=stream)
-    else:  # pragma: no cover
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(stream))
+    watcher_logs.configure(fmt="json", level="debug", stream=stream)
     config = structlog.get_config()
 
     def keep_raw(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
