@@ -511,7 +511,7 @@ async def test_a_real_timeout_uses_the_configured_timeout(make_client: Callable[
         started = time.monotonic()
         with pytest.raises(ApiUnavailableError, match=r"no answer within 0.1s"):
             await client.get_run("run_1")
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 4  # gave up at its own timeout, not after the server's 5 s
         await client.close()
     finally:
         await runner.cleanup()
