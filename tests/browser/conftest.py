@@ -232,7 +232,8 @@ events = ["run.failed"]
         return self.call(run())
 
     @staticmethod
-    def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+        """Poll ``predicate`` until it holds; ``timeout`` is a liveness bound only (a busy machine)."""
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()

@@ -375,8 +375,9 @@ class WatcherProcess:
             raise AssertionError(f"the watcher did not stop within {timeout}s of SIGTERM")
         return code
 
-    async def wait_for_log(self, needle: str, timeout: float = 15, *, after: int = 0) -> None:
-        """Wait until the JSON log (stderr) holds ``needle`` past byte offset ``after``."""
+    async def wait_for_log(self, needle: str, timeout: float = 60, *, after: int = 0) -> None:
+        """Wait until the JSON log (stderr) holds ``needle`` past byte offset ``after``. ``timeout`` is a liveness
+        bound only (a Python process and its first sweep can take 15 s to start with both cores busy)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.stderr_path.exists():
@@ -399,7 +400,7 @@ class WatcherProcess:
         self.proc.send_signal(signal.SIGHUP)
         await self.wait_for_log(expect, timeout, after=offset)
 
-    async def server_url(self, timeout: float = 15) -> str:
+    async def server_url(self, timeout: float = 60) -> str:
         """``[server] listen`` with port 0: the address the current process bound (its ``server.listening`` line)."""
         await self.wait_for_log('"server.listening"', timeout, after=self.started_at_offset)
         with open(self.stderr_path, "rb") as f:

@@ -59,7 +59,7 @@ async def test_a_watcher_killed_during_the_catch_up_resumes_where_it_was(tmp_pat
         now = sim.now_ms()
         sim.create_runs(50, pending_ms=(0, 10), running_ms=(10, 50), created_at=(now - 1_200_000, now - 700_000))
         await proc.start()
-        await proc.wait_for_log('"sweep.finished"', 30)
+        await proc.wait_for_log('"sweep.finished"')
         await proc.terminate()
         assert lines(events_file) == []
 
