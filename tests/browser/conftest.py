@@ -219,6 +219,8 @@ events = ["run.failed"]
             self.call(self._exit.aclose())
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()  # its self-pipe is a socket pair: left open, its ResourceWarning failed a later test
 
     # --------------------------------------------------------------------------------- driving
 
