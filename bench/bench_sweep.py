@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _meta
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if not os.environ.get("PYTHONPATH"):
@@ -213,6 +215,11 @@ def main() -> None:
     from watcher.commands.run import tune_gc
 
     where = watcher.__file__.rsplit("/watcher/", 1)[0]
+    meta = None
+    if not args.child:
+        other = Path(where).resolve() != ROOT
+        meta = _meta.start("bench/bench_sweep.py", sys.argv[1:],
+                           **({"watcher under test": f"{_meta.commit_of(Path(where))} ({where})"} if other else {}))
     load = os.getloadavg()[0]
     if args.callgrind:
         instructions = [callgrind(args) for _ in range(args.rounds)]
@@ -220,6 +227,8 @@ def main() -> None:
         print(f"watcher {where}; {args.active:,} active runs, {args.warm} warm-up + {args.sweeps} counted sweeps "
               f"x {len(per)}; instructions a sweep (callgrind): "
               + ", ".join(f"{p / 1e6:,.1f} M" for p in per))
+        if meta is not None:
+            meta.finish()
         return
     logs.configure(fmt="json", level="warning")  # as bench_engine runs the daemon
     tune_gc()  # the daemon's garbage-collector settings
@@ -237,6 +246,8 @@ def main() -> None:
     print(f"CPU a sweep (process): median {statistics.median(every) * 1000:.1f} ms, min {min(every) * 1000:.1f} ms; "
           f"round means " + ", ".join(f"{c * 1000:.1f}" for c in per_round) + " ms; "
           f"= {statistics.median(every) / args.interval * 100:.2f} % of a core at one sweep every {args.interval:g} s")
+    if meta is not None:
+        meta.finish()
 
 
 if __name__ == "__main__":

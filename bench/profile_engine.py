@@ -42,6 +42,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import _meta
+
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -452,8 +454,11 @@ def main() -> None:
     ap.add_argument("--watcher-src", metavar="DIR", help="profile the watcher of another checkout")
     ap.add_argument("--cprofile", metavar="FILE", help="also dump a cProfile of the watcher's main thread")
     args = ap.parse_args()
+    under_test = {} if args.watcher_src is None else {"watcher under test": _meta.commit_of(Path(args.watcher_src))}
+    meta = _meta.start("bench/profile_engine.py", sys.argv[1:], **under_test)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(profile(args))
+    meta.finish()
 
 
 if __name__ == "__main__":
