@@ -542,6 +542,10 @@ class Daemon:
         try:
             if not await self._ready_to_sweep():
                 self._progress()  # standby: another instance sweeps this scope; this one delivers
+                # A sweep or prune that failed before this instance became a standby is no outage of its own:
+                # a standby uses the store to deliver and to heartbeat, and those parts tell their own health.
+                self.store_health.succeeded("sweep")
+                self.store_health.succeeded("prune")
                 await self._report(None)
                 return SweepResult(ok=True)
             result = await self.sweeper.sweep()

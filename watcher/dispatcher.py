@@ -716,6 +716,8 @@ class Dispatcher:
             return
         self.supervisor.retire(worker.part)
         worker.stop()
+        if self.health is not None:  # a worker that is gone waits for the store no more
+            self.health.succeeded(worker.part)
         task = self.tasks.pop(name, None)
         if task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):

@@ -75,6 +75,7 @@ def test_active_failed_and_completed_runs_are_shown(stack: Stack, open_page: Any
     page, seen = open_page()
     run = active_card(page, active)
     expect(run).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#role")).to_have_text("sweeper")  # its role, as /readyz says it (issue 24 item 5)
     expect(run.locator(".badge")).to_have_text("running")
     expect(run.locator(".subject")).to_have_text("CCTV Cam")
     assert 0 < float(run.locator("progress").get_attribute("value") or 0) < 100

@@ -89,6 +89,25 @@ async def test_a_sink_worker_whose_store_is_away_waits_and_delivers_after_it_ret
     assert (await flaky.inner.pending_counts()) == {}
 
 
+async def test_a_sink_removed_while_the_store_is_away_does_not_keep_the_outage_open(flaky, tmp_path: Path) -> None:
+    """A reload removes a sink whose worker waits for the store: the worker stops, and once the other parts are
+    fine the outage is over (``/readyz`` reads ``StoreHealth``)."""
+    clock = FakeClock(0.0, epoch_ms=EPOCH_MS, manual=True)
+    sink = build_sink(sink_config(name="journal", type="file", path=tmp_path / "events.jsonl"), clock=clock)
+    await sink.start()
+    health = StoreHealth(__import__("structlog").get_logger("test"), clock.now_ms)
+    dispatcher = Dispatcher({"journal": sink}, flaky, cfg=FAST, clock=clock, health=health)
+    flaky.down = True
+    dispatcher.start()
+    try:
+        await until(lambda: not health.ok and clock.waiting, "the worker waiting for the store")
+        await dispatcher.remove("journal", 1)
+        assert health.ok and health.reason is None
+    finally:
+        await dispatcher.stop(1)
+        await sink.close()
+
+
 async def test_an_outcome_the_store_cannot_take_waits_and_the_delivery_is_not_sent_again(flaky) -> None:
     """The receiver took the delivery, but its outcome cannot be committed (the store went away meanwhile): the
     outcome waits in memory and is committed when the store answers; the receiver sees one request."""
@@ -341,3 +360,43 @@ def test_sqlite_errors_a_wait_can_cure_are_outages_and_the_others_are_not(tmp_pa
     with pytest.raises(StoreError) as opening:
         Store.open(junk)
     assert not isinstance(opening.value, StoreUnavailable)
+
+
+class Standby:
+    """A lease role whose lease another instance holds (the PostgreSQL election, without PostgreSQL)."""
+
+    token = None
+    role = "standby"
+    sweeping = False
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    @property
+    def last_ok_ms(self) -> int:
+        return self.clock.now_ms()  # its heartbeat works
+
+    async def ready_to_sweep(self, sweeper) -> bool:
+        return False
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_a_sweeper_whose_commit_failed_and_that_became_a_standby_is_ready_as_a_standby(
+        flaky_stores, tmp_path: Path) -> None:
+    """The sweeper's commit fails in an outage; when the store is back, another instance holds the lease: this one
+    is a standby now, its store works (heartbeat, deliveries), so it is ready as a standby, not stuck on the sweep
+    that failed before (seen in the chaos suite's 40 s outage)."""
+    clock = FakeClock(0.0, epoch_ms=EPOCH_MS, manual=True)
+    async with run_simulator(api_key=KEY, seed=3, clock=clock) as sim:
+        cfg = daemon_config(sim.base_url, tmp_path, listen="127.0.0.1:0")
+        async with running(cfg, clock) as (daemon, recorder):
+            (flaky,) = flaky_stores
+            flaky.failing = {"commit_sweep"}
+            await sweep_once_more(clock, recorder, cfg)
+            assert (await readyz(daemon))[0] == 503
+            flaky.failing = set()
+            daemon.role = Standby(clock)  # the lease went to another instance meanwhile
+            await sweep_once_more(clock, recorder, cfg)
+            assert await readyz(daemon) == (200, "ok: standby, lease heartbeat 0.0s ago, another instance sweeps\n")
