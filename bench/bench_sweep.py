@@ -20,6 +20,7 @@ It measures what a sweep costs (listing, decoding, parsing, detection, the commi
     python bench/bench_sweep.py                          # 10,000 active runs, 4 warm-up sweeps, 8 measured
     python bench/bench_sweep.py --active 1000
     python bench/bench_sweep.py --callgrind --sweeps 3   # instructions per sweep
+    python bench/bench_sweep.py --cprofile /tmp/s.prof   # and a cProfile of the measured sweeps
     PYTHONPATH=/tmp/base python bench/bench_sweep.py     # another checkout's watcher (an A/B)
 """
 
@@ -110,13 +111,22 @@ async def sweeps(args: argparse.Namespace, base_url: str, clock: SharedClock, tm
     await sweeper.load()
     cpu: list[float] = []
     per_sweep: list[dict[str, int]] = []
+    profiler = None
+    if args.cprofile:
+        import cProfile
+
+        profiler = cProfile.Profile()
     try:
         for i in range(args.warm + args.sweeps):
             if args.child and i == args.warm:
                 handshake("measure")
+            if profiler is not None and i >= args.warm:
+                profiler.enable()
             t0 = time.process_time()
             result = await sweeper.sweep()
             t1 = time.process_time()
+            if profiler is not None:
+                profiler.disable()
             if not result.ok:
                 raise RuntimeError(f"sweep {i} failed: {result.error}")
             if i >= args.warm:
@@ -126,6 +136,8 @@ async def sweeps(args: argparse.Namespace, base_url: str, clock: SharedClock, tm
             clock.advance(args.interval)
         if args.child:
             handshake("done")
+        if profiler is not None:
+            profiler.dump_stats(args.cprofile)
     finally:
         await client.close()
         await store.aclose()
@@ -208,6 +220,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="repeat with fresh state (default 1)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--callgrind", action="store_true", help="count instructions instead (valgrind)")
+    ap.add_argument("--cprofile", metavar="FILE", help="also write a cProfile of the measured sweeps (main thread)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     import watcher

@@ -34,6 +34,7 @@ from watcher.model import (
     RESOURCE_TECHNIQUE_RUNS,
     RESOURCES,
     RUN_TYPE_OF_RESOURCE,
+    TERMINAL_STATUSES,
     Run,
     RunType,
     TrackedRun,
@@ -188,14 +189,39 @@ def runs_to_poll(
 
     A run not yet on a poll schedule (``next_poll_ms is None``) is due at once: it just left the listings.
     """
-    seen_ids = set(seen)
+    seen_ids = seen if isinstance(seen, set | frozenset) else set(seen)
+    # (one comprehension, no property calls: this visits every tracked run, ~17,000 at 10,000 active runs)
     due = [
         t
         for t in tracked.values()
-        if not t.terminal and t.run_id not in seen_ids and (t.next_poll_ms is None or t.next_poll_ms <= now_ms)
+        if (run := t.run).status not in TERMINAL_STATUSES
+        and run.run_id not in seen_ids
+        and (t.next_poll_ms is None or t.next_poll_ms <= now_ms)
     ]
     due.sort(key=lambda t: t.next_poll_ms or 0)
     return due
+
+
+def active_created_desc(tracked: Mapping[str, TrackedRun], f: Filters) -> list[tuple[int, str]]:
+    """(created_at, run_id) of the tracked runs that are not terminal, have a creation time and belong to listing
+    ``f`` (``Filters.admits``), newest first: what a window may still settle below the pages it has read."""
+    if f.workspace_id is None and f.project_id is None and f.technique_id is None:
+        generations = f.resource == RESOURCE_GENERATIONS  # admits() is then the run type alone
+        out = [
+            (run.created_at, run.run_id)
+            for t in tracked.values()
+            if (run := t.run).status not in TERMINAL_STATUSES
+            and run.created_at is not None
+            and (run.run_type == RunType.GENERATION) is generations
+        ]
+    else:
+        out = [
+            (run.created_at, run.run_id)
+            for t in tracked.values()
+            if (run := t.run).status not in TERMINAL_STATUSES and run.created_at is not None and f.admits(run)
+        ]
+    out.sort(reverse=True)
+    return out
 
 
 def after_poll(t: TrackedRun, *, changed: bool, now_ms: int, rand: float, first_s: float, cap_s: float) -> TrackedRun:
@@ -289,12 +315,13 @@ def prune(
     for t in tracked.values():
         run = t.run
         created = run.created_at
-        if not is_terminal(run.status):  # (run.status, not the t.status property: this visits every run)
+        if run.status not in TERMINAL_STATUSES:  # (is_terminal inlined: this visits every run)
             active += 1
             if created is not None:
-                oldest = oldest_active.get(run.run_type)
+                run_type = run.run_type
+                oldest = oldest_active.get(run_type)
                 if oldest is None or created < oldest:
-                    oldest_active[run.run_type] = created
+                    oldest_active[run_type] = created
             continue
         if not past_floor(run, floors.get(run.run_type)):
             continue

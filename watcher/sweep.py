@@ -475,14 +475,7 @@ class Sweeper:
             ctx = dataclasses.replace(ctx, new_after_ms=stored[-1].floor)
         segments = plan.window_parts(stored, ctx.new_after_ms)
         sw.segments[f.key] = segments
-        candidates = sorted(
-            (
-                (t.run.created_at, t.run_id)
-                for t in self.tracked.values()
-                if not t.terminal and t.run.created_at is not None and f.admits(t.run)
-            ),
-            reverse=True,
-        )
+        candidates = plan.active_created_desc(self.tracked, f)
         while segments:
             segment = segments[0]
             try:
