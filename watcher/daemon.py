@@ -489,7 +489,8 @@ class Daemon:
             if self.role is not None and not self.role.sweeping:
                 raise lease.LeaseLost("this instance does not sweep now")
             if self._state_stale:  # the next sweep reloads the state first; the callbacks wait for it
-                raise StoreUnavailable("the sweeper's state is reloaded at the next sweep")
+                self._settle_looks(waiters, StoreUnavailable("the sweeper's state is reloaded at the next sweep"))
+                return
             await self.sweeper.look(wanted)
         except lease.LeaseLost as exc:
             if self.role is not None and self.role.token is not None:
@@ -507,6 +508,7 @@ class Daemon:
             self._state_stale = True  # what the look observed may not be committed
             self._settle_looks(waiters, exc)
         else:
+            self.store_health.succeeded("look")
             self._settle_looks(waiters)
 
     def _settle_looks(self, waiters: list[asyncio.Future[None]], error: BaseException | None = None) -> None:
@@ -544,8 +546,8 @@ class Daemon:
                 self._progress()  # standby: another instance sweeps this scope; this one delivers
                 # A sweep or prune that failed before this instance became a standby is no outage of its own:
                 # a standby uses the store to deliver and to heartbeat, and those parts tell their own health.
-                self.store_health.succeeded("sweep")
-                self.store_health.succeeded("prune")
+                for part in ("sweep", "prune", "look"):
+                    self.store_health.succeeded(part)
                 await self._report(None)
                 return SweepResult(ok=True)
             result = await self.sweeper.sweep()
@@ -572,8 +574,9 @@ class Daemon:
             self._state_stale = True
             result = SweepResult(ok=False, error=f"internal error: {type(exc).__name__}",
                                  seconds=self.clock.monotonic() - started)
-        else:
+        else:  # committed: a look that failed before (the same listings, the same store) is over too
             self.store_health.succeeded("sweep")
+            self.store_health.succeeded("look")
         await self._prune_history()
         await self._report(result)
         return result

@@ -400,3 +400,19 @@ async def test_a_sweeper_whose_commit_failed_and_that_became_a_standby_is_ready_
             daemon.role = Standby(clock)  # the lease went to another instance meanwhile
             await sweep_once_more(clock, recorder, cfg)
             assert await readyz(daemon) == (200, "ok: standby, lease heartbeat 0.0s ago, another instance sweeps\n")
+
+
+async def test_a_look_that_failed_in_an_outage_does_not_keep_readyz_down_after_it(flaky_stores,
+                                                                                 tmp_path: Path) -> None:
+    """A between-sweeps look (push + poll) that met the store away counts for the outage; the first sweep that
+    commits once the store is back ends it (a look may not come again for a long time)."""
+    from watcher.errors import StoreUnavailable as Away
+
+    clock = FakeClock(0.0, epoch_ms=EPOCH_MS, manual=True)
+    async with run_simulator(api_key=KEY, seed=3, clock=clock) as sim:
+        cfg = daemon_config(sim.base_url, tmp_path, listen="127.0.0.1:0")
+        async with running(cfg, clock) as (daemon, recorder):
+            daemon.store_health.failed("look", Away("state store x: commit_sweep failed: connection refused"))
+            assert (await readyz(daemon))[0] == 503
+            await sweep_once_more(clock, recorder, cfg)
+            assert (await readyz(daemon))[0] == 200
