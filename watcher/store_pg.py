@@ -1,4 +1,4 @@
-"""The state store on PostgreSQL (psycopg 3, async): several instances share one database. Shell: all SQL here.
+"""The state store on PostgreSQL (psycopg 3, async): several instances share one database. Shell.
 
 The same coroutines as ``store.AsyncStore`` (the engine cannot tell the back ends apart; the store test suite runs
 against both), with the same transaction boundaries: a sweep's tracked runs, events (insert-if-absent on the id),
@@ -17,46 +17,28 @@ pending deliveries and watermarks commit in one transaction. What several instan
 Times in claims, leases and heartbeats come from the database's clock (one clock for all hosts); the engine's
 ``now_ms`` is used where the SQLite store uses it (due times, history), so both back ends decide alike.
 psycopg is imported only here, and this module only when a ``postgresql://`` URL is configured.
+
+What both back ends do alike is written once in ``store_sql`` (plans over the ``POSTGRES`` dialect, awaited by
+``_drive`` on a pooled connection); this module keeps PostgreSQL's own: the pool, migrations, claims, the fenced
+sweep commit, instances and leases.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from watcher.errors import StoreError, StoreUnavailable
 from watcher.lease import LeaseLost
-from watcher.model import Event, TrackedRun
-from watcher.store import (
-    PAUSE_PREFIX,
-    _cut,
-    _empty_sink_summary,
-    _health_by_sink,
-    _meta_value,
-    _sink_names,
-    decode_tracked,
-    encode_event,
-    encode_tracked,
-    outcome_rows,
-    parse_pauses,
-)
-from watcher.store_api import (
-    DEAD,
-    DELIVERED,
-    PENDING,
-    Delivery,
-    DeliveryRow,
-    Outcome,
-    RecordedCallback,
-    SinkState,
-)
+from watcher.store_api import Delivery
+from watcher.store_sql import COUNT, DELIVERY_COLUMNS, MANY, ROWS, Dialect, Plan, SqlCore, delivery_of, is_write
 
 try:  # the optional extra: flora-watcher[postgres]
     import psycopg
@@ -66,6 +48,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     AsyncConnectionPool = None  # type: ignore[assignment,misc]
     PoolTimeout = None  # type: ignore[assignment,misc]
 
+P = ParamSpec("P")
 R = TypeVar("R")
 
 MIGRATION_LOCK = 0x466C5761  # pg_advisory_xact_lock key around migrations ("FlWa", as the SQLite application_id)
@@ -178,6 +161,20 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+POSTGRES = Dialect(
+    name="postgresql",
+    marker="%s",
+    one_of="{column} = ANY(?)",  # one array parameter
+    listed=list,
+    flag=bool,  # BOOLEAN
+    stream_tracked=False,
+    event_seq="seq",
+    error_code="convert_from(body, 'UTF8')::jsonb #>> '{data,error_code}'",
+    counted_deliveries="deliveries",
+    release_claim=", claimed_by = NULL, claim_until_ms = NULL",
+    file_bytes="SELECT pg_database_size(current_database())",
+)
 
 
 class EmptySchema(StoreError):
@@ -306,6 +303,44 @@ def default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+# ------------------------------------------------------------------------ running the shared plans
+
+
+async def _drive(conn: Any, plan: Plan[R]) -> R:
+    """Run a shared plan (``store_sql``) on ``conn``: its statements in order, each handed its result."""
+    result: Any = None
+    async with conn.cursor() as cur:
+        while True:
+            try:
+                kind, sql, params = plan.send(result)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            if kind == MANY:
+                if params:
+                    await cur.executemany(sql, params)
+                result = None
+            else:
+                await cur.execute(sql, params)
+                result = await cur.fetchall() if kind == ROWS else cur.rowcount
+
+
+def _shared(plan: Callable[Concatenate[SqlCore, P], Plan[R]], *, fenced: bool = False
+            ) -> Callable[Concatenate[PgStore, P], Coroutine[Any, Any, R]]:
+    """The shared ``plan`` as a PgStore coroutine: in one transaction when it writes (its rows are built before),
+    on one autocommit connection when it reads. ``fenced``: checked against the sweeper's lease, when one is held,
+    in that transaction (``_fenced``)."""
+    transaction = is_write(plan)
+
+    @functools.wraps(plan)
+    async def method(self: PgStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        steps = plan(self.core, *args, **kwargs)
+        if fenced and self.fence is not None:
+            steps = self._fenced(self.fence, steps)
+        return await (self._tx if transaction else self._run)(plan.__name__, lambda conn: _drive(conn, steps))
+
+    return method
+
+
 # ----------------------------------------------------------------------------------------- the store
 
 
@@ -322,6 +357,7 @@ class PgStore:
         self.fence: Fence | None = None
         self._closed = False
         self._away = False  # the last call failed with StoreUnavailable: wait AWAY_WAIT_S for a connection
+        self.core = SqlCore(POSTGRES, self.path, SCHEMA_VERSION)
 
     @property
     def schema_version(self) -> int:
@@ -427,6 +463,13 @@ class PgStore:
         rows = await self._fetchall(name, sql, params)
         return rows[0][0] if rows else None
 
+    async def _update_one(self, name: str, sql: str, params: Sequence[Any]) -> int:
+        async def body(conn: Any) -> int:
+            cur = await conn.execute(sql, params)
+            return cur.rowcount
+
+        return await self._run(name, body)
+
     async def _check_version(self) -> int:
         async def body(conn: Any) -> int:
             return await _schema_version(conn, self.path)
@@ -484,120 +527,49 @@ class PgStore:
     def __repr__(self) -> str:
         return f"PgStore({self.path!r})"
 
-    # --------------------------------------------------------------------------------------- meta
+    # ---------------------------------------------------------------- shared with SQLite (store_sql)
 
-    async def get_meta(self, key: str) -> str | None:
-        return await self._scalar("get_meta", "SELECT value FROM meta WHERE key = %s", (key,))
+    get_meta = _shared(SqlCore.get_meta)
+    all_meta = _shared(SqlCore.all_meta)
+    set_meta = _shared(SqlCore.set_meta)
+    ensure_meta = _shared(SqlCore.ensure_meta)
+    load_tracked = _shared(SqlCore.load_tracked)
+    commit_sweep = _shared(SqlCore.commit_sweep, fenced=True)  # nothing committed once the lease moved on
+    record_outcomes = _shared(SqlCore.record_outcomes)
+    make_due = _shared(SqlCore.make_due)
+    set_sink_pause = _shared(SqlCore.set_sink_pause)
+    sink_pauses = _shared(SqlCore.sink_pauses)
+    dead_letter_sink = _shared(SqlCore.dead_letter_sink)
+    pending_counts = _shared(SqlCore.pending_counts)
+    oldest_pending_ms = _shared(SqlCore.oldest_pending_ms)
+    list_deliveries = _shared(SqlCore.list_deliveries)
+    replay = _shared(SqlCore.replay)
+    replay_failed = _shared(SqlCore.replay_failed)
+    set_sink_state = _shared(SqlCore.set_sink_state)
+    sink_states = _shared(SqlCore.sink_states)
+    get_event = _shared(SqlCore.get_event)
+    events_exist = _shared(SqlCore.events_exist)
+    list_events = _shared(SqlCore.list_events)
+    failure_counts = _shared(SqlCore.failure_counts)
+    delivery_counts = _shared(SqlCore.delivery_counts)
+    prune = _shared(SqlCore.prune)
+    record_callback = _shared(SqlCore.record_callback)
+    pending_callbacks = _shared(SqlCore.pending_callbacks)
+    finish_callbacks = _shared(SqlCore.finish_callbacks)
+    callback_counts = _shared(SqlCore.callback_counts)
 
-    async def all_meta(self) -> dict[str, str]:
-        return dict(await self._fetchall("all_meta", "SELECT key, value FROM meta ORDER BY key"))
-
-    async def set_meta(self, items: dict[str, str]) -> None:
-        rows = [(key, _meta_value(key, value)) for key, value in items.items()]
-
-        async def body(conn: Any) -> None:
-            await _upsert_meta(conn, rows)
-
-        await self._tx("set_meta", body)
-
-    async def ensure_meta(self, key: str, value: str) -> str:
-        v = _meta_value(key, value)
-
-        async def body(conn: Any) -> str:
-            await conn.execute("INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (key, v))
-            cur = await conn.execute("SELECT value FROM meta WHERE key = %s", (key,))
-            return (await cur.fetchone())[0]
-
-        return await self._tx("ensure_meta", body)
-
-    # ------------------------------------------------------------------------------- tracked runs
-
-    async def load_tracked(self) -> dict[str, TrackedRun]:
-        rows = await self._fetchall("load_tracked", "SELECT run_id, data FROM tracked")
-        tracked: dict[str, TrackedRun] = {}
-        for run_id, data in rows:
-            try:
-                tracked[run_id] = decode_tracked(data)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise StoreError(f"state store {self.path}: tracked run {run_id} is unreadable ({exc!r})") from exc
-        return tracked
-
-    async def commit_sweep(
-        self,
-        *,
-        upserts: Iterable[TrackedRun],
-        deletes: Iterable[str],
-        events: Iterable[tuple[Event, Sequence[str]]],
-        meta: dict[str, str],
-        now_ms: int,
-    ) -> list[str]:
-        """One sweep's writes in one transaction, fenced by the sweeper's lease token when one is held."""
-        if isinstance(deletes, str):
-            raise TypeError("deletes must be an iterable of run ids, not a string")
-        fence = self.fence
-        delete_ids = [(run_id,) for run_id in deletes]
-        upsert_rows = [
-            (t.run_id, t.status, bool(t.terminal), t.run.created_at, t.last_change_ms, t.next_poll_ms,
-             encode_tracked(t))
-            for t in upserts
-        ]
-        meta_rows = [(key, _meta_value(key, value)) for key, value in meta.items()]
-
-        async def body(conn: Any) -> list[str]:
-            if fence is not None:
-                await self._check_fence(conn, fence)
-            async with conn.cursor() as cur:
-                if delete_ids:
-                    await cur.executemany("DELETE FROM tracked WHERE run_id = %s", delete_ids)
-                if upsert_rows:
-                    await cur.executemany(
-                        "INSERT INTO tracked(run_id, status, terminal, created_at, last_change_ms, next_poll_ms,"
-                        " data) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                        " ON CONFLICT (run_id) DO UPDATE SET status = excluded.status,"
-                        " terminal = excluded.terminal, created_at = excluded.created_at,"
-                        " last_change_ms = excluded.last_change_ms, next_poll_ms = excluded.next_poll_ms,"
-                        " data = excluded.data",
-                        upsert_rows,
-                    )
-                new_ids: list[str] = []
-                deliveries: list[tuple[str, str, int, int]] = []
-                for event, sinks in events:
-                    names = _sink_names(sinks)
-                    await cur.execute(
-                        "INSERT INTO events(id, run_id, type, created_ms, body) VALUES (%s, %s, %s, %s, %s)"
-                        " ON CONFLICT (id) DO NOTHING",
-                        (event.id, event.run_id, event.type, event.created_at, encode_event(event)),
-                    )
-                    if cur.rowcount == 1:
-                        new_ids.append(event.id)
-                        deliveries.extend((event.id, name, now_ms, now_ms) for name in names)
-                if deliveries:
-                    await cur.executemany(
-                        "INSERT INTO deliveries(event_id, sink, state, attempts, created_ms, next_attempt_ms)"
-                        " VALUES (%s, %s, 'pending', 0, %s, %s)",
-                        deliveries,
-                    )
-            await _upsert_meta(conn, meta_rows)
-            return new_ids
-
-        return await self._tx("commit_sweep", body)
-
-    async def _check_fence(self, conn: Any, fence: Fence) -> None:
-        """Inside the commit transaction: the lease row still names us with our token (row-locked until the
-        commit, so no takeover can slip in between); renews the lease as it goes."""
-        cur = await conn.execute(
-            "SELECT holder, token FROM leases WHERE scope = %s FOR UPDATE", (fence.scope,)
-        )
-        row = await cur.fetchone()
-        if row is None or row[0] != self.instance_id or int(row[1]) != fence.token:
+    def _fenced(self, fence: Fence, plan: Plan[R]) -> Plan[R]:
+        """``plan``, once the lease row still names us with our token (row-locked until the commit, so no
+        takeover can slip in between); renews the lease as it goes."""
+        rows = yield ROWS, "SELECT holder, token FROM leases WHERE scope = %s FOR UPDATE", (fence.scope,)
+        if not rows or rows[0][0] != self.instance_id or int(rows[0][1]) != fence.token:
             self.fence = None
             raise LeaseLost(
                 f"state store {self.path}: the sweeper lease for {fence.scope} moved to another instance "
                 f"(token {fence.token} is stale); this sweep committed nothing"
             )
-        await conn.execute(
-            f"UPDATE leases SET expires_ms = {NOW_MS} + %s WHERE scope = %s", (fence.lease_ms, fence.scope)
-        )
+        yield COUNT, f"UPDATE leases SET expires_ms = {NOW_MS} + %s WHERE scope = %s", (fence.lease_ms, fence.scope)
+        return (yield from plan)
 
     # ------------------------------------------------------------------------------------- outbox
 
@@ -624,12 +596,12 @@ class PgStore:
             + " ORDER BY d.next_attempt_ms, d.id LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED)"
             f" UPDATE deliveries d SET claimed_by = %(me)s, claim_until_ms = {NOW_MS} + %(claim)s"
             " FROM due, events e WHERE d.id = due.id AND e.id = d.event_id"
-            " RETURNING d.id, d.event_id, d.sink, d.attempts, d.created_ms, d.next_attempt_ms, e.body, e.run_id",
+            f" RETURNING {DELIVERY_COLUMNS}",
             {"sink": sink, "now": now_ms, "me": me, "live": self.liveness_ms, "limit": limit,
              "claim": self.claim_ms, "after_at": after[0] if after else None, "after_id": after[1] if after else None},
         )
         rows.sort(key=lambda r: (r[5], r[0]))
-        return [Delivery(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), r[7]) for r in rows]
+        return [delivery_of(r) for r in rows]
 
     async def oldest_pending(self, sink: str) -> Delivery | None:
         """Claim and return the pending delivery of ``sink`` queued first, due or not (the breaker's probe),
@@ -644,13 +616,10 @@ class PgStore:
             " ORDER BY d.id LIMIT 1 FOR UPDATE OF d SKIP LOCKED)"
             f" UPDATE deliveries d SET claimed_by = %(me)s, claim_until_ms = {NOW_MS} + %(claim)s"
             " FROM first, events e WHERE d.id = first.id AND e.id = d.event_id"
-            " RETURNING d.id, d.event_id, d.sink, d.attempts, d.created_ms, d.next_attempt_ms, e.body, e.run_id",
+            f" RETURNING {DELIVERY_COLUMNS}",
             {"sink": sink, "me": self.instance_id, "live": self.liveness_ms, "claim": self.claim_ms},
         )
-        if not rows:
-            return None
-        r = rows[0]
-        return Delivery(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), r[7])
+        return delivery_of(rows[0]) if rows else None
 
     async def next_due_ms(self, sink: str, after_ms: int | None = None) -> int | None:
         """Earliest time a pending delivery of ``sink`` can be sent here (a live claim of another instance
@@ -665,344 +634,29 @@ class PgStore:
         )
         return None if value is None else int(value)
 
-    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """Many deliveries' outcomes and their sinks' health in one transaction (the dispatcher's group commit);
-        each releases its claim."""
-        if not outcomes:
-            return
-        delivered, retry, dead = outcome_rows(outcomes)
-        health = _health_by_sink(outcomes)
-
-        async def body(conn: Any) -> None:
-            async with conn.cursor() as cur:
-                if delivered:
-                    await cur.executemany(
-                        "UPDATE deliveries SET state = 'delivered', attempts = attempts + %s, last_attempt_ms = %s,"
-                        " delivered_ms = %s, dead_ms = NULL, last_status = %s, last_error = NULL, claimed_by = NULL,"
-                        " claim_until_ms = NULL WHERE id = %s",
-                        delivered,
-                    )
-                if retry:
-                    await cur.executemany(
-                        "UPDATE deliveries SET attempts = attempts + %s, last_attempt_ms = %s, next_attempt_ms = %s,"
-                        " last_error = %s, last_status = %s, claimed_by = NULL, claim_until_ms = NULL"
-                        " WHERE id = %s AND state = 'pending'",
-                        retry,
-                    )
-                if dead:
-                    await cur.executemany(
-                        "UPDATE deliveries SET state = 'dead', attempts = attempts + %s, dead_ms = %s,"
-                        " last_attempt_ms = CASE WHEN %s THEN %s ELSE last_attempt_ms END, last_error = %s,"
-                        " last_status = COALESCE(%s, last_status), claimed_by = NULL, claim_until_ms = NULL"
-                        " WHERE id = %s AND state = 'pending'",
-                        dead,
-                    )
-                for sink, h in health.items():
-                    await cur.execute(
-                        "INSERT INTO sinks(name, last_success_ms, last_failure_ms, last_error, consecutive_failures)"
-                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET"
-                        " last_success_ms = COALESCE(excluded.last_success_ms, sinks.last_success_ms),"
-                        " last_failure_ms = COALESCE(excluded.last_failure_ms, sinks.last_failure_ms),"
-                        " last_error = CASE WHEN excluded.last_failure_ms IS NULL THEN sinks.last_error"
-                        " ELSE excluded.last_error END,"
-                        " consecutive_failures = CASE WHEN %s THEN excluded.consecutive_failures"
-                        " ELSE sinks.consecutive_failures + excluded.consecutive_failures END",
-                        (sink, h["success_ms"], h["failure_ms"], _cut(h["error"]), h["failures"], h["reset"]),
-                    )
-
-        await self._tx("record_outcomes", body)
-
-    async def make_due(self, sink: str, now_ms: int) -> int:
-        """Every pending delivery of ``sink`` becomes due at ``now_ms`` (its receiver is back)."""
-        return await self._update_one(
-            "make_due",
-            "UPDATE deliveries SET next_attempt_ms = %s WHERE sink = %s AND state = 'pending' AND next_attempt_ms > %s",
-            (now_ms, sink, now_ms),
-        )
-
-    async def set_sink_pause(self, sink: str, *, since_ms: int | None, next_probe_ms: int | None) -> None:
-        """The circuit breaker's pause of ``sink`` (None clears it), kept in meta as the SQLite store does."""
-        key = PAUSE_PREFIX + sink
-        if since_ms is None:
-            await self._update_one("set_sink_pause", "DELETE FROM meta WHERE key = %s", (key,))
-            return
-        value = f"{since_ms},{next_probe_ms if next_probe_ms is not None else ''}"
-        await self._tx("set_sink_pause", lambda conn: _upsert_meta(conn, [(key, value)]))
-
-    async def sink_pauses(self) -> dict[str, tuple[int, int | None]]:
-        rows = await self._fetchall("sink_pauses", "SELECT key, value FROM meta WHERE starts_with(key, %s)",
-                                    (PAUSE_PREFIX,))
-        return parse_pauses(rows)
-
-    async def _update_one(self, name: str, sql: str, params: Sequence[Any]) -> int:
-        async def body(conn: Any) -> int:
-            cur = await conn.execute(sql, params)
-            return cur.rowcount
-
-        return await self._run(name, body)
-
-    async def dead_letter_sink(self, sink: str, *, now_ms: int, reason: str) -> int:
-        return await self._update_one(
-            "dead_letter_sink",
-            "UPDATE deliveries SET state = 'dead', dead_ms = %s, last_error = %s, claimed_by = NULL,"
-            " claim_until_ms = NULL WHERE sink = %s AND state = 'pending'",
-            (now_ms, _cut(reason), sink),
-        )
-
-    async def pending_counts(self) -> dict[str, int]:
-        rows = await self._fetchall(
-            "pending_counts",
-            "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink ORDER BY sink",
-        )
-        return {name: int(n) for name, n in rows}
-
-    async def oldest_pending_ms(self) -> int | None:
-        value = await self._scalar("oldest_pending_ms",
-                                   "SELECT MIN(created_ms) FROM deliveries WHERE state = 'pending'")
-        return None if value is None else int(value)
-
-    async def list_deliveries(self, *, failed: bool, limit: int = 100, sink: str | None = None) -> list[DeliveryRow]:
-        order = "d.dead_ms DESC, d.id DESC" if failed else "d.next_attempt_ms, d.id"
-        sink_clause = "" if sink is None else " AND d.sink = %s"
-        params: list[Any] = [DEAD if failed else PENDING] + ([] if sink is None else [sink]) + [limit]
-        rows = await self._fetchall(
-            "list_deliveries",
-            "SELECT d.id, d.event_id, e.type, e.run_id, d.sink, d.state, d.attempts, d.created_ms,"
-            " d.next_attempt_ms, d.last_error, d.last_status, d.last_attempt_ms, d.delivered_ms, d.dead_ms"
-            " FROM deliveries d JOIN events e ON e.id = d.event_id"
-            f" WHERE d.state = %s{sink_clause} ORDER BY {order} LIMIT %s",
-            params,
-        )
-        return [DeliveryRow(*row) for row in rows]
-
-    async def replay(self, event_ids: Sequence[str], *, now_ms: int, sink: str | None = None) -> int:
-        if isinstance(event_ids, str):
-            raise TypeError("event_ids must be a sequence of ids, not a string")
-        ids = list(dict.fromkeys(event_ids))
-        where = "event_id = ANY(%s) AND state IN ('dead', 'delivered')"
-        params: list[Any] = [ids]
-        if sink is not None:
-            where += " AND sink = %s"
-            params.append(sink)
-        return await self._tx("replay", lambda conn: _requeue(conn, where, params, now_ms))
-
-    async def replay_failed(self, *, now_ms: int, sink: str | None = None) -> int:
-        where, params = "state = 'dead'", []
-        if sink is not None:
-            where += " AND sink = %s"
-            params.append(sink)
-        return await self._tx("replay_failed", lambda conn: _requeue(conn, where, params, now_ms))
-
-    # ---------------------------------------------------------------------------------- sink state
-
-    async def set_sink_state(self, sink: str, *, disabled_reason: str | None, now_ms: int) -> None:
-        await self._update_one(
-            "set_sink_state",
-            "INSERT INTO sinks(name, disabled_reason, disabled_ms) VALUES (%s, %s, %s)"
-            " ON CONFLICT (name) DO UPDATE SET disabled_reason = excluded.disabled_reason,"
-            " disabled_ms = excluded.disabled_ms",
-            (sink, _cut(disabled_reason), None if disabled_reason is None else now_ms),
-        )
-
-    async def sink_states(self) -> dict[str, SinkState]:
-        rows = await self._fetchall(
-            "sink_states",
-            "SELECT name, disabled_reason, disabled_ms, last_success_ms, last_failure_ms, last_error,"
-            " consecutive_failures FROM sinks ORDER BY name",
-        )
-        return {row[0]: SinkState(*row) for row in rows}
-
-    # -------------------------------------------------------------------------------------- events
-
-    async def get_event(self, event_id: str) -> Event | None:
-        body = await self._scalar("get_event", "SELECT body FROM events WHERE id = %s", (event_id,))
-        return None if body is None else Event.from_dict(json.loads(bytes(body)))
-
-    async def events_exist(self, ids: Sequence[str]) -> set[str]:
-        unique = list(dict.fromkeys(ids))
-        if not unique:
-            return set()
-        rows = await self._fetchall("events_exist", "SELECT id FROM events WHERE id = ANY(%s)", (unique,))
-        return {row[0] for row in rows}
-
-    async def list_events(
-        self, *, after_seq: int = 0, since_ms: int | None = None, types: Sequence[str] = (), limit: int | None = None
-    ) -> list[tuple[int, Event]]:
-        """As ``store.Store.list_events``: oldest first, each with its sequence number (``events.seq``)."""
-        where: list[str] = ["seq > %s"]
-        params: list[Any] = [after_seq]
-        if since_ms is not None:
-            where.append("created_ms >= %s")
-            params.append(since_ms)
-        if types:
-            where.append("type = ANY(%s)")
-            params.append(list(types))
-        sql = f"SELECT seq, body FROM events WHERE {' AND '.join(where)} ORDER BY seq"
-        if limit is not None:
-            sql = f"SELECT * FROM ({sql} DESC LIMIT %s) newest ORDER BY seq"
-            params.append(max(0, limit))
-        rows = await self._fetchall("list_events", sql, params)
-        return [(int(seq), Event.from_dict(json.loads(bytes(body)))) for seq, body in rows]
-
-    async def failure_counts(self, *, since_ms: int) -> dict[str | None, int]:
-        rows = await self._fetchall(
-            "failure_counts",
-            "SELECT convert_from(body, 'UTF8')::jsonb #>> '{data,error_code}' AS code, COUNT(*) FROM events"
-            " WHERE type = 'run.failed' AND created_ms >= %s GROUP BY code ORDER BY 2 DESC, 1",
-            (since_ms,),
-        )
-        return {code: int(n) for code, n in rows}
-
-    async def delivery_counts(self) -> dict[str, dict[str, int]]:
-        rows = await self._fetchall(
-            "delivery_counts",
-            "SELECT sink, state, COUNT(*) FROM deliveries WHERE state IN ('pending', 'dead')"
-            " GROUP BY sink, state ORDER BY sink",
-        )
-        counts: dict[str, dict[str, int]] = {}
-        for sink, state, n in rows:
-            counts.setdefault(sink, {PENDING: 0, DEAD: 0})[state] = int(n)
-        return counts
-
     # ---------------------------------------------------------------------------- status / upkeep
 
     async def summary(self) -> dict[str, Any]:
         """Plain data for ``flora-watcher status``: the SQLite store's shape, plus instances and the sweeper."""
+        return await self._tx("summary", lambda conn: _drive(conn, self._summary()))
 
-        async def body(conn: Any) -> dict[str, Any]:
-            async def rows(sql: str) -> list[tuple[Any, ...]]:
-                cur = await conn.execute(sql)
-                return await cur.fetchall()
-
-            by_status = {s: int(n) for s, n in await rows(
-                "SELECT status, COUNT(*) FROM tracked GROUP BY status ORDER BY status")}
-            active = int((await rows("SELECT COUNT(*) FROM tracked WHERE NOT terminal"))[0][0])
-            totals = {PENDING: 0, DELIVERED: 0, DEAD: 0}
-            sinks: dict[str, dict[str, Any]] = {}
-            for name, state, count, oldest in await rows(
-                "SELECT sink, state, COUNT(*), MIN(created_ms) FROM deliveries GROUP BY sink, state"
-            ):
-                totals[state] += int(count)
-                entry = sinks.setdefault(name, _empty_sink_summary())
-                entry[state] = int(count)
-                if state == PENDING:
-                    entry["oldest_pending_ms"] = int(oldest)
-            for row in await rows(
-                "SELECT name, disabled_reason, disabled_ms, last_success_ms, last_failure_ms, last_error,"
-                " consecutive_failures FROM sinks ORDER BY name"
-            ):
-                health = SinkState(*row)
-                entry = sinks.setdefault(health.name, _empty_sink_summary())
-                entry.update(
-                    disabled_reason=health.disabled_reason,
-                    disabled_ms=health.disabled_ms,
-                    last_success_ms=health.last_success_ms,
-                    last_failure_ms=health.last_failure_ms,
-                    last_error=health.last_error,
-                    consecutive_failures=health.consecutive_failures,
-                )
-            events = int((await rows("SELECT COUNT(*) FROM events"))[0][0])
-            oldest_pending = (await rows("SELECT MIN(created_ms) FROM deliveries WHERE state = 'pending'"))[0][0]
-            size = int((await rows("SELECT pg_database_size(current_database())"))[0][0])
-            meta = dict(await rows("SELECT key, value FROM meta ORDER BY key"))
-            for name, (since, probe) in parse_pauses(meta.items()).items():
-                sinks.setdefault(name, _empty_sink_summary()).update(paused_since_ms=since, next_probe_ms=probe)
-            now = int((await rows(f"SELECT {NOW_MS}"))[0][0])
-            instances = [
-                {"id": r[0], "host": r[1], "pid": r[2], "role": r[3], "version": r[4], "started_ms": r[5],
-                 "heartbeat_ms": r[6], "alive": r[6] >= now - self.liveness_ms,
-                 "forget_ms": r[6] + FORGET_INSTANCE_MS}
-                for r in await rows("SELECT id, host, pid, role, version, started_ms, heartbeat_ms FROM instances"
-                                    " ORDER BY started_ms, id")
-            ]
-            leases = [
-                {"scope": r[0], "holder": r[1], "token": r[2], "acquired_ms": r[3], "expires_ms": r[4],
-                 "valid": r[4] >= now}
-                for r in await rows("SELECT scope, holder, token, acquired_ms, expires_ms FROM leases ORDER BY scope")
-            ]
-            return {
-                "path": self.path,
-                "backend": "postgresql",
-                "schema_version": SCHEMA_VERSION,
-                "file_bytes": size,
-                "tracked": {
-                    "total": sum(by_status.values()),
-                    "active": active,
-                    "terminal": sum(by_status.values()) - active,
-                    "by_status": by_status,
-                },
-                "events": events,
-                "deliveries": {**totals, "oldest_pending_ms": None if oldest_pending is None else int(oldest_pending)},
-                "sinks": dict(sorted(sinks.items())),
-                "meta": meta,
-                "instances": instances,
-                "sweepers": leases,
-                "now_ms": now,
-            }
-
-        return await self._tx("summary", body)
-
-    async def prune(self, *, now_ms: int, keep_done_ms: int, keep_dead_ms: int | None = None) -> int:
-        cutoff = now_ms - keep_done_ms
-
-        async def body(conn: Any) -> int:
-            cur = await conn.execute(
-                "DELETE FROM deliveries WHERE state = 'delivered' AND delivered_ms < %s", (cutoff,))
-            deleted = cur.rowcount
-            if keep_dead_ms is not None:
-                cur = await conn.execute(
-                    "DELETE FROM deliveries WHERE state = 'dead' AND dead_ms < %s", (now_ms - keep_dead_ms,))
-                deleted += cur.rowcount
-            cur = await conn.execute(
-                "DELETE FROM events WHERE created_ms < %s"
-                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
-                (cutoff,),
-            )
-            deleted += cur.rowcount
-            cur = await conn.execute("DELETE FROM callbacks WHERE received_ms < %s", (cutoff,))
-            return deleted + cur.rowcount
-
-        return await self._tx("prune", body)
-
-    # ---------------------------------------------------------------------------- FLORA callbacks
-
-    async def record_callback(self, callback: RecordedCallback) -> bool:
-        c = callback
-
-        async def body(conn: Any) -> bool:
-            cur = await conn.execute(
-                "INSERT INTO callbacks(delivery_id, run_id, type, run_type, workspace_id, received_ms)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (delivery_id) DO NOTHING",
-                (c.delivery_id, c.run_id, c.type, c.run_type, c.workspace_id, c.received_ms))
-            return bool(cur.rowcount == 1)
-
-        return await self._tx("record_callback", body)
-
-    async def pending_callbacks(self, *, limit: int = 256, exclude: Collection[str] = ()) -> list[RecordedCallback]:
-        rows = await self._fetchall(
-            "pending_callbacks",
-            "SELECT delivery_id, run_id, type, run_type, workspace_id, received_ms FROM callbacks"
-            " WHERE outcome IS NULL AND NOT (delivery_id = ANY(%s)) ORDER BY received_ms, delivery_id LIMIT %s",
-            (list(exclude), limit))
-        return [RecordedCallback(*row) for row in rows]
-
-    async def finish_callbacks(self, outcomes: Sequence[tuple[str, str]], *, now_ms: int) -> None:
-        async def body(conn: Any) -> None:
-            async with conn.cursor() as cur:
-                await cur.executemany("UPDATE callbacks SET outcome = %s, done_ms = %s WHERE delivery_id = %s",
-                                      [(outcome, now_ms, delivery_id) for delivery_id, outcome in outcomes])
-
-        if outcomes:
-            await self._tx("finish_callbacks", body)
-
-    async def callback_counts(self, *, since_ms: int) -> dict[str, Any]:
-        rows = await self._fetchall(
-            "callback_counts",
-            "SELECT COALESCE(outcome, 'pending'), COUNT(*) FROM callbacks WHERE received_ms >= %s GROUP BY 1",
-            (since_ms,))
-        last = await self._scalar("callback_counts", "SELECT MAX(received_ms) FROM callbacks")
-        return {"by_outcome": dict(sorted((k, int(n)) for k, n in rows)),
-                "last_received_ms": None if last is None else int(last)}
+    def _summary(self) -> Plan[dict[str, Any]]:
+        common = yield from self.core.summary()
+        ((now,),) = yield ROWS, f"SELECT {NOW_MS}", ()
+        instances = yield ROWS, ("SELECT id, host, pid, role, version, started_ms, heartbeat_ms FROM instances"
+                                 " ORDER BY started_ms, id"), ()
+        leases = yield ROWS, "SELECT scope, holder, token, acquired_ms, expires_ms FROM leases ORDER BY scope", ()
+        return {
+            "path": common.pop("path"),
+            "backend": "postgresql",
+            **common,
+            "instances": [{"id": r[0], "host": r[1], "pid": r[2], "role": r[3], "version": r[4], "started_ms": r[5],
+                           "heartbeat_ms": r[6], "alive": r[6] >= now - self.liveness_ms,
+                           "forget_ms": r[6] + FORGET_INSTANCE_MS} for r in instances],
+            "sweepers": [{"scope": r[0], "holder": r[1], "token": r[2], "acquired_ms": r[3], "expires_ms": r[4],
+                          "valid": r[4] >= now} for r in leases],
+            "now_ms": int(now),
+        }
 
     async def integrity_check(self) -> str:
         await self._scalar("integrity_check", "SELECT 1")
@@ -1114,9 +768,6 @@ async def probe(url: str, *, connect_timeout: float = 10.0) -> str:
     return f"PostgreSQL {server.split()[0]}, schema {state}"
 
 
-# ------------------------------------------------------------------------------- store internals
-
-
 async def _schema_version(conn: Any, name: str) -> int:
     """0 for an empty schema; refuses a schema with our table names but no version table, or a newer one."""
     cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,))
@@ -1136,32 +787,6 @@ async def _schema_version(conn: Any, name: str) -> int:
             f"to {SCHEMA_VERSION}); upgrade flora-watcher"
         )
     return version
-
-
-async def _upsert_meta(conn: Any, rows: list[tuple[str, str]]) -> None:
-    if not rows:
-        return
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            rows,
-        )
-
-
-async def _requeue(conn: Any, where: str, params: Sequence[Any], now_ms: int) -> int:
-    cur = await conn.execute(f"SELECT DISTINCT sink FROM deliveries WHERE {where}", params)
-    sinks = [row[0] for row in await cur.fetchall()]
-    cur = await conn.execute(
-        "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_ms = %s, delivered_ms = NULL,"
-        " dead_ms = NULL, last_error = NULL, last_status = NULL, claimed_by = NULL, claim_until_ms = NULL"
-        f" WHERE {where}",
-        [now_ms, *params],
-    )
-    count = cur.rowcount
-    if sinks:
-        await conn.execute(
-            "UPDATE sinks SET disabled_reason = NULL, disabled_ms = NULL WHERE name = ANY(%s)", (sinks,))
-    return count
 
 
 # ------------------------------------------------------------------------------- blocking facade

@@ -19,8 +19,9 @@ import pytest
 
 from watcher.errors import StoreError
 from watcher.model import Event, Output, Run, Technique, TrackedRun, event_id
-from watcher.store import SCHEMA_VERSION, AsyncStore, Store, encode_event, split_statements, store_path
+from watcher.store import SCHEMA_VERSION, AsyncStore, Store, split_statements, store_path
 from watcher.store_api import DEAD, DELIVERED, RETRY, Delivery, Outcome, SinkState
+from watcher.store_sql import encode_event
 
 T0 = 1_764_400_000_000
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watcher.model import ALL_EVENT_TYPES, Model, Run, TrackedRun, event_id
-from watcher.store import decode_tracked, encode_tracked
+from watcher.store_sql import decode_tracked, encode_tracked
 from watcher.transitions import Context, detect, quick_observe
 
 FIRST_START = 1_000_000
