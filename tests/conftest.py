@@ -15,6 +15,24 @@ settings.register_profile("flora", deadline=None, suppress_health_check=[HealthC
 settings.load_profile("flora")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_store(request: pytest.FixtureRequest, tmp_path):
+    """An empty state store as the engine awaits it, on each back end: SQLite (``AsyncStore`` on a file in
+    tmp_path) and PostgreSQL (``PgStore`` on a fresh database of the session's throwaway cluster)."""
+    if request.param == "sqlite":
+        from watcher.store import AsyncStore, Store
+
+        store = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
+    else:
+        from watcher.store_pg import PgStore
+
+        store = await PgStore.open(request.getfixturevalue("pg_url"))
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
 @pytest.fixture
 def sim_clock():
     """The simulator's clock: None is real time. A module that drives time itself overrides this fixture (a

@@ -216,6 +216,7 @@ class SinkWorker:
         self.attempted = 0
         self._queue: deque[Delivery] = deque()  # claimed, not started yet
         self._claimed: set[int] = set()  # delivery ids queued or in flight
+        self._in_flight: set[int] = set()  # of those, in flight: sending, or its outcome not committed yet
         self._running: set[asyncio.Task[None]] = set()  # a send, then the commit of its outcome
         self._sending = 0  # of those, still sending
         self._claimed_at: int | None = None  # the `now` of the last claim
@@ -299,6 +300,7 @@ class SinkWorker:
         claims come from the outbox again. The breaker, the health counters and a disabled state are kept."""
         self._queue.clear()
         self._claimed.clear()
+        self._in_flight.clear()
         self._error = None
         self._cursor = None
         self._group_due_ms = None
@@ -407,15 +409,17 @@ class SinkWorker:
         return bool(started)
 
     async def _claim(self, now: int, batch: int = CLAIM_BATCH) -> None:
+        # What this worker holds is left out of the claim (``exclude``; PostgreSQL renews our claims on it). It
+        # must be, not just skipped below: the claim may be answered after a held delivery's outcome was
+        # committed and the delivery let go (PostgreSQL commits outcomes on another connection), and it would
+        # look new. Copies: the store reads them on its own thread.
         if self.group_wait_ms is not None and self._queue and self._cursor is not None:
             # A chat sink holding a burst reads only what came after it, not the whole burst again; the
             # cursor is dropped after every send, so a delivery behind it (run order) is read then.
-            rows = await self._store(self.store.due_deliveries, self.name, now, batch, after=self._cursor)
+            rows = await self._store(self.store.due_deliveries, self.name, now, batch, after=self._cursor,
+                                     exclude=tuple(self._in_flight))
         else:
-            # What this worker holds is not read again (the SQLite store leaves it out; PostgreSQL renews
-            # our claims on it and counts it in the limit: the worker skips it below either way).
-            held = tuple(self._claimed)  # a copy: the store reads it on its own thread
-            rows = await self._store(self.store.due_deliveries, self.name, now, batch + len(held), exclude=held)
+            rows = await self._store(self.store.due_deliveries, self.name, now, batch, exclude=tuple(self._claimed))
         self._claimed_at = now
         for delivery in rows:
             if delivery.id not in self._claimed:
@@ -428,6 +432,7 @@ class SinkWorker:
         """Send ``batch`` (one delivery, or a chat sink's group as one message) in a task of its own."""
         self.attempted += 1
         self._sending += 1
+        self._in_flight.update(d.id for d in batch)
         task = asyncio.create_task(self._deliver(batch, probe=probe), name=f"send:{self.name}:{batch[0].id}")
         self._running.add(task)
         task.add_done_callback(self._finished)
@@ -572,6 +577,7 @@ class SinkWorker:
             release()
             for d in batch:
                 self._claimed.discard(d.id)
+                self._in_flight.discard(d.id)
 
     async def _failed(self, batch: list[Delivery], exc: DeliveryError, *, probe: bool,
                       release: Callable[[], None]) -> None:

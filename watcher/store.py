@@ -470,8 +470,7 @@ class Store:
         flight or waiting for a retry. ``after`` = (next_attempt_ms, id) of the last delivery the caller already
         holds: only later ones (in that order) are returned, so a caller holding many need not read them again.
         ``exclude``: ids of deliveries the caller holds (in flight or queued); they are not read again, and
-        ``limit`` counts only the others. (A hint: the PostgreSQL store returns its own claims again, renewing
-        them, and counts them in ``limit``; a caller skips what it holds either way.)"""
+        ``limit`` counts only the others (the PostgreSQL store does the same and renews its claims on them)."""
         held = [] if not exclude else [json.dumps(list(exclude))]
         rows = self._conn.execute(
             _DELIVERIES

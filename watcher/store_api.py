@@ -149,7 +149,7 @@ class StateStore(Protocol):
 
     # --- the outbox
     async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100, after: tuple[int, int] | None = None,
-                             exclude: Collection[int] = ()) -> list[Delivery]: ...  # exclude: a hint (see Store)
+                             exclude: Collection[int] = ()) -> list[Delivery]: ...  # exclude: held, left out
     async def oldest_pending(self, sink: str) -> Delivery | None: ...  # queued first, due or not (a probe)
     async def next_due_ms(self, sink: str, after_ms: int | None = None) -> int | None: ...
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None: ...  # many outcomes, one transaction

@@ -18,7 +18,6 @@ from watcher.config import DeliveryConfig, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.secret import Secret
 from watcher.sinks.registry import build_sink, sink_config
-from watcher.store import AsyncStore, Store
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 FAST = DeliveryConfig(backoff_initial=0.2, backoff_max=5.0, shutdown_grace=1.0)
@@ -38,10 +37,9 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
-    yield s
-    await s.aclose()
+def store(any_store):
+    """Every test here runs on both back ends (tests/conftest.py)."""
+    return any_store
 
 
 async def started(*configs: SinkConfig, clock: FakeClock) -> dict:
@@ -82,6 +80,42 @@ async def test_retryable_failures_then_success_deliver_once_more_with_the_same_w
     assert len({r.body for r in receiver.requests}) == 1  # byte-identical on every attempt
     assert sum((await store.pending_counts()).values()) == 0
     assert await store.list_deliveries(failed=True) == []
+
+
+async def test_a_claim_answered_after_an_outcome_commit_sends_nothing_twice(receiver, store, clock) -> None:
+    """A worker's claim can run while the outcome of a delivery it holds is being committed (PostgreSQL commits
+    it on another pooled connection) and be answered after the worker let that delivery go. Here every claim
+    that hands back something the worker holds is answered only after the next outcome: what the worker holds
+    must not come back from a claim at all, or it is sent again."""
+    events = [make_event(run_id=f"run_{i}") for i in range(2)]
+    await store.commit_sweep(upserts=[], deletes=[], events=[(e, ["ops"]) for e in events], meta={},
+                             now_ms=clock.now_ms())
+    recorded = 0
+
+    def on_outcome(_sink: str, _outcome: str) -> None:  # after the outcome's commit and its release
+        nonlocal recorded
+        recorded += 1
+
+    class LateClaims:
+        def __getattr__(self, name: str):
+            return getattr(store, name)
+
+        async def due_deliveries(self, *args, exclude=(), **kwargs):
+            seen = recorded
+            rows = await store.due_deliveries(*args, exclude=exclude, **kwargs)
+            if {d.id for d in rows} & set(exclude):
+                await until(lambda: recorded > seen, "the next outcome")
+            return rows
+
+    sinks = await started(webhook(receiver), clock=clock)
+    dispatcher = Dispatcher(sinks, LateClaims(), cfg=FAST, clock=clock, on_outcome=on_outcome)
+    try:
+        await dispatcher.drain_due()
+    finally:
+        for sink in sinks.values():
+            await sink.close()
+    assert sorted(r.headers["webhook-id"] for r in receiver.requests) == sorted(e.id for e in events)
+    assert sum((await store.pending_counts()).values()) == 0
 
 
 async def test_retry_after_is_honoured(receiver, store, clock) -> None:

@@ -27,7 +27,7 @@ from watcher.config import DeliveryConfig, SinkConfig
 from watcher.dispatcher import Dispatcher
 from watcher.secret import Secret
 from watcher.sinks.registry import build_sink, sink_config
-from watcher.store import AsyncStore, Store
+from watcher.store import AsyncStore
 
 START = 1000.0  # FakeClock's monotonic start
 
@@ -91,10 +91,9 @@ class ScriptedReceiver:
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
-    yield s
-    await s.aclose()
+def store(any_store):
+    """Every test here runs on both back ends (tests/conftest.py)."""
+    return any_store
 
 
 async def until(predicate, what: str, timeout: float = 30.0) -> None:

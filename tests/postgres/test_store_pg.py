@@ -15,7 +15,7 @@ from watcher.errors import StoreError  # noqa: E402
 from watcher.lease import LeaseLost  # noqa: E402
 from watcher.store import AsyncStore  # noqa: E402
 from watcher.store_api import DELIVERED, Outcome  # noqa: E402
-from watcher.store_pg import SCHEMA_VERSION, VERSION_TABLE, PgStore, redact_url  # noqa: E402
+from watcher.store_pg import CLAIM_MS, NOW_MS, SCHEMA_VERSION, VERSION_TABLE, PgStore, redact_url  # noqa: E402
 
 
 def sql(url: str, query: str, params: tuple = ()) -> list[tuple]:
@@ -109,6 +109,32 @@ async def test_the_claims_of_a_dead_instance_are_retried_by_another(pg_url: str)
         b.claim_ms = -1
         await b.due_deliveries("ops", T0)
         assert len(await a.due_deliveries("ops", T0)) == 2
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_claim_leaves_out_what_the_claimer_holds_and_renews_its_claims_on_it(pg_url: str) -> None:
+    a, b = await PgStore.open(pg_url, instance_id="a"), await PgStore.open(pg_url, instance_id="b")
+    try:
+        for s in (a, b):
+            await s.register_instance(role="standby")
+        await commit(a, "run_1", "run_2")
+        held = await a.due_deliveries("ops", T0)
+        # a holds both past their claim (a delivery queued behind a slow receiver): b could take them now
+        sql(pg_url, f"UPDATE deliveries SET claim_until_ms = {NOW_MS} - 1")
+        await commit(a, "run_3")
+        new = await a.due_deliveries("ops", T0, limit=1, exclude=[d.id for d in held])
+        assert [d.event_id for d in new] == [make_event("run_3").id]  # only what a does not hold yet
+        # the same claim renewed a's claims on what it holds, so b takes none of them
+        assert await b.due_deliveries("ops", T0) == []
+        until = sql(pg_url, f"SELECT MIN(claim_until_ms) - {NOW_MS} FROM deliveries")[0][0]
+        assert until > CLAIM_MS - 60_000
+        # a claim still far from its end is not written again
+        sql(pg_url, f"UPDATE deliveries SET claim_until_ms = {NOW_MS} + {CLAIM_MS // 2 + 60_000}")
+        before = sql(pg_url, "SELECT id, xmin::text FROM deliveries ORDER BY id")
+        assert await a.due_deliveries("ops", T0, exclude=[d.id for d in (*held, *new)]) == []
+        assert sql(pg_url, "SELECT id, xmin::text FROM deliveries ORDER BY id") == before
     finally:
         await a.aclose()
         await b.aclose()
