@@ -47,7 +47,7 @@ from watcher.observer import HealthObserver, Observer, Observers, Report, State
 from watcher.outage import StoreHealth, store_retry_s
 from watcher.readiness import STARTING, SWEEPER
 from watcher.sinks.dryrun import DryRunSink
-from watcher.sinks.spec import Sink
+from watcher.sinks.spec import Sink, delivery_targets
 from watcher.supervisor import Supervisor
 from watcher.sweep import Sweeper, SweepResult
 from watcher.validate import check_start
@@ -354,10 +354,11 @@ class Daemon:
                                                                   busy=self._api_paused))
 
     def _sink_configs(self, cfg: Config) -> list[SinkConfig]:
-        """Where events are routed: the configured sinks, or ``--dry-run``'s one printing sink."""
+        """Where events are routed: the configured sinks' delivery targets (a sink, or each URL of an apprise
+        sink: ``spec.delivery_targets``), or ``--dry-run``'s one printing sink."""
         if self.opts.dry_run:
             return [DryRunSink(events=cfg.watch.events).config]
-        return list(cfg.sinks)
+        return list(delivery_targets(cfg.sinks))  # an apprise sink: one target per URL
 
     async def _build_sinks(self, configs: Iterable[SinkConfig]) -> dict[str, Sink]:
         if self.opts.dry_run:
@@ -739,11 +740,11 @@ class Daemon:
         """Unchanged sinks keep their worker; removed or changed ones stop (their in-flight send may finish
         within the grace period); new or changed ones start enabled."""
         assert self.dispatcher is not None and self.store is not None
-        old_by_name = {s.name: s for s in old.sinks}
+        old_by_name = {s.name: s for s in self._sink_configs(old)}
         keep: dict[str, Sink] = {}
         fresh: dict[str, Sink] = {}
         try:
-            for sc in new.sinks:
+            for sc in self._sink_configs(new):
                 if old_by_name.get(sc.name) == sc and sc.name in self.sinks:
                     keep[sc.name] = self.sinks[sc.name]
                 else:

@@ -144,6 +144,7 @@ class Reason(enum.StrEnum):
     GONE = "gone"
     BAD_CONFIG = "bad_config"
     EXEC_FAILED = "exec_failed"
+    SERVICE_FAILED = "service_failed"  # Apprise: the service refused or failed, and Apprise does not say why
     IO_ERROR = "io_error"
     EXPIRED = "expired"
 

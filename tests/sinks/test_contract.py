@@ -50,6 +50,8 @@ def type_fields(sink_type: str, url: str, tmp_path: Path) -> dict:
         "file": dict(path=tmp_path / "events.jsonl"),
         "stdout": {},
         "exec": dict(command=(sys.executable, "-c", "import sys; sys.stdin.read()")),
+        # Apprise's json:// posts to the same receiver (json://host/path is http://host/path)
+        "apprise": dict(urls=(Secret("json" + url.removeprefix("http")),)),
     }
     return fields.get(sink_type, dict(url=Secret(url)))  # a chat sink
 

@@ -114,7 +114,7 @@ def test_a_registered_type_is_configured_from_toml(memory_type, tmp_path: Path) 
     ('type = "memory"\nroom = "a"\nrom = "b"', "sinks[0].rom: unknown key (did you mean 'room'?)"),
     ('type = "stdout"\nroom = "a"', "sinks[0].room: does not apply to a stdout sink"),
     ('type = "memroy"', "sinks[0].type: unknown sink type 'memroy'; choose from webhook, slack, discord, teams, "
-                        "google_chat, file, stdout, exec, memory (did you mean 'memory'?)"),
+                        "google_chat, file, stdout, exec, apprise, memory (did you mean 'memory'?)"),
 ])
 def test_its_key_errors_name_the_key(memory_type, tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -65,7 +65,9 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 def known_sinks(cfg: Config, store: Store | None) -> set[str]:
     """Sink names a command may be asked about: the configured ones, and any the state store still holds
     deliveries or health for (a sink removed from the config keeps its dead letters)."""
-    names = {s.name for s in cfg.sinks}
+    from watcher.sinks.spec import delivery_targets
+
+    names = {s.name for s in cfg.sinks} | {s.name for s in delivery_targets(cfg.sinks)}  # apprise: one per URL
     if store is not None:
         names |= set(store.summary()["sinks"])
     return names
@@ -113,5 +115,7 @@ def probe_text(probe_ms: int | None, now: int, *, timeout_s: float, last_sweep_m
 
 
 def sink_timeouts(cfg: Config) -> dict[str, float]:
-    return {s.name: float(s.timeout) for s in cfg.sinks}
+    from watcher.sinks.spec import delivery_targets
+
+    return {s.name: float(s.timeout) for s in delivery_targets(cfg.sinks)}  # an apprise sink: one per URL
 

@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
         sink_timeouts,
     )
     from watcher.logs import redact
-    from watcher.sinks.spec import DEFAULT_SINK_TIMEOUT
+    from watcher.sinks.spec import DEFAULT_SINK_TIMEOUT, delivery_targets
     from watcher.stores import describe
 
     cfg = load_for_store(args.config)
@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
         callbacks = store.callback_counts(since_ms=now_ms() - DAY_MS)
     finally:
         store.close()
-    configured = {s.name: s.type for s in cfg.sinks}
+    configured = {s.name: s.type for s in delivery_targets(cfg.sinks)}  # an apprise sink: one per URL
     ingress = ingress_status(cfg.ingress, callbacks)
     timeouts = sink_timeouts(cfg)
     if args.json:

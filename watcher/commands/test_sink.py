@@ -88,19 +88,26 @@ def main(args: argparse.Namespace) -> int:
     from watcher.config import load
     from watcher.routing import matches
     from watcher.sinks.registry import REGISTRY
+    from watcher.sinks.spec import delivery_targets
 
     config = load(args.config, sink_types=REGISTRY, require_api_key=False)
     by_name = {s.name: s for s in config.sinks}
-    cfg = by_name.get(args.name)
-    if cfg is None:
+    # A sink with several delivery targets (an apprise sink: one per URL) is tested target by target, as the
+    # daemon delivers; a target may also be named alone (alerts:tgram).
+    targets = {s.name: (s,) for s in delivery_targets(config.sinks)}
+    chosen = (delivery_targets([by_name[args.name]]) if args.name in by_name else targets.get(args.name))
+    if not chosen:
         known = ", ".join(by_name) or "(none)"
         print(f"flora-watcher: no sink named {args.name!r}; configured sinks: {known}", file=sys.stderr)
         return 2  # a usage error, as everywhere else a name is unknown
     event = synthetic_event(args.event_type, now_ms=time.time_ns() // 1_000_000, token=secrets.token_hex(6))
-    if not matches(cfg, event):
-        print(f"note: sink {cfg.name!r} would not receive {event.type} events from the daemon "
-              f"(events/match filters); sending anyway", file=sys.stderr)
-    print(f"sending {event.type} {event.id} (run {event.data['run_id']}) to {cfg.type} sink {cfg.name!r}…")
-    delivered, line = asyncio.run(send_test_event(cfg, event))
-    print(f"{cfg.name}: {line}", file=sys.stdout if delivered else sys.stderr)
-    return 0 if delivered else 1
+    every = True
+    for cfg in chosen:
+        if not matches(cfg, event):
+            print(f"note: sink {cfg.name!r} would not receive {event.type} events from the daemon "
+                  f"(events/match filters); sending anyway", file=sys.stderr)
+        print(f"sending {event.type} {event.id} (run {event.data['run_id']}) to {cfg.type} sink {cfg.name!r}…")
+        delivered, line = asyncio.run(send_test_event(cfg, event))
+        print(f"{cfg.name}: {line}", file=sys.stdout if delivered else sys.stderr)
+        every = every and delivered
+    return 0 if every else 1

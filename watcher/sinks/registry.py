@@ -13,7 +13,7 @@ from typing import Any
 
 from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.errors import ConfigError
-from watcher.sinks import discord, exec, file, google_chat, slack, stdout, teams, webhook
+from watcher.sinks import apprise, discord, exec, file, google_chat, slack, stdout, teams, webhook
 from watcher.sinks.spec import BuildContext, Sink, SinkConfig, SinkType
 
 BUILTIN: tuple[SinkType[Any], ...] = (
@@ -25,6 +25,7 @@ BUILTIN: tuple[SinkType[Any], ...] = (
     file.SINK,
     stdout.SINK,
     exec.SINK,
+    apprise.SINK,  # the optional extra flora-watcher[apprise]; the package is imported only when one is configured
 )
 
 REGISTRY: dict[str, SinkType[Any]] = {}

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SINK_TIMEOUT", "SINK_COMMON_KEYS", "BuildContext", "GroupSink", "SendResult", "Sink", "SinkConfig",
-    "SinkType", "Table", "check_secret_text", "check_url", "sink_secrets", "type_name",
+    "SinkType", "Table", "check_secret_text", "check_url", "delivery_targets", "sink_secrets", "type_name",
 ]
 
 OptionsT = TypeVar("OptionsT")
@@ -89,6 +89,18 @@ def sink_secrets(sink: SinkConfig[Any]) -> list[Secret]:
         items = value.values() if isinstance(value, dict) else value if isinstance(value, tuple | list) else (value,)
         found.extend(item for item in items if isinstance(item, Secret))
     return found
+
+
+def delivery_targets(sinks: Iterable[SinkConfig[Any]]) -> tuple[SinkConfig[Any], ...]:
+    """Where deliveries go: every configured sink, or, for a type whose options split it (``targets(cfg)``, the
+    apprise sink: one per URL), each of its parts. A target is a configured sink of its own name
+    (``alerts:tgram``): the sweep routes events to it, the outbox holds one delivery per (event, target), and it
+    has its own worker, retries, breaker, dead letters and health. Pure."""
+    out: list[SinkConfig[Any]] = []
+    for sink in sinks:
+        split = getattr(sink.options, "targets", None)
+        out.extend(split(sink) if callable(split) else (sink,))
+    return tuple(out)
 
 
 def _is_loopback(host: str) -> bool:
