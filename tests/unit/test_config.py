@@ -37,7 +37,7 @@ WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode(
 WHSEC2 = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876543210").decode()
 CANARY = "CaNaRy7f3a9cQ"  # a secret that must never show up in an error message
 BAD_LISTEN = 'expected host:port, e.g. "127.0.0.1:9464" or "[::1]:9464"'
-ALL_TYPES = "webhook, slack, discord, teams, google_chat, file, stdout, exec"
+ALL_TYPES = "webhook, slack, discord, teams, google_chat, file, stdout, exec, apprise"
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "flora-watcher.example.toml"
 
 
