@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=1800, help="start no batch after this (default 1800)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     p.add_argument("--keep", type=Path, default=None, help="keep each batch's work directory under this one")
+    p.add_argument("--apprise", action="store_true",
+                   help="add an apprise sink (json:// to a third receiver; needs flora-watcher[apprise])")
     p.add_argument("--no-operations", dest="operations", action="store_false",
                    help="no reload and admin command before each random kill")
     return p.parse_args(argv)
@@ -52,11 +54,12 @@ async def main_async(args: argparse.Namespace) -> int:
             workdir = args.keep / f"batch-{index:03d}"
             workdir.mkdir(parents=True, exist_ok=True)
             report = await crash_loop(workdir, rounds=rounds, seed=seed, modes=MODES, probability=args.probability,
-                                      operations=args.operations)
+                                      operations=args.operations, apprise=args.apprise)
         else:
             with tempfile.TemporaryDirectory(prefix="flora-crash-") as tmp:
                 report = await crash_loop(Path(tmp), rounds=rounds, seed=seed, modes=MODES,
-                                          probability=args.probability, operations=args.operations)
+                                          probability=args.probability, operations=args.operations,
+                                          apprise=args.apprise)
         summary = {"batch": index, "seed": seed, **report.summary(), "problems": report.problems}
         batches.append(summary)
         done += rounds
@@ -85,6 +88,7 @@ async def main_async(args: argparse.Namespace) -> int:
         "late_events": sum(b["late_events"] for b in batches),
         "integrity_ok": all(b["integrity"] == "ok" for b in batches),
         "leaks": sum(b["leaks"] for b in batches),
+        **({"apprise": _sum_dicts(b["apprise"] for b in batches)} if args.apprise else {}),
         "reloads": sum(b["reloads"] for b in batches),
         "admin_commands": sum(b["admin_commands"] for b in batches),
         "ops_problems": sum(b["ops_problems"] for b in batches),

@@ -12,6 +12,11 @@ fires — ``after_commit``, ``before_send``, ``after_send``); more runs are crea
 down; it starts again with the next round's crash point armed. After the last round a clean watcher (no crash
 points) delivers everything and stops on SIGTERM.
 
+With ``apprise``, an apprise sink (issue 23) sends to a third receiver through Apprise's ``json://`` (its URL's path
+holds the URL canary), beside the file sink and the webhook: every transition must reach it too (``apprise_check``),
+in a message of its own or listed in a group's; a group's "… and N more" stands for runs it does not list, which
+may cover that many missing ones and no more.
+
 Checks (``CrashReport.problems``): every terminal transition of every run created after the first start
 reached the file sink and the webhook receiver; nothing was reported that did not happen; the file holds each
 event once; a transition always carries the same event id and body; every webhook duplicate is explained by a
@@ -22,7 +27,9 @@ store passes ``PRAGMA integrity_check`` and its outbox is empty.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -37,6 +44,7 @@ from tests.reliability.harness import (
     Verdict,
     WatcherProcess,
     check,
+    expected_transitions,
     find_leaks,
     write_config,
 )
@@ -65,6 +73,7 @@ class CrashReport:
     reloads: int = 0  # SIGHUPs answered (reloaded or rejected) before a kill
     admin_commands: int = 0
     ops_problems: list[str] = field(default_factory=list)  # what a reload or an admin command did to the daemon
+    apprise: AppriseVerdict | None = None  # with an apprise sink: what reached its receiver
 
     @property
     def problems(self) -> list[str]:
@@ -78,6 +87,10 @@ class CrashReport:
             out.append(f"integrity_check: {self.integrity!r}")
         if self.pending_after != 0:
             out.append(f"{self.pending_after} deliveries still pending after the final drain")
+        if self.apprise is not None and self.apprise.lost:
+            out.append(f"{self.apprise.lost} transitions never reached the apprise sink's receiver")
+        if self.apprise is not None and self.apprise.spurious:
+            out.append(f"the apprise sink reported {self.apprise.spurious} transitions that did not happen")
         if self.exit_code != 0:
             out.append(f"the final watcher exited {self.exit_code} on SIGTERM")
         if self.leaks:
@@ -93,7 +106,57 @@ class CrashReport:
             "integrity": self.integrity, "pending_after": self.pending_after, "exit_code": self.exit_code,
             "leaks": len(self.leaks), "reloads": self.reloads, "admin_commands": self.admin_commands,
             "ops_problems": len(self.ops_problems), "seconds": round(self.seconds, 1),
+            **({"apprise": self.apprise.summary()} if self.apprise is not None else {}),
         }
+
+
+_RUN_ID = re.compile(r"run_[A-Za-z0-9]+")
+_GROUP_TITLE = re.compile(r"\S+ (\d+) runs ")
+_MORE = re.compile(r"… and (\d+) more")
+_APPRISE_TYPES = {"failure": "run.failed", "success": "run.completed"}
+
+
+@dataclass
+class AppriseVerdict:
+    """What an apprise sink's ``json://`` receiver got, against the expected transitions."""
+
+    messages: int = 0
+    listed: int = 0  # transitions named in a message
+    unlisted: int = 0  # runs a group's "… and N more" stands for
+    missing: int = 0  # expected transitions named in no message
+    spurious: int = 0  # transitions named that did not happen
+
+    @property
+    def lost(self) -> int:
+        """Missing transitions that no "… and N more" can account for."""
+        return max(0, self.missing - self.unlisted)
+
+    def summary(self) -> dict[str, int]:
+        return {"messages": self.messages, "listed": self.listed, "unlisted": self.unlisted, "missing": self.missing,
+                "lost": self.lost, "spurious": self.spurious}
+
+
+def apprise_check(receiver: Receiver, expected: set[tuple[str, str]]) -> AppriseVerdict:
+    """Which expected (run_id, type) transitions the apprise sink's messages name: a single event's message names
+    its run, a group's one line per run and "… and N more" for the rest (``type`` from Apprise's notify_type)."""
+    verdict = AppriseVerdict()
+    named: set[tuple[str, str]] = set()
+    for request in receiver.accepted():
+        try:
+            message = json.loads(request.body)
+        except ValueError:
+            continue
+        verdict.messages += 1
+        event_type = _APPRISE_TYPES.get(message.get("type"), message.get("type"))
+        runs = set(_RUN_ID.findall(str(message.get("message", ""))))
+        named |= {(run, event_type) for run in runs}
+        more = _MORE.search(str(message.get("message", "")))
+        if more is not None and _GROUP_TITLE.match(str(message.get("title", ""))):
+            verdict.unlisted += int(more.group(1))
+    verdict.listed = len(named & expected)
+    verdict.missing = len(expected - named)
+    verdict.spurious = len({n for n in named if not n[0].startswith("run_test_")} - expected)
+    return verdict
 
 
 def unexplained_duplicates(hook: Receiver, deaths: Sequence[float], tolerance: float = 0.1,
@@ -157,6 +220,7 @@ async def crash_loop(
     settle_timeout: float = 60.0,
     progress: Callable[[int, CrashReport], None] | None = None,
     operations: bool = False,
+    apprise: bool = False,
 ) -> CrashReport:
     """Run ``rounds`` crash rounds in ``workdir`` and check the outcome (see the module docstring)."""
     started = time.monotonic()
@@ -167,11 +231,16 @@ async def crash_loop(
     sim = Simulator(api_key=canaries.api_key, seed=seed, pending_ms=(10, 200), running_ms=(50, 800))
     events_file = workdir / "events.jsonl"
     async with SimServer(sim) as api, Receiver(delay=lambda: rng.uniform(0.0, 0.03),
-                                                signing_secret=canaries.signing_secret) as hook:
+                                                signing_secret=canaries.signing_secret) as hook, \
+            Receiver(delay=lambda: rng.uniform(0.0, 0.03)) as notes:
         config_args: dict[str, Any] = dict(
             base_url=api.base_url, api_key=canaries.api_key, events_file=events_file,
             webhook_url=f"{hook.origin}/hooks/{canaries.url_token}", signing_secret=canaries.signing_secret,
         )
+        if apprise:  # Apprise's json:// to the notes receiver; the URL canary in its path
+            json_url = notes.origin.replace("http://", "json://", 1) + f"/notes/{canaries.url_token}"
+            config_args["extra_sinks"] = (f'\n[[sinks]]\nname = "notes"\ntype = "apprise"\nurls = ["{json_url}"]\n'
+                                          "timeout = 2\n")
         cfg = write_config(workdir, **config_args)
         proc = WatcherProcess(cfg, workdir / "logs")
         await proc.start()
@@ -224,7 +293,8 @@ async def crash_loop(
             truth = sim.transitions()
             verdict = check(truth=truth, created=created, events_file=events_file, webhook=hook)
             finished = {t["run_id"] for t in truth} >= set(created)
-            if finished and not verdict.lost["journal"] and not verdict.lost["hook"]:
+            notes_lost = apprise_check(notes, expected_transitions(truth, created)).lost if apprise else 0
+            if finished and not verdict.lost["journal"] and not verdict.lost["hook"] and not notes_lost:
                 break
             if not proc.alive():
                 break
@@ -234,6 +304,8 @@ async def crash_loop(
         report.verdict = check(truth=sim.transitions(), created=created, events_file=events_file, webhook=hook)
         report.unexplained_duplicates = unexplained_duplicates(hook, deaths)
         report.late_events = sum(1 for r in hook.accepted() if (r.event or {}).get("data", {}).get("late"))
+        if apprise:
+            report.apprise = apprise_check(notes, expected_transitions(sim.transitions(), created))
     report.starts = proc.starts
     report.deaths = len(deaths)
     with Store.open(store_path(workdir / "state"), create=False) as store:

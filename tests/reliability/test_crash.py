@@ -28,6 +28,22 @@ async def test_sigkill_at_random_and_at_every_crash_point_loses_nothing(tmp_path
     assert report.verdict.duplicates["journal"] == 0
 
 
+async def test_an_apprise_sink_beside_the_file_sink_loses_nothing_either(tmp_path: Path) -> None:
+    """Issue 23: an apprise sink (Apprise's json:// to a loopback receiver, its thread per URL) in the same loop;
+    every transition reaches it too, named in a message, through the kills at every crash point; its URL canary is
+    nowhere in the logs or the state."""
+    from tests.sinks.apprise_helpers import need_apprise
+
+    need_apprise()
+    report = await crash_loop(tmp_path, rounds=6, seed=5, probability=1.0, apprise=True)
+    assert not report.problems, report.summary()
+    assert report.apprise is not None and report.apprise.messages > 0
+    assert report.apprise.lost == 0 and report.apprise.listed + report.apprise.unlisted >= report.verdict.expected
+    assert report.verdict.delivered == {"journal": report.created, "hook": report.created}
+    assert report.leaks == [], report.leaks
+
+
+
 # The checker itself: a checker that cannot fail proves nothing.
 
 
