@@ -124,6 +124,22 @@ def test_without_the_extra_check_says_how_to_install_it(monkeypatch: pytest.Monk
         build_sink(cfg)
 
 
+def test_check_config_without_the_extra_says_how_to_install_it_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from watcher.cli import main
+
+    config = tmp_path / "flora-watcher.toml"
+    config.write_text(f'[api]\napi_key = "sk_test_x"\n[watch]\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'[[sinks]]\nname = "oncall"\ntype = "apprise"\nurls = ["tgram://{TOKEN}/1"]\n')
+    monkeypatch.setattr(ap, "_import_apprise", lambda: None)
+    assert main(["check-config", "-c", str(config)]) == 2
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if "apprise" in line]
+    assert lines == ["flora-watcher: config error: sinks[0].type: the apprise sink needs the optional extra: "
+                     "pip install 'flora-watcher[apprise]'"], err
+    assert TOKEN not in out + err
+
+
 # ------------------------------------------------------------------------------------------- targets
 
 

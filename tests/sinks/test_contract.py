@@ -107,9 +107,18 @@ def test_a_chat_platforms_message_code_is_in_its_own_module() -> None:
             assert getattr(module, function).__module__ == module.__name__
 
 
+def need_library(sink_type: str) -> None:
+    """A type from an optional extra needs its package (skipped without it; a failure under CI)."""
+    if sink_type == "apprise":
+        from tests.sinks.apprise_helpers import need_apprise
+
+        need_apprise()
+
+
 @pytest.mark.parametrize("sink_type", SINK_TYPES)
 async def test_every_sink_starts_sends_and_closes_twice(sink_type: str, receiver: Receiver, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    need_library(sink_type)
     fields = {k: v for k, v in type_fields(sink_type, receiver.url(), tmp_path).items() if k == "url"} \
         if sink_type == "webhook" else type_fields(sink_type, receiver.url(), tmp_path)
     sink = build_sink(sink_config(name="s", type=sink_type, **fields), user_agent="flora-watcher/test")
@@ -194,6 +203,7 @@ async def test_connection_refused_is_retryable(sink_type: str, tmp_path: Path) -
 @pytest.mark.parametrize("sink_type", SINK_TYPES)
 async def test_no_sink_leaks_its_secrets(sink_type: str, receiver: Receiver, tmp_path: Path,
                                          caplog: pytest.LogCaptureFixture) -> None:
+    need_library(sink_type)
     caplog.set_level(logging.DEBUG)
     base = f"http://127.0.0.1:{receiver.port}"
     echo = f"Cannot POST /hooks/{CANARY}/x?token={CANARY}-q ({CANARY_HEADER}) {CANARY_SECRET}"
