@@ -64,6 +64,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def bucket_q(buckets: list[tuple[float, float]], q: float) -> float:
+    """The upper bound of the histogram bucket holding quantile ``q`` (cumulative counts)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return float("nan")
+    total = buckets[-1][1]
+    return next(le for le, n in buckets if n >= q * total)
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -213,6 +221,17 @@ class Stack:
     tmp: Path
     server_port: int
 
+    async def histogram(self, name: str) -> list[tuple[float, float]]:
+        """(upper bound, cumulative count) of a histogram of the watcher's /metrics."""
+        async with self.session.get(f"http://127.0.0.1:{self.server_port}/metrics") as r:
+            text = await r.text()
+        out = []
+        for line in text.splitlines():
+            if line.startswith(f"{name}_bucket{{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                out.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+        return out
+
     async def outcomes(self) -> dict[str, int]:
         """The watcher's flora_watcher_callbacks_confirmed_total by outcome (its /metrics)."""
         async with self.session.get(f"http://127.0.0.1:{self.server_port}/metrics") as r:
@@ -313,6 +332,7 @@ class Window:
     cpu_s: float = 0.0
     requests: dict[str, int] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
+    confirm: list[tuple[float, float]] = field(default_factory=list)  # callback_confirm_seconds buckets (delta)
 
     def line(self, rate: float) -> str:
         cb, end = self.callback_to_sink_ms, self.end_to_sink_ms
@@ -323,7 +343,9 @@ class Window:
                 f"duplicates {self.duplicates}; watcher CPU {self.cpu_s:.1f} s "
                 f"({self.cpu_s / self.seconds * 100:.1f} % of a core); API requests {api} ({api / self.seconds:.1f}/s: "
                 + ", ".join(f"{k} {v}" for k, v in sorted(self.requests.items())) + "); callbacks done: "
-                + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()) if v))
+                + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()) if v)
+                + f"; in the watcher, receipt → confirmed p50 ≤ {bucket_q(self.confirm, 0.5):g} s, "
+                  f"p99 ≤ {bucket_q(self.confirm, 0.99):g} s (histogram buckets)")
 
 
 async def drive(st: Stack, rate: float, seconds: float) -> list[str]:
@@ -346,6 +368,7 @@ async def drive(st: Stack, rate: float, seconds: float) -> list[str]:
 async def measure(st: Stack, rate: float, seconds: float) -> Window:
     await st.admin_post("/stats/reset", {})
     outcomes0 = await st.outcomes()
+    confirm0 = dict(await st.histogram("flora_watcher_callback_confirm_seconds"))
     cpu0 = cpu_seconds(st.watcher.pid)
     runs = await drive(st, rate, seconds)
     cpu1 = cpu_seconds(st.watcher.pid)
@@ -362,6 +385,8 @@ async def measure(st: Stack, rate: float, seconds: float) -> Window:
     got = await st.arrivals()
     before = window.outcomes
     window.outcomes = {k: v - before.get(k, 0) for k, v in (await st.outcomes()).items()}
+    window.confirm = [(le, n - confirm0.get(le, 0.0))
+                      for le, n in await st.histogram("flora_watcher_callback_confirm_seconds")]
     for run_id in runs:
         arrivals = got.get(run_id, [])
         if not arrivals:

@@ -28,7 +28,7 @@ import contextlib
 import enum
 import functools
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import structlog
 
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("watcher.confirm")
 
+T = TypeVar("T")
+R = TypeVar("R")
 RETRY_DELAYS_S: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # while the API still shows the run active
 BATCH = 256  # recorded deliveries taken from the store at a time
 RUN_EVENTS = frozenset({str(EventType.COMPLETED), str(EventType.FAILED)})
@@ -78,6 +80,46 @@ def scope_verdict(cb: RecordedCallback, *, resources: Collection[str], workspace
     return None
 
 
+class GroupCommit(Generic[T, R]):
+    """Writes that arrive while one is in flight go together in the next one (a group commit): ``submit``
+    waits for its own item's result. ``write`` takes a batch and returns one result per item; when it raises,
+    every item of that batch gets the error. Writes run one at a time, in order."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[list[R]]], *, limit: int = 512) -> None:
+        self.write = write
+        self.limit = limit
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:self.limit], self._pending[self.limit:]
+            try:
+                results = await self.write([item for item, _ in batch])
+            except BaseException as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            with contextlib.suppress(BaseException):
+                await self._flusher
+
+
 class Confirmer:
     """Takes recorded deliveries from the store and confirms their runs (see the module docstring).
 
@@ -104,7 +146,12 @@ class Confirmer:
         self._slots = asyncio.Semaphore(concurrency)
         self._kick = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._finishes: GroupCommit[tuple[str, str], None] = GroupCommit(self._finish)
         self.counts: dict[str, int] = {}
+
+    async def _finish(self, outcomes: list[tuple[str, str]]) -> list[None]:
+        await self.store.finish_callbacks(outcomes, now_ms=self.clock.now_ms())
+        return [None] * len(outcomes)
 
     def kick(self) -> None:
         """A delivery was just recorded here: look at the store now."""
@@ -164,7 +211,7 @@ class Confirmer:
                         log.exception("callback.crashed", delivery_id=row.delivery_id, run_id=row.run_id,
                                       error=f"{type(exc).__name__}: {exc}")
                         outcome = Outcome.ERROR
-                await self.store.finish_callbacks([(row.delivery_id, str(outcome))], now_ms=self.clock.now_ms())
+                await self._finishes.submit((row.delivery_id, str(outcome)))
             except StoreError as exc:  # LeaseLost too: the delivery stays recorded, the sweeper takes it (again)
                 log.warning("callback.unconfirmed", delivery_id=row.delivery_id, run_id=row.run_id,
                             error=f"{type(exc).__name__}: {str(exc)[:200]}", note="taken again later")

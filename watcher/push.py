@@ -17,7 +17,7 @@ import structlog
 
 from watcher.clock import Clock
 from watcher.config import IngressConfig, parse_listen
-from watcher.confirm import Confirmer, Looks, Outcome
+from watcher.confirm import Confirmer, GroupCommit, Looks, Outcome
 from watcher.ingress import Ingress
 from watcher.observer import Observer
 from watcher.signing import Callback, Rejection, signing_keys
@@ -46,6 +46,7 @@ class Push:
         self.clock = clock
         self.observer = observer
         self.looks = Looks(on_request=wake)
+        self._records: GroupCommit[RecordedCallback, bool] = GroupCommit(store.record_callbacks)
         self.confirmer = Confirmer(
             sweeper=sweeper, store=store, client=client, clock=clock, look=self.looks.request, active=active,
             on_outcome=self._done, poll_s=SHARED_STORE_POLL_S if shared_store else None)
@@ -75,7 +76,8 @@ class Push:
         self.looks.cancel_all()
 
     async def _record(self, cb: Callback) -> bool:
-        return await self.store.record_callback(RecordedCallback(
+        """Durably, before the answer; requests that come together share one transaction (one fsync)."""
+        return await self._records.submit(RecordedCallback(
             delivery_id=cb.delivery_id, run_id=cb.run_id, type=cb.type, run_type=cb.run_type,
             workspace_id=cb.workspace_id, received_ms=self.clock.now_ms()))
 

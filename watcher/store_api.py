@@ -89,7 +89,7 @@ class SinkState:
 
 @dataclass(frozen=True, slots=True)
 class RecordedCallback:
-    """A FLORA callback the ingress verified and recorded (``record_callback``), until it is done."""
+    """A FLORA callback the ingress verified and recorded (``record_callbacks``), until it is done."""
 
     delivery_id: str  # "whd_…": the primary key, so a replayed delivery is recorded once
     run_id: str
@@ -181,7 +181,8 @@ class StateStore(Protocol):
     async def prune(self, *, now_ms: int, keep_done_ms: int, keep_dead_ms: int | None = None) -> int: ...
     async def integrity_check(self) -> str: ...
     # --- FLORA callbacks the ingress recorded (CONTRACT §9)
-    async def record_callback(self, callback: RecordedCallback) -> bool: ...  # False: its id was recorded before
+    async def record_callbacks(self, callbacks: Sequence[RecordedCallback]) -> list[bool]: ...  # one transaction;
+    # each False when its id was recorded before
     async def pending_callbacks(self, *, limit: int = 256,
                                 exclude: Collection[str] = ()) -> list[RecordedCallback]: ...  # oldest first
     async def finish_callbacks(self, outcomes: Sequence[tuple[str, str]], *, now_ms: int) -> None: ...  # (id, outcome)

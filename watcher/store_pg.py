@@ -553,7 +553,7 @@ class PgStore:
     failure_counts = _shared(SqlCore.failure_counts)
     delivery_counts = _shared(SqlCore.delivery_counts)
     prune = _shared(SqlCore.prune)
-    record_callback = _shared(SqlCore.record_callback)
+    record_callbacks = _shared(SqlCore.record_callbacks)
     pending_callbacks = _shared(SqlCore.pending_callbacks)
     finish_callbacks = _shared(SqlCore.finish_callbacks)
     callback_counts = _shared(SqlCore.callback_counts)

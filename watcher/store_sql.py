@@ -624,14 +624,17 @@ class SqlCore:
     # ---------------------------------------------------------------------------- FLORA callbacks
 
     @writes
-    def record_callback(self, callback: RecordedCallback) -> Plan[bool]:
-        """Record a verified delivery, durably, once: False when its id was recorded before (a replay)."""
-        c = callback
-        count = yield COUNT, self.dialect.q(
+    def record_callbacks(self, callbacks: Sequence[RecordedCallback]) -> Plan[list[bool]]:
+        """Record verified deliveries, durably, in one transaction (the ingress groups the requests that come
+        together): for each, False when its id was recorded before (a replay)."""
+        sql = self.dialect.q(
             "INSERT INTO callbacks(delivery_id, run_id, type, run_type, workspace_id, received_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING"
-        ), (c.delivery_id, c.run_id, c.type, c.run_type, c.workspace_id, c.received_ms)
-        return bool(count == 1)
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING")
+        new = []
+        for c in callbacks:
+            count = yield COUNT, sql, (c.delivery_id, c.run_id, c.type, c.run_type, c.workspace_id, c.received_ms)
+            new.append(count == 1)
+        return new
 
     def pending_callbacks(self, *, limit: int = 256, exclude: Collection[str] = ()) -> Plan[list[RecordedCallback]]:
         """Recorded deliveries not done yet, oldest first, leaving out ``exclude`` (those in hand)."""

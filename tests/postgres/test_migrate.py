@@ -22,8 +22,8 @@ def seed(path: Path) -> dict:
         s.commit_sweep(upserts=[make_tracked("run_a"), make_tracked("run_b", "failed")], deletes=[],
                        events=[(make_event("run_b"), ["ops", "journal"]), (make_event("run_c"), ["ops"])],
                        meta={"first_start_ms": str(T0 - 5), "high_watermark_ms:all": str(T0)}, now_ms=T0)
-        s.record_callback(RecordedCallback("whd_done", "run_b", "run.failed", "technique", "ws_1", T0 - 3))
-        s.record_callback(RecordedCallback("whd_pending", "run_a", "run.completed", None, None, T0 - 2))
+        s.record_callbacks([RecordedCallback("whd_done", "run_b", "run.failed", "technique", "ws_1", T0 - 3)])
+        s.record_callbacks([RecordedCallback("whd_pending", "run_a", "run.completed", None, None, T0 - 2)])
         s.finish_callbacks([("whd_done", "confirmed")], now_ms=T0 - 1)
         ops = s.due_deliveries("ops", T0)
         (journal,) = s.due_deliveries("journal", T0)
@@ -47,7 +47,7 @@ async def test_migrate_copies_everything_into_an_empty_schema_once(tmp_path: Pat
         assert await pg.list_deliveries(failed=True) == before["dead"]
         assert await pg.sink_states() == before["sinks"]
         assert (await pg.pending_callbacks(), await pg.callback_counts(since_ms=0)) == before["callbacks"]
-        assert await pg.record_callback(before["callbacks"][0][0]) is False  # a replay after the move: still known
+        assert await pg.record_callbacks([before["callbacks"][0][0]]) == [False]  # a replay after the move: still known
         for event_id, event in before["bodies"].items():
             assert await pg.get_event(event_id) == event
         # new deliveries get fresh ids after the copied ones; a re-detected event adds nothing (no flood)

@@ -67,3 +67,32 @@ def test_the_page_shows_only_numbers_and_the_configured_address() -> None:
     assert shown == {"listen": "127.0.0.1:8788", "path": "/flora/callbacks", "accepted": 3, "duplicate": 0,
                      "unrecorded": 0, "rejected": {"stale": 2}, "confirmed": {"confirmed": 3}, "confirming": 0,
                      "last_accepted_ms": 5, "last_rejected_ms": None}
+
+
+async def test_group_commit_writes_what_comes_together_in_one_batch() -> None:
+    from watcher.confirm import GroupCommit
+
+    batches: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def write(items: list[int]) -> list[int]:
+        batches.append(items)
+        if len(batches) == 1:
+            await gate.wait()  # the first write is slow: the next ones pile up behind it
+        if 13 in items:
+            raise RuntimeError("the store is away")
+        return [i * 10 for i in items]
+
+    group: GroupCommit[int, int] = GroupCommit(write)
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(group.submit(i)) for i in (2, 3, 4)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await first == 10 and [await t for t in rest] == [20, 30, 40]
+    assert batches == [[1], [2, 3, 4]]
+    failing = [asyncio.create_task(group.submit(i)) for i in (12, 13)]
+    for task in failing:
+        with pytest.raises(RuntimeError):
+            await task
+    assert await group.submit(5) == 50  # the next batch is written again
