@@ -402,6 +402,18 @@ async def measure(st: Stack, rate: float, seconds: float) -> Window:
     return window
 
 
+async def api_cost(tmp: Path, interval: float, seconds: float, max_rps: float, rate: float) -> tuple[float, dict]:
+    """API requests a minute of a watcher sweeping every ``interval`` s over a steady workload (``rate`` runs a
+    second lasting 20-120 s, in steady state from the start), no callbacks."""
+    async with stack(tmp, max_rps=max_rps, interval=interval) as st:
+        await st.admin_post("/generator", {"rate": rate, "duration_s": [20, 120], "warm": True})
+        await asyncio.sleep(interval + 5)  # past its first sweeps
+        await st.admin_post("/stats/reset", {})
+        await asyncio.sleep(seconds)
+        stats = await st.admin_get("/stats")
+    return stats["requests_total"] / seconds * 60, {k: sum(v.values()) for k, v in stats["by_route"].items()}
+
+
 async def flood(st: Stack, genuine_rate: float, flood_rate: float, seconds: float) -> tuple[Window, Window, dict]:
     print(f"genuine callbacks alone at {genuine_rate:g}/s for {seconds:.0f} s …", flush=True)
     quiet = await measure(st, genuine_rate, seconds)
@@ -427,6 +439,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--max-rps", type=float, default=50.0, help="the watcher's API budget (default 50)")
     ap.add_argument("--genuine-rate", type=float, default=20.0, help="genuine callbacks/s in part 2 (default 20)")
     ap.add_argument("--flood-rate", type=float, default=1000.0, help="forged requests/s in part 2 (default 1000)")
+    ap.add_argument("--api-cost", action="store_true",
+                    help="also: API requests a minute at interval 5 vs --interval, no callbacks (1 run/s, 20-120 s)")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-flood", action="store_true")
     ap.add_argument("--write", action="store_true", help="append the figures to bench/RESULTS.md")
@@ -440,6 +454,16 @@ async def main(args: argparse.Namespace) -> None:
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="flora-bench-callbacks-") as tmpdir:
         tmp = Path(tmpdir)
+        if args.api_cost:
+            costs = {}
+            for interval in (5.0, args.interval):
+                print(f"API cost at interval {interval:g} s for {args.seconds:.0f} s …", flush=True)
+                costs[interval] = await api_cost(tmp / f"cost-{interval:g}", interval, args.seconds, args.max_rps, 1.0)
+            (five, five_routes), (slow, slow_routes) = costs[5.0], costs[args.interval]
+            lines.append(f"- API cost without callbacks (1 run/s, 20-120 s each, ~70 active): interval 5 s "
+                         f"{five:.1f} requests/min ({five_routes}), interval {args.interval:g} s {slow:.1f}/min "
+                         f"({slow_routes}): {five / max(slow, 0.01):.1f}× fewer")
+            print(lines[-1], flush=True)
         if not args.skip_latency:
             async with stack(tmp / "latency", max_rps=args.max_rps, interval=args.interval) as st:
                 print(f"{args.rate:g} callbacks/s for {args.seconds:.0f} s (interval {args.interval:g} s) …",
