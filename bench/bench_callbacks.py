@@ -144,10 +144,11 @@ def serve_receiver() -> None:
     asyncio.run(main())
 
 
-def forge(port: int, path: str, rate: float, seconds: float, connections: int) -> None:
+def forge(port: int, path: str, rate: float, seconds: float, connections: int, kind: str = "forged") -> None:
     """The forger: ``rate`` requests a second over keep-alive connections, each a plausible callback with a
-    current ``t`` and a random, well-formed ``v1`` (so it costs the watcher a body read and an HMAC). Prints
-    {"sent", "answered", "by_status"} as JSON at the end."""
+    current ``t`` and a random, well-formed ``v1`` (``forged``: it costs the watcher a body read and an HMAC)
+    or with no signature at all (``unsigned``: refused before the body is read). Prints {"sent", "answered",
+    "by_status"} as JSON at the end."""
 
     async def one_connection(index: int, share: float, stats: dict[int, int], sent: list[int]) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -182,8 +183,9 @@ def forge(port: int, path: str, rate: float, seconds: float, connections: int) -
                                    "data": {"run_id": run, "run_type": "technique", "workspace_id": "ws_sim4f10ra",
                                             "status": "completed"}}).encode()
                 v1 = hmac.new(b"not the secret", body, hashlib.sha256).hexdigest()
+                signature = f"Flora-Signature: t={int(time.time())},v1={v1}\r\n" if kind == "forged" else ""
                 head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                        f"Flora-Signature: t={int(time.time())},v1={v1}\r\nContent-Length: {len(body)}\r\n\r\n")
+                        f"{signature}Content-Length: {len(body)}\r\n\r\n")
                 writer.write(head.encode() + body)
                 pending += 1
                 sent[0] += 1
@@ -414,13 +416,14 @@ async def api_cost(tmp: Path, interval: float, seconds: float, max_rps: float, r
     return stats["requests_total"] / seconds * 60, {k: sum(v.values()) for k, v in stats["by_route"].items()}
 
 
-async def flood(st: Stack, genuine_rate: float, flood_rate: float, seconds: float) -> tuple[Window, Window, dict]:
+async def flood(st: Stack, genuine_rate: float, flood_rate: float, seconds: float,
+                kind: str = "forged") -> tuple[Window, Window, dict]:
     print(f"genuine callbacks alone at {genuine_rate:g}/s for {seconds:.0f} s …", flush=True)
     quiet = await measure(st, genuine_rate, seconds)
     print("  " + quiet.line(genuine_rate), flush=True)
-    print(f"the same with {flood_rate:g} forged requests/s …", flush=True)
+    print(f"the same with {flood_rate:g} {kind} requests/s …", flush=True)
     forger = await spawn(str(Path(__file__).resolve()), "--forge", str(st.ingress_port), str(flood_rate),
-                         str(seconds + 1), stdout=asyncio.subprocess.PIPE)
+                         str(seconds + 1), kind, stdout=asyncio.subprocess.PIPE)
     await asyncio.sleep(0.5)  # the forger's connections are up
     flooded = await measure(st, genuine_rate, seconds)
     assert forger.stdout is not None
@@ -445,7 +448,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--skip-flood", action="store_true")
     ap.add_argument("--write", action="store_true", help="append the figures to bench/RESULTS.md")
     ap.add_argument("--serve-receiver", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--forge", nargs=3, metavar=("PORT", "RATE", "SECONDS"), help=argparse.SUPPRESS)
+    ap.add_argument("--flood-kind", choices=("forged", "unsigned"), default="forged",
+                    help="forged (pass the cheap checks: body read + HMAC each; default) or unsigned (refused on "
+                         "the header alone)")
+    ap.add_argument("--forge", nargs=4, metavar=("PORT", "RATE", "SECONDS", "KIND"), help=argparse.SUPPRESS)
     return ap.parse_args()
 
 
@@ -473,15 +479,17 @@ async def main(args: argparse.Namespace) -> None:
                 print(lines[-1], flush=True)
         if not args.skip_flood:
             async with stack(tmp / "flood", max_rps=args.max_rps, interval=args.interval) as st:
-                quiet, flooded, report = await flood(st, args.genuine_rate, args.flood_rate, args.seconds)
+                quiet, flooded, report = await flood(st, args.genuine_rate, args.flood_rate, args.seconds,
+                                                     args.flood_kind)
                 extra = (flooded.cpu_s - quiet.cpu_s) / args.seconds
                 forged_rate = report["answered"] / (args.seconds + 1)
                 lines.append(f"- without the flood: {quiet.line(args.genuine_rate)}")
-                lines.append(f"- with {args.flood_rate:g} forged requests/s: {flooded.line(args.genuine_rate)}")
-                lines.append(f"- forged requests: {report['sent']} sent, {report['answered']} answered "
+                lines.append(f"- with {args.flood_rate:g} {args.flood_kind} requests/s: "
+                             f"{flooded.line(args.genuine_rate)}")
+                lines.append(f"- {args.flood_kind} requests: {report['sent']} sent, {report['answered']} answered "
                              f"({forged_rate:.0f}/s; by status {report['by_status']}); their cost: "
                              f"{extra * 100:.1f} % of a core more, {extra / max(forged_rate, 1) * 1e6:.0f} µs of "
-                             "CPU per forged request")
+                             "CPU per request")
                 for line in lines[-3:]:
                     print(line, flush=True)
     meta.finish()
@@ -497,6 +505,7 @@ if __name__ == "__main__":
     if ARGS.serve_receiver:
         serve_receiver()
     elif ARGS.forge:
-        forge(int(ARGS.forge[0]), "/flora/callbacks", float(ARGS.forge[1]), float(ARGS.forge[2]), connections=8)
+        forge(int(ARGS.forge[0]), "/flora/callbacks", float(ARGS.forge[1]), float(ARGS.forge[2]), connections=8,
+              kind=ARGS.forge[3])
     else:
         asyncio.run(main(ARGS))

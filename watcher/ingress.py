@@ -37,10 +37,10 @@ from watcher.signing import (
     Callback,
     CallbackRejected,
     Rejection,
+    check_hmac,
     check_timestamp,
     parse_callback,
     parse_flora_signature,
-    verify_flora,
 )
 
 log = structlog.get_logger("watcher.ingress")
@@ -180,11 +180,10 @@ class Ingress:
         if length is not None and length > self.max_body:
             raise CallbackRejected(Rejection.TOO_LARGE, f"Content-Length {length} over {self.max_body}")
         now_s = self.clock.now_ms() / 1000
-        header = request.headers.get("Flora-Signature")
-        check_timestamp(parse_flora_signature(header).timestamp, now_s, self.tolerance_s)
+        sig = parse_flora_signature(request.headers.get("Flora-Signature"))
+        check_timestamp(sig.timestamp, now_s, self.tolerance_s)
         body = await self._body(request)
-        timestamp = verify_flora(body, header, self.keys, now_s=now_s, tolerance_s=self.tolerance_s)
-        return parse_callback(body, timestamp=timestamp)
+        return parse_callback(body, timestamp=check_hmac(body, sig, self.keys))
 
     async def _body(self, request: web.Request) -> bytes:
         chunks: list[bytes] = []

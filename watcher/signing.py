@@ -218,10 +218,16 @@ def verify_flora(body: bytes, header: str | None, keys: Sequence[bytes], *, now_
     ``tolerance_s`` of ``now_s`` (before any HMAC, so a stale flood costs no hashing), then
     ``HMAC-SHA256(key, "{t}.{body}")`` for every key, compared in constant time with every ``v1``.
     Returns the signed timestamp; raises ``CallbackRejected``."""
-    if not keys:
-        raise ValueError("no signing key to verify with")
     sig = parse_flora_signature(header)
     check_timestamp(sig.timestamp, now_s, tolerance_s)
+    return check_hmac(body, sig, keys)
+
+
+def check_hmac(body: bytes, sig: FloraSignature, keys: Sequence[bytes]) -> int:
+    """``HMAC-SHA256(key, "{t}.{body}")`` for every key against every ``v1`` of a parsed header, in constant
+    time. Returns the signed timestamp; raises ``CallbackRejected`` (``bad_signature``)."""
+    if not keys:
+        raise ValueError("no signing key to verify with")
     signed = f"{sig.timestamp}.".encode("ascii") + body
     matched = False
     for key in keys:
