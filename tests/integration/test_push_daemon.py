@@ -32,7 +32,7 @@ from watcher.signing import flora_headers, flora_key
 from watcher.simulator import RunningSimulator, run_simulator
 
 KEY = "sk_test_push_daemon_0123456789"
-INTERVAL = 8.0  # long enough that a sweep cannot explain a callback run's event (the bench measures 30)
+INTERVAL = 20.0  # long enough that a sweep cannot explain a callback run's event, even on a busy machine
 LIVENESS = 60.0  # a bound for a hung test only
 
 
@@ -131,9 +131,8 @@ async def test_callback_runs_arrive_before_the_next_sweep_and_polling_covers_the
         polled = r.sim.sim.create_runs(3, pending_ms=0, running_ms=300)
         await r.wait(lambda: set(polled) <= set(r.run_ids()), "the polled runs' events (next sweep)")
         assert await r.metric("flora_watcher_sweeps_total") > sweeps_before
-        # A sweep after that sees every run again (listing and polls): still one event each, one id each.
-        seen = await r.metric("flora_watcher_sweeps_total")
-        await r.wait_metric("flora_watcher_sweeps_total", seen + 1)
+        # That sweep listed the callback runs again too: still one event each, one id each.
+        await r.wait_metric("flora_watcher_sweeps_total", sweeps_before + 1)
         events = r.events()
         assert sorted(e["id"] for e in events) == sorted(
             event_id(run, "run.completed" if r.sim.sim.run_truth(run)["outcome"] == "completed" else "run.failed")
@@ -144,6 +143,7 @@ async def test_callback_runs_arrive_before_the_next_sweep_and_polling_covers_the
             assert by_run[run]["data"]["status"] == truth["outcome"] and by_run[run]["data"]["project_id"]
         assert await r.metric("flora_watcher_callbacks_total", outcome="accepted") == len(pushed)
         # each one confirmed: by its own look or fetch, or by another callback's look ("known" then)
+        await r.wait_metric("flora_watcher_callbacks_confirmed_total", len(pushed))
         assert (await r.metric("flora_watcher_callbacks_confirmed_total", outcome="confirmed")
                 + await r.metric("flora_watcher_callbacks_confirmed_total", outcome="known")) == len(pushed)
 
