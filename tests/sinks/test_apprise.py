@@ -335,6 +335,7 @@ async def test_a_hanging_receiver_is_a_timeout_and_holds_one_thread_not_the_loop
                 await asyncio.sleep(0.01)
                 ticks += 1
 
+        pools_before = len([t for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor")])
         beat = asyncio.create_task(ticker())
         try:
             with pytest.raises(DeliveryError) as err:
@@ -344,6 +345,8 @@ async def test_a_hanging_receiver_is_a_timeout_and_holds_one_thread_not_the_loop
             assert ticks >= 2  # the loop ran while the send waited (a blocked loop would tick once, after it)
             await until(lambda: smtp.connections == 1, "the send to reach the hung server")
             assert len(_apprise_threads("slow")) == 1
+            # The send is in that thread, not in Apprise's process-wide pool, where hung sends would queue others.
+            assert len([t for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor")]) <= pools_before
             with pytest.raises(DeliveryError):  # waits for the hung send (or times out): never a second thread
                 await sink.send(make_event())
             assert len(_apprise_threads("slow")) <= 1
@@ -368,3 +371,27 @@ async def test_several_urls_in_one_sink_fail_together_naming_schemes_only(receiv
         await sink.send(make_event())
     assert err.value.message.count("json://…") == 1 and TOKEN not in err.value.message
     assert len(receiver.requests) == 2
+
+
+def test_test_sink_tries_every_url_of_a_sink_or_one_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`flora-watcher test-sink oncall` sends to each URL as its own target, as the daemon delivers; one failing
+    URL makes it exit 1, naming that target; `test-sink oncall:json#2` tries that one alone."""
+    need_apprise()
+    from tests.sinks.helpers import ThreadedReceiver
+    from watcher.cli import main
+
+    with ThreadedReceiver() as ok, ThreadedReceiver() as failing:
+        failing.default.status = 500
+        config = tmp_path / "flora-watcher.toml"
+        config.write_text(f'[api]\napi_key = "sk_test_x"\n[watch]\nstate_dir = "{tmp_path / "state"}"\n'
+                          f'[[sinks]]\nname = "oncall"\ntype = "apprise"\n'
+                          f'urls = ["json://127.0.0.1:{ok.port}/{TOKEN}", "json://127.0.0.1:{failing.port}/{TOKEN}"]\n')
+        assert main(["test-sink", "oncall", "-c", str(config)]) == 1
+        out, err = capsys.readouterr()
+        assert "oncall:json: delivered (sent to json://…)" in out
+        assert "oncall:json#2: not delivered (service_failed, retryable): json://…: Apprise reports a failure" in err
+        assert main(["test-sink", "oncall:json", "-c", str(config)]) == 0
+        out, err = capsys.readouterr()
+        assert TOKEN not in out + err
+        assert len(ok.requests) == 2 and len(failing.requests) == 1
+        assert json.loads(ok.requests[0].body)["title"].startswith("❌ Run failed: flora-watcher test")

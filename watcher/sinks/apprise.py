@@ -23,7 +23,8 @@ SMTP server holds one thread, never another target's or the loop. A send that ha
 sink's ``timeout`` is a retryable TIMEOUT; its thread is not killed (Python cannot) but ends with Apprise's own
 socket timeouts, which this sink sets to ``timeout`` (unless the URL sets ``cto``/``rto``) — the next send to
 that target waits for it first. An email that was in fact sent after the timeout is sent again on the retry:
-at least once, as everywhere.
+at least once, as everywhere. Apprise's own thread pool is not used (``_asset``): one hung send never queues
+another target's.
 
 **Rendering** (pure, below): a title and a body from ``render.View``/``GroupView``, in the format the service
 takes (``resolve_format``): markdown with API text neutralised (CommonMark backslash escapes, mentions broken)
@@ -506,6 +507,18 @@ def _instantiate(apprise: Any, url: str, asset: Any = None) -> Any:
         return None
 
 
+def _asset(apprise: Any) -> Any:
+    """Our name on what Apprise sends, and the send in the calling thread: no ``async_mode`` (Apprise's thread
+    pool) and no ``service_timeout`` (Apprise 2 would otherwise run every send in its shared executor, a pool of
+    min(32, CPUs + 4) threads for the whole process, where a few hung SMTP servers would hold up every other
+    Apprise target). The sink's own thread per URL and its ``timeout`` take their place."""
+    base = {"app_id": "flora-watcher", "app_desc": "flora-watcher", "async_mode": False}
+    try:
+        return apprise.AppriseAsset(**base, service_timeout=0)
+    except Exception:  # an Apprise without service_timeout sends in the calling thread anyway
+        return apprise.AppriseAsset(**base)
+
+
 def _takes_markdown(apprise: Any, service: Any) -> bool:
     """Whether the service takes markdown as it is (Apprise 2: ``resolve_format``; 1.x: ``notify_format``)."""
     resolve = getattr(service, "resolve_format", None)
@@ -536,7 +549,7 @@ class _Target:
         self.pacer: IntervalPacer | None = None
         if apprise is None:
             return
-        asset = apprise.AppriseAsset(app_id="flora-watcher", app_desc="flora-watcher")
+        asset = _asset(apprise)
         service = _instantiate(apprise, url.reveal(), asset)
         if service is None:
             return
