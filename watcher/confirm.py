@@ -13,7 +13,7 @@ state store and, for each one:
 * a tracked run still active is fetched at once (``FloraClient.get_run``: its ``poll_url``, else the technique
   route, else ``/runs/{id}``) and goes through the sweep's rules and commit (``Sweeper.confirm``): the same
   transition table, the same event id, the same outbox. While the API still shows it active (the callback beat
-  it), it is asked again after 0.25, 0.5, 1 and 2 s, then left to the sweeps (``still_active``).
+  it), it is fetched on its own again after 0.25, 0.5, 1 and 2 s, then left to the sweeps (``still_active``).
 
 Then the delivery is marked done with its outcome. A delivery recorded but not yet done when the process dies is
 picked up again at the next start (after the first sweep). With several instances on PostgreSQL only the
@@ -227,7 +227,8 @@ class Confirmer:
     async def confirm(self, row: RecordedCallback) -> Outcome:
         """Ask the API about the run of ``row`` until it shows it finished (see the module docstring). A run
         near the top of its listing (untracked, or created after its listing's new-run floor) is looked for in
-        the listing, with every other callback waiting then; an older tracked run is fetched on its own."""
+        the listing, with every other callback waiting then; an older tracked run, and a tracked run asked again,
+        is fetched on its own."""
         run_id, resource = row.run_id, resource_of(row.run_type)
         for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
             if delay:
@@ -236,7 +237,9 @@ class Confirmer:
             if tracked is not None and tracked.terminal:
                 return Outcome.KNOWN if attempt == 0 else Outcome.CONFIRMED
             try:
-                if tracked is None or self.sweeper.on_top(tracked):
+                # A retry of a tracked run asks for it alone: the look may not have reached it (a busy listing
+                # pushes a run down faster than a look reads), and one request settles it.
+                if tracked is None or (attempt == 0 and self.sweeper.on_top(tracked)):
                     await self.look({resource: [run_id]})
                 else:
                     run = await self.client().get_run(run_id, poll_url=tracked.run.poll_url,
