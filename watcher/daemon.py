@@ -46,6 +46,7 @@ from watcher.errors import AuthError, ConfigError, StoreError, StoreUnavailable,
 from watcher.observer import HealthObserver, Observer, Observers, Report, State
 from watcher.outage import StoreHealth, store_retry_s
 from watcher.readiness import STARTING, SWEEPER
+from watcher.settings import in_force, restart_only_changes
 from watcher.sinks.dryrun import DryRunSink
 from watcher.sinks.spec import Sink, delivery_targets
 from watcher.supervisor import Supervisor
@@ -331,9 +332,7 @@ class Daemon:
         self.notifier = notifier = systemd.Notifier.from_env(self.env)
         ping_every = systemd.watchdog_interval(self.env)
         if ping_every and not self.opts.once:
-            self.feeder = systemd.WatchdogFeeder(
-                period=systemd.wedge_period(ping_every, self.cfg.watch.interval, self.cfg.api.timeout),
-                started=self.clock.monotonic())
+            self.feeder = systemd.WatchdogFeeder(period=self._wedge_period(self.cfg), started=self.clock.monotonic())
         builtin: list[Observer] = [metrics, HealthObserver(health), systemd.SystemdObserver(notifier, self.feeder)]
         if self.opts.live_view and not self.opts.once and not self.opts.dry_run:
             from watcher.liveview import LiveViewObserver
@@ -342,6 +341,11 @@ class Daemon:
             stdout_sink = any(s.type == "stdout" for s in self.cfg.sinks)
             builtin.append(LiveViewObserver(clock=self.clock, list_events=not stdout_sink))
         self.observers.subscribers[:0] = builtin
+
+    def _wedge_period(self, cfg: Config) -> float:
+        from watcher import systemd
+
+        return systemd.wedge_period(systemd.watchdog_interval(self.env) or 0.0, cfg.watch.interval, cfg.api.timeout)
 
     def _start_watchdog(self) -> None:
         """Ping systemd's watchdog every half WatchdogSec while the loop makes progress (after READY=1)."""
@@ -708,6 +712,8 @@ class Daemon:
                 from watcher.sinks.registry import REGISTRY
 
                 new = load(self.opts.config_path, sink_types=REGISTRY)
+            restart_only = restart_only_changes(self.cfg, new)
+            new = in_force(self.cfg, new)  # what runs until the next start; that is what must pass the checks
             check_start(new)
         except ConfigError as exc:
             log.error("config.reload_rejected", error=str(exc), note="keeping the running configuration")
@@ -729,12 +735,29 @@ class Daemon:
             self.sweeper.client = self.client
         if self.push is not None:
             self.push.reconfigure(new.ingress)
-        elif new.ingress.enabled and not self.opts.dry_run:
-            log.warning("ingress.not_started", note="[ingress] was turned on: it starts at the next restart")
         self.cfg = new
         self.sweeper.replace_config(new.watch, self._sink_configs(new))
+        if self.feeder is not None:  # a longer interval must not read as a wedged loop
+            self.feeder.period = self._wedge_period(new)
+        if restart_only:
+            log.warning("config.reload_needs_restart", keys=list(restart_only),
+                        note="kept as they are until the next start (restart the service to apply them); the rest "
+                             "of the new configuration is in force")
+        self._warn_scope_kept(new)
         log.info("config.reloaded", sinks=list(self.sinks), interval=new.watch.interval)
         self.observers.on_state(State.READY, self.snapshot())
+
+    def _warn_scope_kept(self, new: Config) -> None:
+        """Several instances elect their sweeper per watch scope (API URL, filters, resources), fixed at the
+        start: a reload that changes it sweeps the new scope at once but is elected under the old one."""
+        if self.role is None:
+            return
+        scope = lease.scope_of(new.api.base_url, new.watch.workspace_id, new.watch.project_id,
+                               new.watch.technique_id, new.watch.resources)
+        if scope != self.role.scope:
+            log.warning("config.reload_scope_kept", note="the sweeps use the new API URL, filters or resources now; "
+                        "the sweeper is still elected under the old watch scope until the next start: restart "
+                        "every instance of this scope (or give them all the same reload)")
 
     async def _swap_sinks(self, old: Config, new: Config) -> None:
         """Unchanged sinks keep their worker; removed or changed ones stop (their in-flight send may finish

@@ -7,7 +7,7 @@ these from TOML (``parse``/``load``); code and tests may build them directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -114,6 +114,45 @@ class Config:
             values.extend(_store_url_secret_parts(self.store.url.reveal()))
         values.extend(s.reveal() for s in self.ingress.signing_secrets)
         return tuple(dict.fromkeys(v for v in values if v))
+
+
+# ------------------------------------------------------------------------------------- reloads (SIGHUP)
+
+# What a running daemon cannot take from a reloaded config: the state store it has open (and, for SQLite, the
+# directory holding its file and lock) and the addresses it listens on. A reload keeps them as they are; the
+# next start uses the new ones.
+RESTART_KEYS = ("watch.state_dir", "store.url", "store.lease", "server.listen", "ingress.listen")
+
+
+def restart_only_changes(running: Config, new: Config) -> tuple[str, ...]:
+    """Pure: the keys of ``RESTART_KEYS`` that ``new`` changes (in that order); names only, never a value (the
+    store URL holds a password). ``watch.state_dir`` counts only while the running state is SQLite, and
+    ``store.lease`` only for a PostgreSQL store: elsewhere they are not used."""
+    changed = []
+    if running.store.url is None and Path(running.watch.state_dir) != Path(new.watch.state_dir):
+        changed.append("watch.state_dir")
+    if running.store.url != new.store.url:
+        changed.append("store.url")
+    if running.store.url is not None and running.store.lease != new.store.lease:
+        changed.append("store.lease")
+    if running.server.listen != new.server.listen:
+        changed.append("server.listen")
+    if running.ingress.listen != new.ingress.listen:
+        changed.append("ingress.listen")
+    return tuple(changed)
+
+
+def in_force(running: Config, new: Config) -> Config:
+    """Pure: what a reload puts in force: ``new``, with the ``RESTART_KEYS`` as ``running`` has them. A listener
+    that ``new`` turns off keeps its running section whole (``[ingress]`` without ``listen`` may lack the
+    signing secret the running listener verifies with)."""
+    if new.ingress.enabled or not running.ingress.enabled:
+        ingress = replace(new.ingress, listen=running.ingress.listen)
+    else:
+        ingress = running.ingress
+    pinned = replace(new, watch=replace(new.watch, state_dir=running.watch.state_dir), store=running.store,
+                     server=running.server, ingress=ingress)
+    return new if pinned == new else pinned
 
 
 def _url_secret_parts(url: str) -> list[str]:

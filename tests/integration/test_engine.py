@@ -135,11 +135,12 @@ async def test_a_transition_while_the_watcher_runs_is_not_late(paths) -> None:
 
 
 @contextlib.asynccontextmanager
-async def stepped_daemon(cfg: Config, clock: FakeClock) -> AsyncIterator[tuple[Daemon, Recorder]]:
+async def stepped_daemon(cfg: Config, clock: FakeClock,
+                         env: dict[str, str] | None = None) -> AsyncIterator[tuple[Daemon, Recorder]]:
     """The daemon's own loop, running until the block ends (then stopped cleanly, exit 0), with a recorder of its
-    sweeps; the block steps it by moving ``clock``."""
+    sweeps; the block steps it by moving ``clock``. ``env``: the daemon's environment (systemd's variables)."""
     recorder = Recorder()
-    daemon = Daemon(cfg, Options(install_signal_handlers=False), clock=clock, observers=[recorder])
+    daemon = Daemon(cfg, Options(install_signal_handlers=False), clock=clock, observers=[recorder], env=env)
     task = asyncio.create_task(daemon.run())
     try:
         yield daemon, recorder
