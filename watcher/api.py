@@ -620,7 +620,7 @@ class FloraClient:
     def _should_retry(self, exc: BaseException, *, retry_unsafe: bool) -> bool:
         if not isinstance(exc, ApiError) or not exc.retryable:
             return False
-        retry_after = getattr(exc, "retry_after", None)
+        retry_after = exc.retry_after
         if retry_after is not None and retry_after > self._retry_after_cap:
             return False  # the server wants a longer break than a quick retry; the caller decides
         return isinstance(exc, RateLimitedError) or retry_unsafe
@@ -629,7 +629,7 @@ class FloraClient:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RateLimitedError):
             return 0.0  # the limiter's global pause does the waiting, for every request alike
-        retry_after = getattr(exc, "retry_after", None)
+        retry_after = exc.retry_after if isinstance(exc, ApiError) else None
         if retry_after is not None:
             return min(retry_after, self._retry_after_cap)
         return full_jitter(state.attempt_number - 1, self._rand.random(), base=RETRY_BASE, cap=RETRY_CAP)
@@ -644,8 +644,8 @@ class FloraClient:
             attempt=state.attempt_number,
             wait=round(max(sleep, self._limiter.pause_remaining()), 3),
             outcome=outcome_of(exc) if isinstance(exc, ApiError) else None,
-            status=getattr(exc, "status", None),
-            error=getattr(exc, "message", None),
+            status=exc.status if isinstance(exc, ApiError) else None,
+            error=exc.message if isinstance(exc, ApiError) else None,
         )
 
     # -------------------------------------------------------------------------------- bookkeeping

@@ -663,7 +663,7 @@ class Daemon:
 
     def _short(self, error: BaseException | str) -> str:
         text = str(error)
-        for name in (getattr(self.store, "path", None), stores.describe(self.cfg)):
+        for name in (self.store.path if self.store is not None else None, stores.describe(self.cfg)):
             if name and text.startswith(f"state store {name}: "):
                 return text[len(f"state store {name}: "):]
         return text

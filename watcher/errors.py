@@ -67,10 +67,12 @@ class ApiError(WatcherError):
     """An error talking to the FLORA API.
 
     ``status`` is the HTTP status (None for transport errors), ``code`` FLORA's ``error.code`` when the body
-    carried the documented envelope, ``request_id`` the ``request-id`` response header.
+    carried the documented envelope, ``request_id`` the ``request-id`` response header. ``retry_after``:
+    seconds the API asked us to wait (429, 503 … with Retry-After), else None.
     """
 
     retryable: bool = False
+    retry_after: float | None = None
 
     def __init__(
         self,
@@ -108,8 +110,7 @@ class RateLimitedError(ApiError):
 class ServerError(ApiError):
     """408/409/5xx: transient on the API side."""
 
-    retryable = True
-    retry_after: float | None = None  # seconds from Retry-After/retry-after-ms when the server sent one
+    retryable = True  # retry_after: seconds from Retry-After/retry-after-ms when the server sent one
 
 
 class ApiUnavailableError(ApiError):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from watcher.config import Config, load
 from watcher.store import Store, store_path
+from watcher.store_api import AdminStore
 
 
 def load_for_store(config_path: str | None) -> Config:
@@ -16,7 +17,7 @@ def load_for_store(config_path: str | None) -> Config:
     return load(config_path, sink_types=REGISTRY, require_api_key=False)
 
 
-def open_store(cfg: Config) -> Store | None:
+def open_store(cfg: Config) -> AdminStore | None:
     """The state store (SQLite, or PostgreSQL with [store] url), or None when the watcher has never run with it."""
     if cfg.store.url is not None:
         from watcher.stores import open_blocking
@@ -62,7 +63,7 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
-def known_sinks(cfg: Config, store: Store | None) -> set[str]:
+def known_sinks(cfg: Config, store: AdminStore | None) -> set[str]:
     """Sink names a command may be asked about: the configured ones, and any the state store still holds
     deliveries or health for (a sink removed from the config keeps its dead letters)."""
     from watcher.sinks.spec import delivery_targets

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +36,7 @@ def main(args: argparse.Namespace) -> int:
     )
     from watcher.logs import redact
     from watcher.sinks.spec import DEFAULT_SINK_TIMEOUT
+    from watcher.store_api import SinkState
 
     cfg = load_for_store(args.config)
     store = open_store(cfg)
@@ -50,9 +50,12 @@ def main(args: argparse.Namespace) -> int:
         rows = store.list_deliveries(failed=args.failed, limit=max(1, args.limit), sink=args.sink)
         # the circuit breaker's pauses (name → (since_ms, next_probe_ms)) that still hold
         health = store.sink_states()
-        pauses = {name: pause for name, stored in store.sink_pauses().items()
-                  if (pause := live_pause(stored, last_success_ms=_health(health, name, "last_success_ms"),
-                                          last_failure_ms=_health(health, name, "last_failure_ms"))) is not None}
+        pauses = {}
+        for name, stored in store.sink_pauses().items():
+            state = health.get(name) or SinkState(name)
+            pause = live_pause(stored, last_success_ms=state.last_success_ms, last_failure_ms=state.last_failure_ms)
+            if pause is not None:
+                pauses[name] = pause
         last_sweep = store.get_meta("last_sweep_ms")
     finally:
         if store is not None:
@@ -82,11 +85,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"{r.event_id} {r.event_type:<13} {r.run_id} → {r.sink}: {plural(r.attempts, 'attempt')}, "
               f"queued {ago(r.created_ms, now)}, {when}{error}")
     return 0
-
-
-def _health(states: dict[str, Any], name: str, field: str) -> int | None:
-    state = states.get(name)
-    return getattr(state, field, None) if state is not None else None
 
 
 def real_next_attempt_ms(next_attempt_ms: int | None, pause: tuple[int, int | None] | None) -> int | None:

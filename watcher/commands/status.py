@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     try:
         summary = store.summary()
-        pauses = store.sink_pauses() if hasattr(store, "sink_pauses") else {}  # the breaker's, if any
+        pauses = store.sink_pauses()  # the circuit breaker's paused sinks
         callbacks = store.callback_counts(since_ms=now_ms() - DAY_MS)
     finally:
         store.close()

@@ -15,6 +15,7 @@ from typing import Any
 from watcher.model import Event, Run
 from watcher.readiness import Readiness
 from watcher.render import safe_url
+from watcher.store_api import SinkState
 
 RECENT_EVENTS = 100  # transitions shown under "Recent outcomes"
 ACTIVE_MAX = 200  # active runs listed (the oldest); the total is always given
@@ -149,17 +150,17 @@ def sink_health(*, disabled_reason: str | None, consecutive_failures: int, last_
 
 
 def sinks(
-    configured: Mapping[str, str], counts: Mapping[str, Mapping[str, int]], states: Mapping[str, Any],
+    configured: Mapping[str, str], counts: Mapping[str, Mapping[str, int]], states: Mapping[str, SinkState],
     redact: Callable[[str], str],
 ) -> list[dict[str, Any]]:
     """One entry per configured sink (and per sink that still has deliveries in the store): name, type,
     health, outbox depth, dead letters, last error, disabled reason. ``states``: ``store.sink_states()``."""
     shown = []
     for name in sorted(set(configured) | set(counts)):
-        state = states.get(name)
-        disabled = getattr(state, "disabled_reason", None)
-        failures = getattr(state, "consecutive_failures", 0) or 0
-        last_success = getattr(state, "last_success_ms", None)
+        state = states.get(name) or SinkState(name)  # no row yet: never delivered, never failed
+        disabled = state.disabled_reason
+        failures = state.consecutive_failures
+        last_success = state.last_success_ms
         by_state = counts.get(name, {})
         shown.append({
             "name": name,
@@ -171,8 +172,8 @@ def sinks(
             "dead": by_state.get("dead", 0),
             "consecutive_failures": failures,
             "last_success_ms": last_success,
-            "last_failure_ms": getattr(state, "last_failure_ms", None),
-            "last_error": scrub(getattr(state, "last_error", None), redact),
+            "last_failure_ms": state.last_failure_ms,
+            "last_error": scrub(state.last_error, redact),
             "disabled_reason": scrub(disabled, redact),
         })
     return shown
