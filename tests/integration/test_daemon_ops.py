@@ -513,6 +513,7 @@ async def test_metrics_and_health_endpoints_show_the_daemon_working(sim, spawn, 
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(config_text(sim.base_url, tmp_path, listen=f"127.0.0.1:{port}",
                                sinks=[{"name": "journal", "type": "file", "path": str(events_file)}]))
+    spawned = time.time()
     watcher = await spawn(cfg)
     assert (await wait_ready(http, base)).startswith("ok: sweeper, last successful sweep")
     assert await get(http, base + "/healthz") == (200, "ok\n")
@@ -548,7 +549,10 @@ async def test_metrics_and_health_endpoints_show_the_daemon_working(sim, spawn, 
     assert value(after, "flora_watcher_events_total", type="run.failed") == 1
     assert value(after, "flora_watcher_sweeps_total", outcome="error") == 0
     assert value(after, "flora_watcher_detection_latency_seconds_count") == 2
-    assert value(after, "flora_watcher_last_successful_sweep_timestamp_seconds") > time.time() - 5
+    # a wall-clock timestamp in seconds (not ms, not monotonic), moved by the sweeps since the first scrape
+    last_sweep = value(after, "flora_watcher_last_successful_sweep_timestamp_seconds")
+    assert value(before, "flora_watcher_last_successful_sweep_timestamp_seconds") < last_sweep <= time.time()
+    assert last_sweep >= spawned
     assert await watcher.stop() == 0
 
 
