@@ -96,3 +96,10 @@ async def test_group_commit_writes_what_comes_together_in_one_batch() -> None:
         with pytest.raises(RuntimeError):
             await task
     assert await group.submit(5) == 50  # the next batch is written again
+
+
+def test_the_page_shows_the_address_the_listener_got() -> None:
+    """listen = "127.0.0.1:0" (any free port): the page names the port it got, not ':0'."""
+    assert ingress({"listen": "127.0.0.1:0", "host": "127.0.0.1", "port": 40123})["listen"] == "127.0.0.1:40123"
+    assert ingress({"listen": "[::1]:0", "host": "::1", "port": 40123})["listen"] == "[::1]:40123"
+    assert ingress({"listen": "127.0.0.1:8788", "host": None, "port": None})["listen"] == "127.0.0.1:8788"

@@ -186,9 +186,13 @@ def readiness(ready: Readiness | None) -> dict[str, Any] | None:
 
 def ingress(raw: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """``[ingress]`` as the page shows it (``push.Push.status``): where it listens and the counters; None when
-    it is off. Only numbers and the configured address pass (nothing a client sent)."""
+    it is off. Only numbers and the address pass (nothing a client sent): the bound one once it listens (a
+    configured port 0 shows the port it got), else the configured one."""
     if raw is None:
         return None
+    host, port, listen = raw.get("host"), raw.get("port"), raw.get("listen")
+    if isinstance(host, str) and isinstance(port, int) and not isinstance(port, bool) and port > 0:
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def count(key: str) -> int:
         value = raw.get(key)
@@ -201,7 +205,7 @@ def ingress(raw: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return {str(k)[:NAME_MAX]: v for k, v in sorted(value.items()) if isinstance(v, int)}
 
     return {
-        "listen": _text(raw.get("listen")), "path": _text(raw.get("path")),
+        "listen": _text(listen), "path": _text(raw.get("path")),
         "accepted": count("accepted"), "duplicate": count("duplicate"), "unrecorded": count("unrecorded"),
         "rejected": counts("rejected"), "confirmed": counts("confirmed"), "confirming": count("confirming"),
         "last_accepted_ms": _ms(raw.get("last_accepted_ms")), "last_rejected_ms": _ms(raw.get("last_rejected_ms")),
