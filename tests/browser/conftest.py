@@ -349,9 +349,3 @@ def open_page(browser: Any, stack: Stack) -> Iterator[Callable[..., Any]]:
     for context in contexts:
         context.close()
 
-
-@pytest.fixture(scope="session")
-def screenshots_dir() -> Path | None:
-    """Set FLORA_SCREENSHOTS=docs (a directory) to write the README's screenshots from these tests."""
-    target = os.environ.get("FLORA_SCREENSHOTS")
-    return Path(target) if target else None
