@@ -821,6 +821,7 @@ class Daemon:
         self.observers.on_state(State.STOPPING, self.snapshot())
         log.info("daemon.stopping")
         if self.push is not None:  # no callback is taken from now on (FLORA retries it, or polling finds the run)
+            await self.supervisor.cancel("ingress")  # first: a listener closed under its task reads as a crash
             await self.push.close()
         self.supervisor.stop_all()
         for name in ("sweep-loop", "confirmer", "ingress", "lease", "watchdog"):
