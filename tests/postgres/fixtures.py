@@ -52,9 +52,10 @@ def pg_url(pg_cluster: Cluster) -> str:
 
 @pytest.fixture
 def pg_own_cluster() -> Iterator[Cluster]:
-    """A cluster of the test's own, for tests that restart, stop or reconfigure it (the session's is shared)."""
+    """A cluster of the test's own, for tests that restart, stop or reconfigure it (the session's is shared);
+    crash-safe commits, so ``restart("immediate")`` loses nothing a client was told is committed."""
     _require()
-    cluster = start_cluster()
+    cluster = start_cluster(crash_safe=True)
     try:
         yield cluster
     finally:
