@@ -370,7 +370,9 @@ def unexplained_duplicates(hook: Receiver, deaths: dict[str, list[float]], windo
             copies = ", ".join(f"{who}@{at:.2f}" for at, who, i in accepted if i == event_id)
             kills = "; ".join(f"{who} killed at {', '.join(f'{d:.2f}' for d in ds)}"
                               for who, ds in deaths.items() if ds)
-            out.append(f"{event_id} ({copies}; {kills or 'no kills'})")
+            away = ", ".join(f"{down:.2f}-{back:.2f}" for down, back in outages or [])
+            out.append(f"{event_id} ({copies}; {kills or 'no kills'}"
+                       + (f"; database away {away}" if away else "") + ")")
     return out
 
 

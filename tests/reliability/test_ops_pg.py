@@ -105,6 +105,6 @@ async def test_admin_commands_reloads_and_kills_next_to_two_instances_on_postgre
         codes = [await inst.proc.terminate() for inst in f.instances.values()]
 
     assert codes == [0, 0]
-    assert not verdict.problems, verdict.summary()
+    assert not verdict.problems, f"{verdict.problems} {verdict.summary()}"
     assert verdict.delivered["hook"] == verdict.expected == len(f.created)
     assert verdict.synthetic["hook"] >= 1

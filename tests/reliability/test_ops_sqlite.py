@@ -86,7 +86,7 @@ async def test_admin_commands_and_reloads_next_to_the_daemon_leave_its_sqlite_st
 
         assert (stale := await stale_status(r.config, r.proc, logs=r.proc.logs)) is None, stale
         verdict = await r.settle(timeout=30)
-        assert not verdict.problems, verdict.summary()
+        assert not verdict.problems, f"{verdict.problems} {verdict.summary()}"
         delivered = [e["id"] for e in read_jsonl(r.events_file)[0]]
         assert not (missing := await events_missing(r.config, delivered, logs=r.proc.logs)), (
             f"`events` misses {len(missing)} delivered events, e.g. {missing[:3]} (issue 24 item 1)")
@@ -109,7 +109,7 @@ async def test_admin_commands_and_reloads_next_to_the_daemon_leave_its_sqlite_st
                                      logs=r.proc.logs)
         assert not problems, problems
         verdict = await r.settle(timeout=30)
-        assert not verdict.problems, verdict.summary()
+        assert not verdict.problems, f"{verdict.problems} {verdict.summary()}"
 
         # kill -9 at seeded random moments after a reload and an admin command: nothing lost, nothing re-detected.
         for _ in range(2):
@@ -128,7 +128,7 @@ async def test_admin_commands_and_reloads_next_to_the_daemon_leave_its_sqlite_st
         code = await r.proc.terminate()
 
     assert code == 0
-    assert not verdict.problems, verdict.summary()
+    assert not verdict.problems, f"{verdict.problems} {verdict.summary()}"
     assert verdict.delivered == {"journal": len(r.created), "hook": len(r.created)}
     assert verdict.duplicates["journal"] == 0
     assert verdict.synthetic["hook"] >= 1  # test-sink's event went through the running daemon's sink
