@@ -180,6 +180,8 @@ class Receiver:
         self.delay = delay
         self.retry_after = retry_after
         self.hang_s = hang_s
+        self._hung: list[web.Request] = []  # requests held by ``hang`` now
+        self._release = asyncio.Event()
         self.received: list[Received] = []
         self.runner: web.AppRunner | None = None
         self.origin = ""
@@ -200,6 +202,16 @@ class Receiver:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def hung_open(self) -> int:
+        """How many ``hang`` requests are held now with their sender still connected (still waiting for our
+        answer): 0 once the sender gave up on them (its timeout) or they were released."""
+        return sum(1 for r in self._hung if r.transport is not None and not r.transport.is_closing())
+
+    def release_hung(self) -> None:
+        """End the ``hang`` requests held now by dropping their connections (the sender sees a reset)."""
+        self._release.set()
+        self._release = asyncio.Event()
+
     def accepted(self) -> list[Received]:
         """Requests answered 2xx: what the receiver took as delivered."""
         return [r for r in self.received if 200 <= r.status < 300]
@@ -216,8 +228,16 @@ class Receiver:
         mode = self.by_path.get(request.path) or (self.mode() if callable(self.mode) else self.mode)
         if mode == "hang":
             self.received.append(Received(at, request.path, headers, body, 0, verified))
-            await asyncio.sleep(self.hang_s)
-            return web.Response(status=504)
+            self._hung.append(request)
+            try:
+                await asyncio.wait_for(self._release.wait(), self.hang_s)
+            except TimeoutError:
+                return web.Response(status=504)
+            finally:
+                self._hung.remove(request)
+            if request.transport is not None:  # released: the connection is dropped, as `reset` does
+                request.transport.abort()
+            return web.Response(status=499)
         if mode == "reset":
             self.received.append(Received(at, request.path, headers, body, 0, verified))
             if request.transport is not None:
@@ -364,7 +384,7 @@ class WatcherProcess:
             self.proc.send_signal(signal.SIGKILL)
             await self.wait(30)
 
-    async def terminate(self, timeout: float = 20) -> int:
+    async def terminate(self, timeout: float = 60) -> int:
         """SIGTERM and wait for a clean stop; SIGKILL (and AssertionError) when it does not come."""
         assert self.proc is not None
         if self.alive():
@@ -393,7 +413,7 @@ class WatcherProcess:
     def log_size(self) -> int:
         return self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
 
-    async def reload(self, expect: str = '"config.reloaded"', timeout: float = 15) -> None:
+    async def reload(self, expect: str = '"config.reloaded"', timeout: float = 60) -> None:
         """SIGHUP, then wait for the daemon's answer in its log (``"config.reload_rejected"`` for a bad config)."""
         assert self.proc is not None and self.alive(), "reload of a watcher that is not running"
         offset = self.log_size()
@@ -446,8 +466,9 @@ def deleted_files(pid: int, needle: str) -> list[str]:
     return out
 
 
-async def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
-    """(status, body) of a GET; (0, the error) when nothing answered."""
+async def http_get(url: str, timeout: float = 30) -> tuple[int, str]:
+    """(status, body) of a GET; (0, the error) when nothing answered (within ``timeout``: a liveness bound, a
+    busy machine's daemon may take seconds to answer)."""
     import aiohttp
 
     try:
