@@ -496,7 +496,7 @@ async def test_transport_errors_become_api_unavailable(
 
 async def test_a_real_timeout_uses_the_configured_timeout(make_client: Callable[..., FloraClient]) -> None:
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(5)
+        await asyncio.Event().wait()  # never answers: only the client's own timeout ends the request
         return web.json_response(run("run_1"))
 
     app = web.Application()
@@ -508,10 +508,8 @@ async def test_a_real_timeout_uses_the_configured_timeout(make_client: Callable[
     port = site._server.sockets[0].getsockname()[1]
     try:
         client = make_client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=0.1, max_retries=0)
-        started = time.monotonic()
         with pytest.raises(ApiUnavailableError, match=r"no answer within 0.1s"):
-            await client.get_run("run_1")
-        assert time.monotonic() - started < 4  # gave up at its own timeout, not after the server's 5 s
+            await asyncio.wait_for(client.get_run("run_1"), 60)  # 60 s: a liveness bound only
         await client.close()
     finally:
         await runner.cleanup()

@@ -151,7 +151,7 @@ def test_follow_prints_new_events_as_they_are_stored(history: Path, tmp_path: Pa
         assert json.loads(line)["data"]["run_id"] == "run_live"
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
 
 
@@ -164,7 +164,7 @@ class Lines:
         stdout = proc.stdout
         threading.Thread(target=lambda: [self._queue.put(b) for b in iter(stdout.readline, b"")], daemon=True).start()
 
-    def next(self, count: int, timeout: float = 10.0) -> list[str]:
+    def next(self, count: int, timeout: float = 60.0) -> list[str]:  # liveness: a busy machine starts Python slowly
         got: list[str] = []
         deadline = time.monotonic() + timeout
         while len(got) < count:

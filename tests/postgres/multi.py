@@ -180,7 +180,7 @@ class Fleet:
                 return inst.name, row[1], row[2]
         return f"pid {pid}", row[1], row[2]
 
-    async def wait_sweeper(self, *, other_than: str | None = None, timeout: float = 20) -> tuple[str, float]:
+    async def wait_sweeper(self, *, other_than: str | None = None, timeout: float = 60) -> tuple[str, float]:
         """Wait until a live instance (not ``other_than``) holds a valid lease; (its name, seconds waited)."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
@@ -214,7 +214,7 @@ class Fleet:
             await asyncio.sleep(0.05)
         return time.monotonic() - started
 
-    async def ready(self, inst: Instance, timeout: float = 15.0) -> str:
+    async def ready(self, inst: Instance, timeout: float = 60.0) -> str:
         """Wait until ``inst``'s /readyz answers 200; its body. AssertionError naming the last answer otherwise."""
         deadline = time.monotonic() + timeout
         while True:
@@ -227,7 +227,7 @@ class Fleet:
                                      f"{body.strip()!r}")
             await asyncio.sleep(0.1)
 
-    async def roles_ready(self, timeout: float = 15.0) -> None:
+    async def roles_ready(self, timeout: float = 60.0) -> None:
         """Wait until every running instance is ready and its /readyz names the role the database gives it: the
         sweeper's and the standby's (issue 24 item 5: a standby that heartbeats and delivers is ready). The two
         views may differ for a moment around a takeover, so both are read again until they agree."""
@@ -252,7 +252,7 @@ class Fleet:
             await asyncio.sleep(0.1)
 
     async def not_ready(self, inst: Instance, says: Callable[[str], bool] = lambda body: True,
-                        timeout: float = 20.0) -> str:
+                        timeout: float = 60.0) -> str:
         """Wait until ``inst``'s /readyz answers 503 with a reason that ``says`` accepts; that reason. (The first
         503 of an outage may name a symptom — a lease heartbeat gone stale while the database connection still
         times out — before the cause.)"""

@@ -19,7 +19,8 @@ from watcher.simulator.callbacks import DEFAULT_SIGNING_SECRET
 pytestmark = pytest.mark.slow
 
 INGRESS = f'\n[ingress]\nlisten = "127.0.0.1:0"\nsigning_secret = "{DEFAULT_SIGNING_SECRET}"\n'
-INTERVAL = 6.0  # long enough that a sweep does not explain a callback run's event
+INTERVAL = 15.0  # long enough that a sweep does not explain a callback run's event, even on a busy machine
+LIVENESS = 60.0  # a bound for a hung test only
 
 
 def ingress_url(inst) -> str:
@@ -52,11 +53,12 @@ async def test_the_standby_records_the_sweeper_confirms_and_a_killed_sweeper_los
         pushed = [f.sim.create_run(pending_ms=(0, 100), running_ms=(100, 600), callback_url=standby)
                   for _ in range(6)]
         f.created += pushed
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + LIVENESS
         while not {r for r, _ in f.delivered()} >= set(pushed):
             assert time.monotonic() < deadline, "the callback runs' events"
             await asyncio.sleep(0.05)
-        assert time.monotonic() - started < INTERVAL * 2  # not a sweep's doing (they come every 6 s)
+        # well before the next sweep: about a second on an idle machine; two intervals leave room for a loaded one
+        assert time.monotonic() - started < INTERVAL * 2
         confirmed_by = {inst.name: {e["run_id"] for e in log_events(inst, "callback.done")}
                         for inst in f.instances.values()}
         assert confirmed_by["b"] == set() and confirmed_by["a"] <= set(pushed)  # only the sweeper confirms
@@ -65,7 +67,8 @@ async def test_the_standby_records_the_sweeper_confirms_and_a_killed_sweeper_los
         await a.kill()
         more = [f.sim.create_run(pending_ms=0, running_ms=(100, 300), callback_url=standby) for _ in range(4)]
         f.created += more
-        await f.wait_sweeper(other_than="a", timeout=f.lease * 4)
+        # how soon is the lease's timing, tested on its own (test_failover.py): here only that it happens
+        await f.wait_sweeper(other_than="a", timeout=LIVENESS)
         await f.settle(timeout=60)
         verdict = f.verdict()
         assert verdict.problems == [], verdict.summary()

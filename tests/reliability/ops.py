@@ -130,7 +130,7 @@ async def sweeps_ok(server_url: str) -> float:
     raise AssertionError("no flora_watcher_sweeps_total{outcome=\"ok\"} on /metrics")
 
 
-async def sweeps_seen(server_url: str, count: int = 2, timeout: float = 20) -> None:
+async def sweeps_seen(server_url: str, count: int = 2, timeout: float = 60) -> None:
     """Wait until the daemon finished ``count`` more successful sweeps."""
     start = await sweeps_ok(server_url)
     deadline = time.monotonic() + timeout

@@ -59,7 +59,7 @@ class Rig:
         return check(truth=self.sim.transitions(), created=self.created, events_file=self.events_file,
                      webhook=self.hook, foreign=self.foreign)
 
-    async def settle(self, timeout: float = 20.0, sinks: tuple[str, ...] = ("journal", "hook")) -> Verdict:
+    async def settle(self, timeout: float = 60.0, sinks: tuple[str, ...] = ("journal", "hook")) -> Verdict:
         """Wait until every created run ended and every transition reached ``sinks``; the verdict then."""
         deadline = time.monotonic() + timeout
         while True:

@@ -80,7 +80,7 @@ async def test_admin_commands_reloads_and_kills_next_to_two_instances_on_postgre
             problems = await admin_round(a.proc.config, procs, commands, logs=a.proc.logs, concurrently=True)
             assert not problems, f"after a reload with {what}: {problems}"
             await f.roles_ready()
-        await f.settle(timeout=30)
+        await f.settle(timeout=60)
         delivered = [r.event["id"] for r in f.hook.accepted()
                      if r.event is not None and not str(r.event["data"]["run_id"]).startswith(TEST_SINK_RUN_PREFIX)]
         assert not (missing := await events_missing(a.proc.config, delivered, logs=a.proc.logs)), missing

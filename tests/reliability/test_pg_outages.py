@@ -33,8 +33,9 @@ pytestmark = pytest.mark.slow
 
 # "Delivery resumed within seconds of the database's return": a part that finds the store away retries after at
 # most 5 s (watcher.outage.STORE_RETRY_MAX_S), so it catches up in ~1-4 s on an idle machine (the figure is
-# printed); the bound is generous for a 2-core machine with four test workers and other suites beside it.
-RESUME_WITHIN_S = 20.0
+# printed). The bound is a liveness bound: at load 20-40 on 2 cores the catch-up alone can take 20 s; delivery
+# that never resumes (item 2), or waits out a backoff of minutes, still fails it.
+RESUME_WITHIN_S = 60.0
 # The stop is longer than every window the issue measured: instances exited 14-25 s into an outage, a start with
 # the database down gave up after ~11 s, and the pool's connect timeout is 10 s.
 OUTAGE_S = 40.0
@@ -80,7 +81,7 @@ async def running_fleet(tmp_path: Path, url: str, *, seed: int,
         await f.instances["b"].start()
         await f.roles_ready()
         f.create(4, random.Random(seed))
-        await f.settle(timeout=30)
+        await f.settle(timeout=60)
         yield f
 
 
@@ -102,7 +103,7 @@ async def finish(f: Fleet, rng: random.Random) -> None:
     """More runs after the database is back; everything delivered once, duplicates only from a cut send; each
     instance stops cleanly."""
     f.create(6, rng)
-    await f.settle(timeout=30)
+    await f.settle(timeout=60)
     verdict = f.verdict()
     assert not verdict.problems, f"{verdict.problems} {verdict.summary()}"
     assert verdict.delivered["hook"] == verdict.expected == len(f.created)
