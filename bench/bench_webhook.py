@@ -6,6 +6,12 @@ reports events/s and CPU seconds per event of the sender process (``resource.get
 the exact command are appended to ``bench/RESULTS.md`` under "Webhook sink throughput".
 
     python bench/bench_webhook.py [--events 10000] [--concurrency 8] [--signature standard|flora|none]
+    python bench/bench_webhook.py --callgrind --stored-body --events 2000 [--watcher-src DIR]
+
+``--callgrind`` counts the instructions the sender executes per event under valgrind's callgrind, only while
+the events are pushed (not the start-up or the warm-up send): the same figure on a busy machine as on a quiet
+one, for an A/B of the send path (``--watcher-src DIR`` sends with another checkout's ``watcher``).
+``--stored-body`` passes each event's stored JSON (as the dispatcher does) instead of rendering it per send.
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ import asyncio
 import base64
 import json
 import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +36,8 @@ import _meta
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+if "--watcher-src" in sys.argv[:-1]:  # before any watcher import: send with another checkout's code
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--watcher-src") + 1]).resolve()))
 
 HEADING = "## Webhook sink throughput"
 
@@ -93,7 +104,9 @@ def make_events(n: int):
     return events
 
 
-async def push(url: str, events, concurrency: int, signature: str) -> dict:
+async def push(url: str, events, concurrency: int, signature: str, *, stored_body: bool = False,
+               child: bool = False) -> dict:
+    from watcher.render import event_body
     from watcher.secret import Secret
     from watcher.sinks.registry import sink_config
     from watcher.sinks.webhook import WebhookSink
@@ -105,27 +118,31 @@ async def push(url: str, events, concurrency: int, signature: str) -> dict:
     await sink.start()
     queue: asyncio.Queue = asyncio.Queue()
     for event in events:
-        queue.put_nowait(event)
+        queue.put_nowait((event, event_body(event) if stored_body else None))
     latencies: list[float] = []
     failures = 0
 
     async def worker() -> None:
         nonlocal failures
         while not queue.empty():
-            event = queue.get_nowait()
+            event, body = queue.get_nowait()
             started = time.perf_counter()
             try:
-                await sink.send(event)
+                await sink.send(event, body=body)
             except Exception:
                 failures += 1
             latencies.append(time.perf_counter() - started)
 
     await sink.send(events[0])  # warm-up: connection pool, imports (not counted)
+    if child:
+        handshake("measure")
     before = resource.getrusage(resource.RUSAGE_SELF)
     wall = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - wall
     after = resource.getrusage(resource.RUSAGE_SELF)
+    if child:
+        handshake("done")
     await sink.close()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     latencies.sort()
@@ -142,6 +159,42 @@ async def received(url: str) -> int:
 
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         return int((await resp.json())["count"])
+
+
+def handshake(word: str) -> None:
+    print(word, flush=True)
+    sys.stdin.readline()
+
+
+def callgrind(args: argparse.Namespace, url: str) -> int:
+    """The sender under callgrind, counting only the pushed events (not start-up or warm-up); returns the
+    instructions."""
+    valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
+    if not valgrind or not control:
+        raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="flora-callgrind-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        cmd = [valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", sys.executable,
+               str(Path(__file__).resolve()), "--child", url, "--events", str(args.events),
+               "--concurrency", str(args.concurrency), "--signature", args.signature]
+        cmd += ["--stored-body"] if args.stored_body else []
+        cmd += ["--watcher-src", str(args.watcher_src)] if args.watcher_src else []
+        child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True)
+        assert child.stdin is not None and child.stdout is not None
+        for line in child.stdout:
+            word = line.strip()
+            if word in ("measure", "done"):
+                subprocess.run([control, "-i", "on" if word == "measure" else "off", str(child.pid)],
+                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                child.stdin.write("\n")
+                child.stdin.flush()
+        if child.wait() != 0:
+            raise SystemExit(f"the sender under callgrind exited with {child.returncode}")
+        totals = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
+        if totals is None:
+            raise SystemExit("callgrind wrote no totals")
+        return int(totals.group(1))
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -184,10 +237,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signature", choices=("standard", "flora", "none"), default="standard")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--no-record", action="store_true", help="print the figures only")
+    parser.add_argument("--stored-body", action="store_true",
+                        help="send each event's stored JSON (as the dispatcher does) instead of rendering it per send")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="count the sender's instructions per event (valgrind) instead of CPU time; prints only")
+    parser.add_argument("--watcher-src", type=Path, default=None,
+                        help="send with the watcher package of this checkout (an A/B against another build)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve()
+        return 0
+    if args.child:
+        asyncio.run(push(args.child, make_events(args.events), args.concurrency, args.signature,
+                         stored_body=args.stored_body, child=True))
         return 0
     meta = _meta.start("bench/bench_webhook.py", sys.argv[1:] if argv is None else argv)
     receiver = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"],
@@ -195,8 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         assert receiver.stdout is not None
         port = int(receiver.stdout.readline())
+        if args.callgrind:
+            instructions = callgrind(args, f"http://127.0.0.1:{port}/hook")
+            received_n = asyncio.run(received(f"http://127.0.0.1:{port}/count")) - 1
+            meta.finish()
+            print(f"{instructions / args.events / 1000:.1f} k instructions per event ({instructions:,} for "
+                  f"{args.events} events; receiver counted {received_n}; watcher from "
+                  f"{args.watcher_src or ROOT})")
+            return 0 if received_n == args.events else 1
         events = make_events(args.events)
-        figures = asyncio.run(push(f"http://127.0.0.1:{port}/hook", events, args.concurrency, args.signature))
+        figures = asyncio.run(push(f"http://127.0.0.1:{port}/hook", events, args.concurrency, args.signature,
+                                   stored_body=args.stored_body))
         figures["received"] = asyncio.run(received(f"http://127.0.0.1:{port}/count")) - 1  # minus warm-up
     finally:
         if receiver.stdin is not None:

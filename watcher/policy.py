@@ -182,6 +182,9 @@ def _message(status: int, body: bytes) -> str:
 def body_snippet(body: bytes, limit: int = _SNIPPET_CHARS) -> str:
     """A short, one-line, printable excerpt of a response body: tags, URLs and control characters removed."""
     text = body[: limit * 8].decode("utf-8", errors="replace")
+    if text.isascii() and text.isprintable() and "<" not in text and "://" not in text:
+        text = " ".join(text.split())  # the usual short "ok" / JSON answer: nothing for the patterns to remove
+        return text if len(text) <= limit else text[: limit - 1] + "…"
     text = _URL.sub("<url>", _TAG.sub(" ", text))
     text = " ".join(_CONTROL.sub(" ", text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -190,6 +190,25 @@ def test_body_snippet_handles_invalid_utf8():
     assert len(body_snippet("é".encode() * 500)) == 200
 
 
+def _snippet_by_patterns(body: bytes, limit: int = 200) -> str:
+    """body_snippet without its fast path for plain ASCII answers: every pattern applied."""
+    from watcher.policy import _CONTROL, _TAG, _URL
+
+    text = _URL.sub("<url>", _TAG.sub(" ", body[: limit * 8].decode("utf-8", errors="replace")))
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(["ok", " ", "<b>", "</b>", "<secret>", "https://h/p?k=v", "://", "\t", "\n",
+                                 "\x00", "\x7f", "\x85", "é", "{\"ok\":true}", "a" * 150]), max_size=12),
+       st.sampled_from([5, 200]))
+def test_body_snippet_plain_answers_read_as_the_patterns_would(parts, limit):
+    """The fast path for a short printable-ASCII answer gives exactly what the tag/URL/control patterns give."""
+    body = "".join(parts).encode()
+    assert body_snippet(body, limit) == _snippet_by_patterns(body, limit)
+
+
 # -------------------------------------------------------------------------------------- decide_failure
 
 CFG = DeliveryConfig(retry_horizon=72 * 3600.0, backoff_initial=1.0, backoff_max=600.0)

@@ -121,18 +121,20 @@ class WebhookSink(HttpSink[WebhookOptions]):
                 raise ConfigError(cfg.key(f"headers.{name}"), "set by the webhook sink itself; it cannot be overridden")
             if any(c in value.reveal() for c in "\r\n\0"):
                 raise ConfigError(cfg.key(f"headers.{name}"), "contains a line break or NUL character")
+        assert options.url is not None  # HttpSink checked it
+        # Built once, not per request: the URL and the configured headers (secrets: never logged or shown).
+        self._url = options.url.reveal()
+        self._headers = {name: value.reveal() for name, value in options.headers.items()}
 
     async def send(self, event: Event, *, body: bytes | None = None) -> SendResult:
         """POST the event. ``body``: the event's JSON exactly as stored (sent byte for byte); by default the
         compact serialisation of ``event``."""
         data = body if body is not None else event_body(event)
-        headers = {name: value.reveal() for name, value in self.options.headers.items()}
-        headers.update(signature_headers(
+        headers = {**self._headers, **signature_headers(
             self.options.signature, event_id=event.id, event_type=event.type,
             timestamp=self.clock.now_ms() // 1000, body=data, keys=self._keys,
-        ))
-        assert self.options.url is not None
-        return await self.post(self.options.url.reveal(), data, headers)
+        )}
+        return await self.post(self._url, data, headers)
 
 
 def build(cfg: SinkConfig[WebhookOptions], ctx: BuildContext) -> WebhookSink:
