@@ -9,6 +9,12 @@ Logging is set up as the daemon's (JSON, level info) into /dev/null, so its cost
 
     python bench/bench_delivery.py [--events 10000] [--concurrency 8] [--no-record]
     python bench/bench_delivery.py --mix        # also a file, a Slack and a Discord sink (3,000 events)
+    python bench/bench_delivery.py --callgrind --events 2000 [--watcher-src DIR]
+
+``--callgrind`` counts the instructions of this process (event loop and store thread) per event under valgrind's
+callgrind, from the dispatcher's start to the last committed outcome only: the same figure on a busy machine as
+on a quiet one, for an A/B of the delivery path (``--watcher-src DIR`` delivers with another checkout's
+``watcher``). Use it without ``--rate``: under valgrind the trickle's pacing is not kept.
 
 The figures and the exact command are appended to ``bench/RESULTS.md`` under "Delivery through the outbox".
 """
@@ -34,6 +40,8 @@ import _meta
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+if "--watcher-src" in sys.argv[:-1]:  # before any watcher import: deliver with another checkout's code
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--watcher-src") + 1]).resolve()))
 
 HEADING = "## Delivery through the outbox"
 
@@ -134,7 +142,8 @@ def _with(cfg, **changes):
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if k in fields})
 
 
-async def drain(port: int, n: int, *, mix: bool, concurrency: int, rate: float = 0.0, chunk: int = 75) -> dict:
+async def drain(port: int, n: int, *, mix: bool, concurrency: int, rate: float = 0.0, chunk: int = 75,
+                child: bool = False) -> dict:
     """Deliver ``n`` events. Without ``rate``, all are committed first (a burst, drained at once); with it,
     ``chunk`` events are committed every ``chunk / rate`` seconds while the dispatcher runs (as a sweep's batch
     commits bring them at 10,000 active runs: ~140 a second, ~75 at a time), so CPU per event is that of the
@@ -177,6 +186,8 @@ async def drain(port: int, n: int, *, mix: bool, concurrency: int, rate: float =
 
         dispatcher = Dispatcher(sinks, store, cfg=DeliveryConfig(), clock=SYSTEM_CLOCK, rand=random.Random(1),
                                 on_outcome=on_outcome)
+        if child:
+            handshake("measure")
         before = resource.getrusage(resource.RUSAGE_SELF)
         wall = time.perf_counter()
         dispatcher.start()
@@ -196,6 +207,8 @@ async def drain(port: int, n: int, *, mix: bool, concurrency: int, rate: float =
         await dispatcher.outcomes.close()  # the last outcomes are committed
         wall = time.perf_counter() - wall
         after = resource.getrusage(resource.RUSAGE_SELF)
+        if child:
+            handshake("done")
         await dispatcher.stop(5.0)
         for sink in sinks.values():
             await sink.close()
@@ -209,6 +222,42 @@ async def drain(port: int, n: int, *, mix: bool, concurrency: int, rate: float =
         "commits": dispatcher.outcomes.commits, "commits_per_event": dispatcher.outcomes.commits / n,
         "outcomes": outcomes, "pending_after": pending,
     }
+
+
+def handshake(word: str) -> None:
+    print(word, flush=True)
+    sys.stdin.readline()
+
+
+def callgrind(args: argparse.Namespace, port: int) -> int:
+    """The drain under callgrind, counting only from the dispatcher's start to the last committed outcome;
+    returns the instructions (every thread of the process)."""
+    valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
+    if not valgrind or not control:
+        raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="flora-callgrind-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        cmd = [valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", sys.executable,
+               str(Path(__file__).resolve()), "--events", str(args.events), "--concurrency", str(args.concurrency),
+               "--drain-only", "--child", "--port", str(port), "--rate", str(args.rate), "--chunk", str(args.chunk)]
+        cmd += ["--mix"] if args.mix else []
+        cmd += ["--watcher-src", str(args.watcher_src)] if args.watcher_src else []
+        child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True)
+        assert child.stdin is not None and child.stdout is not None
+        for line in child.stdout:
+            word = line.strip()
+            if word in ("measure", "done"):
+                subprocess.run([control, "-i", "on" if word == "measure" else "off", str(child.pid)],
+                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                child.stdin.write("\n")
+                child.stdin.flush()
+        if child.wait() != 0:
+            raise SystemExit(f"the drain under callgrind exited with {child.returncode}")
+        totals = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
+        if totals is None:
+            raise SystemExit("callgrind wrote no totals")
+        return int(totals.group(1))
 
 
 def count_fsyncs(args: argparse.Namespace, port: int) -> tuple[int, float] | None:
@@ -286,8 +335,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="commit the events at this many a second while delivering (the engine's steady "
                              "trickle; 140 is 10,000 active runs) instead of all before the start")
     parser.add_argument("--chunk", type=int, default=75, help="with --rate: events per commit (default 75)")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="count instructions per event (valgrind) instead of CPU time; prints only")
+    parser.add_argument("--watcher-src", type=Path, default=None,
+                        help="deliver with the watcher package of this checkout (an A/B against another build)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--drain-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.events is None:
@@ -297,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.drain_only:
         asyncio.run(drain(args.port, args.events, mix=args.mix, concurrency=args.concurrency, rate=args.rate,
-                          chunk=args.chunk))
+                          chunk=args.chunk, child=args.child))
         return 0
     meta = _meta.start("bench/bench_delivery.py", sys.argv[1:] if argv is None else argv)
     receiver = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"],
@@ -305,6 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         assert receiver.stdout is not None
         port = int(receiver.stdout.readline())
+        if args.callgrind:
+            instructions = callgrind(args, port)
+            got = sum(asyncio.run(counts(port)).values())
+            meta.finish()
+            print(f"{instructions / args.events / 1000:.1f} k instructions per event ({instructions:,} for "
+                  f"{args.events} events; receiver counted {got}; watcher from {args.watcher_src or ROOT})")
+            return 0
         figures = asyncio.run(drain(port, args.events, mix=args.mix, concurrency=args.concurrency, rate=args.rate,
                                     chunk=args.chunk))
         figures["received"] = asyncio.run(counts(port))
