@@ -251,6 +251,7 @@ SQLITE = Dialect(
     counted_deliveries="deliveries INDEXED BY deliveries_due",
     release_claim="",  # one process: no claims
     file_bytes="SELECT page_size * page_count FROM pragma_page_size(), pragma_page_count()",
+    barrier="",  # SQLite runs a correlated EXISTS as written
 )
 
 
@@ -434,6 +435,7 @@ class Store:
     ensure_meta = _shared(SqlCore.ensure_meta)
     load_tracked = _shared(SqlCore.load_tracked)
     commit_sweep = _shared(SqlCore.commit_sweep)
+    commit_and_claim = _shared(SqlCore.commit_and_claim)  # one process: the claim is the read
     record_outcomes = _shared(SqlCore.record_outcomes)
     make_due = _shared(SqlCore.make_due)
     set_sink_pause = _shared(SqlCore.set_sink_pause)
@@ -707,6 +709,7 @@ class AsyncStore:
     ensure_meta = _on_worker(Store.ensure_meta)
     load_tracked = _on_worker(Store.load_tracked)
     commit_sweep = _on_worker(Store.commit_sweep)
+    commit_and_claim = _on_worker(Store.commit_and_claim)
     due_deliveries = _on_worker(Store.due_deliveries)
     next_due_ms = _on_worker(Store.next_due_ms)
     dead_letter_sink = _on_worker(Store.dead_letter_sink)

@@ -11,6 +11,8 @@ Guarantees every implementation keeps:
 * ``commit_sweep`` writes tracked runs, events, one pending delivery per (new event, sink) and the meta keys in
   ONE transaction, durable when it returns, before anything is sent. An event id that already exists adds no
   delivery (re-detection after a crash sends nothing twice); it returns the ids it inserted.
+  ``commit_and_claim`` does the same and, in that transaction, claims new deliveries for this process's sink
+  workers as ``due_deliveries`` would (run order kept), so they are handed over without a read.
 * Events are stored as their exact JSON body bytes, so every retry and replay sends the same bytes.
 * Every backend error surfaces as ``errors.StoreError`` with a message an operator can act on.
 """
@@ -19,8 +21,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from watcher.model import Event, TrackedRun
@@ -48,6 +50,32 @@ class Delivery:
     @functools.cached_property
     def event(self) -> Event:
         return Event.from_dict(json.loads(self.body))
+
+    @classmethod
+    def new(cls, id: int, event: Event, sink: str, now_ms: int, body: bytes) -> Delivery:
+        """A delivery just inserted by a sweep commit, carrying the ``event`` it was built from (not parsed
+        again from ``body``)."""
+        delivery = cls(id, event.id, sink, 0, now_ms, now_ms, body, event.run_id)
+        delivery.__dict__["event"] = event  # the cached_property's slot
+        return delivery
+
+
+@dataclass(frozen=True, slots=True)
+class SweepCommit:
+    """What ``commit_and_claim`` committed: the ids of the events new to the store, and of their new deliveries
+    the ones it claimed for this process's sink workers (hand-off: the workers send them without reading
+    them back; on PostgreSQL they are claimed in the commit's transaction, so no other instance sends them).
+
+    ``claimed``: in id order (the order a claim reads them), at most the ``take`` limit of each sink, never one
+    behind an earlier pending delivery of the same run to the same sink (a claim would not give it either).
+    ``left``: sink -> how many of its new deliveries were not claimed for being over its limit (due now, in
+    the outbox). ``behind``: sink -> the runs whose new delivery waits behind an earlier pending one (claimable
+    once that one is settled)."""
+
+    new_ids: list[str]
+    claimed: list[Delivery] = field(default_factory=list)
+    left: dict[str, int] = field(default_factory=dict)
+    behind: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +174,16 @@ class StateStore(Protocol):
         meta: dict[str, str],
         now_ms: int,
     ) -> list[str]: ...
+    async def commit_and_claim(  # commit_sweep, and claim for this process up to take[sink] of the new deliveries
+        self,
+        *,
+        upserts: Iterable[TrackedRun],
+        deletes: Iterable[str],
+        events: Iterable[tuple[Event, Sequence[str]]],
+        meta: dict[str, str],
+        now_ms: int,
+        take: Mapping[str, int],
+    ) -> SweepCommit: ...
 
     # --- the outbox
     async def due_deliveries(self, sink: str, now_ms: int, limit: int = 100, after: tuple[int, int] | None = None,

@@ -30,14 +30,15 @@ import functools
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from watcher.errors import StoreError, StoreUnavailable
 from watcher.lease import LeaseLost
-from watcher.store_api import Delivery
+from watcher.model import Event, TrackedRun
+from watcher.store_api import Delivery, SweepCommit
 from watcher.store_sql import COUNT, DELIVERY_COLUMNS, MANY, ROWS, Dialect, Plan, SqlCore, delivery_of, is_write
 
 try:  # the optional extra: flora-watcher[postgres]
@@ -174,6 +175,7 @@ POSTGRES = Dialect(
     counted_deliveries="deliveries",
     release_claim=", claimed_by = NULL, claim_until_ms = NULL",
     file_bytes="SELECT pg_database_size(current_database())",
+    barrier=" OFFSET 0",  # keeps the planner from turning the subquery into a join ordered the other way round
 )
 
 
@@ -570,6 +572,33 @@ class PgStore:
             )
         yield COUNT, f"UPDATE leases SET expires_ms = {NOW_MS} + %s WHERE scope = %s", (fence.lease_ms, fence.scope)
         return (yield from plan)
+
+    async def commit_and_claim(
+        self,
+        *,
+        upserts: Iterable[TrackedRun],
+        deletes: Iterable[str],
+        events: Iterable[tuple[Event, Sequence[str]]],
+        meta: dict[str, str],
+        now_ms: int,
+        take: Mapping[str, int],
+    ) -> SweepCommit:
+        """``commit_sweep`` (fenced like it), and the new deliveries it hands to this instance's sink workers
+        claimed for this instance in the same transaction: until the claim expires (or our heartbeat is older
+        than the lease) no other instance takes them, exactly as if one of our workers had claimed them with
+        ``due_deliveries`` right after the commit."""
+        steps = self._claiming(self.core.commit_and_claim(upserts=upserts, deletes=deletes, events=events, meta=meta,
+                                                         now_ms=now_ms, take=take))
+        if self.fence is not None:
+            steps = self._fenced(self.fence, steps)
+        return await self._tx("commit_and_claim", lambda conn: _drive(conn, steps))
+
+    def _claiming(self, plan: Plan[SweepCommit]) -> Plan[SweepCommit]:
+        commit = yield from plan
+        if commit.claimed:  # rows inserted by this transaction: nobody else can hold or see them yet
+            yield COUNT, (f"UPDATE deliveries SET claimed_by = %s, claim_until_ms = {NOW_MS} + %s"
+                          " WHERE id = ANY(%s)"), (self.instance_id, self.claim_ms, [d.id for d in commit.claimed])
+        return commit
 
     # ------------------------------------------------------------------------------------- outbox
 

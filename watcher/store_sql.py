@@ -17,7 +17,7 @@ size of the database). Shared SQL is written with ``?`` markers; ``Dialect.q`` g
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Generator, Iterable, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from watcher.store_api import (
     Outcome,
     RecordedCallback,
     SinkState,
+    SweepCommit,
 )
 
 R = TypeVar("R")
@@ -70,6 +71,9 @@ class Dialect:
     counted_deliveries: str  # delivery_counts' FROM (SQLite names the index its planner would miss)
     release_claim: str  # SET clauses (", a = NULL, ...") freeing an instance's claim, where a row leaves its hands
     file_bytes: str  # a query for the size of the database in bytes
+    # appended to a correlated subquery that the planner must run as written, by its own index, instead of
+    # flattening it into a join it may order the other way round (PostgreSQL: " OFFSET 0"; SQLite keeps them)
+    barrier: str
     _converted: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def q(self, sql: str) -> str:
@@ -198,6 +202,17 @@ def health_rows(outcomes: Sequence[Outcome], flag: Callable[[bool], Any]) -> _Ro
     return [(*h[:5], flag(h[5])) for h in out.values()]
 
 
+def _counts(rows: SweepRows, new_ids: list[str]) -> dict[str, int]:
+    """Sink -> how many new deliveries a commit made for it (none taken)."""
+    new = set(new_ids)
+    counts: dict[str, int] = {}
+    for row, names in rows.events:
+        if row[0] in new:
+            for name in names:
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def parse_pauses(rows: Iterable[Sequence[Any]]) -> dict[str, tuple[int, int | None]]:
     """``sink_paused.<name>`` meta rows → name → (paused since ms, next probe ms or None)."""
     pauses: dict[str, tuple[int, int | None]] = {}
@@ -239,6 +254,7 @@ class SweepRows:
     events: list[tuple[tuple[Any, ...], list[str]]]  # (the events row, the names of the sinks it goes to)
     meta: list[tuple[str, str]]
     now_ms: int
+    sources: list[Event]  # the events of ``events``, in the same order
 
 
 def sweep_rows(*, upserts: Iterable[TrackedRun], deletes: Iterable[str],
@@ -248,13 +264,36 @@ def sweep_rows(*, upserts: Iterable[TrackedRun], deletes: Iterable[str],
         raise TypeError("deletes must be an iterable of run ids, not a string")
     flag = dialect.flag
     rows = (tracked_row(t, flag) for t in upserts)
+    routed = list(events)
     return SweepRows(
         deletes=[(run_id,) for run_id in deletes],
         upserts=rows if dialect.stream_tracked else list(rows),
-        events=[((e.id, e.run_id, e.type, e.created_at, encode_event(e)), sink_names(sinks)) for e, sinks in events],
+        events=[((e.id, e.run_id, e.type, e.created_at, encode_event(e)), sink_names(sinks)) for e, sinks in routed],
         meta=meta_rows(meta),
         now_ms=now_ms,
+        sources=[e for e, _ in routed],
     )
+
+
+def claim_new(rows: Sequence[Sequence[Any]], sweep: SweepRows, take: Mapping[str, int]) -> SweepCommit:
+    """Which of a commit's new deliveries the caller takes: ``rows`` are ``(id, event_id, sink, behind)`` in id
+    order (``behind``: an earlier delivery of the run to that sink is pending); each sink's first
+    ``take[sink]`` not behind one are claimed, carrying their event and body."""
+    by_id = {row[0]: (event, row[4]) for event, (row, _) in zip(sweep.sources, sweep.events, strict=True)}
+    claimed: list[Delivery] = []
+    left: dict[str, int] = {}
+    behind: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for delivery_id, event_id, sink, waits in rows:
+        event, body = by_id[event_id]
+        if waits:
+            behind.setdefault(sink, []).append(event.run_id)
+        elif counts.get(sink, 0) < take.get(sink, 0):
+            counts[sink] = counts.get(sink, 0) + 1
+            claimed.append(Delivery.new(int(delivery_id), event, sink, sweep.now_ms, body))
+        else:
+            left[sink] = left.get(sink, 0) + 1
+    return SweepCommit(new_ids=[], claimed=claimed, left=left, behind=behind)
 
 
 # ------------------------------------------------------------------------------------------- the plans
@@ -352,6 +391,39 @@ class SqlCore:
         are built when this is called, before the store opens the transaction.)"""
         return self._write_sweep(sweep_rows(upserts=upserts, deletes=deletes, events=events, meta=meta,
                                             now_ms=now_ms, dialect=self.dialect))
+
+    @writes
+    def commit_and_claim(
+        self,
+        *,
+        upserts: Iterable[TrackedRun],
+        deletes: Iterable[str],
+        events: Iterable[tuple[Event, Sequence[str]]],
+        meta: dict[str, str],
+        now_ms: int,
+        take: Mapping[str, int],
+    ) -> Plan[SweepCommit]:
+        """``commit_sweep``, and in its transaction which of the new deliveries the caller takes (``claim_new``:
+        up to ``take[sink]`` each, in run order). The claim columns of PostgreSQL are set by its store."""
+        return self._claim_sweep(sweep_rows(upserts=upserts, deletes=deletes, events=events, meta=meta,
+                                            now_ms=now_ms, dialect=self.dialect), take)
+
+    def _claim_sweep(self, rows: SweepRows, take: Mapping[str, int]) -> Plan[SweepCommit]:
+        new_ids = yield from self._write_sweep(rows)
+        if not new_ids or not any(take.values()):
+            return SweepCommit(new_ids=new_ids, left=_counts(rows, new_ids))
+        d = self.dialect
+        # Behind: the run has another event whose delivery to this sink is still pending and older (the
+        # run's events by events_by_run, then that one's delivery by the unique (event_id, sink) index).
+        found = yield ROWS, d.q(
+            "SELECT d.id, d.event_id, d.sink, CASE WHEN EXISTS (SELECT 1 FROM events e2 WHERE e2.run_id = e.run_id"
+            " AND e2.id <> e.id AND EXISTS (SELECT 1 FROM deliveries d2 WHERE d2.event_id = e2.id"
+            f" AND d2.sink = d.sink AND d2.state <> 'delivered' AND d2.state <> 'dead' AND d2.id < d.id{d.barrier})"
+            f"{d.barrier}) THEN 1 ELSE 0 END FROM deliveries d JOIN events e ON e.id = d.event_id"
+            f" WHERE {d.is_in('d.event_id')} ORDER BY d.id"
+        ), (d.listed(new_ids),)
+        commit = claim_new(found, rows, take)
+        return SweepCommit(new_ids=new_ids, claimed=commit.claimed, left=commit.left, behind=commit.behind)
 
     def _write_sweep(self, rows: SweepRows) -> Plan[list[str]]:
         q = self.dialect.q

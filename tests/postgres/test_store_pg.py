@@ -179,3 +179,43 @@ async def test_summary_lists_instances_and_the_sweeper(pg_url: str) -> None:
         (lease,) = summary["sweepers"]
         assert (lease["scope"], lease["holder"], lease["token"], lease["valid"]) == ("api|all", "host1:42:x", 1, True)
         assert summary["backend"] == "postgresql" and summary["path"] == s.path
+
+
+async def test_a_sweep_commit_claims_what_it_hands_over_and_a_takeover_claims_it_again(pg_url: str) -> None:
+    """commit_and_claim: the deliveries it hands to the sweeper's own workers are claimed for it in the commit, so
+    a standby never sends them while the sweeper lives; the rest (over the limit, or behind an earlier pending
+    delivery of the run) is anyone's; a sweeper that dies with them in hand leaves them to the others; a sweeper
+    fenced out commits and claims nothing."""
+    a, b = await PgStore.open(pg_url, instance_id="a"), await PgStore.open(pg_url, instance_id="b")
+    try:
+        for s in (a, b):
+            s.liveness_ms = 10_000
+            await s.register_instance(role="standby")
+        assert await a.acquire_lease("scope", 10_000) is not None
+        await commit(a, "run_0")  # an earlier event of run_0, pending: run_0's next one waits behind it
+        first = await b.due_deliveries("ops", T0)
+        events = [make_event(r, "run.completed") for r in ("run_0", "run_1", "run_2", "run_3")]
+        done = await a.commit_and_claim(upserts=[], deletes=[], events=[(e, ["ops", "journal"]) for e in events],
+                                        meta={}, now_ms=T0, take={"ops": 2, "journal": 0})
+        assert done.new_ids == [e.id for e in events]
+        assert [d.event_id for d in done.claimed] == [events[1].id, events[2].id]
+        assert [d.body for d in done.claimed] == [e.body() for e in events[1:3]]  # the stored bytes
+        assert done.left == {"ops": 1, "journal": 4} and done.behind == {"ops": ["run_0"]}
+        # b (a standby) gets only what a did not take: run_3's; run_0's waits behind the one b holds
+        assert [d.event_id for d in await b.due_deliveries("ops", T0, exclude=[d.id for d in first])] == [
+            events[3].id]
+        # a dies with its two in hand: once its heartbeat is stale, b claims them again (same bytes)
+        sql(pg_url, "UPDATE instances SET heartbeat_ms = heartbeat_ms - 20000 WHERE id = 'a'")
+        again = await b.due_deliveries("ops", T0, exclude=[d.id for d in first])
+        assert {d.id for d in done.claimed} <= {d.id for d in again}
+        assert {d.body for d in again if d.id in {c.id for c in done.claimed}} == {d.body for d in done.claimed}
+        # a fenced-out sweeper commits nothing and claims nothing
+        sql(pg_url, "UPDATE leases SET expires_ms = expires_ms - 20000")
+        assert await b.acquire_lease("scope", 10_000) is not None
+        with pytest.raises(LeaseLost):
+            await a.commit_and_claim(upserts=[], deletes=[], events=[(make_event("run_9"), ["ops"])], meta={},
+                                     now_ms=T0, take={"ops": 10})
+        assert await b.events_exist([make_event("run_9").id]) == set()
+    finally:
+        await a.aclose()
+        await b.aclose()
