@@ -274,14 +274,18 @@ class Daemon:
                 health=self.store_health)
             await self.role.start()  # a store away now is waited out by the lease keeper
         disabled: dict[str, str | None] = {}
+        paused: dict[str, tuple[int, int | None]] = {}
         if not self.opts.dry_run:
             states = await self.store.sink_states()
             disabled = {name: st.disabled_reason for name, st in states.items() if name in self.sinks}
+            if not self.opts.once:  # a paused sink stays paused across a restart (its probes go on)
+                paused = {name: p for name, p in (await self.store.sink_pauses()).items() if name in self.sinks}
             await self._dead_letter_removed_sinks()
         self.dispatcher = Dispatcher(self.sinks, self.store, cfg=cfg.delivery, clock=self.clock, rand=self.rand,
                                      disabled=disabled, on_outcome=self.observers.on_delivery,
                                      supervisor=self.supervisor, fatal=is_fatal, health=self.store_health,
-                                     ride_out=not self.opts.once)
+                                     ride_out=not self.opts.once, paused=paused)
+        self.sweeper.handoff = self.dispatcher  # each commit's new deliveries go straight to the workers
         if self.page is not None:
             self.page.store = self.store
 
@@ -443,7 +447,6 @@ class Daemon:
             self._settle_looks(waiters, self._looks_answer(swept))
             if not swept:
                 break
-            self.dispatcher.wake()
             if self.push is not None:  # callbacks recorded while this instance could not confirm (or by others)
                 self.push.confirmer.kick()
             await self._reload_if_requested()
@@ -552,7 +555,7 @@ class Daemon:
                 # A sweep or prune that failed before this instance became a standby is no outage of its own:
                 # a standby uses the store to deliver and to heartbeat, and those parts tell their own health.
                 for part in ("sweep", "prune", "look"):
-                    self.store_health.succeeded(part)
+                    self.store_health.forget(part)
                 await self._report(None)
                 return SweepResult(ok=True)
             result = await self.sweeper.sweep()
@@ -680,10 +683,8 @@ class Daemon:
             self.feeder.progress(self.clock.monotonic())
 
     def _committed(self, result: SweepResult) -> None:
-        """A sweep (or a batch of a catch-up, or a callback's look or confirmation) is committed: its deliveries
-        are due now."""
-        if self.dispatcher is not None:
-            self.dispatcher.wake()
+        """A sweep (or a batch of a catch-up, or a callback's look or confirmation) is committed. (Its deliveries
+        went to the sink workers with the commit: ``Sweeper.handoff``.)"""
         if result.callback and result.new_event_ids:
             new = set(result.new_event_ids)
             self.observers.on_events([e for e in result.events if e.id in new])

@@ -5,7 +5,21 @@ disable; whether the sink's circuit breaker opens or closes), the store records 
 
 How a worker keeps up without giving up durability:
 
-* It claims due deliveries in batches (``store.due_deliveries``) and sends up to ``concurrency`` of them at
+* A sweep commit hands its new deliveries over (``hand_off``, ``sweep.Handoff``): the store claims them for this
+  process's workers in the commit's own transaction (``StateStore.commit_and_claim``; on PostgreSQL the claim
+  columns are set there, so no other instance sends them, exactly as if our worker had claimed them right after
+  the commit) and the worker queues them with their events, without reading the outbox or parsing a body. A
+  worker takes at most ``HANDOFF_MAX`` in hand, nothing while paused, disabled, stopping or waiting for the
+  store, and a chat sink forming groups takes none: what it does not take stays in the outbox, due. Run order
+  holds: a delivery behind an earlier pending one of its run is not handed over (``SweepCommit.behind``) and is
+  claimed once that one is settled here (at once when this worker does not hold that one as handed over). So a
+  steady flow is sent without a claim (tests/integration/test_delivery_cost.py counts them). A worker holding
+  deliveries still claims every ``RENEW_EVERY_MS``: on PostgreSQL a claim renews its claims on what it holds.
+* The outbox is read (a claim) only when it may hold something this worker does not: at the start, after a
+  claim that filled its batch, after a claimed delivery is settled (a later one of its run may wait), when a
+  commit left some (``left``, ``behind``), when the idle recheck (``IDLE_RECHECK_S``) finds one due (a retry,
+  a ``replay`` from another process), after a pause ends, when the store was away, and on ``wake()``. It
+  claims due deliveries in batches (``store.due_deliveries``) and sends up to ``concurrency`` of them at
   once (sink key; webhook and exec default to 8, every other sink sends one at a time). Like TCP's slow
   start, a worker begins with one request in flight and doubles that with each success up to
   ``concurrency``, halving it on each retryable failure: a receiver that fails (or answers 410) sees one
@@ -21,10 +35,16 @@ How a worker keeps up without giving up durability:
 * The circuit breaker (``policy.Breaker``) pauses a sink whose receiver is unreachable or refuses everything:
   then one probe at a time, at most 5 s apart; the first success resumes the sink and makes all its pending
   deliveries due at once. A receiver that accepts some events is up: each failing event keeps its own backoff.
+  The pause is recorded in the store (``sink_paused.<name>``, what ``status`` shows). A daemon that starts
+  with a sink recorded as paused keeps it paused and probes it at the recorded time (the receiver is most
+  likely still down: no burst at it, and the pause keeps the time it began); a worker that starts without
+  one — ``--once``, or a sink a reload changed, whose new configuration deserves a try at once — clears a
+  record it finds, so ``status`` never shows a pause nobody keeps.
 
 * A state store that is away (PostgreSQL restarting, SQLite locked or its disk full: ``StoreUnavailable``) is an
   outage to wait out, not a reason to end: every store call of a worker, and the outcome log's commits, try
-  again with backoff (0.5 s doubling to 5 s) until the store answers, tell ``StoreHealth`` (quiet logs,
+  again with backoff (0.5 s doubling to 5 s) until the store answers — or at once when another part's call
+  succeeds (``StoreHealth.on_answer``: a sweep commit, the lease keeper) — tell ``StoreHealth`` (quiet logs,
   ``/readyz``), and the worker drops what it had claimed but not started (another instance may take those
   over while our heartbeat is stale). An outcome waits in memory for its commit, so a delivery sent during the
   outage is not sent again. Each worker runs under the daemon's ``Supervisor`` (task ``sink:<name>``): a worker
@@ -42,7 +62,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -54,8 +74,8 @@ from watcher.crashpoints import crash_point
 from watcher.errors import DeliveryError, Reason, StoreUnavailable
 from watcher.outage import StoreHealth, store_retry_s
 from watcher.policy import Breaker, breaker_after, breaker_mode, decide_failure, group_key, group_ready_ms
-from watcher.sinks.spec import Sink
-from watcher.store_api import DEAD, DELIVERED, RETRY, Delivery, Outcome, StateStore
+from watcher.sinks.spec import BatchSink, GroupSink, Sink
+from watcher.store_api import DEAD, DELIVERED, RETRY, Delivery, Outcome, StateStore, SweepCommit
 from watcher.supervisor import Supervisor
 
 T = TypeVar("T")
@@ -69,6 +89,13 @@ BATCH_MAX = 256  # deliveries per send_many call (file sink)
 GROUP_CLAIM = 5_000  # a grouping (chat) sink reads this many due deliveries at once
 MAX_UNCOMMITTED = 256  # sent deliveries of one worker whose outcome is not committed yet, at most
 IDLE_RECHECK_S = 2.0  # an idle worker looks at the outbox at least this often (`replay` from another process)
+# A worker takes a sweep commit's new deliveries in hand while it holds fewer than this: about what its claims
+# hold (CLAIM_BATCH + REFILL_BELOW), so with several PostgreSQL instances a backlog is still shared among them.
+HANDOFF_MAX = 250
+# A worker holding deliveries claims at least this often (a claim renews, on PostgreSQL, its claims on what it
+# holds once half their time is gone): what a commit handed over is not read back, and a steady flow makes no
+# other claim, yet another instance must not take a held delivery whose claim ran out (store_pg.CLAIM_MS, 300 s).
+RENEW_EVERY_MS = 60_000
 DEFAULT_CONCURRENCY = 8  # webhook and exec sinks; the others send one at a time
 CONCURRENT_TYPES = frozenset({"webhook", "exec"})
 
@@ -112,6 +139,7 @@ class OutcomeLog:
         self._pending: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._abandoned = asyncio.Event()
+        self._nudge = asyncio.Event()  # ends a wait for the store early: abandoned, or the store answered again
         self.commits = 0
         self.recorded = 0
 
@@ -136,8 +164,9 @@ class OutcomeLog:
                 if self.health is not None:
                     self.health.failed("outcomes", exc)
                 self._pending[:0] = batch  # tried again, with what is recorded meanwhile
+                self._nudge.clear()
                 with contextlib.suppress(TimeoutError):
-                    await self.clock.wait_for(self._abandoned.wait(), store_retry_s(attempt, self.rand.random()))
+                    await self.clock.wait_for(self._nudge.wait(), store_retry_s(attempt, self.rand.random()))
                 attempt += 1
                 continue
             except Exception as exc:
@@ -160,6 +189,11 @@ class OutcomeLog:
         """Stop waiting for a store that is away: outcomes not committed yet fail (their deliveries stay pending
         in the outbox and are sent again after the next start)."""
         self._abandoned.set()
+        self._nudge.set()
+
+    def store_answered(self) -> None:
+        """Another call on the state store just succeeded: a commit waiting out an outage is tried now."""
+        self._nudge.set()
 
     async def close(self, within: float | None = None, *, abandon: bool = False) -> None:
         """Wait for the commit in progress (and those queued behind it), at most ``within`` seconds of the
@@ -196,6 +230,7 @@ class SinkWorker:
         concurrency: int | None = None,
         store_health: StoreHealth | None = None,
         ride_out: bool = True,
+        paused: tuple[int, int | None] | None = None,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -207,11 +242,18 @@ class SinkWorker:
         self.store_health = store_health
         self.ride_out = ride_out  # wait out a store outage (False: ``--once``, which fails fast instead)
         self.outcomes = outcomes or OutcomeLog(store, clock=clock, rand=rand, health=store_health)
-        self._stopped = asyncio.Event()  # set by stop(): ends a wait for the state store
+        self._nudge = asyncio.Event()  # ends a wait for the state store: stop(), or the store answered elsewhere
         self._store_away = False  # the last store call of this worker failed with StoreUnavailable
         self.concurrency = concurrency or sink_concurrency(sink)
         self.health = SinkHealth(disabled_reason=disabled_reason)
-        self.breaker = Breaker()
+        # A pause recorded by an earlier process goes on (the receiver is most likely still down; its first probe
+        # is due at the recorded time, and `status` keeps the time it began); a worker starting without one
+        # clears any stale record at its first pump.
+        self.breaker = Breaker() if paused is None else Breaker(
+            failures=1, streak_start_ms=paused[0], open=True, opened_ms=paused[0],
+            next_probe_ms=paused[1] if paused[1] is not None else paused[0])
+        self._live = False  # run_forever is running (a handed delivery would be sent)
+        self._stale_pause = paused is None  # clear a pause record left by an earlier process (first pump)
         self.window = 1  # sends allowed in flight now: slow start up to `concurrency`
         self.wakeup = asyncio.Event()
         self.stopping = False
@@ -222,19 +264,32 @@ class SinkWorker:
         self._running: set[asyncio.Task[None]] = set()  # a send, then the commit of its outcome
         self._sending = 0  # of those, still sending
         self._claimed_at: int | None = None  # the `now` of the last claim
+        # The outbox may hold deliveries due for this worker that it does not hold: claim at the next pump. Not
+        # needed for what a sweep commit hands over (``take``), so a steady flow is sent without a claim.
+        self._unread = True
+        # Of the ids held, those handed over by a commit (not claimed) -> the number of claims answered when
+        # they came: a claim answered since then may have left out a delivery waiting behind one of them (run
+        # order), so its settling reads the outbox again.
+        self._handed: dict[int, int] = {}
+        self._handed_runs: dict[str, int] = {}  # run id -> how many of its deliveries handed over are held
+        self._claims = 0  # claims answered
+        self._claiming = False  # a claim is awaiting its rows
+        self._handed_in_claim: set[int] = set()  # handed over while that claim was on its way: not new in it
+        self._behind: set[str] = set()  # held runs (handed over) with a new delivery waiting behind theirs
+        self._renew_at: int | None = None  # when to claim, if nothing else does, to renew the claims on what is held
         self._error: BaseException | None = None
         self._disabling = False  # a 410 disabled the sink and the store does not know yet
         options = getattr(getattr(sink, "config", None), "options", None)
         wait = getattr(options, "group_wait", None)
         # Chat sinks group a burst into one message per group (group_wait, group_by).
         self.group_wait_ms: int | None = (
-            None if wait is None or not hasattr(sink, "send_group") else max(0, round(float(wait) * 1000)))
+            None if wait is None or not isinstance(sink, GroupSink) else max(0, round(float(wait) * 1000)))
         self.group_by: tuple[str, ...] = tuple(getattr(options, "group_by", ()) or ())
         self._group_due_ms: int | None = None  # when the next held group becomes ready
         self._cursor: tuple[int, int] | None = None  # (next_attempt_ms, id) of the last delivery held
         self._flushing = False  # deliver_due (--once): groups go out without waiting
         # A sink that writes many events at once (the file sink's send_many) gets them in batches.
-        self.batch_max = BATCH_MAX if hasattr(sink, "send_many") else 1
+        self.batch_max = BATCH_MAX if isinstance(sink, BatchSink) else 1
 
     def _outcome(self, outcome: str) -> None:
         if self.on_outcome is not None:
@@ -242,8 +297,19 @@ class SinkWorker:
 
     def stop(self) -> None:
         self.stopping = True
-        self._stopped.set()
+        self._nudge.set()
         self.wakeup.set()
+
+    def look(self) -> None:
+        """Read the outbox at the next pump (deliveries committed without a hand-off, a replay)."""
+        self._unread = True
+        self.wakeup.set()
+
+    def store_answered(self) -> None:
+        """Another call on the state store just succeeded: a call of this worker waiting out an outage is tried
+        now, not after the rest of its backoff (up to 5 s)."""
+        if self._store_away:
+            self._nudge.set()
 
     @property
     def part(self) -> str:
@@ -256,6 +322,7 @@ class SinkWorker:
         """Deliver until ``stop()``; then let the sends in flight finish (``Dispatcher.stop`` bounds that). A run
         after a crash (the supervisor's restart) starts from the outbox again."""
         self._restart()
+        self._live = True
         try:
             while not self.stopping:
                 self._raise_failure()
@@ -272,6 +339,7 @@ class SinkWorker:
                 await asyncio.wait(set(self._running))
             self._raise_failure()
         finally:
+            self._live = False
             for task in self._running:
                 task.cancel()
             if self._running:
@@ -281,6 +349,7 @@ class SinkWorker:
         """Send everything due now and wait for the outcomes, without waiting for retries (``--once``).
         Returns how many sends were started."""
         before = self.attempted
+        self._unread = True  # everything due now: read the outbox
         self._flushing = True  # nothing waits for group_wait: what is here now is the whole group
         try:
             return await self._deliver_due(before)
@@ -303,6 +372,12 @@ class SinkWorker:
         self._queue.clear()
         self._claimed.clear()
         self._in_flight.clear()
+        self._handed.clear()
+        self._handed_runs.clear()
+        self._handed_in_claim.clear()
+        self._behind.clear()
+        self._renew_at = None
+        self._unread = True
         self._error = None
         self._cursor = None
         self._group_due_ms = None
@@ -330,8 +405,9 @@ class SinkWorker:
                 if self.store_health is not None:
                     self.store_health.failed(self.part, exc)
                 self._drop_queue()
+                self._nudge.clear()
                 with contextlib.suppress(TimeoutError):
-                    await self.clock.wait_for(self._stopped.wait(), store_retry_s(attempt, self.rand.random()))
+                    await self.clock.wait_for(self._nudge.wait(), store_retry_s(attempt, self.rand.random()))
                 attempt += 1
                 continue
             if self._store_away:
@@ -343,15 +419,90 @@ class SinkWorker:
     def _drop_queue(self) -> None:
         """Claimed but not started: left to the outbox (claimed again when the store answers; on PostgreSQL
         another instance may take them meanwhile, when our heartbeat is older than the lease)."""
+        self._forget_queue()
+
+    def _forget_queue(self) -> None:
         for delivery in self._queue:
             self._claimed.discard(delivery.id)
+            self._release_handed(delivery)
         self._queue.clear()
         self._cursor = None
+        self._unread = True  # read again when sending resumes
+
+    # ---------------------------------------------------------------------------------- hand-off
+
+    def room(self) -> int:
+        """How many of a sweep commit's new deliveries this worker takes in hand now (claimed for it in that
+        commit, ``StateStore.commit_and_claim``): none unless it is running and sending (not stopping, paused,
+        disabled, waiting for the store, nor a chat sink forming groups, which reads its bursts itself)."""
+        if not self._accepting():
+            return 0
+        return max(0, HANDOFF_MAX - len(self._claimed))
+
+    def _accepting(self) -> bool:
+        return (self._live and not self.stopping and not self.breaker.open and self.group_wait_ms is None
+                and self.health.disabled_reason is None and not self._store_away)
+
+    def take(self, deliveries: Sequence[Delivery], *, left: int = 0, behind: Iterable[str] = ()) -> None:
+        """A sweep commit's new deliveries for this sink: ``deliveries`` claimed for this worker (queued now, sent
+        without reading them back), ``left`` more due in the outbox (claimed at the next pump), and the runs whose
+        new delivery waits ``behind`` an earlier one (claimed once that one is settled here)."""
+        for run_id in behind:
+            if run_id in self._handed_runs:
+                self._behind.add(run_id)  # read back once this worker settles the one it holds
+            else:
+                # The one it waits for is not held here as handed over: claimed (its settling reads the outbox),
+                # waiting for a retry, held by another instance, or already settled here (PostgreSQL: its outcome
+                # committed after the commit's look): read the outbox now.
+                self._unread = True
+        if left:
+            self._unread = True
+        if deliveries and not self._accepting():
+            # Paused, stopping, or the store went away since the commit: they stay in the outbox (on PostgreSQL
+            # claimed for this instance, which its own claims may take again) and are read back.
+            self._unread = True
+        elif deliveries:
+            for delivery in deliveries:
+                if delivery.id in self._claimed:
+                    continue
+                self._claimed.add(delivery.id)
+                self._handed[delivery.id] = self._claims
+                self._handed_runs[delivery.run_id] = self._handed_runs.get(delivery.run_id, 0) + 1
+                self._queue.append(delivery)
+                if self._claiming:
+                    self._handed_in_claim.add(delivery.id)
+            if self._renew_at is None:
+                self._renew_at = self.clock.now_ms() + RENEW_EVERY_MS
+        if deliveries or left or self._unread:
+            self.wakeup.set()
+
+    def _release_handed(self, delivery: Delivery) -> None:
+        """``delivery`` leaves this worker's hands. One handed over by a commit whose run has a delivery waiting
+        behind it, or that was held while a claim was answered (which may have left such a one out), makes the
+        outbox be read again; so does every claimed one (a later delivery of its run may wait)."""
+        gen = self._handed.pop(delivery.id, None)
+        if gen is None:
+            self._unread = True
+            return
+        if gen != self._claims:
+            self._unread = True
+        run_id = delivery.run_id
+        left = self._handed_runs.get(run_id, 0) - 1
+        if left > 0:
+            self._handed_runs[run_id] = left
+            return
+        self._handed_runs.pop(run_id, None)
+        if run_id in self._behind:
+            self._behind.discard(run_id)
+            self._unread = True
 
     async def _pump(self) -> bool:
         """Claim what may be sent now and start sends up to the concurrency. True when something started
         or changed (dead-lettered), so the caller looks again before sleeping."""
         self.wakeup.clear()
+        if self._stale_pause:
+            await self._store(self.store.set_sink_pause, self.name, since_ms=None, next_probe_ms=None)
+            self._stale_pause = False
         now = self.clock.now_ms()
         if self.health.disabled_reason is not None:
             return await self._dead_letter_due(now)
@@ -369,8 +520,10 @@ class SinkWorker:
             return True
         if self.group_wait_ms is not None:
             await self._claim(now, GROUP_CLAIM)  # a whole burst, so it becomes one message per group
-        elif len(self._queue) < max(self.concurrency, REFILL_BELOW):
+        elif self._unread and len(self._queue) < max(self.concurrency, REFILL_BELOW):
             await self._claim(now)
+        elif self._renew_at is not None and now >= self._renew_at:
+            await self._claim(now, 0)  # nothing new wanted: only the renewal of the claims on what is held
         if self.group_wait_ms is not None:
             return self._start_groups(now)
         started = False
@@ -415,16 +568,29 @@ class SinkWorker:
         # must be, not just skipped below: the claim may be answered after a held delivery's outcome was
         # committed and the delivery let go (PostgreSQL commits outcomes on another connection), and it would
         # look new. Copies: the store reads them on its own thread.
-        if self.group_wait_ms is not None and self._queue and self._cursor is not None:
-            # A chat sink holding a burst reads only what came after it, not the whole burst again; the
-            # cursor is dropped after every send, so a delivery behind it (run order) is read then.
-            rows = await self._store(self.store.due_deliveries, self.name, now, batch, after=self._cursor,
-                                     exclude=tuple(self._in_flight))
-        else:
-            rows = await self._store(self.store.due_deliveries, self.name, now, batch, exclude=tuple(self._claimed))
+        self._claiming = True
+        try:
+            if self.group_wait_ms is not None and self._queue and self._cursor is not None:
+                # A chat sink holding a burst reads only what came after it, not the whole burst again; the
+                # cursor is dropped after every send, so a delivery behind it (run order) is read then.
+                rows = await self._store(self.store.due_deliveries, self.name, now, batch, after=self._cursor,
+                                         exclude=tuple(self._in_flight))
+            else:
+                rows = await self._store(self.store.due_deliveries, self.name, now, batch,
+                                         exclude=tuple(self._claimed))
+        finally:
+            self._claiming = False
+        # What a commit handed over while the claim was on its way may be in its rows (read before that
+        # delivery was settled here, and let go): not new.
+        handed, self._handed_in_claim = self._handed_in_claim, set()
+        self._renew_at = now + RENEW_EVERY_MS if self._claimed or rows else None
+        if batch == 0:
+            return
+        self._claims += 1
         self._claimed_at = now
+        self._unread = len(rows) >= batch  # a full batch: more may be waiting
         for delivery in rows:
-            if delivery.id not in self._claimed:
+            if delivery.id not in self._claimed and delivery.id not in handed:
                 self._claimed.add(delivery.id)
                 self._queue.append(delivery)
         if self.group_wait_ms is not None and self._queue:
@@ -462,6 +628,8 @@ class SinkWorker:
         elif self.health.disabled_reason is None:
             nxt = await self._store(self.store.next_due_ms, self.name, self._claimed_at)
             if nxt is not None:
+                if nxt <= now:
+                    self._unread = True  # due now and not read: a retry, a replay, what a commit left
                 waits.append((nxt - now) / 1000.0)
             if self._queue and self._group_due_ms is not None:
                 waits.append((self._group_due_ms - now) / 1000.0)
@@ -583,9 +751,16 @@ class SinkWorker:
                 await self._resumed(now)
         finally:
             release()
-            for d in batch:
-                self._claimed.discard(d.id)
-                self._in_flight.discard(d.id)
+            self._settled(batch)
+
+    def _settled(self, batch: list[Delivery]) -> None:
+        """The deliveries of ``batch`` leave this worker's hands (outcome committed, or given up on). A claimed
+        one may have kept a later delivery of its run waiting, and so may a handed one whose run has one
+        behind it: the outbox is read again."""
+        for d in batch:
+            self._claimed.discard(d.id)
+            self._in_flight.discard(d.id)
+            self._release_handed(d)
 
     async def _failed(self, batch: list[Delivery], exc: DeliveryError, *, probe: bool,
                       release: Callable[[], None]) -> None:
@@ -645,10 +820,7 @@ class SinkWorker:
 
     async def _paused(self, now: int, exc: DeliveryError) -> None:
         """The breaker opened: drop what was claimed but not started (it stays pending) and say so."""
-        for delivery in self._queue:
-            self._claimed.discard(delivery.id)
-        self._queue.clear()
-        self._cursor = None
+        self._forget_queue()
         await self._store(self.store.set_sink_pause, self.name, since_ms=now, next_probe_ms=self.breaker.next_probe_ms)
         log.warning("sink.paused", sink=self.name, failures=self.breaker.failures,
                     failing_for_s=round((now - (self.breaker.streak_start_ms or now)) / 1000, 2),
@@ -661,6 +833,7 @@ class SinkWorker:
         made_due = await self._store(self.store.make_due, self.name, now)
         await self._store(self.store.set_sink_pause, self.name, since_ms=None, next_probe_ms=None)
         log.info("sink.resumed", sink=self.name, made_due=made_due)
+        self._unread = True
         self.wakeup.set()
 
 
@@ -682,6 +855,7 @@ class Dispatcher:
         fatal: Callable[[BaseException], bool] | None = None,
         health: StoreHealth | None = None,
         ride_out: bool = True,
+        paused: Mapping[str, tuple[int, int | None]] | None = None,
     ) -> None:
         self.store = store
         self.cfg = cfg
@@ -696,15 +870,42 @@ class Dispatcher:
         if not ride_out:
             self.outcomes.abandon()
         self.workers: dict[str, SinkWorker] = {
-            name: self._worker(sink, (disabled or {}).get(name)) for name, sink in sinks.items()
+            name: self._worker(sink, (disabled or {}).get(name), (paused or {}).get(name))
+            for name, sink in sinks.items()
         }
         self.tasks: dict[str, asyncio.Task] = {}
         self._started = False
+        if health is not None:
+            health.on_answer.append(self._store_answered)
 
-    def _worker(self, sink: Sink, disabled_reason: str | None) -> SinkWorker:
+    def _worker(self, sink: Sink, disabled_reason: str | None,
+                paused: tuple[int, int | None] | None = None) -> SinkWorker:
         return SinkWorker(sink, self.store, cfg=self.cfg, clock=self.clock, rand=self.rand,
                           disabled_reason=disabled_reason, on_outcome=self.on_outcome, outcomes=self.outcomes,
-                          store_health=self.health, ride_out=self.ride_out)
+                          store_health=self.health, ride_out=self.ride_out, paused=paused)
+
+    def _store_answered(self) -> None:
+        """The state store answered a call while some part was waiting it out: they all try again now."""
+        self.outcomes.store_answered()
+        for worker in self.workers.values():
+            worker.store_answered()
+
+    # ---------------------------------------------------------------- hand-off (sweep.Handoff)
+
+    def take_limits(self) -> dict[str, int]:
+        """Sink -> how many of the next sweep commit's new deliveries its worker takes in hand."""
+        return {name: worker.room() for name, worker in self.workers.items()}
+
+    def hand_off(self, commit: SweepCommit) -> None:
+        """A sweep commit's new deliveries: those it claimed go to their workers' queues (sent without a read of
+        the outbox); a worker with more left in the outbox, or with a delivery behind one it holds, is told."""
+        claimed: dict[str, list[Delivery]] = {}
+        for delivery in commit.claimed:
+            claimed.setdefault(delivery.sink, []).append(delivery)
+        for name in {*claimed, *commit.left, *commit.behind}:
+            worker = self.workers.get(name)
+            if worker is not None:  # a sink removed meanwhile: its deliveries stay in the outbox
+                worker.take(claimed.get(name, ()), left=commit.left.get(name, 0), behind=commit.behind.get(name, ()))
 
     def _run(self, worker: SinkWorker) -> None:
         kwargs = {} if self.fatal is None else {"fatal": self.fatal}
@@ -731,7 +932,7 @@ class Dispatcher:
         self.supervisor.retire(worker.part)
         worker.stop()
         if self.health is not None:  # a worker that is gone waits for the store no more
-            self.health.succeeded(worker.part)
+            self.health.forget(worker.part)
         task = self.tasks.pop(name, None)
         if task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
@@ -745,8 +946,9 @@ class Dispatcher:
             worker.cfg = cfg
 
     def wake(self) -> None:
+        """Every worker looks at the outbox now (deliveries committed without a hand-off, a replay)."""
         for worker in self.workers.values():
-            worker.wakeup.set()
+            worker.look()
 
     async def drain_due(self) -> None:
         """Deliver everything due now on every sink, concurrently, without waiting for retries (``--once``)."""

@@ -138,6 +138,9 @@ class StoreHealth:
         self.now_ms = now_ms
         self.on_change = on_change
         self.failing: dict[str, str] = {}  # part -> its last error
+        # Told when a call succeeds while some part is failing: the store answers, so the parts waiting out
+        # their backoff (the sink workers, up to 5 s) may try again at once.
+        self.on_answer: list[Callable[[], None]] = []
 
     @property
     def ok(self) -> bool:
@@ -155,10 +158,27 @@ class StoreHealth:
         if was_ok and self.on_change is not None:
             self.on_change(False, text)
 
+    def forget(self, part: str) -> None:
+        """``part`` no longer uses the store (a removed sink worker, a sweeper turned standby): its failure no
+        longer keeps the outage open. Unlike ``succeeded``, it says nothing about the store answering."""
+        if part in self.failing:
+            del self.failing[part]
+            if not self.failing:
+                self.outage.observe(ok=True, now_ms=self.now_ms())
+                if self.on_change is not None:
+                    self.on_change(True, None)
+
+    def _answered(self) -> None:
+        for listener in self.on_answer:
+            listener()
+
     def succeeded(self, part: str) -> None:
         if part not in self.failing:  # the common case: one dict lookup
+            if self.failing:
+                self._answered()
             return
         del self.failing[part]
+        self._answered()
         if not self.failing:
             self.outage.observe(ok=True, now_ms=self.now_ms())
             if self.on_change is not None:

@@ -22,7 +22,7 @@ import itertools
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -39,7 +39,7 @@ from watcher.transitions import Context, detect, quick_observe
 from watcher.transitions import final as finished  # (``_commit`` has a ``final`` flag of its own)
 
 if TYPE_CHECKING:
-    from watcher.store_api import StateStore
+    from watcher.store_api import StateStore, SweepCommit
 
 log = structlog.get_logger("watcher.sweep")
 
@@ -55,6 +55,17 @@ LOOK_PAGES = 5  # a look for runs a callback named reads at most this many pages
 
 def hw_key(filters: plan.Filters) -> str:
     return f"high_watermark_ms:{filters.key}"
+
+
+class Handoff(Protocol):
+    """Where a commit's new deliveries go in this process (the dispatcher): the sweep asks how many each sink's
+    worker takes in hand (``take_limits``), the store claims them for it in the commit's transaction
+    (``StateStore.commit_and_claim``), and ``hand_off`` gives them over, so they are sent without being read
+    back from the outbox."""
+
+    def take_limits(self) -> Mapping[str, int]: ...
+
+    def hand_off(self, commit: SweepCommit) -> None: ...
 
 
 @dataclass(slots=True)
@@ -116,6 +127,7 @@ class Sweeper:
         self.rand = rand or random.Random()
         self.process_start_ms = process_start_ms if process_start_ms is not None else clock.now_ms()
         self.on_commit = on_commit
+        self.handoff: Handoff | None = None  # the sink workers, once they exist (the daemon sets it)
         self.on_progress = on_progress or (lambda: None)  # called per page and per poll: the loop is alive
         self.filters = self._listings(watch)
         self.enabled = frozenset(watch.events)
@@ -342,7 +354,7 @@ class Sweeper:
         if not upserts and not sw.result.events:
             return []
         routed = [(e, routing.route(self.sinks, e)) for e in sw.result.events]
-        new = await self.store.commit_sweep(upserts=upserts, deletes=[], events=routed, meta={}, now_ms=sw.now)
+        new = await self._write(upserts=upserts, deletes=[], events=routed, meta={}, now_ms=sw.now)
         sw.result.new_event_ids = new
         sw.result.new_events = len(new)
         sw.result.commits = 1
@@ -600,6 +612,19 @@ class Sweeper:
         self.unsaved = {}
         return len(rows)
 
+    async def _write(self, *, upserts: list[TrackedRun], deletes: list[str], events: list[tuple[Event, list[str]]],
+                     meta: dict[str, str], now_ms: int) -> list[str]:
+        """One commit of the store; with events and a ``handoff``, its new deliveries go to the sink workers
+        that take them (claimed for them in the same transaction). Returns the ids of the new events."""
+        handoff = self.handoff
+        if handoff is None or not events:
+            return await self.store.commit_sweep(upserts=upserts, deletes=deletes, events=events, meta=meta,
+                                                 now_ms=now_ms)
+        commit = await self.store.commit_and_claim(upserts=upserts, deletes=deletes, events=events, meta=meta,
+                                                   now_ms=now_ms, take=handoff.take_limits())
+        handoff.hand_off(commit)
+        return commit.new_ids
+
     async def _commit(self, sw: _Pass, *, final: bool) -> None:
         """Write what the sweep learned since its last commit in one transaction. ``final``: the sweep is over
         (watermarks of the completed windows, the sweep's status); otherwise a batch of a deep window. Under
@@ -664,9 +689,7 @@ class Sweeper:
                     meta[hw_key(f)] = str(hw)
                 if f.key in sw.completed and f.key in sw.totals:
                     meta[plan.total_key(f)] = str(sw.totals[f.key])
-        result.new_event_ids = await self.store.commit_sweep(
-            upserts=upserts, deletes=gone, events=routed, meta=meta, now_ms=sw.now
-        )
+        result.new_event_ids = await self._write(upserts=upserts, deletes=gone, events=routed, meta=meta, now_ms=sw.now)
         result.new_events += len(result.new_event_ids)
         result.commits += 1
         for key, segments in catchups.items():

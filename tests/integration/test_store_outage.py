@@ -141,6 +141,88 @@ async def test_an_outcome_the_store_cannot_take_waits_and_the_delivery_is_not_se
     assert summary["deliveries"]["delivered"] == 1
 
 
+async def test_a_store_that_answers_again_ends_the_workers_wait_at_once(flaky, tmp_path: Path) -> None:
+    """A sink worker waits out an outage with backoff (up to 5 s). When another part's store call succeeds (a
+    sweep commit, the lease keeper, the outcome log), the store is back: the worker tries again at once, without
+    the rest of its wait (the clock does not move here at all after the store returns)."""
+    clock = FakeClock(0.0, epoch_ms=EPOCH_MS, manual=True)
+    event = make_event()
+    await flaky.commit_sweep(upserts=[], deletes=[], events=[(event, ["journal"])], meta={}, now_ms=clock.now_ms())
+    journal = tmp_path / "events.jsonl"
+    sink = build_sink(sink_config(name="journal", type="file", path=journal), clock=clock)
+    await sink.start()
+    health = StoreHealth(__import__("structlog").get_logger("test"), clock.now_ms)
+    dispatcher = Dispatcher({"journal": sink}, flaky, cfg=FAST, clock=clock, health=health)
+    flaky.down = True
+    dispatcher.start()
+    try:
+        for _ in range(4):  # the waits grow towards 5 s
+            failures = flaky.failures
+            await until(lambda n=failures: flaky.failures > n and clock.waiting, "a failed attempt and its wait")
+            clock.advance(clock.next_deadline() - clock.t)
+        failures = flaky.failures
+        await until(lambda: flaky.failures > failures and clock.waiting, "the worker waiting again")
+        assert clock.next_deadline() - clock.t >= 2.0
+        flaky.down = False
+        health.succeeded("sweep")  # the sweep loop's commit went through
+        await until(lambda: journal_lines(journal), "the delivery, with the clock standing still")
+        await until(lambda: health.ok, "the outage over")
+    finally:
+        await dispatcher.stop(1)
+        await sink.close()
+    assert [e["id"] for e in journal_lines(journal)] == [event.id]
+
+
+async def test_a_pause_recorded_by_an_earlier_process_goes_on_and_a_stale_one_is_cleared(tmp_path: Path) -> None:
+    """The circuit breaker's pause is kept in the store (``sink_paused.<name>``, what ``status`` shows).
+    1. A daemon starting while its webhook sink is recorded as paused goes on pausing it: nothing is sent before
+       the recorded probe time, then one probe; it succeeds, so the sink resumes, sends the rest, and the record
+       is cleared.
+    2. A worker that starts without the record (``--once``, or a sink a reload changed: a new configuration is
+       tried at once) clears a record it finds, so ``status`` never shows a pause nobody keeps."""
+    clock = FakeClock(0.0, epoch_ms=EPOCH_MS, manual=True)
+    store = AsyncStore(Store.open(tmp_path / "state.sqlite3"))
+    receiver = Receiver()
+    await receiver.start()
+    sink = build_sink(sink_config(name="ops", type="webhook", url=Secret(receiver.url())), clock=clock)
+    await sink.start()
+    try:
+        events = [make_event(run_id=f"run_{i}") for i in range(3)]
+        now = clock.now_ms()
+        await store.commit_sweep(upserts=[], deletes=[], events=[(e, ["ops"]) for e in events], meta={},
+                                 now_ms=now)
+        await store.set_sink_pause("ops", since_ms=now - 60_000, next_probe_ms=now + 3_000)
+        dispatcher = Dispatcher({"ops": sink}, store, cfg=FAST, clock=clock,
+                                paused=await store.sink_pauses())
+        dispatcher.start()
+        try:
+            await until(lambda: clock.waiting, "the worker waiting for its probe")
+            clock.advance(2.9)
+            await asyncio.sleep(0.05)
+            assert receiver.requests == []  # paused: nothing before the recorded probe
+            assert (await store.sink_pauses())["ops"] == (now - 60_000, now + 3_000)
+            await advance_until(clock, lambda: len(receiver.requests) == 3, "the probe, then the rest", step=0.1,
+                                limit=2)
+            await until(lambda: dispatcher.outcomes.recorded == 3, "their outcomes")
+            await until(lambda: not dispatcher.workers["ops"].breaker.open, "the sink resumed")
+        finally:
+            await dispatcher.stop(1)
+        assert await store.sink_pauses() == {}
+
+        await store.set_sink_pause("ops", since_ms=now, next_probe_ms=now + 5_000)  # left by an earlier process
+        dispatcher = Dispatcher({"ops": sink}, store, cfg=FAST, clock=clock)
+        dispatcher.start()
+        try:
+            await until(lambda: clock.waiting, "the worker idle")
+        finally:
+            await dispatcher.stop(1)
+        assert await store.sink_pauses() == {}
+    finally:
+        await sink.close()
+        await receiver.stop()
+        await store.aclose()
+
+
 # ------------------------------------------------------------------------------------------ the daemon
 
 
@@ -213,7 +295,7 @@ async def test_a_sweep_whose_commit_fails_loses_no_transition(flaky_stores, tmp_
                 await sweep_once_more(clock, recorder, cfg)
                 assert daemon.sweeper.tracked[run].status in ("pending", "running")
                 clock.advance(2)  # the run ends
-                flaky.failing = {"commit_sweep"}
+                flaky.failing = {"commit_sweep", "commit_and_claim"}
                 await sweep_once_more(clock, recorder, cfg)
                 assert recorder.reports[-1].sweep.ok is False
                 assert "state store unreachable" in recorder.reports[-1].sweep.error
@@ -318,7 +400,8 @@ async def test_a_store_error_no_wait_can_cure_stops_the_daemon_with_exit_1_and_a
             task = asyncio.create_task(daemon.run())
             await recorder.sweeps(1)
             (flaky,) = flaky_stores
-            flaky.reason, flaky.error, flaky.failing = "the file is corrupt", StoreError, {"commit_sweep"}
+            flaky.reason, flaky.error = "the file is corrupt", StoreError
+            flaky.failing = {"commit_sweep", "commit_and_claim"}
             clock.advance(cfg.watch.interval)
             assert await asyncio.wait_for(task, 20) == 1
     (failed,) = [e for e in logs if e["event"] == "store.failed"]
@@ -393,7 +476,7 @@ async def test_a_sweeper_whose_commit_failed_and_that_became_a_standby_is_ready_
         cfg = daemon_config(sim.base_url, tmp_path, listen="127.0.0.1:0")
         async with running(cfg, clock) as (daemon, recorder):
             (flaky,) = flaky_stores
-            flaky.failing = {"commit_sweep"}
+            flaky.failing = {"commit_sweep", "commit_and_claim"}
             await sweep_once_more(clock, recorder, cfg)
             assert (await readyz(daemon))[0] == 503
             flaky.failing = set()

@@ -34,7 +34,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 from watcher.errors import ConfigError
@@ -159,6 +159,7 @@ class Sink(Protocol):
         """Release resources. Safe to call twice, and after a failed ``start``."""
 
 
+@runtime_checkable
 class GroupSink(Sink, Protocol):
     """A sink that can send several events as one message (the chat sinks). Its options have ``group_wait``
     (seconds to wait for more) and ``group_by`` (what makes events one message); the dispatcher forms the
@@ -166,6 +167,16 @@ class GroupSink(Sink, Protocol):
 
     async def send_group(self, events: list[Event]) -> SendResult:
         """Deliver ``events`` as one message; a group of one is ``send``'s message. Raises ``DeliveryError``."""
+
+
+@runtime_checkable
+class BatchSink(Sink, Protocol):
+    """A sink that writes many events at once (the file sink: one write, one fsync); the dispatcher hands it
+    batches of due deliveries and records their outcomes together."""
+
+    async def send_many(self, events: list[Event], bodies: list[bytes | None]) -> SendResult:
+        """Deliver every event of ``events`` (``bodies``: their stored JSON, as for ``send``), all or none.
+        Raises ``DeliveryError``."""
 
 
 @dataclass(frozen=True, slots=True)
