@@ -447,6 +447,11 @@ class Daemon:
             self._settle_looks(waiters, self._looks_answer(swept))
             if not swept:
                 break
+            # Once a turn (a sweep, or a standby's turn) every sink worker reads the outbox, whatever the commits
+            # handed over: on PostgreSQL the claims of an instance that died (with deliveries in hand, claimed in
+            # its sweep commits) are taken over only by a claim, and an idle worker's recheck counts a claim of
+            # another instance as due only when it expires (300 s), not when its instance stops beating.
+            self.dispatcher.wake()
             if self.push is not None:  # callbacks recorded while this instance could not confirm (or by others)
                 self.push.confirmer.kick()
             await self._reload_if_requested()

@@ -18,7 +18,9 @@ How a worker keeps up without giving up durability:
 * The outbox is read (a claim) only when it may hold something this worker does not: at the start, after a
   claim that filled its batch, after a claimed delivery is settled (a later one of its run may wait), when a
   commit left some (``left``, ``behind``), when the idle recheck (``IDLE_RECHECK_S``) finds one due (a retry,
-  a ``replay`` from another process), after a pause ends, when the store was away, and on ``wake()``. It
+  a ``replay`` from another process), after a pause ends, when the store was away, and on ``wake()``, which the
+  daemon calls once a turn (a sweep or a standby's turn: how another PostgreSQL instance takes over what a dead
+  one had claimed, its claims being due to an idle recheck only when they expire). It
   claims due deliveries in batches (``store.due_deliveries``) and sends up to ``concurrency`` of them at
   once (sink key; webhook and exec default to 8, every other sink sends one at a time). Like TCP's slow
   start, a worker begins with one request in flight and doubles that with each success up to

@@ -228,3 +228,34 @@ async def test_a_delivery_a_claim_left_out_behind_one_in_hand_is_read_after_it(r
     await until(lambda: len(receiver.requests) == 2 and dispatcher.outcomes.recorded == 2, "both sent")
     await settled(store)
     assert receiver.ids() == [first.id, second.id]
+
+
+async def test_what_a_dead_sweeper_had_in_hand_is_sent_by_another_instance(pg_url, receiver, clock) -> None:
+    """PostgreSQL: the sweeper's commit claimed its new deliveries for its own workers, and it died before sending
+    them. Once its heartbeat is stale, another instance's worker takes them over when it reads the outbox, which
+    the daemon makes every worker do once a turn (``Dispatcher.wake``)."""
+    from tests.postgres.test_store_pg import sql
+    from watcher.store_pg import PgStore
+
+    a, b = await PgStore.open(pg_url, instance_id="a"), await PgStore.open(pg_url, instance_id="b")
+    sink = build_sink(sink_config(name="ops", type="webhook", url=Secret(receiver.url())), clock=clock)
+    await sink.start()
+    try:
+        for s in (a, b):
+            await s.register_instance(role="standby")
+        standby = Dispatcher({"ops": sink}, b, cfg=FAST, clock=clock)
+        standby.start()
+        await until(lambda: clock.waiting, "the standby's worker idle")
+        events = [make_event(run_id=f"run_{i}") for i in range(3)]
+        done = await a.commit_and_claim(upserts=[], deletes=[], events=[(e, ["ops"]) for e in events], meta={},
+                                        now_ms=clock.now_ms(), take={"ops": 10})
+        assert len(done.claimed) == 3  # in a's hands; a is killed now
+        sql(pg_url, "UPDATE instances SET heartbeat_ms = heartbeat_ms - 60000 WHERE id = 'a'")
+        standby.wake()  # the standby's next turn
+        await until(lambda: standby.outcomes.recorded == 3, "the three sent by b")
+        await standby.stop(1)
+        assert sorted(receiver.ids()) == sorted(e.id for e in events)
+    finally:
+        await sink.close()
+        await a.aclose()
+        await b.aclose()
