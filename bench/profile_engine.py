@@ -66,6 +66,7 @@ PHASES: list[tuple[str, str, str]] = [
 ]
 STORE_PHASES = {  # store methods (run on the store thread) -> phase
     "commit_sweep": "store: commit_sweep (rows, events, deliveries)",
+    "commit_and_claim": "store: commit_sweep (rows, events, deliveries)",  # with the hand-off's claim
     "due_deliveries": "store: claims (due_deliveries)",
     "record_outcomes": "store: outcomes (record_outcomes)",
 }
@@ -244,7 +245,7 @@ def _install_store() -> None:
     async def _call(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
         name = getattr(fn, "__name__", "")
         phase = STORE_PHASES.get(name, "store: other calls")
-        if name == "commit_sweep":
+        if name in ("commit_sweep", "commit_and_claim"):
             upserts = kwargs.get("upserts")
             if upserts is not None and not isinstance(upserts, list | tuple):
                 kwargs["upserts"] = upserts = list(upserts)
@@ -254,6 +255,8 @@ def _install_store() -> None:
         result = await original(self, _timed_sync(phase, fn), *args, **kwargs)
         if name == "due_deliveries":
             ACCOUNT.counts["rows claimed"] += len(result)
+        elif name == "commit_and_claim":
+            ACCOUNT.counts["rows handed over (claimed in the commit)"] += len(result.claimed)
         return result
 
     AsyncStore._call = _call  # type: ignore[method-assign]
