@@ -127,6 +127,16 @@ async def test_callback_runs_arrive_before_the_next_sweep_and_polling_covers_the
                    for _ in range(3)]
         await r.wait(lambda: set(pushed) <= set(r.run_ids()), "every callback run's event")
         assert await r.metric("flora_watcher_sweeps_total") == sweeps_before  # no sweep brought them
+        # Quiet first: every callback sent (none left for the simulator to retry) and every recorded one confirmed.
+        # A confirmation still in its retry delay looks at the top of the listing once more, and would find the
+        # runs below before the sweep does (seen at load 20: the polled runs arrived with no sweep).
+        await r.wait(lambda: r.sim.sim.callbacks.pending == 0, "the simulator's callbacks all sent")
+        assert await r.metric("flora_watcher_callbacks_total", outcome="accepted") >= len(pushed)
+        deadline = time.monotonic() + LIVENESS
+        while (await r.metric("flora_watcher_callbacks_confirmed_total")
+               < await r.metric("flora_watcher_callbacks_total", outcome="accepted")):
+            assert time.monotonic() < deadline, "every recorded callback confirmed"
+            await asyncio.sleep(0.05)
         # Runs started without a callback (while no callback comes) arrive with the next sweep.
         polled = r.sim.sim.create_runs(3, pending_ms=0, running_ms=300)
         await r.wait(lambda: set(polled) <= set(r.run_ids()), "the polled runs' events (next sweep)")
