@@ -108,10 +108,24 @@ async def all_settled(store: AsyncStore) -> bool:
     return sum((await store.pending_counts()).values()) == 0
 
 
-async def running(dispatcher: Dispatcher, sinks: dict, *, until_settled: AsyncStore, timeout: float = 30.0) -> None:
+async def settled_and_resumed(store: AsyncStore) -> bool:
+    """Every delivery settled and no pause recorded: the worker has finished its resume (the pause record is
+    cleared after the deliveries it made due, and a slow store may still be writing it when they settle)."""
+    return await all_settled(store) and not await store.sink_pauses()
+
+
+async def running(dispatcher: Dispatcher, sinks: dict, *, until_settled: AsyncStore, timeout: float = 30.0,
+                  resumed: bool = False) -> None:
+    """Run the dispatcher until every delivery is settled (and, with ``resumed``, the sink's pause record is
+    cleared), then stop it. Stopping cancels what the workers still do once its grace has passed, which on the
+    FakeClock is at once: a condition the test asserts after the stop must be waited for here."""
     dispatcher.start()
     try:
-        await until(lambda: all_settled(until_settled), "every delivery settled", timeout)
+        if resumed:
+            await until(lambda: settled_and_resumed(until_settled), "every delivery settled, the pause cleared",
+                        timeout)
+        else:
+            await until(lambda: all_settled(until_settled), "every delivery settled", timeout)
     finally:
         await dispatcher.stop(1.0)
         for sink in sinks.values():
@@ -146,7 +160,7 @@ async def test_receiver_down_for_40_s_while_30_runs_finish_then_all_arrive_soon_
                                      now_ms=clock.now_ms() + i * 1000)
         sinks = await started_sinks(clock, webhook(receiver.url()))
         dispatcher = Dispatcher(sinks, store, cfg=DeliveryConfig(), clock=clock, rand=random.Random(7))
-        await running(dispatcher, sinks, until_settled=store)
+        await running(dispatcher, sinks, until_settled=store, resumed=True)
         sink_state = (await store.sink_states())["ops"]
         pauses = await store.sink_pauses()
 
