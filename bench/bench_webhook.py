@@ -6,12 +6,13 @@ reports events/s and CPU seconds per event of the sender process (``resource.get
 the exact command are appended to ``bench/RESULTS.md`` under "Webhook sink throughput".
 
     python bench/bench_webhook.py [--events 10000] [--concurrency 8] [--signature standard|flora|none]
-    python bench/bench_webhook.py --callgrind --stored-body --events 2000 [--watcher-src DIR]
+    python bench/bench_webhook.py --callgrind --stored-body --events 2000 [--watcher-src DIR] [--bare]
 
 ``--callgrind`` counts the instructions the sender executes per event under valgrind's callgrind, only while
 the events are pushed (not the start-up or the warm-up send): the same figure on a busy machine as on a quiet
 one, for an A/B of the send path (``--watcher-src DIR`` sends with another checkout's ``watcher``).
 ``--stored-body`` passes each event's stored JSON (as the dispatcher does) instead of rendering it per send.
+``--bare`` sends the same POSTs through a plain ``aiohttp.ClientSession``: the floor under the sink's own steps.
 """
 
 from __future__ import annotations
@@ -104,8 +105,36 @@ def make_events(n: int):
     return events
 
 
+class _BarePost:
+    """``--bare``: the same POSTs through a plain ``aiohttp.ClientSession`` (the sink's session settings, no
+    signing, no classification): what aiohttp and the event loop cost without the sink's own steps."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.session = None
+
+    async def start(self) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                             cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+
+    async def send(self, event, *, body: bytes | None = None) -> None:
+        from watcher.render import event_body
+
+        data = body if body is not None else event_body(event)
+        async with self.session.post(self.url, data=data, headers={"Content-Type": "application/json"},
+                                     allow_redirects=False) as resp:
+            await resp.read()
+            if resp.status >= 300:
+                raise RuntimeError(f"HTTP {resp.status}")
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
 async def push(url: str, events, concurrency: int, signature: str, *, stored_body: bool = False,
-               child: bool = False) -> dict:
+               child: bool = False, bare: bool = False) -> dict:
     from watcher.render import event_body
     from watcher.secret import Secret
     from watcher.sinks.registry import sink_config
@@ -114,7 +143,7 @@ async def push(url: str, events, concurrency: int, signature: str, *, stored_bod
     secrets = () if signature == "none" else (Secret("whsec_" + base64.b64encode(os.urandom(32)).decode()),)
     cfg = sink_config(name="bench", type="webhook", url=Secret(url), secrets=secrets,
                      signature="standard" if signature == "none" else signature, timeout=30)
-    sink = WebhookSink(cfg)
+    sink = WebhookSink(cfg) if not bare else _BarePost(url)
     await sink.start()
     queue: asyncio.Queue = asyncio.Queue()
     for event in events:
@@ -178,6 +207,7 @@ def callgrind(args: argparse.Namespace, url: str) -> int:
                str(Path(__file__).resolve()), "--child", url, "--events", str(args.events),
                "--concurrency", str(args.concurrency), "--signature", args.signature]
         cmd += ["--stored-body"] if args.stored_body else []
+        cmd += ["--bare"] if args.bare else []
         cmd += ["--watcher-src", str(args.watcher_src)] if args.watcher_src else []
         child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                  text=True)
@@ -241,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="send each event's stored JSON (as the dispatcher does) instead of rendering it per send")
     parser.add_argument("--callgrind", action="store_true",
                         help="count the sender's instructions per event (valgrind) instead of CPU time; prints only")
+    parser.add_argument("--bare", action="store_true",
+                        help="POST through a plain aiohttp session instead of the sink (aiohttp's own cost)")
     parser.add_argument("--watcher-src", type=Path, default=None,
                         help="send with the watcher package of this checkout (an A/B against another build)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -251,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.child:
         asyncio.run(push(args.child, make_events(args.events), args.concurrency, args.signature,
-                         stored_body=args.stored_body, child=True))
+                         stored_body=args.stored_body, child=True, bare=args.bare))
         return 0
     meta = _meta.start("bench/bench_webhook.py", sys.argv[1:] if argv is None else argv)
     receiver = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"],
@@ -269,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if received_n == args.events else 1
         events = make_events(args.events)
         figures = asyncio.run(push(f"http://127.0.0.1:{port}/hook", events, args.concurrency, args.signature,
-                                   stored_body=args.stored_body))
+                                   stored_body=args.stored_body, bare=args.bare))
         figures["received"] = asyncio.run(received(f"http://127.0.0.1:{port}/count")) - 1  # minus warm-up
     finally:
         if receiver.stdin is not None:
