@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shlex
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,3 +180,35 @@ def start(script: str, argv: list[str], *, probe: bool = True, **extra: str) -> 
         meta.probe_s = speed_probe()
     print(meta.header(), flush=True)
     return meta
+
+
+def callgrind_count(args: list[str], what: str, on_line: Callable[[str], None] | None = None) -> int:
+    """``python ARGS`` under callgrind with instrumentation off until the child prints ``measure`` and back off
+    at ``done`` (the child waits for a newline after each, so nothing runs unmeasured in between): the
+    instructions of the measured part, every thread of the process. ``on_line`` gets the child's other lines
+    (figures it reports); ``what`` names the child in errors. Needs valgrind (``apt-get install valgrind``)."""
+    valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
+    if not valgrind or not control:
+        raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="flora-callgrind-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        cmd = [valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", sys.executable,
+               *args]
+        child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True)
+        assert child.stdin is not None and child.stdout is not None
+        for line in child.stdout:
+            word = line.strip()
+            if word in ("measure", "done"):
+                subprocess.run([control, "-i", "on" if word == "measure" else "off", str(child.pid)],
+                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                child.stdin.write("\n")
+                child.stdin.flush()
+            elif on_line is not None:
+                on_line(word)
+        if child.wait() != 0:
+            raise SystemExit(f"{what} under callgrind exited with {child.returncode}")
+        totals = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
+        if totals is None:
+            raise SystemExit("callgrind wrote no totals")
+        return int(totals.group(1))

@@ -38,11 +38,8 @@ import json
 import mmap
 import os
 import random
-import re
-import shutil
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -316,34 +313,16 @@ def mean_counts(per_sweep: list[dict[str, int]]) -> dict[str, float]:
 def callgrind(args: argparse.Namespace) -> tuple[int, dict[str, float]]:
     """This benchmark under callgrind, counting only the measured sweeps; returns the instructions and the
     child's counts a sweep."""
-    valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
-    if not valgrind or not control:
-        raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
-    with tempfile.TemporaryDirectory(prefix="flora-callgrind-") as tmp:
-        out = Path(tmp) / "callgrind.out"
-        cmd = [valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", sys.executable,
-               str(Path(__file__).resolve()), "--child", "--active", str(args.active), "--warm", str(args.warm),
-               "--sweeps", str(args.sweeps), "--interval", str(args.interval), "--seed", str(args.seed)] + (
-                   ["--deliver"] if args.deliver else [])
-        child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                 text=True)
-        assert child.stdin is not None and child.stdout is not None
-        counts: dict[str, float] = {}
-        for line in child.stdout:
-            word = line.strip()
-            if word.startswith("counts "):
-                counts = json.loads(word[len("counts "):])
-            elif word in ("measure", "done"):
-                subprocess.run([control, "-i", "on" if word == "measure" else "off", str(child.pid)],
-                               check=True, stdout=subprocess.DEVNULL)
-                child.stdin.write("\n")
-                child.stdin.flush()
-        if child.wait() != 0:
-            raise SystemExit(f"the benchmark under callgrind exited with {child.returncode}")
-        totals = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
-        if totals is None:
-            raise SystemExit("callgrind wrote no totals")
-        return int(totals.group(1)), counts
+    cmd = [str(Path(__file__).resolve()), "--child", "--active", str(args.active), "--warm", str(args.warm),
+           "--sweeps", str(args.sweeps), "--interval", str(args.interval), "--seed", str(args.seed)] + (
+               ["--deliver"] if args.deliver else [])
+    counts: dict[str, float] = {}
+
+    def report(line: str) -> None:
+        if line.startswith("counts "):
+            counts.update(json.loads(line[len("counts "):]))
+
+    return _meta.callgrind_count(cmd, "the benchmark", report), counts
 
 
 def main() -> None:

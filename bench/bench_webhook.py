@@ -22,13 +22,10 @@ import asyncio
 import base64
 import json
 import os
-import re
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,33 +195,12 @@ def handshake(word: str) -> None:
 def callgrind(args: argparse.Namespace, url: str) -> int:
     """The sender under callgrind, counting only the pushed events (not start-up or warm-up); returns the
     instructions."""
-    valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
-    if not valgrind or not control:
-        raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
-    with tempfile.TemporaryDirectory(prefix="flora-callgrind-") as tmp:
-        out = Path(tmp) / "callgrind.out"
-        cmd = [valgrind, "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", sys.executable,
-               str(Path(__file__).resolve()), "--child", url, "--events", str(args.events),
-               "--concurrency", str(args.concurrency), "--signature", args.signature]
-        cmd += ["--stored-body"] if args.stored_body else []
-        cmd += ["--bare"] if args.bare else []
-        cmd += ["--watcher-src", str(args.watcher_src)] if args.watcher_src else []
-        child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                 text=True)
-        assert child.stdin is not None and child.stdout is not None
-        for line in child.stdout:
-            word = line.strip()
-            if word in ("measure", "done"):
-                subprocess.run([control, "-i", "on" if word == "measure" else "off", str(child.pid)],
-                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                child.stdin.write("\n")
-                child.stdin.flush()
-        if child.wait() != 0:
-            raise SystemExit(f"the sender under callgrind exited with {child.returncode}")
-        totals = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
-        if totals is None:
-            raise SystemExit("callgrind wrote no totals")
-        return int(totals.group(1))
+    cmd = [str(Path(__file__).resolve()), "--child", url, "--events", str(args.events),
+           "--concurrency", str(args.concurrency), "--signature", args.signature]
+    cmd += ["--stored-body"] if args.stored_body else []
+    cmd += ["--bare"] if args.bare else []
+    cmd += ["--watcher-src", str(args.watcher_src)] if args.watcher_src else []
+    return _meta.callgrind_count(cmd, "the sender")
 
 
 # ------------------------------------------------------------------------------------------- results
