@@ -33,7 +33,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -42,26 +41,11 @@ from pathlib import Path
 
 import _meta
 import aiohttp
+from bench_engine import cpu_seconds, free_port, now_ms, serve_receiver  # the engine bench's probes and receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk_test_bench_callbacks_0123456789"
 SECRET = "whsec_bench_callbacks_signing_secret"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def bucket_q(buckets: list[tuple[float, float]], q: float) -> float:
@@ -108,40 +92,6 @@ async def wait_http(session: aiohttp.ClientSession, url: str, what: str) -> None
                     return
         await asyncio.sleep(0.05)
     raise RuntimeError(f"{what} did not start")
-
-
-def serve_receiver() -> None:
-    """The webhook receiver: 204 to every POST, the arrival time (ms) of each event by run id; GET /arrivals."""
-    from aiohttp import web
-
-    arrivals: dict[str, list[int]] = {}
-
-    async def hook(request: web.Request) -> web.Response:
-        body = await request.read()
-        at = now_ms()
-        try:
-            run_id = json.loads(body)["data"]["run_id"]
-        except (ValueError, KeyError, TypeError):
-            return web.Response(status=400)
-        arrivals.setdefault(run_id, []).append(at)
-        return web.Response(status=204)
-
-    async def dump(_request: web.Request) -> web.Response:
-        return web.json_response(arrivals)
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/hook", hook)
-        app.router.add_get("/arrivals", dump)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        print(site._server.sockets[0].getsockname()[1], flush=True)  # type: ignore[union-attr]
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        await runner.cleanup()
-
-    asyncio.run(main())
 
 
 def forge(port: int, path: str, rate: float, seconds: float, connections: int, kind: str = "forged") -> None:
