@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.fakes import FakeClock, FlakyStore, Recorder, advance_until, until
+from tests.in_process import readyz, running
 from tests.sinks.helpers import Receiver, make_event
 from watcher import stores
 from watcher.config import ApiConfig, Config, DeliveryConfig, ServerConfig, WatchConfig
@@ -249,27 +249,6 @@ def flaky_stores(monkeypatch) -> list[FlakyStore]:
 
     monkeypatch.setattr(stores, "open_async", open_async)
     return opened
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: Config, clock: FakeClock, *, sweeps: int = 1,
-                  env: dict[str, str] | None = None) -> AsyncIterator[tuple[Daemon, Recorder]]:
-    recorder = Recorder()
-    daemon = Daemon(cfg, Options(install_signal_handlers=False), clock=clock, observers=[recorder], env=env or {})
-    task = asyncio.create_task(daemon.run())
-    try:
-        if sweeps:
-            await recorder.sweeps(sweeps)
-        yield daemon, recorder
-    finally:
-        daemon.request_stop()
-        assert await asyncio.wait_for(task, 20) == 0
-
-
-async def readyz(daemon: Daemon) -> tuple[int, str]:
-    assert daemon.server is not None
-    async with aiohttp.ClientSession() as http, http.get(daemon.server.url + "/readyz") as resp:
-        return resp.status, await resp.text()
 
 
 async def sweep_once_more(clock: FakeClock, recorder: Recorder, cfg: Config) -> None:

@@ -7,17 +7,16 @@ then the daemon's own tasks: a sink worker, the HTTP server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from tests.fakes import FakeClock, Recorder, until
+from tests.fakes import FakeClock, until
+from tests.in_process import readyz, running
 from watcher.config import ApiConfig, Config, DeliveryConfig, ServerConfig, WatchConfig
-from watcher.daemon import Daemon, Options
+from watcher.daemon import Daemon
 from watcher.dispatcher import SinkWorker
 from watcher.errors import AuthError
 from watcher.secret import Secret
@@ -130,25 +129,6 @@ def daemon_config(base_url: str, tmp_path: Path) -> Config:
         server=ServerConfig(listen="127.0.0.1:0"),
         sinks=(sink_config(name="journal", type="file", path=tmp_path / "events.jsonl"),),
     )
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: Config, clock: FakeClock) -> AsyncIterator[tuple[Daemon, Recorder]]:
-    recorder = Recorder()
-    daemon = Daemon(cfg, Options(install_signal_handlers=False), clock=clock, observers=[recorder])
-    task = asyncio.create_task(daemon.run())
-    try:
-        await recorder.sweeps(1)
-        yield daemon, recorder
-    finally:
-        daemon.request_stop()
-        assert await asyncio.wait_for(task, 20) == 0
-
-
-async def readyz(daemon: Daemon) -> tuple[int, str]:
-    assert daemon.server is not None
-    async with aiohttp.ClientSession() as http, http.get(daemon.server.url + "/readyz") as resp:
-        return resp.status, await resp.text()
 
 
 async def metric(daemon: Daemon, line: str) -> bool:
